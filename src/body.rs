@@ -1,0 +1,107 @@
+//! The one body type the gateway sends and forwards: streamed bodies are passed through frame
+//! by frame, never buffered; gateway-made responses are a single chunk.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+/// An error while streaming a body.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The peer's stream failed.
+    #[error("body stream failed")]
+    Stream(#[source] hyper::Error),
+    /// The request body grew past the route's limit while streaming.
+    #[error("request body exceeds the route's limit")]
+    TooLarge,
+}
+
+/// A request or response body.
+#[derive(Debug)]
+pub enum GatewayBody {
+    /// Nothing.
+    Empty,
+    /// One chunk made by the gateway.
+    Full(Option<Bytes>),
+    /// A streamed body from a peer, with the bytes it may still carry.
+    Stream {
+        /// The peer's body.
+        inner: Incoming,
+        /// Remaining allowance; `u64::MAX` for no limit.
+        remaining: u64,
+    },
+}
+
+impl GatewayBody {
+    /// A gateway-made body.
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        GatewayBody::Full(Some(bytes.into()))
+    }
+
+    /// A streamed body that fails once more than `limit` bytes have passed.
+    pub fn limited(inner: Incoming, limit: u64) -> Self {
+        GatewayBody::Stream {
+            inner,
+            remaining: limit,
+        }
+    }
+
+    /// A streamed body without a limit (responses from the upstream).
+    pub fn stream(inner: Incoming) -> Self {
+        GatewayBody::Stream {
+            inner,
+            remaining: u64::MAX,
+        }
+    }
+}
+
+impl Body for GatewayBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            GatewayBody::Empty => Poll::Ready(None),
+            GatewayBody::Full(chunk) => Poll::Ready(chunk.take().map(|b| Ok(Frame::data(b)))),
+            GatewayBody::Stream { inner, remaining } => match Pin::new(inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        let len = data.len() as u64;
+                        if len > *remaining {
+                            return Poll::Ready(Some(Err(BodyError::TooLarge)));
+                        }
+                        *remaining -= len;
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Stream(e)))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            GatewayBody::Empty => true,
+            GatewayBody::Full(chunk) => chunk.is_none(),
+            GatewayBody::Stream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            GatewayBody::Empty => SizeHint::with_exact(0),
+            GatewayBody::Full(chunk) => {
+                SizeHint::with_exact(chunk.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            GatewayBody::Stream { inner, .. } => inner.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,793 @@
+//! `gateway.yaml`: read ([`raw`]), validate and compile into a [`Config`] — the listeners, the
+//! server limits, the store choice, and the [`Runtime`] that requests are served with.
+//!
+//! Everything a request needs is parsed here, once: matchers, keys, durations, header names.
+//! Errors name the key (`routes[2].policy.all_of[0]`) and, for syntax and type errors, the line.
+//! Relative file paths are resolved against the directory of the config file.
+
+pub mod raw;
+pub mod units;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method, Uri};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::keys::{self, Issuer, KeySet, VerificationKey};
+use crate::pipeline::authorize::{PermissionTable, Policy};
+use crate::pipeline::forward::{HttpUpstream, Upstream, UpstreamSettings};
+use crate::pipeline::mutate::{IdentityHeaders, MutateConfig};
+use crate::pipeline::normalize::normalize;
+use crate::pipeline::route::{HostPattern, Route, Router};
+use crate::pipeline::verify::{TokenCache, Verifier};
+use crate::store::{RedisSettings, Topology};
+use raw::{RawConfig, RawPolicy, RawSize, RawStore};
+use units::{IpNet, parse_duration, parse_size};
+
+/// Why a config could not be loaded. The message names the key and, where the parser knows
+/// it, the line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file itself could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// YAML syntax, an unknown key, or a value of the wrong type.
+    #[error("{0}")]
+    Parse(#[from] serde_yaml::Error),
+    /// A value that parses but is not acceptable.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// Dotted path of the offending key.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, message: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.to_string(),
+    }
+}
+
+/// A listening socket.
+#[derive(Debug, Clone)]
+pub struct ListenerSpec {
+    /// Address to bind.
+    pub bind: SocketAddr,
+    /// TLS termination, if configured.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// HSTS header for TLS listeners.
+    pub hsts: Option<HeaderValue>,
+}
+
+/// Server-wide limits.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// Largest request head, in bytes.
+    pub max_header_bytes: usize,
+    /// Most header fields per request.
+    pub max_headers: usize,
+    /// Concurrent connections across listeners.
+    pub max_connections: usize,
+    /// Time to send the request head and finish the TLS handshake.
+    pub header_read_timeout: Duration,
+    /// A client connection with no new request for this long is closed gracefully.
+    pub idle_timeout: Duration,
+    /// HTTP/2 streams per connection.
+    pub h2_max_concurrent_streams: u32,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_grace: Duration,
+}
+
+/// Which session store to run.
+#[derive(Debug, Clone)]
+pub enum StoreKind {
+    /// In-process.
+    Memory,
+    /// Redis, shared by every instance.
+    Redis(RedisSettings),
+}
+
+/// Everything that answers requests; swapped as a whole on reload, and a request keeps the
+/// snapshot it started with.
+#[derive(Debug)]
+pub struct Runtime {
+    /// Routing table.
+    pub router: Router,
+    /// Upstreams, indexed by [`Route::upstream`].
+    pub upstreams: Vec<Upstream>,
+    /// Keys, issuers and verification settings.
+    pub verifier: Verifier,
+    /// Role → permission mapping.
+    pub permissions: PermissionTable,
+    /// Verified tokens. Owned by the runtime so a key or role change never serves a verdict
+    /// reached under the old config.
+    pub token_cache: TokenCache,
+    /// Header stripping and injection settings.
+    pub mutate: MutateConfig,
+    /// Name of the access-token cookie.
+    pub cookie_name: String,
+    /// Where browsers are sent to log in.
+    pub login_url: Option<String>,
+}
+
+/// A compiled, validated config.
+#[derive(Debug)]
+pub struct Config {
+    /// Sockets to listen on.
+    pub listeners: Vec<ListenerSpec>,
+    /// Server limits.
+    pub limits: ServerLimits,
+    /// Session store.
+    pub store: StoreKind,
+    /// The request-serving runtime.
+    pub runtime: Runtime,
+}
+
+/// The default access-token cookie name.
+pub const DEFAULT_COOKIE: &str = "__Host-portcullis-at";
+
+impl Config {
+    /// Reads and compiles a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_yaml(&text, base)
+    }
+
+    /// Compiles YAML text; relative paths in it are resolved against `base`.
+    pub fn from_yaml(text: &str, base: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = serde_yaml::from_str(text)?;
+        compile(raw, base)
+    }
+}
+
+fn duration(key: &str, value: Option<&String>, default: Duration) -> Result<Duration, ConfigError> {
+    value.map_or(Ok(default), |v| {
+        parse_duration(v).map_err(|m| invalid(key, m))
+    })
+}
+
+fn size(key: &str, value: Option<&RawSize>, default: u64) -> Result<u64, ConfigError> {
+    value.map_or(Ok(default), |v| parse_size(v).map_err(|m| invalid(key, m)))
+}
+
+fn compile(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
+    let resolve = |p: &str| -> PathBuf { base.join(p) };
+
+    // Limits.
+    let l = &raw.limits;
+    let max_header_bytes = size(
+        "limits.max_header_bytes",
+        l.max_header_bytes.as_ref(),
+        16 * 1024,
+    )?;
+    if !(8192..=1 << 20).contains(&max_header_bytes) {
+        return Err(invalid(
+            "limits.max_header_bytes",
+            "must be between 8KiB and 1MiB",
+        ));
+    }
+    let limits = ServerLimits {
+        max_header_bytes: max_header_bytes as usize,
+        max_headers: l.max_headers.unwrap_or(100),
+        max_connections: l.max_connections.unwrap_or(10_000),
+        header_read_timeout: duration(
+            "limits.header_read_timeout",
+            l.header_read_timeout.as_ref(),
+            Duration::from_secs(10),
+        )?,
+        idle_timeout: duration(
+            "limits.idle_timeout",
+            l.idle_timeout.as_ref(),
+            Duration::from_secs(60),
+        )?,
+        h2_max_concurrent_streams: l.h2_max_concurrent_streams.unwrap_or(128),
+        shutdown_grace: duration(
+            "limits.shutdown_grace",
+            l.shutdown_grace.as_ref(),
+            Duration::from_secs(30),
+        )?,
+    };
+    if limits.max_connections == 0 {
+        return Err(invalid("limits.max_connections", "must be at least 1"));
+    }
+    let default_body = size("limits.max_body", l.max_body.as_ref(), 10 << 20)?;
+
+    // Listeners.
+    if raw.listeners.is_empty() {
+        return Err(invalid("listeners", "at least one listener is required"));
+    }
+    let mut listeners = Vec::with_capacity(raw.listeners.len());
+    for (i, listener) in raw.listeners.iter().enumerate() {
+        let key = format!("listeners[{i}]");
+        let bind: SocketAddr = listener.bind.parse().map_err(|_| {
+            invalid(
+                format!("{key}.bind"),
+                format!("`{}` is not an address like 127.0.0.1:8080", listener.bind),
+            )
+        })?;
+        let (tls, hsts) = match &listener.tls {
+            None => (None, None),
+            Some(tls) => {
+                let server = server_tls(&resolve(&tls.cert), &resolve(&tls.key))
+                    .map_err(|m| invalid(format!("{key}.tls"), m))?;
+                let age = duration(
+                    &format!("{key}.tls.hsts_max_age"),
+                    tls.hsts_max_age.as_ref(),
+                    Duration::from_secs(31_536_000),
+                )?;
+                let hsts = (!age.is_zero())
+                    .then(|| HeaderValue::from_str(&format!("max-age={}", age.as_secs())).ok())
+                    .flatten();
+                (Some(Arc::new(server)), hsts)
+            }
+        };
+        listeners.push(ListenerSpec { bind, tls, hsts });
+    }
+
+    let store = match &raw.store {
+        RawStore::Memory => StoreKind::Memory,
+        RawStore::Redis(r) => StoreKind::Redis(redis_settings(r, &resolve)?),
+    };
+
+    // Roles and permissions.
+    for (role, perms) in &raw.roles {
+        for (j, p) in perms.iter().enumerate() {
+            if p.is_empty()
+                || !p.bytes().all(|b| {
+                    b.is_ascii_alphanumeric()
+                        || matches!(b, b':' | b'.' | b'_' | b'-' | b'/' | b'*')
+                })
+            {
+                return Err(invalid(
+                    format!("roles.{role}[{j}]"),
+                    format!("`{p}` is not a permission name (letters, digits and : . _ - / *)"),
+                ));
+            }
+        }
+    }
+    let permissions =
+        PermissionTable::new(raw.roles.iter().map(|(r, p)| (r.as_str(), p.as_slice())));
+
+    // Issuers and keys.
+    let t = &raw.tokens;
+    let leeway = duration("tokens.leeway", t.leeway.as_ref(), Duration::from_secs(30))?;
+    if leeway > Duration::from_secs(300) {
+        return Err(invalid(
+            "tokens.leeway",
+            "more than 5m of clock skew hides real problems",
+        ));
+    }
+    let max_bytes = size("tokens.max_bytes", t.max_bytes.as_ref(), 8192)?;
+    if !(256..=64 * 1024).contains(&max_bytes) {
+        return Err(invalid(
+            "tokens.max_bytes",
+            "must be between 256 bytes and 64KiB",
+        ));
+    }
+    let mut keyset = KeySet::default();
+    for (i, issuer) in raw.issuers.iter().enumerate() {
+        let key = format!("issuers[{i}]");
+        if issuer.issuer.is_empty() {
+            return Err(invalid(format!("{key}.issuer"), "must not be empty"));
+        }
+        if issuer.audiences.is_empty() {
+            return Err(invalid(
+                format!("{key}.audiences"),
+                "at least one audience is required",
+            ));
+        }
+        if issuer.keys.is_empty() {
+            return Err(invalid(
+                format!("{key}.keys"),
+                "at least one key is required",
+            ));
+        }
+        let idx = keyset.add_issuer(Issuer {
+            iss: issuer.issuer.as_str().into(),
+            audiences: issuer.audiences.iter().map(|a| a.as_str().into()).collect(),
+            require_session: issuer.require_session.unwrap_or(true),
+            max_lifetime: duration(
+                &format!("{key}.max_lifetime"),
+                issuer.max_lifetime.as_ref(),
+                Duration::from_secs(86_400),
+            )?,
+        });
+        for (j, k) in issuer.keys.iter().enumerate() {
+            let kkey = format!("{key}.keys[{j}]");
+            load_key(&mut keyset, idx, k, &resolve).map_err(|e| invalid(kkey, e))?;
+        }
+    }
+
+    // Upstreams.
+    let mut upstream_names: Vec<&str> = Vec::new();
+    let mut upstreams = Vec::new();
+    let mut native_roots: Option<Arc<rustls::RootCertStore>> = None;
+    for (name, up) in &raw.upstreams {
+        let key = format!("upstreams.{name}");
+        let upstream = match (&up.url, up.echo) {
+            (None, Some(true)) => Upstream::Echo,
+            (Some(url), None | Some(false)) => {
+                let uri: Uri = url
+                    .parse()
+                    .map_err(|_| invalid(format!("{key}.url"), format!("`{url}` is not a URL")))?;
+                let roots = match &up.ca {
+                    Some(ca) => Arc::new(
+                        roots_from_file(&resolve(ca))
+                            .map_err(|m| invalid(format!("{key}.ca"), m))?,
+                    ),
+                    None if uri.scheme_str() == Some("https") => native_roots
+                        .get_or_insert_with(|| Arc::new(system_roots()))
+                        .clone(),
+                    None => Arc::new(rustls::RootCertStore::empty()),
+                };
+                let tls = rustls::ClientConfig::builder()
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                let h2 = match up.protocol.as_deref() {
+                    None | Some("http1") => false,
+                    Some("h2") => true,
+                    Some(other) => {
+                        return Err(invalid(
+                            format!("{key}.protocol"),
+                            format!("`{other}` is not http1 or h2"),
+                        ));
+                    }
+                };
+                let settings = UpstreamSettings {
+                    connect_timeout: duration(
+                        &format!("{key}.connect_timeout"),
+                        up.connect_timeout.as_ref(),
+                        Duration::from_secs(5),
+                    )?,
+                    response_timeout: duration(
+                        &format!("{key}.response_timeout"),
+                        up.response_timeout.as_ref(),
+                        Duration::from_secs(30),
+                    )?,
+                    idle_timeout: duration(
+                        &format!("{key}.idle_timeout"),
+                        up.idle_timeout.as_ref(),
+                        Duration::from_secs(90),
+                    )?,
+                    max_idle_per_host: up.max_idle_per_host.unwrap_or(64),
+                    h2,
+                    preserve_host: up.preserve_host.unwrap_or(false),
+                };
+                Upstream::Http(Box::new(
+                    HttpUpstream::new(&uri, tls, settings)
+                        .map_err(|m| invalid(format!("{key}.url"), m))?,
+                ))
+            }
+            _ => return Err(invalid(&key, "set exactly one of `url` or `echo: true`")),
+        };
+        upstream_names.push(name);
+        upstreams.push(upstream);
+    }
+
+    // Routes.
+    if raw.routes.is_empty() {
+        return Err(invalid(
+            "routes",
+            "at least one route is required (unmatched requests are denied)",
+        ));
+    }
+    let mut router = Router::default();
+    let mut ids = BTreeSet::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        let key = format!("routes[{i}]");
+        let id = r.id.clone().unwrap_or_else(|| format!("route-{i}"));
+        if !ids.insert(id.clone()) {
+            return Err(invalid(
+                format!("{key}.id"),
+                format!("`{id}` is used by another route"),
+            ));
+        }
+        let host =
+            HostPattern::parse(r.host.as_deref()).map_err(|m| invalid(format!("{key}.host"), m))?;
+        let normalized = normalize(&r.path)
+            .map_err(|e| invalid(format!("{key}.path"), format!("`{}`: {e}", r.path)))?;
+        let prefix = normalized.lower.trim_end_matches('/');
+        if normalized.path.trim_end_matches('/') != r.path.trim_end_matches('/') {
+            return Err(invalid(
+                format!("{key}.path"),
+                format!(
+                    "`{}` is not in normal form; write `{}`",
+                    r.path, normalized.path
+                ),
+            ));
+        }
+        let methods = match &r.methods {
+            None => None,
+            Some(list) if list.is_empty() => {
+                return Err(invalid(
+                    format!("{key}.methods"),
+                    "an empty list would deny everything; omit it to allow all",
+                ));
+            }
+            Some(list) => Some(
+                list.iter()
+                    .enumerate()
+                    .map(|(j, m)| {
+                        if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
+                            return Err(invalid(
+                                format!("{key}.methods[{j}]"),
+                                format!("`{m}` is not an upper-case method name"),
+                            ));
+                        }
+                        Method::from_bytes(m.as_bytes()).map_err(|_| {
+                            invalid(
+                                format!("{key}.methods[{j}]"),
+                                format!("`{m}` is not a method"),
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        let upstream = upstream_names
+            .iter()
+            .position(|n| *n == r.upstream)
+            .ok_or_else(|| {
+                invalid(
+                    format!("{key}.upstream"),
+                    format!("no upstream is named `{}`", r.upstream),
+                )
+            })?;
+        let policy = match &r.policy {
+            RawPolicy::Public => Policy::Public,
+            RawPolicy::Authenticated => Policy::Authenticated,
+            RawPolicy::AllOf(names) | RawPolicy::AnyOf(names) => {
+                let which = if matches!(r.policy, RawPolicy::AllOf(_)) {
+                    "all_of"
+                } else {
+                    "any_of"
+                };
+                if names.is_empty() {
+                    return Err(invalid(
+                        format!("{key}.policy.{which}"),
+                        "lists no permission",
+                    ));
+                }
+                let set = permissions.set_of(names).map_err(|missing| {
+                    let j = names.iter().position(|n| n == missing).unwrap_or(0);
+                    invalid(
+                        format!("{key}.policy.{which}[{j}]"),
+                        format!("no role grants the permission `{missing}`"),
+                    )
+                })?;
+                if which == "all_of" {
+                    Policy::AllOf(set)
+                } else {
+                    Policy::AnyOf(set)
+                }
+            }
+        };
+        if !matches!(policy, Policy::Public) && keyset.is_empty() {
+            return Err(invalid(
+                format!("{key}.policy"),
+                "requires a token, but no issuer is configured",
+            ));
+        }
+        let route = Route {
+            id: id.as_str().into(),
+            prefix: prefix.into(),
+            methods,
+            upstream,
+            policy,
+            max_body: size(
+                &format!("{key}.max_body"),
+                r.max_body.as_ref(),
+                default_body,
+            )?,
+            forward_authorization: r.forward_authorization.unwrap_or(false),
+        };
+        router.add(host, route).map_err(|m| invalid(&key, m))?;
+    }
+
+    // Identity headers.
+    let ih = &raw.identity_headers;
+    let header = |key: &str,
+                  value: Option<&String>,
+                  default: &'static str|
+     -> Result<HeaderName, ConfigError> {
+        let name = value.map_or(default, String::as_str);
+        let parsed = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+            .map_err(|_| invalid(key, format!("`{name}` is not a header name")))?;
+        const RESERVED: [&str; 10] = [
+            "host",
+            "cookie",
+            "authorization",
+            "connection",
+            "content-length",
+            "transfer-encoding",
+            "upgrade",
+            "te",
+            "x-request-id",
+            "x-forwarded-for",
+        ];
+        if RESERVED.contains(&parsed.as_str()) {
+            return Err(invalid(
+                key,
+                format!("`{name}` is a header with another meaning"),
+            ));
+        }
+        Ok(parsed)
+    };
+    let identity = IdentityHeaders {
+        subject: header(
+            "identity_headers.subject",
+            ih.subject.as_ref(),
+            "x-auth-subject",
+        )?,
+        session: header(
+            "identity_headers.session",
+            ih.session.as_ref(),
+            "x-auth-session",
+        )?,
+        permissions: header(
+            "identity_headers.permissions",
+            ih.permissions.as_ref(),
+            "x-auth-permissions",
+        )?,
+    };
+
+    let trusted_proxies = raw
+        .trusted_proxies
+        .iter()
+        .enumerate()
+        .map(|(i, p)| IpNet::parse(p).map_err(|m| invalid(format!("trusted_proxies[{i}]"), m)))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let cookie_name = t
+        .cookie
+        .clone()
+        .unwrap_or_else(|| DEFAULT_COOKIE.to_owned());
+    if cookie_name.is_empty()
+        || !cookie_name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(invalid(
+            "tokens.cookie",
+            format!("`{cookie_name}` is not a cookie name"),
+        ));
+    }
+
+    if let Some(login) = &raw.login_url {
+        let relative = login.starts_with('/') && !login.starts_with("//") && !login.contains('\\');
+        if !relative && !login.starts_with("https://") {
+            return Err(invalid(
+                "login_url",
+                "must be a path like /auth/login or an https:// URL",
+            ));
+        }
+    }
+
+    let runtime = Runtime {
+        router,
+        upstreams,
+        verifier: Verifier {
+            keys: keyset,
+            leeway: leeway.as_secs() as i64,
+            max_bytes: max_bytes as usize,
+        },
+        permissions,
+        token_cache: TokenCache::new(t.cache_capacity.unwrap_or(100_000)),
+        mutate: MutateConfig {
+            identity,
+            gateway_cookies: vec![cookie_name.clone()],
+            trusted_proxies,
+        },
+        cookie_name,
+        login_url: raw.login_url,
+    };
+    Ok(Config {
+        listeners,
+        limits,
+        store,
+        runtime,
+    })
+}
+
+fn redis_settings(
+    r: &raw::RawRedis,
+    resolve: &dyn Fn(&str) -> PathBuf,
+) -> Result<RedisSettings, ConfigError> {
+    let url_ok = |key: &str, url: &str| -> Result<(), ConfigError> {
+        if url.starts_with("redis://") || url.starts_with("rediss://") {
+            Ok(())
+        } else {
+            Err(invalid(
+                key,
+                format!("`{url}` is not a redis:// or rediss:// URL"),
+            ))
+        }
+    };
+    let topology = match (&r.url, &r.cluster, &r.sentinel) {
+        (Some(url), None, None) => {
+            url_ok("store.url", url)?;
+            Topology::Single(url.clone())
+        }
+        (None, Some(nodes), None) => {
+            if nodes.is_empty() {
+                return Err(invalid("store.cluster", "lists no node"));
+            }
+            for (i, n) in nodes.iter().enumerate() {
+                url_ok(&format!("store.cluster[{i}]"), n)?;
+            }
+            Topology::Cluster(nodes.clone())
+        }
+        (None, None, Some(s)) => {
+            if s.nodes.is_empty() {
+                return Err(invalid("store.sentinel.nodes", "lists no sentinel"));
+            }
+            for (i, n) in s.nodes.iter().enumerate() {
+                url_ok(&format!("store.sentinel.nodes[{i}]"), n)?;
+            }
+            Topology::Sentinel {
+                master: s.master.clone(),
+                nodes: s.nodes.clone(),
+            }
+        }
+        _ => {
+            return Err(invalid(
+                "store",
+                "set exactly one of `url`, `cluster` or `sentinel`",
+            ));
+        }
+    };
+    let password = match &r.password_file {
+        None => None,
+        Some(file) => {
+            let path = resolve(file);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                invalid(
+                    "store.password_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            Some(text.trim_end_matches(['\r', '\n']).to_owned())
+        }
+    };
+    let key_prefix = r
+        .key_prefix
+        .clone()
+        .unwrap_or_else(|| "portcullis".to_owned());
+    if key_prefix.is_empty() || key_prefix.contains(['{', '}', ' ']) {
+        return Err(invalid(
+            "store.key_prefix",
+            "must be non-empty, without braces or spaces",
+        ));
+    }
+    Ok(RedisSettings {
+        topology,
+        key_prefix,
+        timeout: duration(
+            "store.timeout",
+            r.timeout.as_ref(),
+            Duration::from_millis(500),
+        )?,
+        cache_capacity: r.cache_capacity.unwrap_or(100_000),
+        cache_ttl: duration(
+            "store.cache_ttl",
+            r.cache_ttl.as_ref(),
+            Duration::from_secs(30),
+        )?,
+        password,
+    })
+}
+
+fn load_key(
+    keyset: &mut KeySet,
+    issuer: usize,
+    k: &raw::RawKey,
+    resolve: &dyn Fn(&str) -> PathBuf,
+) -> Result<(), keys::KeyError> {
+    use keys::KeyError;
+    match (&k.pem, &k.secret_file, &k.jwks) {
+        (Some(pem), None, None) | (None, Some(pem), None) => {
+            let kid = k
+                .kid
+                .as_deref()
+                .ok_or_else(|| KeyError::Invalid("`kid` is required".into()))?;
+            let alg = keys::parse_algorithm(
+                k.alg
+                    .as_deref()
+                    .ok_or_else(|| KeyError::Invalid("`alg` is required".into()))?,
+            )?;
+            let is_secret = k.secret_file.is_some();
+            if is_secret != (alg == jsonwebtoken::Algorithm::HS256) {
+                return Err(KeyError::Invalid(
+                    "HS256 keys come from `secret_file`; public-key algorithms from `pem`".into(),
+                ));
+            }
+            let key = if is_secret {
+                keys::load_secret(&resolve(pem))?
+            } else {
+                keys::load_pem(&resolve(pem), alg)?
+            };
+            keyset.insert(kid, VerificationKey { alg, key, issuer })
+        }
+        (None, None, Some(jwks)) => {
+            if k.kid.is_some() || k.alg.is_some() {
+                return Err(KeyError::Invalid(
+                    "a JWKS file names its own `kid` and `alg`".into(),
+                ));
+            }
+            for (kid, alg, key) in keys::load_jwks(&resolve(jwks))? {
+                keyset.insert(&kid, VerificationKey { alg, key, issuer })?;
+            }
+            Ok(())
+        }
+        _ => Err(KeyError::Invalid(
+            "set exactly one of `pem`, `secret_file` or `jwks`".into(),
+        )),
+    }
+}
+
+fn server_tls(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("cannot read certificate {}: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("cannot parse certificate {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no certificate", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("cannot read private key {}: {e}", key.display()))?;
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("certificate and key do not form a usable pair: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+fn roots_from_file(path: &Path) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| format!("cannot parse {}: {e}", path.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("{} holds an unusable CA: {e}", path.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{} holds no certificate", path.display()));
+    }
+    Ok(roots)
+}
+
+fn system_roots() -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    for error in &found.errors {
+        tracing::warn!(%error, "could not load a system CA certificate");
+    }
+    let (added, ignored) = roots.add_parsable_certificates(found.certs);
+    tracing::debug!(
+        added,
+        ignored,
+        "loaded system CA certificates for https upstreams"
+    );
+    roots
+}

@@ -1,0 +1,353 @@
+//! The YAML shape of `gateway.yaml`, exactly as an operator writes it.
+//!
+//! Every struct denies unknown fields: in an authentication gateway a misspelt key (`polcy:`)
+//! silently falling back to a default is a security bug, so it is a load error instead.
+//! Nothing here is used at request time; [`super::compile`] turns it into the runtime.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Sockets to accept client connections on.
+    pub listeners: Vec<RawListener>,
+    /// Where sessions, denylisted `jti`s and user revocations live.
+    #[serde(default)]
+    pub store: RawStore,
+    /// Token issuers whose access tokens this gateway accepts.
+    #[serde(default)]
+    pub issuers: Vec<RawIssuer>,
+    /// Where the access token is read from and how the verified-token cache behaves.
+    #[serde(default)]
+    pub tokens: RawTokens,
+    /// Role name → the permissions it grants.
+    #[serde(default)]
+    pub roles: BTreeMap<String, Vec<String>>,
+    /// Named upstreams that routes forward to.
+    pub upstreams: BTreeMap<String, RawUpstream>,
+    /// Routing rules; the most specific match wins, independent of order.
+    pub routes: Vec<RawRoute>,
+    /// Names of the verified identity headers the upstream receives.
+    #[serde(default)]
+    pub identity_headers: RawIdentityHeaders,
+    /// Peers whose `X-Forwarded-*` headers are believed (CIDR or single address).
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Size, count and time limits.
+    #[serde(default)]
+    pub limits: RawLimits,
+    /// Where browser navigations without a valid token are sent (optional).
+    #[serde(default)]
+    pub login_url: Option<String>,
+}
+
+/// One listening socket.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    /// `host:port`; use port 0 for an ephemeral port.
+    pub bind: String,
+    /// Terminate TLS on this listener.
+    #[serde(default)]
+    pub tls: Option<RawTls>,
+}
+
+/// A TLS certificate for a listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM file holding the certificate chain, leaf first.
+    pub cert: String,
+    /// PEM file holding the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+    /// `Strict-Transport-Security` max-age; `0s` disables the header.
+    #[serde(default)]
+    pub hsts_max_age: Option<String>,
+}
+
+/// The session store.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "snake_case", tag = "kind")]
+pub enum RawStore {
+    /// In-process maps: one instance only, lost on restart.
+    #[default]
+    Memory,
+    /// Redis, shared by every instance.
+    Redis(Box<RawRedis>),
+}
+
+/// Redis store settings: exactly one of `url`, `cluster` or `sentinel`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    /// `redis://host:port/db` or `rediss://…` (TLS).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Cluster seed nodes (`redis://host:port`).
+    #[serde(default)]
+    pub cluster: Option<Vec<String>>,
+    /// Sentinel-monitored master.
+    #[serde(default)]
+    pub sentinel: Option<RawSentinel>,
+    /// File holding the Redis password.
+    #[serde(default)]
+    pub password_file: Option<String>,
+    /// Prefix of every key and of the invalidation channel.
+    #[serde(default)]
+    pub key_prefix: Option<String>,
+    /// Longest a store operation may take before the request gets 503.
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Positive verdicts kept in the local cache.
+    #[serde(default)]
+    pub cache_capacity: Option<u64>,
+    /// Longest a positive verdict is kept locally (the safety net behind invalidation).
+    #[serde(default)]
+    pub cache_ttl: Option<String>,
+}
+
+/// Sentinel settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSentinel {
+    /// The master name the sentinels monitor.
+    pub master: String,
+    /// Sentinel addresses (`redis://host:26379`).
+    pub nodes: Vec<String>,
+}
+
+/// One trusted issuer.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIssuer {
+    /// The exact `iss` value.
+    pub issuer: String,
+    /// Accepted `aud` values; a token must name at least one.
+    pub audiences: Vec<String>,
+    /// Verification keys, each bound to one algorithm.
+    pub keys: Vec<RawKey>,
+    /// When true (the default), `sid` is required and must name a live session in the store.
+    #[serde(default)]
+    pub require_session: Option<bool>,
+    /// Longest accepted `exp - iat`; longer-lived tokens are refused.
+    #[serde(default)]
+    pub max_lifetime: Option<String>,
+}
+
+/// A verification key: a PEM file with its algorithm and id, or a local JWKS file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    /// Key id matched against the token's `kid` (required with `pem`/`secret_file`).
+    #[serde(default)]
+    pub kid: Option<String>,
+    /// The one algorithm this key verifies: EdDSA, ES256, RS256, PS256 or HS256.
+    #[serde(default)]
+    pub alg: Option<String>,
+    /// Public key PEM file (SPKI, or PKCS#1 for RSA).
+    #[serde(default)]
+    pub pem: Option<String>,
+    /// File holding the raw HS256 secret (at least 32 bytes).
+    #[serde(default)]
+    pub secret_file: Option<String>,
+    /// A JWKS file; each key in it must carry `kid` and `alg`.
+    #[serde(default)]
+    pub jwks: Option<String>,
+}
+
+/// Token sources and the verified-token cache.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawTokens {
+    /// Name of the HttpOnly cookie carrying the access token.
+    #[serde(default)]
+    pub cookie: Option<String>,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`.
+    #[serde(default)]
+    pub leeway: Option<String>,
+    /// Longest accepted token, in bytes.
+    #[serde(default)]
+    pub max_bytes: Option<RawSize>,
+    /// How many verified tokens the cache keeps.
+    #[serde(default)]
+    pub cache_capacity: Option<u64>,
+}
+
+/// A byte count written as a number or with a unit (`64KiB`, `1MiB`).
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum RawSize {
+    /// Plain bytes.
+    Bytes(u64),
+    /// With a unit suffix.
+    Text(String),
+}
+
+/// An upstream: a real HTTP(S) origin, or the built-in echo service.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// `http://host:port[/base]` or `https://…`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The built-in echo service: answers with what it received, as JSON.
+    #[serde(default)]
+    pub echo: Option<bool>,
+    /// `http1` (default) or `h2`.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// TCP connect timeout.
+    #[serde(default)]
+    pub connect_timeout: Option<String>,
+    /// Time to wait for the response head.
+    #[serde(default)]
+    pub response_timeout: Option<String>,
+    /// How long an idle pooled connection is kept.
+    #[serde(default)]
+    pub idle_timeout: Option<String>,
+    /// Idle connections kept per upstream host.
+    #[serde(default)]
+    pub max_idle_per_host: Option<usize>,
+    /// Send the client's `Host` instead of the upstream's authority.
+    #[serde(default)]
+    pub preserve_host: Option<bool>,
+    /// PEM bundle of CAs trusted for an `https://` upstream instead of the system roots.
+    #[serde(default)]
+    pub ca: Option<String>,
+}
+
+/// One routing rule.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// Stable name used in logs and audit events; defaults to `route-N`.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Exact host or `*.example.com`; absent matches any host.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Segment-respecting path prefix.
+    pub path: String,
+    /// Allowed methods; absent allows all. `GET` implies `HEAD`.
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    /// Name of an entry in `upstreams`.
+    pub upstream: String,
+    /// Who may pass.
+    pub policy: RawPolicy,
+    /// Largest request body accepted on this route.
+    #[serde(default)]
+    pub max_body: Option<RawSize>,
+    /// Pass the client's `Authorization` header to the upstream (off by default).
+    #[serde(default)]
+    pub forward_authorization: Option<bool>,
+}
+
+/// A route's access policy: `public`, `authenticated`, `{ all_of: [...] }` or `{ any_of: [...] }`.
+#[derive(Debug)]
+pub enum RawPolicy {
+    /// No credential needed.
+    Public,
+    /// Any valid token with a live session.
+    Authenticated,
+    /// Every listed permission.
+    AllOf(Vec<String>),
+    /// At least one listed permission.
+    AnyOf(Vec<String>),
+}
+
+const POLICY_FORMS: &str = "`public`, `authenticated`, `{ all_of: [...] }` or `{ any_of: [...] }`";
+
+impl<'de> Deserialize<'de> for RawPolicy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct PolicyVisitor;
+        impl<'de> serde::de::Visitor<'de> for PolicyVisitor {
+            type Value = RawPolicy;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(POLICY_FORMS)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawPolicy, E> {
+                match v {
+                    "public" => Ok(RawPolicy::Public),
+                    "authenticated" => Ok(RawPolicy::Authenticated),
+                    other => Err(E::custom(format!(
+                        "unknown policy `{other}`, expected {POLICY_FORMS}"
+                    ))),
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<RawPolicy, A::Error> {
+                use serde::de::Error;
+                let key: String = map.next_key()?.ok_or_else(|| {
+                    A::Error::custom(format!("empty policy, expected {POLICY_FORMS}"))
+                })?;
+                let policy = match key.as_str() {
+                    "all_of" => RawPolicy::AllOf(map.next_value()?),
+                    "any_of" => RawPolicy::AnyOf(map.next_value()?),
+                    other => {
+                        return Err(A::Error::custom(format!(
+                            "unknown policy `{other}`, expected {POLICY_FORMS}"
+                        )));
+                    }
+                };
+                if map.next_key::<String>()?.is_some() {
+                    return Err(A::Error::custom(
+                        "a policy has exactly one of `all_of` or `any_of`",
+                    ));
+                }
+                Ok(policy)
+            }
+        }
+        d.deserialize_any(PolicyVisitor)
+    }
+}
+
+/// Names of the identity headers sent upstream.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentityHeaders {
+    /// The verified `sub`.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// The verified `sid`.
+    #[serde(default)]
+    pub session: Option<String>,
+    /// Comma-separated permissions.
+    #[serde(default)]
+    pub permissions: Option<String>,
+}
+
+/// Resource limits.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Largest request head (request line and headers).
+    #[serde(default)]
+    pub max_header_bytes: Option<RawSize>,
+    /// Most header fields in one request.
+    #[serde(default)]
+    pub max_headers: Option<usize>,
+    /// Default largest request body for routes that set none.
+    #[serde(default)]
+    pub max_body: Option<RawSize>,
+    /// Concurrent client connections across all listeners.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// Time allowed to send the request head (and the TLS handshake).
+    #[serde(default)]
+    pub header_read_timeout: Option<String>,
+    /// A client connection with no new request for this long is closed gracefully.
+    #[serde(default)]
+    pub idle_timeout: Option<String>,
+    /// Concurrent HTTP/2 streams per connection.
+    #[serde(default)]
+    pub h2_max_concurrent_streams: Option<u32>,
+    /// How long SIGTERM waits for in-flight requests.
+    #[serde(default)]
+    pub shutdown_grace: Option<String>,
+}

@@ -1,0 +1,361 @@
+//! Every way a request can be refused, and the one function that turns a refusal into a response.
+//!
+//! [`error_response`] has no side effects and tells the client little: a status, a short error
+//! code, the request id to quote to support, and for 401 the `WWW-Authenticate` challenge (RFC
+//! 6750). It never echoes a token, a claim or a header value. Details go to the log line the
+//! pipeline writes with [`GatewayError::reason_id`]. Every match here is exhaustive, so a new
+//! variant cannot silently become a 500.
+
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
+use http::{HeaderValue, Response, StatusCode};
+
+use crate::body::GatewayBody;
+use crate::pipeline::authorize::Forbidden;
+use crate::pipeline::credential::CredentialError;
+use crate::pipeline::normalize::PathError;
+use crate::pipeline::route::RouteError;
+use crate::pipeline::verify::TokenError;
+use crate::store::{StoreError, Verdict};
+
+/// A malformed request: 400 (or 431/413), and the upstream sees nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadRequest {
+    /// The path cannot be normalized unambiguously.
+    #[error(transparent)]
+    Path(#[from] PathError),
+    /// The `Host` header (or authority) is missing where needed, malformed, or disagrees.
+    #[error("invalid host")]
+    Host,
+    /// Both `Content-Length` and `Transfer-Encoding`, or a `Transfer-Encoding` other than chunked.
+    #[error("ambiguous message framing")]
+    Framing,
+}
+
+/// Why the gateway answered instead of the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// Malformed input.
+    #[error(transparent)]
+    BadRequest(#[from] BadRequest),
+    /// No route, or a method the route does not allow.
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    /// A route that needs a token, and none was presented.
+    #[error("no credential")]
+    MissingCredential,
+    /// A credential was presented but cannot be used.
+    #[error(transparent)]
+    Credential(#[from] CredentialError),
+    /// The token failed verification.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// The token verified but its session, `jti` or user is revoked.
+    #[error("session refused: {}", .0.reason_id())]
+    Session(Verdict),
+    /// The identity lacks a permission.
+    #[error(transparent)]
+    Forbidden(#[from] Forbidden),
+    /// The request body exceeds the route's limit.
+    #[error("request body too large")]
+    PayloadTooLarge,
+    /// The session store cannot answer.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The upstream refused the connection or broke the exchange.
+    #[error("upstream unavailable")]
+    UpstreamUnavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The upstream did not answer in time.
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+}
+
+impl GatewayError {
+    /// The status the client receives.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::Route(RouteError::NotFound) => StatusCode::NOT_FOUND,
+            GatewayError::Route(RouteError::MethodNotAllowed) => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::MissingCredential => StatusCode::UNAUTHORIZED,
+            GatewayError::Credential(e) => match e {
+                CredentialError::DuplicateAuthorization
+                | CredentialError::DuplicateCookie
+                | CredentialError::Conflicting => StatusCode::BAD_REQUEST,
+                CredentialError::NotBearer | CredentialError::BadCharacters => {
+                    StatusCode::UNAUTHORIZED
+                }
+            },
+            GatewayError::Token(_) | GatewayError::Session(_) => StatusCode::UNAUTHORIZED,
+            GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
+            GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// A stable identifier for logs, metrics and audit events.
+    pub fn reason_id(&self) -> &'static str {
+        match self {
+            GatewayError::BadRequest(BadRequest::Path(_)) => "request.path",
+            GatewayError::BadRequest(BadRequest::Host) => "request.host",
+            GatewayError::BadRequest(BadRequest::Framing) => "request.framing",
+            GatewayError::Route(RouteError::NotFound) => "route.not_found",
+            GatewayError::Route(RouteError::MethodNotAllowed) => "route.method_not_allowed",
+            GatewayError::MissingCredential => "credential.missing",
+            GatewayError::Credential(e) => e.reason_id(),
+            GatewayError::Token(e) => e.reason_id(),
+            GatewayError::Session(v) => v.reason_id(),
+            GatewayError::Forbidden(_) => "authz.forbidden",
+            GatewayError::PayloadTooLarge => "request.body_too_large",
+            GatewayError::Store(_) => "store.unavailable",
+            GatewayError::UpstreamUnavailable(_) => "upstream.unavailable",
+            GatewayError::UpstreamTimeout => "upstream.timeout",
+        }
+    }
+
+    /// The short code in the JSON body (RFC 6750 names where one applies).
+    fn code(&self) -> &'static str {
+        match self {
+            GatewayError::BadRequest(_) => "invalid_request",
+            GatewayError::Route(RouteError::NotFound) => "not_found",
+            GatewayError::Route(RouteError::MethodNotAllowed) => "method_not_allowed",
+            GatewayError::MissingCredential => "unauthorized",
+            GatewayError::Credential(e) => match e {
+                CredentialError::DuplicateAuthorization
+                | CredentialError::DuplicateCookie
+                | CredentialError::Conflicting => "invalid_request",
+                CredentialError::NotBearer | CredentialError::BadCharacters => "invalid_token",
+            },
+            GatewayError::Token(_) | GatewayError::Session(_) => "invalid_token",
+            GatewayError::Forbidden(_) => "insufficient_scope",
+            GatewayError::PayloadTooLarge => "payload_too_large",
+            GatewayError::Store(_) => "temporarily_unavailable",
+            GatewayError::UpstreamUnavailable(_) => "bad_gateway",
+            GatewayError::UpstreamTimeout => "gateway_timeout",
+        }
+    }
+
+    /// Whether a browser navigation should be sent to the login page instead.
+    fn wants_login(&self) -> bool {
+        match self {
+            GatewayError::MissingCredential
+            | GatewayError::Token(_)
+            | GatewayError::Session(_)
+            | GatewayError::Credential(
+                CredentialError::NotBearer | CredentialError::BadCharacters,
+            ) => true,
+            GatewayError::BadRequest(_)
+            | GatewayError::Route(_)
+            | GatewayError::Credential(_)
+            | GatewayError::Forbidden(_)
+            | GatewayError::PayloadTooLarge
+            | GatewayError::Store(_)
+            | GatewayError::UpstreamUnavailable(_)
+            | GatewayError::UpstreamTimeout => false,
+        }
+    }
+}
+
+/// What the error response may use from the request.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorContext<'a> {
+    /// The request id, echoed so the client can quote it.
+    pub request_id: &'a HeaderValue,
+    /// The request is a top-level browser navigation.
+    pub browser: bool,
+    /// Where browsers log in, if configured.
+    pub login_url: Option<&'a str>,
+    /// The normalized path and query to come back to after login.
+    pub return_to: Option<&'a str>,
+}
+
+/// Headers every response the gateway makes itself carries.
+pub fn harden(headers: &mut http::HeaderMap) {
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        "content-security-policy",
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+    );
+    headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+}
+
+/// The one place refusals become responses.
+pub fn error_response(err: &GatewayError, ctx: &ErrorContext<'_>) -> Response<GatewayBody> {
+    if ctx.browser
+        && err.wants_login()
+        && let Some(login) = ctx.login_url
+    {
+        let location = login_location(login, ctx.return_to);
+        let mut response = Response::new(GatewayBody::Empty);
+        *response.status_mut() = StatusCode::SEE_OTHER;
+        if let Ok(value) = HeaderValue::from_str(&location) {
+            response.headers_mut().insert(LOCATION, value);
+        }
+        harden(response.headers_mut());
+        response
+            .headers_mut()
+            .insert("x-request-id", ctx.request_id.clone());
+        return response;
+    }
+    let status = err.status();
+    let body = format!(
+        "{{\"error\":\"{}\",\"request_id\":{}}}",
+        err.code(),
+        serde_json::Value::from(ctx.request_id.to_str().unwrap_or(""))
+    );
+    let mut response = Response::new(GatewayBody::full(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    harden(headers);
+    headers.insert("x-request-id", ctx.request_id.clone());
+    if status == StatusCode::UNAUTHORIZED {
+        let challenge = if matches!(err, GatewayError::MissingCredential) {
+            "Bearer realm=\"portcullis\""
+        } else {
+            "Bearer realm=\"portcullis\", error=\"invalid_token\""
+        };
+        headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+    } else if status == StatusCode::FORBIDDEN {
+        headers.insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"portcullis\", error=\"insufficient_scope\""),
+        );
+    } else if status == StatusCode::SERVICE_UNAVAILABLE {
+        headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+/// `login?return_to=<path>` with the return path percent-encoded. Query parameters that
+/// commonly carry tokens are dropped so a token put in a URL by mistake is not copied further.
+fn login_location(login: &str, return_to: Option<&str>) -> String {
+    let Some(return_to) = return_to else {
+        return login.to_owned();
+    };
+    let (path, query) = return_to.split_once('?').unwrap_or((return_to, ""));
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter(|p| {
+            let name = p.split('=').next().unwrap_or("").to_ascii_lowercase();
+            !matches!(
+                name.as_str(),
+                "access_token" | "id_token" | "refresh_token" | "token" | "code" | "jwt"
+            )
+        })
+        .collect();
+    let target = if kept.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    };
+    let sep = if login.contains('?') { '&' } else { '?' };
+    format!("{login}{sep}return_to={}", percent_encode(&target))
+}
+
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 3);
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(rid: &HeaderValue) -> ErrorContext<'_> {
+        ErrorContext {
+            request_id: rid,
+            browser: false,
+            login_url: None,
+            return_to: None,
+        }
+    }
+
+    #[test]
+    fn each_error_has_its_status() {
+        let cases: Vec<(GatewayError, u16)> = vec![
+            (BadRequest::Host.into(), 400),
+            (BadRequest::Framing.into(), 400),
+            (BadRequest::Path(PathError::Ambiguous).into(), 400),
+            (RouteError::NotFound.into(), 404),
+            (RouteError::MethodNotAllowed.into(), 405),
+            (GatewayError::MissingCredential, 401),
+            (CredentialError::Conflicting.into(), 400),
+            (CredentialError::DuplicateAuthorization.into(), 400),
+            (CredentialError::DuplicateCookie.into(), 400),
+            (CredentialError::NotBearer.into(), 401),
+            (CredentialError::BadCharacters.into(), 401),
+            (TokenError::Expired.into(), 401),
+            (GatewayError::Session(Verdict::JtiDenied), 401),
+            (Forbidden.into(), 403),
+            (GatewayError::PayloadTooLarge, 413),
+            (
+                StoreError::Unavailable {
+                    source: "down".into(),
+                }
+                .into(),
+                503,
+            ),
+            (GatewayError::UpstreamUnavailable("refused".into()), 502),
+            (GatewayError::UpstreamTimeout, 504),
+        ];
+        let rid = HeaderValue::from_static("r1");
+        for (err, status) in cases {
+            let response = error_response(&err, &ctx(&rid));
+            assert_eq!(response.status().as_u16(), status, "{err:?}");
+            assert_eq!(response.headers()["cache-control"], "no-store");
+        }
+    }
+
+    #[test]
+    fn unauthorized_carries_a_bearer_challenge() {
+        let rid = HeaderValue::from_static("r1");
+        let missing = error_response(&GatewayError::MissingCredential, &ctx(&rid));
+        assert_eq!(
+            missing.headers()["www-authenticate"],
+            "Bearer realm=\"portcullis\""
+        );
+        let invalid = error_response(&TokenError::BadSignature.into(), &ctx(&rid));
+        assert!(
+            invalid.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .contains("error=\"invalid_token\"")
+        );
+    }
+
+    #[test]
+    fn browsers_are_sent_to_login_with_a_safe_return_path() {
+        let rid = HeaderValue::from_static("r1");
+        let c = ErrorContext {
+            request_id: &rid,
+            browser: true,
+            login_url: Some("/auth/login"),
+            return_to: Some("/docs/a b?x=1&access_token=eyJ&y=2"),
+        };
+        let response = error_response(&GatewayError::MissingCredential, &c);
+        assert_eq!(response.status(), StatusCode::SEE_OTHER);
+        assert_eq!(
+            response.headers()["location"],
+            "/auth/login?return_to=/docs/a%20b%3Fx%3D1%26y%3D2"
+        );
+        // A 403 is not fixed by logging in again.
+        assert_eq!(
+            error_response(&Forbidden.into(), &c).status(),
+            StatusCode::FORBIDDEN
+        );
+    }
+}

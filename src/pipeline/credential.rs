@@ -1,0 +1,190 @@
+//! Stage 2, **credential**: find the access token in the request, if there is one.
+//!
+//! Runs after routing, for non-public routes. `Ok(None)` means no credential was presented (a
+//! 401 asking for one, or a login redirect for a browser); `Ok(Some(token))` is the token to
+//! verify; `Err` means a credential was presented but cannot be used — it never falls through to
+//! another source. Tokens come only from the configured cookie and the `Authorization` header,
+//! never from the query string (SECURITY.md 24). Precedence, documented:
+//! - two `Authorization` headers, or the cookie twice → refused (400);
+//! - cookie and bearer both present: accepted only when they carry the same token (400 otherwise),
+//!   so the forwarded identity is always the one verified.
+//!
+//! It reads headers only and changes nothing.
+
+use http::HeaderMap;
+use http::header::{AUTHORIZATION, COOKIE};
+
+/// A presented credential that cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CredentialError {
+    /// More than one `Authorization` header.
+    #[error("more than one Authorization header")]
+    DuplicateAuthorization,
+    /// The access-token cookie appears more than once.
+    #[error("the access-token cookie appears more than once")]
+    DuplicateCookie,
+    /// Cookie and bearer carry different tokens.
+    #[error("cookie and bearer tokens differ")]
+    Conflicting,
+    /// `Authorization` with a scheme other than Bearer, or an empty token.
+    #[error("Authorization is not a Bearer token")]
+    NotBearer,
+    /// The token has characters a compact JWS cannot have.
+    #[error("token has invalid characters")]
+    BadCharacters,
+}
+
+impl CredentialError {
+    /// A stable identifier for logs and audit.
+    pub fn reason_id(self) -> &'static str {
+        match self {
+            CredentialError::DuplicateAuthorization => "credential.duplicate_authorization",
+            CredentialError::DuplicateCookie => "credential.duplicate_cookie",
+            CredentialError::Conflicting => "credential.conflicting",
+            CredentialError::NotBearer => "credential.not_bearer",
+            CredentialError::BadCharacters => "credential.bad_characters",
+        }
+    }
+}
+
+/// The stage's entry point.
+pub fn credential<'h>(
+    headers: &'h HeaderMap,
+    cookie_name: &str,
+) -> Result<Option<&'h str>, CredentialError> {
+    let bearer = bearer(headers)?;
+    let cookie = cookie(headers, cookie_name)?;
+    let token = match (bearer, cookie) {
+        (Some(b), Some(c)) if b != c => return Err(CredentialError::Conflicting),
+        (Some(t), _) | (None, Some(t)) => t,
+        (None, None) => return Ok(None),
+    };
+    if token.is_empty()
+        || !token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(CredentialError::BadCharacters);
+    }
+    Ok(Some(token))
+}
+
+fn bearer(headers: &HeaderMap) -> Result<Option<&str>, CredentialError> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(CredentialError::DuplicateAuthorization);
+    }
+    let value = value.to_str().map_err(|_| CredentialError::NotBearer)?;
+    let (scheme, token) = value.split_once(' ').ok_or(CredentialError::NotBearer)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(CredentialError::NotBearer);
+    }
+    let token = token.trim_matches(' ');
+    if token.is_empty() {
+        return Err(CredentialError::NotBearer);
+    }
+    Ok(Some(token))
+}
+
+fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, CredentialError> {
+    let mut found = None;
+    for header in headers.get_all(COOKIE) {
+        // A cookie header that is not text cannot hold our cookie; other cookies are not ours to judge.
+        let Ok(header) = header.to_str() else {
+            continue;
+        };
+        for pair in header.split(';') {
+            let Some((n, v)) = pair.split_once('=') else {
+                continue;
+            };
+            if n.trim() == name {
+                if found.is_some() {
+                    return Err(CredentialError::DuplicateCookie);
+                }
+                found = Some(v.trim().trim_matches('"'));
+            }
+        }
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn absent_is_none_not_an_error() {
+        assert_eq!(
+            credential(&headers(&[("cookie", "other=1")]), "at"),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn bearer_and_cookie_are_read() {
+        assert_eq!(
+            credential(&headers(&[("authorization", "Bearer a.b.c")]), "at"),
+            Ok(Some("a.b.c"))
+        );
+        assert_eq!(
+            credential(&headers(&[("authorization", "bearer a.b.c")]), "at"),
+            Ok(Some("a.b.c"))
+        );
+        assert_eq!(
+            credential(&headers(&[("cookie", "x=1; at=a.b.c; y=2")]), "at"),
+            Ok(Some("a.b.c"))
+        );
+    }
+
+    #[test]
+    fn duplicates_and_conflicts_are_refused() {
+        let two_auth = headers(&[
+            ("authorization", "Bearer a.b.c"),
+            ("authorization", "Bearer d.e.f"),
+        ]);
+        assert_eq!(
+            credential(&two_auth, "at"),
+            Err(CredentialError::DuplicateAuthorization)
+        );
+        let two_cookies = headers(&[("cookie", "at=a.b.c"), ("cookie", "at=a.b.c")]);
+        assert_eq!(
+            credential(&two_cookies, "at"),
+            Err(CredentialError::DuplicateCookie)
+        );
+        let both = headers(&[("authorization", "Bearer a.b.c"), ("cookie", "at=d.e.f")]);
+        assert_eq!(credential(&both, "at"), Err(CredentialError::Conflicting));
+        let same = headers(&[("authorization", "Bearer a.b.c"), ("cookie", "at=a.b.c")]);
+        assert_eq!(credential(&same, "at"), Ok(Some("a.b.c")));
+    }
+
+    #[test]
+    fn other_schemes_and_odd_characters_are_refused() {
+        assert_eq!(
+            credential(&headers(&[("authorization", "Basic dXNlcg==")]), "at"),
+            Err(CredentialError::NotBearer)
+        );
+        assert_eq!(
+            credential(&headers(&[("authorization", "Bearer")]), "at"),
+            Err(CredentialError::NotBearer)
+        );
+        assert_eq!(
+            credential(&headers(&[("authorization", "Bearer a.b+c")]), "at"),
+            Err(CredentialError::BadCharacters)
+        );
+    }
+}

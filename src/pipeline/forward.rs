@@ -1,0 +1,296 @@
+//! Stage 7, **forward**: send the mutated request to the route's upstream and stream the answer.
+//!
+//! Runs last, only for requests every earlier stage accepted. `Ok` is the upstream's response
+//! (hop-by-hop headers removed, body streamed unbuffered); `Err` is 502 (refused, reset,
+//! protocol error), 504 (no response head within `response_timeout`) or 413 (the body grew past
+//! the route's limit while streaming). Connections are pooled and kept alive per upstream.
+//! WebSocket (HTTP/1.1 `Upgrade`) handshakes are passed through and, on `101`, the two
+//! connections are spliced together until either side closes.
+//!
+//! The built-in `echo` upstream answers in-process with what it received, as JSON, so the
+//! example config works with no other service and tests can see what a backend would see.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::HOST;
+use http::uri::{Authority, Scheme};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use crate::body::{BodyError, GatewayBody};
+use crate::error::GatewayError;
+use crate::pipeline::mutate;
+
+/// Timeouts and pool settings of an HTTP upstream.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    /// TCP (and TLS) connect timeout.
+    pub connect_timeout: Duration,
+    /// Time allowed until the response head arrives.
+    pub response_timeout: Duration,
+    /// How long an idle pooled connection is kept.
+    pub idle_timeout: Duration,
+    /// Idle connections kept per host.
+    pub max_idle_per_host: usize,
+    /// Speak HTTP/2 (prior knowledge on `http://`, ALPN `h2` on `https://`).
+    pub h2: bool,
+    /// Send the client's `Host` rather than the upstream's authority.
+    pub preserve_host: bool,
+}
+
+/// A real HTTP(S) origin with its connection pool.
+pub struct HttpUpstream {
+    scheme: Scheme,
+    authority: Authority,
+    /// Path prefix prepended to every forwarded path, without a trailing slash.
+    base_path: String,
+    client: Client<HttpsConnector<HttpConnector>, GatewayBody>,
+    settings: UpstreamSettings,
+}
+
+impl std::fmt::Debug for HttpUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpUpstream")
+            .field("scheme", &self.scheme)
+            .field("authority", &self.authority)
+            .field("base_path", &self.base_path)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a route sends its requests.
+#[derive(Debug)]
+pub enum Upstream {
+    /// The built-in echo service.
+    Echo,
+    /// An HTTP(S) origin.
+    Http(Box<HttpUpstream>),
+}
+
+impl HttpUpstream {
+    /// Builds the pooled client for `url`. `tls` is the client TLS config for `https://`.
+    pub fn new(
+        url: &Uri,
+        tls: rustls::ClientConfig,
+        settings: UpstreamSettings,
+    ) -> Result<Self, String> {
+        let scheme = url
+            .scheme()
+            .cloned()
+            .ok_or("the URL needs http:// or https://")?;
+        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+            return Err(format!("scheme `{scheme}` is not http or https"));
+        }
+        let authority = url.authority().cloned().ok_or("the URL has no host")?;
+        if url.query().is_some() {
+            return Err("the URL must not have a query".into());
+        }
+        let base_path = url.path().trim_end_matches('/').to_owned();
+
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(settings.connect_timeout));
+        http.set_nodelay(true);
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http();
+        let connector = if settings.h2 {
+            builder.enable_http2().wrap_connector(http)
+        } else {
+            builder.enable_http1().wrap_connector(http)
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(settings.idle_timeout)
+            .pool_max_idle_per_host(settings.max_idle_per_host)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http2_only(settings.h2)
+            .build(connector);
+        Ok(Self {
+            scheme,
+            authority,
+            base_path,
+            client,
+            settings,
+        })
+    }
+}
+
+/// The request as the forward stage receives it.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// Method, mutated headers, body and extensions (for upgrades). Its URI is replaced.
+    pub request: Request<GatewayBody>,
+    /// The normalized path that was authorized.
+    pub path: String,
+    /// The query string, unchanged.
+    pub query: Option<String>,
+    /// The client's `Host`, for `preserve_host`.
+    pub client_host: Option<HeaderValue>,
+    /// A WebSocket handshake.
+    pub upgrade: bool,
+}
+
+/// The stage's entry point.
+pub async fn forward(
+    upstream: &Upstream,
+    outgoing: Outgoing,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    match upstream {
+        Upstream::Echo => Ok(echo(outgoing).await),
+        Upstream::Http(http) => forward_http(http, outgoing).await,
+    }
+}
+
+async fn forward_http(
+    up: &HttpUpstream,
+    out: Outgoing,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    let Outgoing {
+        mut request,
+        path,
+        query,
+        client_host,
+        upgrade,
+    } = out;
+    let mut path_and_query = String::with_capacity(
+        up.base_path.len() + path.len() + 1 + query.as_ref().map_or(0, String::len),
+    );
+    path_and_query.push_str(&up.base_path);
+    path_and_query.push_str(&path);
+    if let Some(q) = &query {
+        path_and_query.push('?');
+        path_and_query.push_str(q);
+    }
+    let uri = Uri::builder()
+        .scheme(up.scheme.clone())
+        .authority(up.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|e| GatewayError::UpstreamUnavailable(Box::new(e)))?;
+    *request.uri_mut() = uri;
+    *request.version_mut() = if up.settings.h2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    if up.settings.preserve_host
+        && let Some(host) = client_host
+    {
+        request.headers_mut().insert(HOST, host);
+    }
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+
+    let response = match tokio::time::timeout(
+        up.settings.response_timeout,
+        up.client.request(request),
+    )
+    .await
+    {
+        Err(_) => return Err(GatewayError::UpstreamTimeout),
+        Ok(Err(e)) => {
+            if caused_by_body_limit(&e) {
+                return Err(GatewayError::PayloadTooLarge);
+            }
+            return Err(GatewayError::UpstreamUnavailable(Box::new(e)));
+        }
+        Ok(Ok(response)) => response,
+    };
+
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_upgrade) = client_upgrade
+    {
+        return Ok(splice(response, client_upgrade));
+    }
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, GatewayBody::stream(body)))
+}
+
+/// Answers the client's upgrade with the upstream's `101` and joins the two connections.
+fn splice(
+    mut upstream_response: Response<hyper::body::Incoming>,
+    client: hyper::upgrade::OnUpgrade,
+) -> Response<GatewayBody> {
+    let upstream = hyper::upgrade::on(&mut upstream_response);
+    tokio::spawn(async move {
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade did not complete");
+                return;
+            }
+        };
+        let mut client = TokioIo::new(client);
+        let mut upstream = TokioIo::new(upstream);
+        // Ends when either side closes or errors; both halves are then dropped.
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            tracing::debug!(error = %e, "upgraded connection ended with an error");
+        }
+    });
+    let (parts, _) = upstream_response.into_parts();
+    Response::from_parts(parts, GatewayBody::Empty)
+}
+
+fn caused_by_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cause {
+        if matches!(err.downcast_ref::<BodyError>(), Some(BodyError::TooLarge)) {
+            return true;
+        }
+        cause = err.source();
+    }
+    false
+}
+
+/// Removes hop-by-hop headers from an upstream response.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for name in mutate::connection_listed(headers) {
+        headers.remove(name);
+    }
+    for name in mutate::HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// The built-in echo service: method, path, query, headers and body size, as JSON.
+async fn echo(out: Outgoing) -> Response<GatewayBody> {
+    let (parts, body) = out.request.into_parts();
+    let body_bytes = match body.collect().await {
+        Ok(collected) => collected.to_bytes().len(),
+        Err(BodyError::TooLarge) => {
+            let mut response =
+                Response::new(GatewayBody::full("{\"error\":\"payload_too_large\"}"));
+            *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+            return response;
+        }
+        Err(BodyError::Stream(_)) => 0,
+    };
+    let mut headers: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (name, value) in &parts.headers {
+        headers
+            .entry(name.as_str())
+            .or_default()
+            .push(value.to_str().unwrap_or("<non-ascii>"));
+    }
+    let report = serde_json::json!({
+        "method": parts.method.as_str(),
+        "path": out.path,
+        "query": out.query,
+        "headers": headers,
+        "body_bytes": body_bytes,
+    });
+    let mut response = Response::new(GatewayBody::full(Bytes::from(report.to_string())));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

@@ -1,0 +1,352 @@
+//! The request path. [`handle`] calls each stage in order; each stage is a module with one
+//! entry function and a contract in its module docs:
+//!
+//! ```text
+//!   0 framing     refuse ambiguous Content-Length / Transfer-Encoding      (400, connection closed)
+//!                 (hyper itself already reads CL+TE as chunked and closes after the response)
+//!   1 route       normalize the path; host + path + method → Route         (400, 404, 405)
+//!   2 credential  cookie or bearer → Option<token>; absent ≠ invalid       (401, 400)
+//!   3 verify      kid → pinned key → signature → typ/crit/claims           (401)
+//!   4 session     jti denylist, live session, user not revoked since iat   (401, 503)
+//!   5 authorize   the route's policy against the token's permissions       (403)
+//!   6 mutate      strip client identity/forwarding headers, inject verified ones
+//!   7 forward     pooled upstream client, streamed bodies, upgrades        (502, 504, 413)
+//! ```
+//! Public routes skip 2–5 but still go through 6, so spoofed identity headers are stripped
+//! there too. Every refusal goes through [`crate::error::error_response`].
+
+pub mod authorize;
+pub mod credential;
+pub mod forward;
+pub mod mutate;
+pub mod normalize;
+pub mod route;
+pub mod session;
+pub mod verify;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::header::{ACCEPT, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderValue, Method, Request, Response};
+use hyper::body::Incoming;
+
+use crate::body::GatewayBody;
+use crate::config::Runtime;
+use crate::error::{BadRequest, ErrorContext, GatewayError, error_response};
+use crate::store::Store;
+use authorize::Policy;
+use forward::Outgoing;
+use mutate::ForwardFacts;
+
+/// Facts about the client connection a request arrived on.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// Whether the listener terminated TLS.
+    pub tls: bool,
+    /// `Strict-Transport-Security` to add to every response, on TLS listeners.
+    pub hsts: Option<HeaderValue>,
+}
+
+/// What is known about a request for its log line and its error response. It borrows from the
+/// runtime snapshot and shares the verified token, so filling it costs no allocation.
+#[derive(Debug, Default)]
+struct Trace<'rt> {
+    route: Option<&'rt str>,
+    token: Option<Arc<verify::VerifiedToken>>,
+}
+
+/// Handles one request with the runtime snapshot it started with; never fails.
+pub async fn handle(
+    request: Request<Incoming>,
+    conn: &Connection,
+    runtime: Arc<Runtime>,
+    store: &Store,
+) -> Response<GatewayBody> {
+    let request_id = request_id(request.headers());
+    let browser = is_browser_navigation(request.method(), request.headers());
+    let method = request.method().clone();
+    // Kept (a reference-counted clone) only to build the login return path if one is needed.
+    let target = request.uri().path_and_query().cloned();
+    let mut trace = Trace::default();
+    let mut response = match run(request, conn, &runtime, store, &request_id, &mut trace).await {
+        Ok(response) => response,
+        Err(err) => {
+            tracing::info!(
+                request_id = request_id.to_str().unwrap_or(""),
+                client.ip = %conn.peer.ip(),
+                method = %method,
+                route.id = trace.route,
+                subject = trace.token.as_ref().map(|t| &*t.subject),
+                status = err.status().as_u16(),
+                reason_id = err.reason_id(),
+                error = %err,
+                "request refused"
+            );
+            let return_to = (browser && runtime.login_url.is_some())
+                .then(|| target.as_ref().and_then(return_path))
+                .flatten();
+            let ctx = ErrorContext {
+                request_id: &request_id,
+                browser,
+                login_url: runtime.login_url.as_deref(),
+                return_to: return_to.as_deref(),
+            };
+            let mut response = error_response(&err, &ctx);
+            if matches!(err, GatewayError::BadRequest(BadRequest::Framing)) {
+                // The rest of the stream cannot be trusted to be framed as the client meant.
+                response
+                    .headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
+        }
+    };
+    if let Some(hsts) = &conn.hsts {
+        response
+            .headers_mut()
+            .insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+    }
+    response
+}
+
+/// The stages, in order. The order matters: nothing is read from a credential before the route
+/// is known, no claim is used before the signature is verified (inside verify), and nothing is
+/// forwarded before mutate has stripped what the client must not set.
+async fn run<'rt>(
+    request: Request<Incoming>,
+    conn: &Connection,
+    rt: &'rt Runtime,
+    store: &Store,
+    request_id: &HeaderValue,
+    trace: &mut Trace<'rt>,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    check_framing(request.headers())?;
+
+    // 1. route
+    let path = normalize::normalize(request.uri().path()).map_err(BadRequest::Path)?;
+    let host = request_host(&request)?;
+    let query = request.uri().query().map(str::to_owned);
+    let route = rt
+        .router
+        .route(host.as_deref(), path.segments(), request.method())?;
+    trace.route = Some(&route.id);
+
+    // 2–5: only for routes that need an identity.
+    let identity = if matches!(route.policy, Policy::Public) {
+        None
+    } else {
+        let token = credential::credential(request.headers(), &rt.cookie_name)?
+            .ok_or(GatewayError::MissingCredential)?;
+        let now = verify::unix_now();
+        let verified = verify::verify(token, &rt.verifier, &rt.token_cache, &rt.permissions, now)?;
+        trace.token = Some(Arc::clone(&verified));
+        session::session(&verified, store, now).await?;
+        authorize::authorize(&route.policy, &verified.permissions)?;
+        Some(verified)
+    };
+
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > route.max_body) {
+        return Err(GatewayError::PayloadTooLarge);
+    }
+
+    // 6. mutate
+    let upgrade = is_upgrade(&request);
+    let client_host = request.headers().get(HOST).cloned().or_else(|| {
+        request
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let (mut parts, body) = request.into_parts();
+    let facts = ForwardFacts {
+        peer: conn.peer.ip(),
+        tls: conn.tls,
+        host: host.as_deref(),
+        request_id,
+        forward_authorization: route.forward_authorization,
+        upgrade,
+    };
+    mutate::mutate(&mut parts.headers, identity.as_deref(), &rt.mutate, &facts);
+
+    // 7. forward
+    let outgoing = Outgoing {
+        request: Request::from_parts(parts, GatewayBody::limited(body, route.max_body)),
+        path: path.path,
+        query,
+        client_host,
+        upgrade,
+    };
+    let mut response = forward::forward(&rt.upstreams[route.upstream], outgoing).await?;
+    tracing::debug!(
+        request_id = request_id.to_str().unwrap_or(""),
+        route.id = &*route.id,
+        status = response.status().as_u16(),
+        "forwarded"
+    );
+    response
+        .headers_mut()
+        .insert("x-request-id", request_id.clone());
+    Ok(response)
+}
+
+/// The normalized path and query a browser returns to after logging in; `None` when the path
+/// cannot be normalized (such a request was refused with 400 anyway).
+fn return_path(target: &http::uri::PathAndQuery) -> Option<String> {
+    let path = normalize::normalize(target.path()).ok()?.path;
+    Some(match target.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    })
+}
+
+/// Refuses requests whose body framing two parsers could read differently (SECURITY.md 30).
+/// Defence in depth: hyper's HTTP/1 parser already rejects conflicting lengths and drops
+/// `Content-Length` when `Transfer-Encoding` is present (reading chunked, then closing), so
+/// the first two checks mostly guard other transports and future parser changes.
+fn check_framing(headers: &HeaderMap) -> Result<(), BadRequest> {
+    let lengths = headers.get_all(CONTENT_LENGTH).iter().count();
+    let encodings: Vec<&HeaderValue> = headers.get_all(TRANSFER_ENCODING).iter().collect();
+    if lengths > 1 || (lengths == 1 && !encodings.is_empty()) {
+        return Err(BadRequest::Framing);
+    }
+    match encodings.as_slice() {
+        [] => Ok(()),
+        [one] if one.as_bytes().eq_ignore_ascii_case(b"chunked") => Ok(()),
+        _ => Err(BadRequest::Framing),
+    }
+}
+
+/// The canonical request host: the absolute-form authority or `Host` (which must agree when
+/// both are present), lower-cased and without port.
+fn request_host(request: &Request<Incoming>) -> Result<Option<String>, BadRequest> {
+    let from_uri = request.uri().authority().map(|a| a.as_str());
+    let mut hosts = request.headers().get_all(HOST).iter();
+    let from_header = match (hosts.next(), hosts.next()) {
+        (Some(h), None) => Some(h.to_str().map_err(|_| BadRequest::Host)?),
+        (None, _) => None,
+        (Some(_), Some(_)) => return Err(BadRequest::Host),
+    };
+    let raw = match (from_uri, from_header) {
+        (Some(u), Some(h)) => {
+            let (u, h) = (route::canonical_host(u), route::canonical_host(h));
+            if u != h {
+                return Err(BadRequest::Host);
+            }
+            return u.map(Some).ok_or(BadRequest::Host);
+        }
+        (Some(one), None) | (None, Some(one)) => one,
+        (None, None) => return Ok(None),
+    };
+    route::canonical_host(raw).map(Some).ok_or(BadRequest::Host)
+}
+
+fn is_upgrade(request: &Request<Incoming>) -> bool {
+    request.version() == http::Version::HTTP_11
+        && request.headers().contains_key(http::header::UPGRADE)
+        && request
+            .headers()
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// A top-level navigation by a browser, which is better served by the login page than by JSON.
+fn is_browser_navigation(method: &Method, headers: &HeaderMap) -> bool {
+    if method != Method::GET && method != Method::HEAD {
+        return false;
+    }
+    if let Some(mode) = headers.get("sec-fetch-mode") {
+        return mode == "navigate";
+    }
+    headers
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"))
+}
+
+static REQUEST_COUNTER: AtomicU64 = AtomicU64::new(0);
+static REQUEST_PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// The client's `X-Request-Id` when it is well-formed (1–128 of `[A-Za-z0-9._:-]`), else a new
+/// one: a per-process random prefix and a counter, unique without a syscall per request.
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(given) = headers.get("x-request-id") {
+        let bytes = given.as_bytes();
+        if !bytes.is_empty()
+            && bytes.len() <= 128
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        {
+            return given.clone();
+        }
+    }
+    let prefix = *REQUEST_PREFIX.get_or_init(|| {
+        let mut bytes = [0u8; 8];
+        // If the OS RNG fails the ids are still unique within the process, just predictable.
+        let _ = aws_lc_rs::rand::fill(&mut bytes);
+        u64::from_le_bytes(bytes)
+    });
+    let n = REQUEST_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let id = format!("{prefix:016x}{n:016x}");
+    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framing_refuses_cl_with_te_and_odd_encodings() {
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_LENGTH, HeaderValue::from_static("5"));
+        assert!(check_framing(&h).is_ok());
+        h.append(CONTENT_LENGTH, HeaderValue::from_static("5"));
+        assert_eq!(check_framing(&h), Err(BadRequest::Framing));
+        let mut h = HeaderMap::new();
+        h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        assert!(check_framing(&h).is_ok());
+        h.insert(CONTENT_LENGTH, HeaderValue::from_static("5"));
+        assert_eq!(check_framing(&h), Err(BadRequest::Framing));
+        let mut h = HeaderMap::new();
+        h.insert(TRANSFER_ENCODING, HeaderValue::from_static("xchunked"));
+        assert_eq!(check_framing(&h), Err(BadRequest::Framing));
+        h.insert(TRANSFER_ENCODING, HeaderValue::from_static("gzip, chunked"));
+        assert_eq!(check_framing(&h), Err(BadRequest::Framing));
+    }
+
+    #[test]
+    fn request_ids_are_kept_when_well_formed_and_replaced_otherwise() {
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert("x-request-id", HeaderValue::from_static("bad id<script>"));
+        let fresh = request_id(&h);
+        assert_eq!(fresh.len(), 32);
+        assert_ne!(fresh, request_id(&h));
+    }
+
+    #[test]
+    fn navigations_are_told_apart_from_api_calls() {
+        let mut h = HeaderMap::new();
+        h.insert("sec-fetch-mode", HeaderValue::from_static("navigate"));
+        assert!(is_browser_navigation(&Method::GET, &h));
+        assert!(!is_browser_navigation(&Method::POST, &h));
+        let mut h = HeaderMap::new();
+        h.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        assert!(!is_browser_navigation(&Method::GET, &h));
+        h.insert(ACCEPT, HeaderValue::from_static("text/html,*/*"));
+        assert!(is_browser_navigation(&Method::GET, &h));
+    }
+}

@@ -1,0 +1,439 @@
+//! Stage 6, **mutate**: make the request fit to forward. Strip, then inject.
+//!
+//! Runs after authorization (or after routing, for public routes), immediately before
+//! forwarding; it cannot fail. It removes, in any case and with `_` spelled for `-`:
+//! every client-sent identity header (`X-Auth-*` and the configured names), `X-Forwarded-*`,
+//! `Forwarded`, `X-Real-IP`, `X-Request-Id`, path and method overrides (`X-Original-URL`,
+//! `X-HTTP-Method-Override`, …), hop-by-hop headers (and those `Connection` names),
+//! the gateway's own cookies, and `Authorization` unless the route forwards it. Then it injects
+//! the verified identity, the request id and `X-Forwarded-For/-Proto/-Host` — keeping a client's
+//! forwarding chain only when the peer is a configured trusted proxy (SECURITY.md 28).
+//! On the way back, [`protect_response`] drops any `Set-Cookie` for the gateway's own cookies.
+
+use std::net::IpAddr;
+
+use http::header::{AUTHORIZATION, CONNECTION, COOKIE, HOST, SET_COOKIE};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::config::units::IpNet;
+use crate::pipeline::verify::VerifiedToken;
+
+/// The configured identity header names.
+#[derive(Debug, Clone)]
+pub struct IdentityHeaders {
+    /// Carries `sub`.
+    pub subject: HeaderName,
+    /// Carries `sid`.
+    pub session: HeaderName,
+    /// Carries the comma-separated permissions.
+    pub permissions: HeaderName,
+}
+
+/// What mutate needs from the config.
+#[derive(Debug)]
+pub struct MutateConfig {
+    /// Identity header names.
+    pub identity: IdentityHeaders,
+    /// Cookie names the gateway owns; removed before forwarding.
+    pub gateway_cookies: Vec<String>,
+    /// Peers whose forwarding headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl MutateConfig {
+    /// Whether `ip` is a configured trusted proxy.
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|net| net.contains(ip))
+    }
+}
+
+/// Facts about the connection and request that mutate writes into headers.
+#[derive(Debug)]
+pub struct ForwardFacts<'a> {
+    /// The TCP peer.
+    pub peer: IpAddr,
+    /// The listener terminated TLS.
+    pub tls: bool,
+    /// The canonical request host, if any.
+    pub host: Option<&'a str>,
+    /// The request id.
+    pub request_id: &'a HeaderValue,
+    /// Keep `Authorization`.
+    pub forward_authorization: bool,
+    /// Keep `Upgrade`/`Connection: upgrade` (a WebSocket handshake).
+    pub upgrade: bool,
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection and are never forwarded,
+/// in either direction.
+pub const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+];
+
+/// `a` equals `b` with `_` and `-` treated alike (names are already lower-case).
+fn same_name(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .all(|(x, y)| x == y || (matches!(x, b'_' | b'-') && matches!(y, b'_' | b'-')))
+}
+
+fn starts_with_name(name: &str, prefix: &str) -> bool {
+    name.len() >= prefix.len() && same_name(&name[..prefix.len()], prefix)
+}
+
+/// Headers some backends obey to serve another path or method than the request line names
+/// (IIS and Symfony read `X-Original-URL`/`X-Rewrite-URL`, many frameworks a method override).
+/// Forwarded, they would let a client reach a resource or method other than the one the route
+/// authorized, e.g. `GET /public` with `X-Original-URL: /admin` (SECURITY.md 31).
+const OVERRIDES: [&str; 6] = [
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+fn spoofable(name: &str, identity: &IdentityHeaders) -> bool {
+    starts_with_name(name, "x-auth-")
+        || starts_with_name(name, "x-forwarded-")
+        || same_name(name, "forwarded")
+        || same_name(name, "x-real-ip")
+        || same_name(name, "x-request-id")
+        || same_name(name, identity.subject.as_str())
+        || same_name(name, identity.session.as_str())
+        || same_name(name, identity.permissions.as_str())
+        || OVERRIDES.iter().any(|o| same_name(name, o))
+}
+
+/// The header names a `Connection` header lists: hop-by-hop for this message only.
+pub fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().to_ascii_lowercase().as_bytes()).ok())
+        .collect()
+}
+
+/// The client's address: the peer, or — behind trusted proxies — the right-most address in
+/// `X-Forwarded-For` that is not itself a trusted proxy.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, config: &MutateConfig) -> IpAddr {
+    if !config.is_trusted(peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let chain: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    for hop in chain.iter().rev() {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !config.is_trusted(ip) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    client
+}
+
+/// The stage's entry point.
+pub fn mutate(
+    headers: &mut HeaderMap,
+    identity: Option<&VerifiedToken>,
+    config: &MutateConfig,
+    facts: &ForwardFacts<'_>,
+) {
+    let trusted = config.is_trusted(facts.peer);
+    // Forwarding headers from a trusted proxy are carried over before the strip.
+    let (prior_for, prior_proto, prior_host) = if trusted {
+        (
+            joined(headers, "x-forwarded-for"),
+            headers.get("x-forwarded-proto").cloned(),
+            headers.get("x-forwarded-host").cloned(),
+        )
+    } else {
+        (None, None, None)
+    };
+
+    // Strip. Names listed in `Connection` are hop-by-hop too.
+    let mut doomed = connection_listed(headers);
+    if facts.upgrade {
+        doomed.retain(|n| n != "upgrade");
+    }
+    for name in headers.keys() {
+        let n = name.as_str();
+        // `_` spellings too: a backend that folds `_` into `-` must not read a client's
+        // `Transfer_Encoding` as framing.
+        let hop = HOP_BY_HOP.iter().any(|h| same_name(n, h))
+            && !(facts.upgrade && (n == "upgrade" || n == "connection"));
+        if hop || spoofable(n, &config.identity) || n == HOST {
+            doomed.push(name.clone());
+        }
+    }
+    if !facts.forward_authorization {
+        doomed.push(AUTHORIZATION);
+    }
+    for name in &doomed {
+        headers.remove(name);
+    }
+    if facts.upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    strip_cookies(headers, &config.gateway_cookies);
+    if !doomed.is_empty() {
+        tracing::debug!(stripped = ?doomed, "removed client-sent headers before forwarding");
+    }
+
+    // Inject.
+    if let Some(token) = identity {
+        headers.insert(
+            config.identity.subject.clone(),
+            token.subject_header.clone(),
+        );
+        if token.session.is_some() {
+            headers.insert(
+                config.identity.session.clone(),
+                token.session_header.clone(),
+            );
+        }
+        headers.insert(
+            config.identity.permissions.clone(),
+            token.permissions_header.clone(),
+        );
+    }
+    headers.insert("x-request-id", facts.request_id.clone());
+    let peer = facts.peer.to_string();
+    let xff = match prior_for {
+        Some(chain) => format!("{chain}, {peer}"),
+        None => peer,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    let proto = prior_proto
+        .unwrap_or_else(|| HeaderValue::from_static(if facts.tls { "https" } else { "http" }));
+    headers.insert("x-forwarded-proto", proto);
+    let host = prior_host.or_else(|| facts.host.and_then(|h| HeaderValue::from_str(h).ok()));
+    if let Some(host) = host {
+        headers.insert("x-forwarded-host", host);
+    }
+}
+
+/// Response side: an upstream may not set (or clear) the gateway's own cookies — a backend bug
+/// or compromise must not be able to plant an access token in the browser.
+pub fn protect_response(headers: &mut HeaderMap, config: &MutateConfig) {
+    if !headers.contains_key(SET_COOKIE) {
+        return;
+    }
+    let kept: Vec<HeaderValue> = headers
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter(|v| {
+            let name = v
+                .to_str()
+                .ok()
+                .and_then(|v| v.split('=').next())
+                .map(str::trim);
+            !name.is_some_and(|n| config.gateway_cookies.iter().any(|o| o == n))
+        })
+        .cloned()
+        .collect();
+    headers.remove(SET_COOKIE);
+    for value in kept {
+        headers.append(SET_COOKIE, value);
+    }
+}
+
+fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
+    let parts: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+/// Removes the gateway's cookies from every `Cookie` header, keeping the others in order.
+fn strip_cookies(headers: &mut HeaderMap, ours: &[String]) {
+    if !headers.contains_key(COOKIE) {
+        return;
+    }
+    let mut kept: Vec<&str> = Vec::new();
+    let values: Vec<HeaderValue> = headers.get_all(COOKIE).iter().cloned().collect();
+    for value in &values {
+        let Ok(text) = value.to_str() else { continue };
+        for pair in text.split(';') {
+            let name = pair.split('=').next().unwrap_or("").trim();
+            if !name.is_empty() && !ours.iter().any(|o| o == name) {
+                kept.push(pair.trim());
+            }
+        }
+    }
+    headers.remove(COOKIE);
+    if !kept.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+    {
+        headers.insert(COOKIE, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(trusted: &[&str]) -> MutateConfig {
+        MutateConfig {
+            identity: IdentityHeaders {
+                subject: HeaderName::from_static("x-auth-subject"),
+                session: HeaderName::from_static("x-auth-session"),
+                permissions: HeaderName::from_static("x-user-perms"),
+            },
+            gateway_cookies: vec!["__Host-at".into()],
+            trusted_proxies: trusted.iter().map(|t| IpNet::parse(t).unwrap()).collect(),
+        }
+    }
+
+    fn facts<'a>(peer: &str, rid: &'a HeaderValue) -> ForwardFacts<'a> {
+        ForwardFacts {
+            peer: peer.parse().unwrap(),
+            tls: true,
+            host: Some("app.example.com"),
+            request_id: rid,
+            forward_authorization: false,
+            upgrade: false,
+        }
+    }
+
+    #[test]
+    fn spoofed_identity_and_forwarding_headers_are_removed_in_every_spelling() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "x-auth-subject",
+            "x_auth_subject",
+            "X-AUTH-ROLES",
+            "x-user-perms",
+            "x_user_perms",
+            "forwarded",
+            "x-real-ip",
+            "x_forwarded_for",
+            "x-forwarded-host",
+        ] {
+            h.append(
+                HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).unwrap(),
+                HeaderValue::from_static("evil"),
+            );
+        }
+        h.append("x-auth-subject", HeaderValue::from_static("evil2"));
+        let rid = HeaderValue::from_static("rid");
+        mutate(&mut h, None, &config(&[]), &facts("203.0.113.9", &rid));
+        for (name, value) in &h {
+            assert_ne!(value, "evil", "{name} survived");
+            assert_ne!(value, "evil2", "{name} survived");
+        }
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "app.example.com");
+        assert_eq!(h["x-request-id"], "rid");
+        assert!(h.get("x-auth-subject").is_none());
+    }
+
+    #[test]
+    fn forwarding_chain_is_kept_only_from_trusted_proxies() {
+        let rid = HeaderValue::from_static("rid");
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("198.51.100.7"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        let cfg = config(&["10.0.0.0/8"]);
+        let mut untrusted = h.clone();
+        mutate(
+            &mut untrusted,
+            None,
+            &cfg,
+            &ForwardFacts {
+                tls: false,
+                ..facts("192.0.2.1", &rid)
+            },
+        );
+        assert_eq!(untrusted["x-forwarded-for"], "192.0.2.1");
+        assert_eq!(untrusted["x-forwarded-proto"], "http");
+        mutate(
+            &mut h,
+            None,
+            &cfg,
+            &ForwardFacts {
+                tls: false,
+                ..facts("10.1.2.3", &rid)
+            },
+        );
+        assert_eq!(h["x-forwarded-for"], "198.51.100.7, 10.1.2.3");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn client_ip_skips_trusted_hops_from_the_right() {
+        let cfg = config(&["10.0.0.0/8"]);
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("1.1.1.1, 198.51.100.7, 10.0.0.2"),
+        );
+        assert_eq!(
+            client_ip("10.0.0.1".parse().unwrap(), &h, &cfg),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_ip("192.0.2.1".parse().unwrap(), &h, &cfg),
+            "192.0.2.1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn upstreams_cannot_set_the_gateway_cookies() {
+        let mut h = HeaderMap::new();
+        h.append(
+            SET_COOKIE,
+            HeaderValue::from_static("__Host-at=planted; Path=/; Secure"),
+        );
+        h.append(SET_COOKIE, HeaderValue::from_static("theme=dark"));
+        protect_response(&mut h, &config(&[]));
+        let left: Vec<_> = h.get_all(SET_COOKIE).iter().collect();
+        assert_eq!(left, ["theme=dark"]);
+    }
+
+    #[test]
+    fn gateway_cookies_and_authorization_never_reach_the_upstream() {
+        let rid = HeaderValue::from_static("rid");
+        let mut h = HeaderMap::new();
+        h.insert(
+            COOKIE,
+            HeaderValue::from_static("a=1; __Host-at=secret; b=2"),
+        );
+        h.append(COOKIE, HeaderValue::from_static("__Host-at=secret"));
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer secret"));
+        h.insert(CONNECTION, HeaderValue::from_static("close, x-secret-hop"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        mutate(&mut h, None, &config(&[]), &facts("192.0.2.1", &rid));
+        assert_eq!(h[COOKIE], "a=1; b=2");
+        assert!(h.get(AUTHORIZATION).is_none());
+        assert!(h.get("x-secret-hop").is_none());
+        assert!(h.get("te").is_none());
+        assert!(h.get(CONNECTION).is_none());
+    }
+}

@@ -1,0 +1,571 @@
+//! Stage 3, **verify**: turn an access-token string into verified claims.
+//!
+//! Runs after the credential stage found a token, for every route that is not public.
+//! `Ok` means the signature was made by a configured key with the algorithm that key is pinned
+//! to, the token is an access token (`typ: at+jwt`), and `iss`, `aud`, `exp`, `nbf`, `iat`,
+//! `sub`, `jti` (and `sid` where the issuer requires sessions) all check out at `now`.
+//! `Err` is always a 401: the stage never falls through to another credential.
+//!
+//! It must not touch the session store (stage 4) nor the request. It does more than
+//! `jsonwebtoken` does on its own: `crit` is refused, `typ` is required, duplicate JSON members
+//! are refused, base64url must be canonical, `aud`/`nbf` are always checked, and the key — never
+//! the token — decides the algorithm.
+//!
+//! A token's signature is checked once: [`TokenCache`] keeps verified tokens (keyed by the
+//! SHA-256 of the token, so a re-encoded signature is a different, unverified entry) until
+//! their `exp`. Invalid tokens are never cached.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::HeaderValue;
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+
+use crate::keys::{KeySet, algorithm_name};
+use crate::pipeline::authorize::{PermissionSet, PermissionTable};
+
+/// Why a token was refused. Every variant is a 401; the reason id goes to logs and audit only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Longer than `tokens.max_bytes`.
+    #[error("token is too large")]
+    TooLarge,
+    /// Not three canonical base64url segments of JSON objects.
+    #[error("token is malformed")]
+    Malformed,
+    /// A JSON object in the header or payload names the same member twice.
+    #[error("token has duplicate JSON members")]
+    DuplicateMember,
+    /// `crit` is present: we implement no extensions, so none can be critical.
+    #[error("token has a crit header")]
+    CriticalHeader,
+    /// A nested JWT (`cty: JWT`).
+    #[error("token is a nested JWT")]
+    Nested,
+    /// `typ` is absent or not `at+jwt`.
+    #[error("token is not an access token")]
+    WrongType,
+    /// No `kid`, or a `kid` no configured key has.
+    #[error("token key id is unknown")]
+    UnknownKey,
+    /// `alg` differs from the algorithm the key is pinned to.
+    #[error("token algorithm does not match its key")]
+    AlgorithmMismatch,
+    /// The signature does not verify.
+    #[error("token signature is invalid")]
+    BadSignature,
+    /// A required claim is missing or has the wrong type.
+    #[error("token claim is missing or malformed")]
+    MissingClaim,
+    /// `iss` is not the issuer the key belongs to.
+    #[error("token issuer is not accepted")]
+    WrongIssuer,
+    /// `aud` names none of the accepted audiences.
+    #[error("token audience is not accepted")]
+    WrongAudience,
+    /// `exp` has passed.
+    #[error("token has expired")]
+    Expired,
+    /// `nbf` is in the future.
+    #[error("token is not yet valid")]
+    NotYetValid,
+    /// `iat` is in the future, after `exp`, or the lifetime exceeds the issuer's maximum.
+    #[error("token issue time is not sane")]
+    BadIssuedAt,
+}
+
+impl TokenError {
+    /// A stable identifier for logs, metrics and audit events.
+    pub fn reason_id(self) -> &'static str {
+        match self {
+            TokenError::TooLarge => "token.too_large",
+            TokenError::Malformed => "token.malformed",
+            TokenError::DuplicateMember => "token.duplicate_member",
+            TokenError::CriticalHeader => "token.crit",
+            TokenError::Nested => "token.nested",
+            TokenError::WrongType => "token.typ",
+            TokenError::UnknownKey => "token.unknown_kid",
+            TokenError::AlgorithmMismatch => "token.alg_mismatch",
+            TokenError::BadSignature => "token.bad_signature",
+            TokenError::MissingClaim => "token.claim_missing",
+            TokenError::WrongIssuer => "token.issuer",
+            TokenError::WrongAudience => "token.audience",
+            TokenError::Expired => "token.expired",
+            TokenError::NotYetValid => "token.not_yet_valid",
+            TokenError::BadIssuedAt => "token.iat",
+        }
+    }
+}
+
+/// The verified facts about a token, as the later stages need them. Header values are
+/// prepared once here so that forwarding a cached token allocates nothing for them.
+#[derive(Debug)]
+pub struct VerifiedToken {
+    /// SHA-256 of the token string: the key of cached verdicts about it.
+    pub token_key: [u8; 32],
+    /// SHA-256 of issuer and `jti`: the denylist key.
+    pub jti_key: [u8; 32],
+    /// `sub`.
+    pub subject: Box<str>,
+    /// `sid`, when present.
+    pub session: Option<Box<str>>,
+    /// `jti`.
+    pub jti: Box<str>,
+    /// Index of the issuer in the key set.
+    pub issuer: usize,
+    /// `iat`, seconds since the epoch.
+    pub issued_at: i64,
+    /// `exp`, seconds since the epoch.
+    pub expires_at: i64,
+    /// `nbf`, when present.
+    pub not_before: Option<i64>,
+    /// Whether the session store must know `sid`.
+    pub require_session: bool,
+    /// Permissions granted by the token's roles under the current config.
+    pub permissions: PermissionSet,
+    /// `sub` as a header value.
+    pub subject_header: HeaderValue,
+    /// `sid` as a header value (empty when absent).
+    pub session_header: HeaderValue,
+    /// The permissions, comma-separated, as a header value.
+    pub permissions_header: HeaderValue,
+}
+
+/// Verification settings compiled from `issuers:` and `tokens:`.
+#[derive(Debug)]
+pub struct Verifier {
+    /// Keys by `kid`, and their issuers.
+    pub keys: KeySet,
+    /// Clock skew tolerated, in seconds.
+    pub leeway: i64,
+    /// Longest accepted token.
+    pub max_bytes: usize,
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The stage's entry point: a cached verdict when there is one, else a full verification.
+pub fn verify(
+    token: &str,
+    verifier: &Verifier,
+    cache: &TokenCache,
+    permissions: &PermissionTable,
+    now: i64,
+) -> Result<Arc<VerifiedToken>, TokenError> {
+    if token.len() > verifier.max_bytes {
+        return Err(TokenError::TooLarge);
+    }
+    let key = cache_key(token);
+    if let Some(hit) = cache.inner.get(&key) {
+        // The cache only bounds work; validity in time is re-checked on every use.
+        check_time(hit.expires_at, hit.not_before, verifier.leeway, now)?;
+        return Ok(hit);
+    }
+    let verified = Arc::new(verify_uncached(token, verifier, permissions, now)?);
+    cache.inner.insert(key, Arc::clone(&verified));
+    Ok(verified)
+}
+
+fn cache_key(token: &str) -> [u8; 32] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let mut key = [0u8; 32];
+    key.copy_from_slice(digest.as_ref());
+    key
+}
+
+/// Full verification, no cache. Public for benchmarks and tests of the cold path.
+pub fn verify_uncached(
+    token: &str,
+    verifier: &Verifier,
+    permissions: &PermissionTable,
+    now: i64,
+) -> Result<VerifiedToken, TokenError> {
+    if token.len() > verifier.max_bytes {
+        return Err(TokenError::TooLarge);
+    }
+    let mut parts = token.split('.');
+    let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        // Also refuses JWE (five segments) and anything with a stray dot.
+        return Err(TokenError::Malformed);
+    };
+    if signature_b64.is_empty() || payload_b64.is_empty() || header_b64.is_empty() {
+        return Err(TokenError::Malformed);
+    }
+    let header_json = decode_segment(header_b64)?;
+    let header = parse_object(&header_json)?;
+    // Header checks that do not depend on the key.
+    if header.contains_key("crit") {
+        return Err(TokenError::CriticalHeader);
+    }
+    if let Some(cty) = header.get("cty") {
+        let cty = cty.as_str().ok_or(TokenError::Malformed)?;
+        if cty.eq_ignore_ascii_case("JWT") || cty.eq_ignore_ascii_case("application/jwt") {
+            return Err(TokenError::Nested);
+        }
+    }
+    match header.get("typ").and_then(Value::as_str) {
+        Some(typ)
+            if typ.eq_ignore_ascii_case("at+jwt")
+                || typ.eq_ignore_ascii_case("application/at+jwt") => {}
+        _ => return Err(TokenError::WrongType),
+    }
+    let alg = header
+        .get("alg")
+        .and_then(Value::as_str)
+        .ok_or(TokenError::Malformed)?;
+    let kid = header
+        .get("kid")
+        .and_then(Value::as_str)
+        .ok_or(TokenError::UnknownKey)?;
+    // `jwk`, `jku`, `x5u`, `x5c` are ignored: key material only ever comes from the config.
+    let key = verifier.keys.get(kid).ok_or(TokenError::UnknownKey)?;
+    if alg != algorithm_name(key.alg) {
+        // Exact comparison: `none`, `NONE`, `rs256`, or an HS256 token aimed at an RSA key.
+        return Err(TokenError::AlgorithmMismatch);
+    }
+    decode_segment(signature_b64)?; // canonical base64url before the crate sees it
+    let message_len = header_b64.len() + 1 + payload_b64.len();
+    let signed = jsonwebtoken::crypto::verify(
+        signature_b64,
+        &token.as_bytes()[..message_len],
+        &key.key,
+        key.alg,
+    )
+    .map_err(|_| TokenError::BadSignature)?;
+    if !signed {
+        return Err(TokenError::BadSignature);
+    }
+
+    // Only now, with the signature verified, is the payload read.
+    let payload_json = decode_segment(payload_b64)?;
+    let claims = parse_object(&payload_json)?;
+    let issuer = &verifier.keys.issuers[key.issuer];
+
+    let iss = claim_str(&claims, "iss")?;
+    if iss != &*issuer.iss {
+        return Err(TokenError::WrongIssuer);
+    }
+    let audience_ok = match claims.get("aud") {
+        Some(Value::String(aud)) => issuer.audiences.iter().any(|a| **a == *aud),
+        Some(Value::Array(auds)) => auds.iter().any(|aud| {
+            aud.as_str()
+                .is_some_and(|aud| issuer.audiences.iter().any(|a| **a == *aud))
+        }),
+        None => return Err(TokenError::MissingClaim),
+        Some(_) => return Err(TokenError::MissingClaim),
+    };
+    if !audience_ok {
+        return Err(TokenError::WrongAudience);
+    }
+    let expires_at = numeric_date(claims.get("exp"))?.ok_or(TokenError::MissingClaim)?;
+    let issued_at = numeric_date(claims.get("iat"))?.ok_or(TokenError::MissingClaim)?;
+    let not_before = numeric_date(claims.get("nbf"))?;
+    check_time(expires_at, not_before, verifier.leeway, now)?;
+    let lifetime = expires_at.saturating_sub(issued_at);
+    if issued_at > now + verifier.leeway
+        || lifetime <= 0
+        || lifetime as u64 > issuer.max_lifetime.as_secs()
+    {
+        return Err(TokenError::BadIssuedAt);
+    }
+
+    let subject = identifier(&claims, "sub", 1024)?;
+    let jti = identifier(&claims, "jti", 256)?;
+    let session = match claims.get("sid") {
+        None if issuer.require_session => return Err(TokenError::MissingClaim),
+        None => None,
+        Some(_) => Some(identifier(&claims, "sid", 256)?),
+    };
+    let roles: Vec<&str> = match claims.get("roles") {
+        None => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|r| r.as_str().ok_or(TokenError::MissingClaim))
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(TokenError::MissingClaim),
+    };
+    let granted = permissions.resolve(roles.iter().copied());
+    let permissions_header = permissions.header_value(&granted);
+
+    Ok(VerifiedToken {
+        token_key: cache_key(token),
+        jti_key: crate::store::jti_key(iss, jti),
+        subject_header: header_value(subject)?,
+        session_header: header_value(session.unwrap_or(""))?,
+        subject: subject.into(),
+        session: session.map(Into::into),
+        jti: jti.into(),
+        issuer: key.issuer,
+        issued_at,
+        expires_at,
+        not_before,
+        require_session: issuer.require_session,
+        permissions: granted,
+        permissions_header,
+    })
+}
+
+fn check_time(exp: i64, nbf: Option<i64>, leeway: i64, now: i64) -> Result<(), TokenError> {
+    if now >= exp.saturating_add(leeway) {
+        return Err(TokenError::Expired);
+    }
+    if nbf.is_some_and(|nbf| now.saturating_add(leeway) < nbf) {
+        return Err(TokenError::NotYetValid);
+    }
+    Ok(())
+}
+
+/// Strict base64url: the URL-safe alphabet, no padding, no non-zero trailing bits.
+fn decode_segment(segment: &str) -> Result<Vec<u8>, TokenError> {
+    URL_SAFE_NO_PAD
+        .decode(segment)
+        .map_err(|_| TokenError::Malformed)
+}
+
+/// Parses a JSON object, refusing duplicate member names at any depth and deep nesting.
+fn parse_object(json: &[u8]) -> Result<Map<String, Value>, TokenError> {
+    let mut de = serde_json::Deserializer::from_slice(json);
+    StrictJson { depth: 0 }.deserialize(&mut de).map_err(|e| {
+        if e.to_string().starts_with(DUPLICATE) {
+            TokenError::DuplicateMember
+        } else {
+            TokenError::Malformed
+        }
+    })?;
+    de.end().map_err(|_| TokenError::Malformed)?;
+    match serde_json::from_slice::<Value>(json) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(TokenError::Malformed),
+    }
+}
+
+const DUPLICATE: &str = "duplicate member";
+const MAX_DEPTH: usize = 16;
+
+/// A validating pass over JSON that keeps nothing: it fails on a repeated member name in any
+/// object or nesting deeper than [`MAX_DEPTH`].
+struct StrictJson {
+    depth: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for StrictJson {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StrictJson {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let depth = self.depth + 1;
+        if depth > MAX_DEPTH {
+            return Err(de::Error::custom("too deep"));
+        }
+        while seq.next_element_seed(StrictJson { depth })?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let depth = self.depth + 1;
+        if depth > MAX_DEPTH {
+            return Err(de::Error::custom("too deep"));
+        }
+        // A hash set, not a list: the header is parsed before the signature is checked, so an
+        // unauthenticated client chooses the member count, and a linear scan per member made
+        // that quadratic (seconds of CPU for one large token).
+        let mut seen: HashSet<String> = HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key) {
+                return Err(de::Error::custom(DUPLICATE));
+            }
+            map.next_value_seed(StrictJson { depth })?;
+        }
+        Ok(())
+    }
+}
+
+fn claim_str<'a>(claims: &'a Map<String, Value>, name: &str) -> Result<&'a str, TokenError> {
+    claims
+        .get(name)
+        .and_then(Value::as_str)
+        .ok_or(TokenError::MissingClaim)
+}
+
+/// A non-empty string claim without control characters, short enough for a header.
+fn identifier<'a>(
+    claims: &'a Map<String, Value>,
+    name: &str,
+    max: usize,
+) -> Result<&'a str, TokenError> {
+    let value = claim_str(claims, name)?;
+    if value.is_empty() || value.len() > max || value.chars().any(char::is_control) {
+        return Err(TokenError::MissingClaim);
+    }
+    Ok(value)
+}
+
+/// A NumericDate: a JSON number (fractions truncated), non-negative and finite.
+fn numeric_date(value: Option<&Value>) -> Result<Option<i64>, TokenError> {
+    match value {
+        None => Ok(None),
+        Some(Value::Number(n)) => {
+            if let Some(i) = n.as_i64() {
+                return if i >= 0 {
+                    Ok(Some(i))
+                } else {
+                    Err(TokenError::MissingClaim)
+                };
+            }
+            match n.as_f64() {
+                Some(f) if f.is_finite() && f >= 0.0 && f < i64::MAX as f64 => Ok(Some(f as i64)),
+                _ => Err(TokenError::MissingClaim),
+            }
+        }
+        Some(_) => Err(TokenError::MissingClaim),
+    }
+}
+
+fn header_value(text: &str) -> Result<HeaderValue, TokenError> {
+    HeaderValue::from_str(text).map_err(|_| TokenError::MissingClaim)
+}
+
+/// The verified-token cache: bounded, and no entry outlives its token's `exp`.
+pub struct TokenCache {
+    inner: moka::sync::Cache<[u8; 32], Arc<VerifiedToken>>,
+}
+
+impl std::fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCache")
+            .field("entries", &self.inner.entry_count())
+            .finish()
+    }
+}
+
+struct UntilExp;
+
+impl moka::Expiry<[u8; 32], Arc<VerifiedToken>> for UntilExp {
+    fn expire_after_create(
+        &self,
+        _key: &[u8; 32],
+        value: &Arc<VerifiedToken>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        let left = value.expires_at.saturating_sub(unix_now()).max(0);
+        Some(Duration::from_secs(left as u64))
+    }
+}
+
+impl TokenCache {
+    /// A cache holding at most `capacity` verified tokens.
+    pub fn new(capacity: u64) -> Self {
+        Self {
+            inner: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(UntilExp)
+                .build(),
+        }
+    }
+
+    /// Entries currently held (approximate, as moka counts lazily).
+    pub fn entry_count(&self) -> u64 {
+        self.inner.run_pending_tasks();
+        self.inner.entry_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strict_json_refuses_duplicates_at_any_depth() {
+        assert!(parse_object(br#"{"a":1,"b":{"c":2}}"#).is_ok());
+        assert_eq!(
+            parse_object(br#"{"a":1,"a":2}"#).unwrap_err(),
+            TokenError::DuplicateMember
+        );
+        assert_eq!(
+            parse_object(br#"{"a":{"c":1,"c":1}}"#).unwrap_err(),
+            TokenError::DuplicateMember
+        );
+        assert_eq!(parse_object(b"[1]").unwrap_err(), TokenError::Malformed);
+        assert_eq!(
+            parse_object(br#"{"a":1} x"#).unwrap_err(),
+            TokenError::Malformed
+        );
+    }
+
+    #[test]
+    fn strict_json_refuses_deep_nesting() {
+        let deep = format!("{{\"a\":{}1{}}}", "[".repeat(40), "]".repeat(40));
+        assert_eq!(
+            parse_object(deep.as_bytes()).unwrap_err(),
+            TokenError::Malformed
+        );
+    }
+
+    #[test]
+    fn base64url_must_be_canonical() {
+        assert!(decode_segment("eyJhIjoxfQ").is_ok());
+        assert!(decode_segment("eyJhIjoxfQ==").is_err());
+        assert!(decode_segment("eyJh+joxfQ").is_err());
+        assert!(decode_segment("eyJh/joxfQ").is_err());
+        // Non-zero trailing bits: a second spelling of the same bytes.
+        assert!(decode_segment("eyJhIjoxfR").is_err());
+    }
+
+    #[test]
+    fn numeric_dates_must_be_non_negative_numbers() {
+        assert_eq!(numeric_date(Some(&serde_json::json!(5))), Ok(Some(5)));
+        assert_eq!(numeric_date(Some(&serde_json::json!(5.9))), Ok(Some(5)));
+        assert!(numeric_date(Some(&serde_json::json!("5"))).is_err());
+        assert!(numeric_date(Some(&serde_json::json!(-1))).is_err());
+        assert_eq!(numeric_date(None), Ok(None));
+    }
+
+    #[test]
+    fn time_checks_apply_the_leeway_both_ways() {
+        assert!(check_time(100, None, 0, 99).is_ok());
+        assert_eq!(check_time(100, None, 0, 100), Err(TokenError::Expired));
+        assert!(check_time(100, None, 5, 104).is_ok());
+        assert_eq!(
+            check_time(100, Some(50), 5, 44),
+            Err(TokenError::NotYetValid)
+        );
+        assert!(check_time(100, Some(50), 5, 45).is_ok());
+    }
+}

@@ -1,0 +1,443 @@
+//! The local cache in front of a shared store: answers the per-request session check from
+//! memory, and is kept fresh by invalidation events (Redis pub/sub) from every instance.
+//!
+//! What is cached, and why it is safe:
+//! - **Positive verdicts** ("this token may be used"), keyed by the token's hash. They are the
+//!   only entries that can become stale, so every revoking event evicts the ones it concerns at
+//!   once (moka invalidation predicates: `get` is guaranteed never to return a matching entry
+//!   after the call), they live at most `ttl` (a second safety net) and never past the token's
+//!   `exp`, and they are neither read nor written while the instance is not subscribed to
+//!   invalidations — then every request reads through to the store.
+//! - **Negative facts** (a denied `jti`, a revoked session, a user's "revoked before" instant).
+//!   Revocation is monotonic — a denied `jti` is never un-denied, a deleted session never comes
+//!   back, the "revoked before" instant only moves forward — so these never become wrong. They
+//!   are kept through a lost subscription and a store outage: a revoked token stays refused.
+//!
+//! A read-through races with an invalidation that arrives while the store is being read. The
+//! reader records the invalidation sequence number before reading, inserts, and then — if any
+//! invalidation happened in between — evicts what it inserted. An invalidation bumps the
+//! sequence *before* registering its predicate, so every interleaving either lets the reader
+//! see the bump or puts the insert before the predicate (which then covers it).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use moka::sync::Cache;
+
+/// An event that makes some cached "alive" verdicts wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalidation {
+    /// A session was revoked (logout, reuse detection, admin).
+    Session(String),
+    /// Every token of a user issued at or before the instant is revoked (logout-all).
+    User {
+        /// The subject.
+        subject: String,
+        /// Tokens with `iat` at or before this are refused.
+        before: i64,
+    },
+    /// One token (by issuer + `jti`) was denylisted until `until`.
+    Jti {
+        /// SHA-256 of issuer and `jti`.
+        key: [u8; 32],
+        /// When the denial may be forgotten (the token's `exp`).
+        until: i64,
+    },
+}
+
+impl Invalidation {
+    /// The wire form published on the invalidation channel.
+    pub fn encode(&self) -> String {
+        match self {
+            Invalidation::Session(sid) => format!("s {sid}"),
+            Invalidation::User { subject, before } => format!("u {before} {subject}"),
+            Invalidation::Jti { key, until } => format!("j {until} {}", hex(key)),
+        }
+    }
+
+    /// Parses the wire form; `None` for anything else (ignored, and logged by the caller).
+    pub fn decode(text: &str) -> Option<Self> {
+        let (kind, rest) = text.split_once(' ')?;
+        match kind {
+            "s" if !rest.is_empty() => Some(Invalidation::Session(rest.to_owned())),
+            "u" => {
+                let (before, subject) = rest.split_once(' ')?;
+                Some(Invalidation::User {
+                    subject: subject.to_owned(),
+                    before: before.parse().ok()?,
+                })
+            }
+            "j" => {
+                let (until, key) = rest.split_once(' ')?;
+                Some(Invalidation::Jti {
+                    key: unhex(key)?,
+                    until: until.parse().ok()?,
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        out.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+    }
+    out
+}
+
+fn unhex(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, chunk) in text.as_bytes().chunks(2).enumerate() {
+        let s = std::str::from_utf8(chunk).ok()?;
+        out[i] = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// A cached "alive" verdict and what it depends on.
+#[derive(Debug)]
+pub struct Alive {
+    /// Hash of issuer + `jti`.
+    pub jti_key: [u8; 32],
+    /// The session, if the verdict depended on one.
+    pub session: Option<Box<str>>,
+    /// The subject.
+    pub subject: Box<str>,
+    /// The token's `exp`: the verdict is never kept longer.
+    pub expires_at: i64,
+}
+
+struct AliveExpiry {
+    ttl: Duration,
+}
+
+impl moka::Expiry<[u8; 32], Arc<Alive>> for AliveExpiry {
+    fn expire_after_create(
+        &self,
+        _: &[u8; 32],
+        value: &Arc<Alive>,
+        _: Instant,
+    ) -> Option<Duration> {
+        let left = value
+            .expires_at
+            .saturating_sub(crate::pipeline::verify::unix_now())
+            .max(0);
+        Some(self.ttl.min(Duration::from_secs(left as u64)))
+    }
+}
+
+/// How long negative facts are kept locally. The store keeps them as long as they matter;
+/// this only bounds memory and how long an outage can be bridged with 401s rather than 503s.
+const NEGATIVE_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// The local cache of one instance.
+pub struct LocalCache {
+    alive: Cache<[u8; 32], Arc<Alive>>,
+    denied_jti: Cache<[u8; 32], ()>,
+    dead_sessions: Cache<Box<str>, ()>,
+    revoked_before: Cache<Box<str>, i64>,
+    /// Whether invalidation events are being received. While false, positive verdicts are
+    /// neither served nor stored.
+    subscribed: AtomicBool,
+    /// Bumped by every invalidation; see the module docs.
+    sequence: AtomicU64,
+}
+
+impl std::fmt::Debug for LocalCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalCache")
+            .field("alive", &self.alive.entry_count())
+            .field("subscribed", &self.subscribed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the negative facts say about a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Known {
+    /// Its `jti` is denied.
+    JtiDenied,
+    /// Its session is revoked.
+    SessionRevoked,
+    /// Its user was revoked after it was issued.
+    UserRevoked,
+}
+
+impl LocalCache {
+    /// A cache holding at most `capacity` positive verdicts, each for at most `ttl`.
+    pub fn new(capacity: u64, ttl: Duration) -> Self {
+        Self {
+            alive: Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(AliveExpiry { ttl })
+                .support_invalidation_closures()
+                .build(),
+            denied_jti: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(NEGATIVE_TTL)
+                .build(),
+            dead_sessions: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(NEGATIVE_TTL)
+                .build(),
+            revoked_before: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(NEGATIVE_TTL)
+                .build(),
+            subscribed: AtomicBool::new(false),
+            sequence: AtomicU64::new(0),
+        }
+    }
+
+    /// A positive verdict for the token with hash `token_key`, if one may be served.
+    pub fn alive(&self, token_key: &[u8; 32]) -> Option<Arc<Alive>> {
+        if !self.subscribed.load(Ordering::Acquire) {
+            return None;
+        }
+        self.alive.get(token_key)
+    }
+
+    /// What the negative facts already say about a token.
+    pub fn known_revoked(
+        &self,
+        jti_key: &[u8; 32],
+        session: Option<&str>,
+        subject: &str,
+        issued_at: i64,
+    ) -> Option<Known> {
+        if self.denied_jti.contains_key(jti_key) {
+            return Some(Known::JtiDenied);
+        }
+        if session.is_some_and(|s| self.dead_sessions.contains_key(s)) {
+            return Some(Known::SessionRevoked);
+        }
+        if self
+            .revoked_before
+            .get(subject)
+            .is_some_and(|before| issued_at <= before)
+        {
+            return Some(Known::UserRevoked);
+        }
+        None
+    }
+
+    /// The current invalidation sequence number; take it before reading the store.
+    pub fn sequence(&self) -> u64 {
+        self.sequence.load(Ordering::SeqCst)
+    }
+
+    /// Stores a positive verdict read from the store when `sequence` was current, unless an
+    /// invalidation has happened since or the instance is not subscribed.
+    pub fn remember_alive(&self, token_key: [u8; 32], alive: Alive, sequence: u64) {
+        if !self.subscribed.load(Ordering::Acquire) || self.sequence() != sequence {
+            return;
+        }
+        self.alive.insert(token_key, Arc::new(alive));
+        if self.sequence() != sequence {
+            self.alive.invalidate(&token_key);
+        }
+    }
+
+    /// Records negative facts learnt from the store.
+    pub fn remember_revoked(
+        &self,
+        jti_key: &[u8; 32],
+        session: Option<&str>,
+        subject: &str,
+        known: Known,
+        before: Option<i64>,
+    ) {
+        match known {
+            Known::JtiDenied => self.denied_jti.insert(*jti_key, ()),
+            Known::SessionRevoked => {
+                if let Some(s) = session {
+                    self.dead_sessions.insert(s.into(), ());
+                }
+            }
+            Known::UserRevoked => {
+                if let Some(before) = before {
+                    self.raise_revoked_before(subject, before);
+                }
+            }
+        }
+    }
+
+    fn raise_revoked_before(&self, subject: &str, before: i64) {
+        let current = self.revoked_before.get(subject).unwrap_or(i64::MIN);
+        if before > current {
+            self.revoked_before.insert(subject.into(), before);
+        }
+    }
+
+    /// Applies an invalidation from any instance (this one included; applying twice is harmless).
+    pub fn apply(&self, event: &Invalidation) {
+        // Bump first: see the module docs for why the order matters.
+        self.sequence.fetch_add(1, Ordering::SeqCst);
+        let result = match event {
+            Invalidation::Session(sid) => {
+                self.dead_sessions.insert(sid.as_str().into(), ());
+                let sid = sid.clone();
+                self.alive
+                    .invalidate_entries_if(move |_, v| v.session.as_deref() == Some(sid.as_str()))
+            }
+            Invalidation::User { subject, before } => {
+                self.raise_revoked_before(subject, *before);
+                let subject = subject.clone();
+                self.alive
+                    .invalidate_entries_if(move |_, v| *v.subject == *subject)
+            }
+            Invalidation::Jti { key, .. } => {
+                self.denied_jti.insert(*key, ());
+                let key = *key;
+                self.alive
+                    .invalidate_entries_if(move |_, v| v.jti_key == key)
+            }
+        };
+        if result.is_err() {
+            // Cannot happen (closures are enabled at build time); fail safe regardless.
+            self.alive.invalidate_all();
+        }
+    }
+
+    /// The invalidation channel is (again) delivering events: positive verdicts may be used.
+    pub fn subscribed(&self) {
+        // Anything cached before the gap may have missed an event.
+        self.sequence.fetch_add(1, Ordering::SeqCst);
+        self.alive.invalidate_all();
+        self.subscribed.store(true, Ordering::Release);
+    }
+
+    /// The invalidation channel was lost: stop serving positive verdicts until it is back.
+    pub fn unsubscribed(&self) {
+        self.subscribed.store(false, Ordering::Release);
+        self.sequence.fetch_add(1, Ordering::SeqCst);
+        self.alive.invalidate_all();
+    }
+
+    /// Whether invalidation events are being received.
+    pub fn is_subscribed(&self) -> bool {
+        self.subscribed.load(Ordering::Acquire)
+    }
+
+    /// Positive verdicts held (after pending maintenance).
+    pub fn alive_count(&self) -> u64 {
+        self.alive.run_pending_tasks();
+        self.alive.entry_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alive(jti: u8, sid: &str, sub: &str) -> Alive {
+        Alive {
+            jti_key: [jti; 32],
+            session: Some(sid.into()),
+            subject: sub.into(),
+            expires_at: crate::pipeline::verify::unix_now() + 600,
+        }
+    }
+
+    fn cache() -> LocalCache {
+        let c = LocalCache::new(1000, Duration::from_secs(60));
+        c.subscribed();
+        c
+    }
+
+    #[test]
+    fn events_round_trip_through_their_wire_form() {
+        for e in [
+            Invalidation::Session("abc".into()),
+            Invalidation::User {
+                subject: "alice smith".into(),
+                before: 42,
+            },
+            Invalidation::Jti {
+                key: [7; 32],
+                until: 99,
+            },
+        ] {
+            assert_eq!(Invalidation::decode(&e.encode()), Some(e));
+        }
+        assert_eq!(Invalidation::decode("x y"), None);
+        assert_eq!(Invalidation::decode("j 1 zz"), None);
+    }
+
+    #[test]
+    fn a_session_event_evicts_its_verdicts_and_is_remembered() {
+        let c = cache();
+        let seq = c.sequence();
+        c.remember_alive([1; 32], alive(1, "s1", "alice"), seq);
+        c.remember_alive([2; 32], alive(2, "s2", "alice"), seq);
+        assert!(c.alive(&[1; 32]).is_some());
+        c.apply(&Invalidation::Session("s1".into()));
+        assert!(c.alive(&[1; 32]).is_none());
+        assert!(c.alive(&[2; 32]).is_some());
+        assert_eq!(
+            c.known_revoked(&[1; 32], Some("s1"), "alice", 0),
+            Some(Known::SessionRevoked)
+        );
+    }
+
+    #[test]
+    fn a_user_event_evicts_every_verdict_of_the_user() {
+        let c = cache();
+        let seq = c.sequence();
+        c.remember_alive([1; 32], alive(1, "s1", "alice"), seq);
+        c.remember_alive([2; 32], alive(2, "s2", "bob"), seq);
+        c.apply(&Invalidation::User {
+            subject: "alice".into(),
+            before: 100,
+        });
+        assert!(c.alive(&[1; 32]).is_none());
+        assert!(c.alive(&[2; 32]).is_some());
+        assert_eq!(
+            c.known_revoked(&[9; 32], None, "alice", 100),
+            Some(Known::UserRevoked)
+        );
+        assert_eq!(c.known_revoked(&[9; 32], None, "alice", 101), None);
+    }
+
+    #[test]
+    fn a_read_through_that_raced_an_invalidation_is_not_kept() {
+        let c = cache();
+        let seq = c.sequence();
+        c.apply(&Invalidation::Jti {
+            key: [5; 32],
+            until: 0,
+        });
+        c.remember_alive([1; 32], alive(1, "s1", "alice"), seq);
+        assert!(c.alive(&[1; 32]).is_none());
+    }
+
+    #[test]
+    fn nothing_positive_is_served_or_kept_while_unsubscribed_but_negatives_survive() {
+        let c = cache();
+        let seq = c.sequence();
+        c.remember_alive([1; 32], alive(1, "s1", "alice"), seq);
+        c.apply(&Invalidation::Session("s0".into()));
+        c.unsubscribed();
+        assert!(c.alive(&[1; 32]).is_none());
+        let seq = c.sequence();
+        c.remember_alive([2; 32], alive(2, "s2", "alice"), seq);
+        assert!(c.alive(&[2; 32]).is_none());
+        assert_eq!(
+            c.known_revoked(&[0; 32], Some("s0"), "alice", 0),
+            Some(Known::SessionRevoked)
+        );
+        c.subscribed();
+        assert!(
+            c.alive(&[1; 32]).is_none(),
+            "verdicts from before the gap are gone"
+        );
+    }
+}

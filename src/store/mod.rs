@@ -1,0 +1,297 @@
+//! Session and revocation state: the [`SessionStore`] contract and its implementations.
+//!
+//! The hot path asks one question per request — may this verified token still be used? — and
+//! [`SessionStore::check`] answers it from three facts: is the token's `jti` denylisted, is its
+//! session alive, and was its user revoked after the token was issued. Implementations must
+//! answer from local memory whenever they can (the memory store always does; the Redis store
+//! reads through a local cache kept fresh by pub/sub), and must say [`StoreError::Unavailable`]
+//! rather than guess: the caller turns that into a 503, never into "allowed".
+
+use std::future::Future;
+
+pub mod cache;
+pub mod memory;
+pub mod redis;
+
+pub use memory::MemoryStore;
+pub use redis::{RedisSettings, RedisStore, Topology};
+
+/// The store could not answer. Requests that need the answer are refused with 503.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backing service is unreachable or timed out.
+    #[error("session store unavailable")]
+    Unavailable {
+        /// What failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// The denylist key of a token: SHA-256 of its issuer and `jti` — never of the token bytes, so
+/// a re-encoded token cannot slip past it.
+pub fn jti_key(issuer: &str, jti: &str) -> [u8; 32] {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(issuer.as_bytes());
+    ctx.update(&[0]);
+    ctx.update(jti.as_bytes());
+    let mut key = [0u8; 32];
+    key.copy_from_slice(ctx.finish().as_ref());
+    key
+}
+
+/// What the session check needs to know about a verified token.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenRef<'a> {
+    /// SHA-256 of the token: the key of a cached verdict.
+    pub token_key: &'a [u8; 32],
+    /// [`jti_key`] of the token.
+    pub jti_key: &'a [u8; 32],
+    /// `exp`: a cached verdict never outlives it.
+    pub expires_at: i64,
+    /// `sub`.
+    pub subject: &'a str,
+    /// `sid`, when present.
+    pub session: Option<&'a str>,
+    /// `iat`, seconds since the epoch.
+    pub issued_at: i64,
+    /// Whether `sid` must name a live session of `sub`.
+    pub require_session: bool,
+}
+
+/// The store's answer for a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The token may be used.
+    Alive,
+    /// Its `jti` is on the denylist (logout).
+    JtiDenied,
+    /// Its session does not exist: never created, revoked, or expired.
+    SessionUnknown,
+    /// Its session belongs to another subject.
+    SessionMismatch,
+    /// Its user was revoked after the token was issued (logout-all, disable, role change).
+    UserRevoked,
+}
+
+impl Verdict {
+    /// A stable identifier for logs and audit.
+    pub fn reason_id(self) -> &'static str {
+        match self {
+            Verdict::Alive => "session.alive",
+            Verdict::JtiDenied => "session.jti_denied",
+            Verdict::SessionUnknown => "session.unknown",
+            Verdict::SessionMismatch => "session.subject_mismatch",
+            Verdict::UserRevoked => "session.user_revoked",
+        }
+    }
+}
+
+/// A server-side session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// The session id (`sid`), ≥ 128 bits from the OS CSPRNG.
+    pub id: String,
+    /// The user.
+    pub subject: String,
+    /// Creation time, seconds since the epoch.
+    pub created_at: i64,
+    /// Last time the session was used to refresh.
+    pub last_seen: i64,
+    /// Client IP at login.
+    pub ip: String,
+    /// User agent at login.
+    pub user_agent: String,
+    /// The session ends at this instant whatever happens.
+    pub absolute_expiry: i64,
+    /// The session ends if not refreshed before this instant.
+    pub idle_expiry: i64,
+    /// Whether the user asked to stay logged in.
+    pub remember_me: bool,
+}
+
+/// A refresh token as the store keeps it: its hash, never the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefreshGrant {
+    /// SHA-256 of the refresh token.
+    pub hash: [u8; 32],
+    /// When it stops working (capped at the session's absolute expiry).
+    pub expires_at: i64,
+}
+
+/// A request to rotate a refresh token.
+#[derive(Debug, Clone, Copy)]
+pub struct Rotation<'a> {
+    /// The user the token names.
+    pub subject: &'a str,
+    /// The session the token names.
+    pub session: &'a str,
+    /// SHA-256 of the presented token.
+    pub presented: [u8; 32],
+    /// SHA-256 of its successor, made by the caller from the OS CSPRNG.
+    pub successor: [u8; 32],
+    /// The successor's expiry (capped at the session's absolute expiry).
+    pub successor_expires_at: i64,
+    /// Now, seconds since the epoch.
+    pub now: i64,
+    /// Seconds after a rotation during which presenting the old token again is taken for a
+    /// concurrent request (another tab), not for theft.
+    pub grace: i64,
+    /// The idle lifetime: a successful rotation moves the idle expiry to `now + idle`.
+    pub idle: i64,
+}
+
+/// What became of a rotation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RotateOutcome {
+    /// The token was current: it is now used, and the successor is current.
+    Rotated(SessionRecord),
+    /// The token was rotated moments ago (within the grace window): no new refresh token, no
+    /// verdict of reuse; the caller may issue an access token.
+    Concurrent(SessionRecord),
+    /// The token was used before, outside the grace window: the whole session is revoked.
+    ReuseDetected {
+        /// The user whose session was revoked.
+        subject: String,
+    },
+    /// Unknown token, a token of another session, or an expired or revoked session.
+    Invalid,
+}
+
+/// The contract both stores implement; the behavioural test suite runs against each.
+///
+/// All times are seconds since the Unix epoch, passed in by the caller so that tests control
+/// the clock. Every method is safe to call concurrently.
+pub trait SessionStore: Send + Sync + 'static {
+    /// Whether a verified token may still be used at `now`. Must answer from local state when
+    /// it is known to be fresh; must return `Err` rather than a guessed `Alive`.
+    fn check(
+        &self,
+        token: &TokenRef<'_>,
+        now: i64,
+    ) -> impl Future<Output = Result<Verdict, StoreError>> + Send;
+
+    /// Stores a new session (login), with its first refresh token.
+    fn create_session(
+        &self,
+        record: SessionRecord,
+        refresh: Option<RefreshGrant>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// A session of `subject` by id, if it is alive at `now`.
+    fn session(
+        &self,
+        subject: &str,
+        id: &str,
+        now: i64,
+    ) -> impl Future<Output = Result<Option<SessionRecord>, StoreError>> + Send;
+
+    /// The live sessions of a user, newest first.
+    fn sessions_of(
+        &self,
+        subject: &str,
+        now: i64,
+    ) -> impl Future<Output = Result<Vec<SessionRecord>, StoreError>> + Send;
+
+    /// Ends a session of `subject`; its access and refresh tokens fail from the next request
+    /// on, on every instance. Returns whether it existed.
+    fn revoke_session(
+        &self,
+        subject: &str,
+        id: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Ends every session of a user and refuses every token issued to them before `before`.
+    /// The mark is kept until `keep_until` (the longest a token issued before it can live).
+    fn revoke_user(
+        &self,
+        subject: &str,
+        before: i64,
+        keep_until: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Denylists one token by issuer and `jti` until `until` (its `exp`).
+    fn deny_jti(
+        &self,
+        issuer: &str,
+        jti: &str,
+        until: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Rotates a refresh token atomically, detecting reuse (see [`RotateOutcome`]).
+    fn rotate_refresh(
+        &self,
+        rotation: &Rotation<'_>,
+    ) -> impl Future<Output = Result<RotateOutcome, StoreError>> + Send;
+}
+
+/// The configured store. An enum rather than a trait object: the hot path dispatches with a
+/// match instead of boxing a future per request.
+#[derive(Debug)]
+pub enum Store {
+    /// In-process.
+    Memory(MemoryStore),
+    /// Redis behind a local cache.
+    Redis(RedisStore),
+}
+
+impl Store {
+    /// Whether the store can answer (for readiness): always for memory; for Redis, the last
+    /// operation succeeded and invalidations are being received.
+    pub fn is_healthy(&self) -> bool {
+        match self {
+            Store::Memory(_) => true,
+            Store::Redis(r) => r.is_healthy(),
+        }
+    }
+}
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            Store::Memory($s) => $call,
+            Store::Redis($s) => $call,
+        }
+    };
+}
+
+impl SessionStore for Store {
+    async fn check(&self, token: &TokenRef<'_>, now: i64) -> Result<Verdict, StoreError> {
+        dispatch!(self, s => s.check(token, now).await)
+    }
+    async fn create_session(
+        &self,
+        record: SessionRecord,
+        refresh: Option<RefreshGrant>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.create_session(record, refresh).await)
+    }
+    async fn session(
+        &self,
+        subject: &str,
+        id: &str,
+        now: i64,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        dispatch!(self, s => s.session(subject, id, now).await)
+    }
+    async fn sessions_of(&self, subject: &str, now: i64) -> Result<Vec<SessionRecord>, StoreError> {
+        dispatch!(self, s => s.sessions_of(subject, now).await)
+    }
+    async fn revoke_session(&self, subject: &str, id: &str) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.revoke_session(subject, id).await)
+    }
+    async fn revoke_user(
+        &self,
+        subject: &str,
+        before: i64,
+        keep_until: i64,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.revoke_user(subject, before, keep_until).await)
+    }
+    async fn deny_jti(&self, issuer: &str, jti: &str, until: i64) -> Result<(), StoreError> {
+        dispatch!(self, s => s.deny_jti(issuer, jti, until).await)
+    }
+    async fn rotate_refresh(&self, rotation: &Rotation<'_>) -> Result<RotateOutcome, StoreError> {
+        dispatch!(self, s => s.rotate_refresh(rotation).await)
+    }
+}

@@ -1,0 +1,819 @@
+//! Test harness: a real gateway on 127.0.0.1:0 in front of a real echo upstream that records
+//! what it received, keys generated per test, tokens minted (or forged) by hand, and clients
+//! that speak well-formed HTTP (hyper) or raw bytes (for malformed input).
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use jsonwebtoken::{Algorithm, EncodingKey};
+use portcullis::config::Config;
+use portcullis::server::Running;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub const ISSUER: &str = "https://issuer.test";
+pub const AUDIENCE: &str = "portcullis-tests";
+pub const COOKIE: &str = "__Host-portcullis-at";
+
+/// What the echo upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub version: http::Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// An HTTP/1.1 (and h2c) upstream that answers 200 with a JSON report and records each request.
+#[derive(Clone)]
+pub struct EchoUpstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl EchoUpstream {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let record = Arc::clone(&seen);
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let record = Arc::clone(&record);
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let record = Arc::clone(&record);
+                        async move { Ok::<_, Infallible>(echo(req, record).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, seen }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.requests()
+            .pop()
+            .expect("the upstream received no request")
+    }
+}
+
+async fn echo(mut req: Request<Incoming>, record: Arc<Mutex<Vec<Seen>>>) -> Response<Full<Bytes>> {
+    let upgrade = req.headers().contains_key(http::header::UPGRADE);
+    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    record.lock().unwrap().push(Seen {
+        method: parts.method.to_string(),
+        uri: parts.uri.to_string(),
+        version: parts.version,
+        headers: parts.headers.clone(),
+        body: body.clone(),
+    });
+    if let Some(on_upgrade) = on_upgrade {
+        // A raw byte echo after the handshake: enough to prove the tunnel carries both ways.
+        tokio::spawn(async move {
+            if let Ok(upgraded) = on_upgrade.await {
+                let mut io = TokioIo::new(upgraded);
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        return Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+    }
+    let mut headers = BTreeMap::<String, Vec<String>>::new();
+    for (k, v) in &parts.headers {
+        headers
+            .entry(k.to_string())
+            .or_default()
+            .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
+    }
+    let report = json!({
+        "method": parts.method.as_str(),
+        "uri": parts.uri.to_string(),
+        "headers": headers,
+        "body_bytes": body.len(),
+    });
+    Response::builder()
+        .header("content-type", "application/json")
+        .header("connection", "keep-alive")
+        .header("x-upstream", "echo")
+        .body(Full::new(Bytes::from(report.to_string())))
+        .unwrap()
+}
+
+/// A signing key and the public half the gateway is configured with.
+pub struct TestKey {
+    pub kid: String,
+    pub alg: Algorithm,
+    pub encoding: EncodingKey,
+    /// Public key PEM (SPKI), or the raw secret for HS256.
+    pub public_pem: String,
+    pub public_der: Vec<u8>,
+}
+
+impl TestKey {
+    pub fn generate(alg: Algorithm, kid: &str) -> Self {
+        let sig = match alg {
+            Algorithm::EdDSA => &rcgen::PKCS_ED25519,
+            Algorithm::ES256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            Algorithm::RS256 | Algorithm::PS256 => &rcgen::PKCS_RSA_SHA256,
+            Algorithm::HS256 => {
+                let secret: Vec<u8> = (0..48u8)
+                    .map(|i| i.wrapping_mul(37).wrapping_add(11))
+                    .collect();
+                return Self {
+                    kid: kid.into(),
+                    alg,
+                    encoding: EncodingKey::from_secret(&secret),
+                    public_pem: String::new(),
+                    public_der: secret,
+                };
+            }
+            other => panic!("no test key for {other:?}"),
+        };
+        let pair = rcgen::KeyPair::generate_for(sig).unwrap();
+        let private_pem = pair.serialize_pem();
+        let encoding = match alg {
+            Algorithm::EdDSA => EncodingKey::from_ed_pem(private_pem.as_bytes()),
+            Algorithm::ES256 => EncodingKey::from_ec_pem(private_pem.as_bytes()),
+            _ => EncodingKey::from_rsa_pem(private_pem.as_bytes()),
+        }
+        .unwrap();
+        Self {
+            kid: kid.into(),
+            alg,
+            encoding,
+            public_pem: pair.public_key_pem(),
+            public_der: pair.public_key_der(),
+        }
+    }
+
+    pub fn alg_name(&self) -> &'static str {
+        match self.alg {
+            Algorithm::EdDSA => "EdDSA",
+            Algorithm::ES256 => "ES256",
+            Algorithm::RS256 => "RS256",
+            Algorithm::PS256 => "PS256",
+            Algorithm::HS256 => "HS256",
+            _ => unreachable!(),
+        }
+    }
+
+    /// The `keys:` entry for gateway.yaml; writes the key file into `dir`.
+    pub fn yaml_entry(&self, dir: &Path) -> String {
+        if self.alg == Algorithm::HS256 {
+            let path = dir.join(format!("{}.secret", self.kid));
+            std::fs::write(&path, &self.public_der).unwrap();
+            format!(
+                "{{ kid: {}, alg: HS256, secret_file: {} }}",
+                self.kid,
+                path.display()
+            )
+        } else {
+            let path = dir.join(format!("{}.pub.pem", self.kid));
+            std::fs::write(&path, &self.public_pem).unwrap();
+            format!(
+                "{{ kid: {}, alg: {}, pem: {} }}",
+                self.kid,
+                self.alg_name(),
+                path.display()
+            )
+        }
+    }
+
+    /// Signs `header.payload` exactly as given (no re-serialization), for forged tokens.
+    pub fn sign_raw(&self, header: &Value, payload: &Value) -> String {
+        let h = URL_SAFE_NO_PAD.encode(header.to_string());
+        let p = URL_SAFE_NO_PAD.encode(payload.to_string());
+        self.sign_segments(&h, &p)
+    }
+
+    /// Signs already-encoded segments.
+    pub fn sign_segments(&self, h: &str, p: &str) -> String {
+        let message = format!("{h}.{p}");
+        let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &self.encoding, self.alg).unwrap();
+        format!("{message}.{sig}")
+    }
+
+    /// A well-formed access-token header for this key.
+    pub fn header(&self) -> Value {
+        json!({ "alg": self.alg_name(), "typ": "at+jwt", "kid": self.kid })
+    }
+
+    /// A valid access token with the given claims merged over good defaults.
+    pub fn token(&self, overrides: Value) -> String {
+        self.sign_raw(&self.header(), &claims(overrides))
+    }
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+static JTI: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Good default claims (sub alice, session sid-alice, role reader), with `overrides` applied;
+/// a `null` override removes the claim.
+pub fn claims(overrides: Value) -> Value {
+    let n = now();
+    let jti = JTI.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut c = json!({
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": "alice",
+        "sid": "sid-alice",
+        "jti": format!("jti-{jti}-{n}"),
+        "iat": n - 10,
+        "exp": n + 600,
+        "roles": ["reader"],
+    });
+    if let Value::Object(o) = overrides {
+        for (k, v) in o {
+            if v.is_null() {
+                c.as_object_mut().unwrap().remove(&k);
+            } else {
+                c[k] = v;
+            }
+        }
+    }
+    c
+}
+
+/// A running gateway with its temp dir, keys and echo upstream.
+pub struct TestGateway {
+    pub running: Running,
+    pub addr: SocketAddr,
+    pub upstream: EchoUpstream,
+    pub key: TestKey,
+    pub dir: tempfile::TempDir,
+}
+
+/// Builder for a test gateway config.
+pub struct Setup {
+    pub keys: Vec<TestKey>,
+    /// Extra top-level YAML appended verbatim (e.g. `trusted_proxies`, `limits`).
+    pub extra: String,
+    /// Routes YAML (a list under `routes:`); `{upstream}` names the echo upstream.
+    pub routes: String,
+    /// Extra lines for the `issuers[0]` entry.
+    pub issuer_extra: String,
+    /// Listener YAML (defaults to plain HTTP on port 0).
+    pub listeners: Option<String>,
+}
+
+pub const DEFAULT_ROUTES: &str = r#"
+  - { id: public, path: /public, upstream: echo, policy: public }
+  - { id: api, path: /api, upstream: echo, policy: authenticated }
+  - { id: docs-read, path: /docs, methods: [GET], upstream: echo, policy: { all_of: [docs:read] } }
+  - { id: docs-write, path: /docs, methods: [POST, PUT], upstream: echo, policy: { all_of: [docs:write] } }
+  - { id: admin, path: /admin, upstream: echo, policy: { any_of: [admin] } }
+  - { id: root, path: /, upstream: echo, policy: public }
+"#;
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            keys: vec![TestKey::generate(Algorithm::EdDSA, "k-ed")],
+            extra: String::new(),
+            routes: DEFAULT_ROUTES.into(),
+            issuer_extra: String::new(),
+            listeners: None,
+        }
+    }
+}
+
+impl Setup {
+    /// Writes key files into `dir` and returns the YAML.
+    pub fn yaml(&self, dir: &Path, upstream_url: &str) -> String {
+        let keys: Vec<String> = self
+            .keys
+            .iter()
+            .map(|k| format!("      - {}", k.yaml_entry(dir)))
+            .collect();
+        let listeners = self
+            .listeners
+            .clone()
+            .unwrap_or_else(|| "  - bind: 127.0.0.1:0".into());
+        format!(
+            r#"
+listeners:
+{listeners}
+issuers:
+  - issuer: {ISSUER}
+    audiences: [{AUDIENCE}]
+    keys:
+{keys}
+{issuer_extra}
+roles:
+  reader: [docs:read]
+  editor: [docs:read, docs:write]
+  admin: [admin, docs:read, docs:write]
+upstreams:
+  echo: {{ url: "{upstream_url}", response_timeout: 5s }}
+  builtin: {{ echo: true }}
+routes:
+{routes}
+{extra}
+"#,
+            keys = keys.join("\n"),
+            issuer_extra = self.issuer_extra,
+            routes = self.routes,
+            extra = self.extra,
+        )
+    }
+
+    pub async fn start(self) -> TestGateway {
+        let upstream = EchoUpstream::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = self.yaml(dir.path(), &upstream.url());
+        let config = Config::from_yaml(&yaml, dir.path()).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        let running = portcullis::start(config).await.unwrap();
+        let addr = running.local_addrs()[0];
+        let mut keys = self.keys;
+        let key = keys.remove(0);
+        let gw = TestGateway {
+            running,
+            addr,
+            upstream,
+            key,
+            dir,
+        };
+        // The default token's session exists; tests that want otherwise revoke it.
+        gw.create_session("sid-alice", "alice").await;
+        gw
+    }
+}
+
+impl TestGateway {
+    pub async fn start() -> Self {
+        Setup::default().start().await
+    }
+
+    pub fn store(&self) -> &portcullis::store::Store {
+        self.running.gateway().store()
+    }
+
+    pub async fn create_session(&self, sid: &str, sub: &str) {
+        use portcullis::store::{SessionRecord, SessionStore};
+        let n = now();
+        self.store()
+            .create_session(
+                SessionRecord {
+                    id: sid.into(),
+                    subject: sub.into(),
+                    created_at: n,
+                    last_seen: n,
+                    ip: "127.0.0.1".into(),
+                    user_agent: "tests".into(),
+                    absolute_expiry: n + 3600,
+                    idle_expiry: n + 3600,
+                    remember_me: false,
+                },
+                None,
+            )
+            .await
+            .unwrap();
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// A valid token for alice with role reader (overridable claims).
+    pub fn token(&self, overrides: Value) -> String {
+        self.key.token(overrides)
+    }
+
+    /// GET with a bearer token.
+    pub async fn get_bearer(&self, path: &str, token: &str) -> TestResponse {
+        self.send(
+            Request::get(self.url(path))
+                .header("authorization", format!("Bearer {token}"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+    }
+
+    pub async fn get(&self, path: &str) -> TestResponse {
+        self.send(
+            Request::get(self.url(path))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+    }
+
+    pub async fn send(&self, req: Request<Full<Bytes>>) -> TestResponse {
+        send(req).await
+    }
+
+    /// Sends raw bytes on a fresh connection and returns everything read until close or 2s.
+    pub async fn raw(&self, bytes: &[u8]) -> String {
+        raw(self.addr, bytes).await
+    }
+}
+
+/// A response with its body read.
+#[derive(Debug)]
+pub struct TestResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl TestResponse {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub async fn send(req: Request<Full<Bytes>>) -> TestResponse {
+    let response = tokio::time::timeout(Duration::from_secs(10), client().request(req))
+        .await
+        .expect("request timed out")
+        .expect("request failed");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    TestResponse {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Writes `text` to `dir/name` and returns the path.
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub fn b64(bytes: impl AsRef<[u8]>) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A private `redis-server` on a free loopback port, with no persistence; stopped by its pid
+/// when dropped. Never the machine's 6379.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<std::process::Child>,
+    dir: tempfile::TempDir,
+    extra: Vec<String>,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts with extra `redis-server` arguments (e.g. `--cluster-enabled yes`).
+    pub fn start_with(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = Self {
+            port: free_port(),
+            child: None,
+            dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(&self.extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (.ci/run installs it)");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                use std::io::{Read, Write};
+                let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+                if s.write_all(b"PING\r\n").is_ok() {
+                    let mut buf = [0u8; 7];
+                    if s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n" {
+                        return;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("redis-server on port {} did not start", self.port);
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL by pid) and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port, empty.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Runs one command with redis-cli and returns its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `probe` until it returns true or `within` passes; returns how long it took.
+pub async fn eventually<F, Fut>(within: Duration, mut probe: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    while started.elapsed() < within {
+        if probe().await {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    None
+}
+
+impl RedisServer {
+    /// Starts on a chosen port: for a gateway configured with an address where nothing listened
+    /// yet (take the port from [`free_port`]).
+    pub fn start_on(port: u16) -> Self {
+        let mut server = Self {
+            port,
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+            extra: Vec::new(),
+        };
+        server.spawn();
+        server
+    }
+
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+}
+
+/// A Redis Cluster of private `redis-server` masters (no replicas) on free loopback ports,
+/// joined with `redis-cli --cluster create`; every node is stopped by its pid when dropped.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts `masters` (≥ 3) nodes, joins them and waits until every node says
+    /// `cluster_state:ok`.
+    pub fn start(masters: usize) -> Self {
+        // Each server has its own --dir, so one relative file name is unique per node.
+        let nodes: Vec<RedisServer> = (0..masters)
+            .map(|_| {
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                ])
+            })
+            .collect();
+        let cluster = Self { nodes };
+        let addrs: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = std::process::Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let ok = cluster
+                .nodes
+                .iter()
+                .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"));
+            if ok {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the cluster never reached cluster_state:ok"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        cluster
+    }
+
+    /// `redis://127.0.0.1:<port>` of every node (the seed list).
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+}
+
+/// A private Redis Sentinel on a free loopback port monitoring one master; stopped by its pid
+/// when dropped.
+pub struct RedisSentinel {
+    pub port: u16,
+    child: Option<std::process::Child>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisSentinel {
+    /// Starts a sentinel that monitors `127.0.0.1:<master_port>` as `master_name` with quorum 1,
+    /// calls it down after 1 s and allows a failover every 3 s.
+    pub fn start(master_name: &str, master_port: u16) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        // The sentinel rewrites its config file, so it lives in the sentinel's own dir.
+        let conf = write(
+            dir.path(),
+            "sentinel.conf",
+            &format!(
+                "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                 sentinel monitor {master_name} 127.0.0.1 {master_port} 1\n\
+                 sentinel down-after-milliseconds {master_name} 1000\n\
+                 sentinel failover-timeout {master_name} 3000\n",
+                dir = dir.path().display(),
+            ),
+        );
+        let child = std::process::Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (.ci/run installs it)");
+        let sentinel = Self {
+            port,
+            child: Some(child),
+            dir,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !sentinel.cli(&["PING"]).contains("PONG") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis sentinel on port {port} did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        sentinel
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs one command with redis-cli against the sentinel and returns its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The port of the master this sentinel currently names, if it names one.
+    pub fn master_port(&self, master_name: &str) -> Option<u16> {
+        let out = self.cli(&["SENTINEL", "get-master-addr-by-name", master_name]);
+        out.lines().nth(1)?.trim().parse().ok()
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Sends `signal` (e.g. `STOP`, `CONT`) to one process by its pid.
+pub fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}

@@ -1,0 +1,672 @@
+//! The `SessionStore` contract, one suite run against both implementations: the in-process
+//! memory store and the Redis store (each Redis test on its own `redis-server`).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{RedisServer, now};
+use portcullis::store::{
+    MemoryStore, RedisSettings, RedisStore, RefreshGrant, RotateOutcome, Rotation, SessionRecord,
+    SessionStore, TokenRef, Topology, Verdict, jti_key,
+};
+
+const ISS: &str = "https://issuer.test";
+
+/// A token as the session stage sees it.
+struct Tok {
+    token_key: [u8; 32],
+    jti_key: [u8; 32],
+    sub: String,
+    sid: Option<String>,
+    iat: i64,
+    exp: i64,
+    require_session: bool,
+}
+
+static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+impl Tok {
+    fn new(sub: &str, sid: &str) -> Self {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut token_key = [0u8; 32];
+        token_key[..8].copy_from_slice(&n.to_le_bytes());
+        Self {
+            token_key,
+            jti_key: jti_key(ISS, &format!("jti-{n}")),
+            sub: sub.into(),
+            sid: Some(sid.into()),
+            iat: now() - 5,
+            exp: now() + 600,
+            require_session: true,
+        }
+    }
+
+    fn jti(&self) -> String {
+        let n = u64::from_le_bytes(self.token_key[..8].try_into().unwrap());
+        format!("jti-{n}")
+    }
+
+    fn r(&self) -> TokenRef<'_> {
+        TokenRef {
+            token_key: &self.token_key,
+            jti_key: &self.jti_key,
+            expires_at: self.exp,
+            subject: &self.sub,
+            session: self.sid.as_deref(),
+            issued_at: self.iat,
+            require_session: self.require_session,
+        }
+    }
+}
+
+fn record(sid: &str, sub: &str) -> SessionRecord {
+    let n = now();
+    SessionRecord {
+        id: sid.into(),
+        subject: sub.into(),
+        created_at: n,
+        last_seen: n,
+        ip: "192.0.2.7".into(),
+        user_agent: "Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0".into(),
+        absolute_expiry: n + 3600,
+        idle_expiry: n + 1800,
+        remember_me: false,
+    }
+}
+
+fn hash(n: u8) -> [u8; 32] {
+    [n; 32]
+}
+
+async fn redis_store(server: &RedisServer, prefix: &str) -> RedisStore {
+    let store = RedisStore::connect(&RedisSettings {
+        topology: Topology::Single(server.url()),
+        key_prefix: prefix.into(),
+        timeout: Duration::from_millis(500),
+        cache_capacity: 10_000,
+        cache_ttl: Duration::from_secs(30),
+        password: None,
+    })
+    .await
+    .unwrap();
+    // Tests that depend on invalidation wait for the subscription to be confirmed.
+    assert!(
+        common::eventually(Duration::from_secs(5), || async {
+            store.cache().is_subscribed()
+        })
+        .await
+        .is_some(),
+        "never subscribed"
+    );
+    store
+}
+
+/// Generates `name::memory` and `name::redis` from one async body `|store| { ... }`.
+macro_rules! contract {
+    ($name:ident, |$store:ident| $body:block) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test]
+            async fn memory() {
+                let $store = MemoryStore::new();
+                $body
+            }
+
+            #[tokio::test]
+            async fn redis() {
+                let server = RedisServer::start();
+                let $store = redis_store(&server, "t").await;
+                $body
+            }
+        }
+    };
+}
+
+contract!(a_live_session_of_the_subject_is_alive, |store| {
+    store
+        .create_session(record("s1", "alice"), None)
+        .await
+        .unwrap();
+    let t = Tok::new("alice", "s1");
+    assert_eq!(store.check(&t.r(), now()).await.unwrap(), Verdict::Alive);
+    // Twice: the second answer may come from the local cache and must agree.
+    assert_eq!(store.check(&t.r(), now()).await.unwrap(), Verdict::Alive);
+});
+
+contract!(an_unknown_or_foreign_session_is_refused, |store| {
+    store
+        .create_session(record("s1", "alice"), None)
+        .await
+        .unwrap();
+    let unknown = Tok::new("alice", "nope");
+    assert_eq!(
+        store.check(&unknown.r(), now()).await.unwrap(),
+        Verdict::SessionUnknown
+    );
+    let foreign = Tok::new("bob", "s1");
+    let v = store.check(&foreign.r(), now()).await.unwrap();
+    assert!(
+        matches!(v, Verdict::SessionUnknown | Verdict::SessionMismatch),
+        "{v:?}"
+    );
+    let mut no_sid = Tok::new("alice", "s1");
+    no_sid.sid = None;
+    assert_eq!(
+        store.check(&no_sid.r(), now()).await.unwrap(),
+        Verdict::SessionUnknown
+    );
+});
+
+contract!(tokens_of_issuers_without_sessions_need_none, |store| {
+    let mut t = Tok::new("carol", "whatever");
+    t.require_session = false;
+    assert_eq!(store.check(&t.r(), now()).await.unwrap(), Verdict::Alive);
+});
+
+contract!(
+    revoking_a_session_refuses_its_tokens_at_once_even_when_cached,
+    |store| {
+        store
+            .create_session(record("s1", "alice"), None)
+            .await
+            .unwrap();
+        store
+            .create_session(record("s2", "alice"), None)
+            .await
+            .unwrap();
+        let t1 = Tok::new("alice", "s1");
+        let t2 = Tok::new("alice", "s2");
+        assert_eq!(store.check(&t1.r(), now()).await.unwrap(), Verdict::Alive);
+        assert_eq!(store.check(&t2.r(), now()).await.unwrap(), Verdict::Alive);
+        assert!(store.revoke_session("alice", "s1").await.unwrap());
+        assert_eq!(
+            store.check(&t1.r(), now()).await.unwrap(),
+            Verdict::SessionUnknown
+        );
+        assert_eq!(store.check(&t2.r(), now()).await.unwrap(), Verdict::Alive);
+        assert!(
+            !store.revoke_session("alice", "s1").await.unwrap(),
+            "already gone"
+        );
+    }
+);
+
+contract!(a_user_cannot_revoke_another_users_session, |store| {
+    store
+        .create_session(record("s1", "alice"), None)
+        .await
+        .unwrap();
+    assert!(!store.revoke_session("mallory", "s1").await.unwrap());
+    let t = Tok::new("alice", "s1");
+    assert_eq!(store.check(&t.r(), now()).await.unwrap(), Verdict::Alive);
+});
+
+contract!(
+    revoking_a_user_refuses_every_earlier_token_and_ends_every_session,
+    |store| {
+        store
+            .create_session(record("s1", "alice"), None)
+            .await
+            .unwrap();
+        store
+            .create_session(record("s2", "alice"), None)
+            .await
+            .unwrap();
+        store
+            .create_session(record("b1", "bob"), None)
+            .await
+            .unwrap();
+        let mut stateless = Tok::new("alice", "-");
+        stateless.require_session = false;
+        let t1 = Tok::new("alice", "s1");
+        let bob = Tok::new("bob", "b1");
+        for t in [&t1, &stateless, &bob] {
+            assert_eq!(store.check(&t.r(), now()).await.unwrap(), Verdict::Alive);
+        }
+        let n = now();
+        store.revoke_user("alice", n, n + 900).await.unwrap();
+        assert_eq!(
+            store.check(&stateless.r(), now()).await.unwrap(),
+            Verdict::UserRevoked
+        );
+        assert_ne!(store.check(&t1.r(), now()).await.unwrap(), Verdict::Alive);
+        assert_eq!(store.check(&bob.r(), now()).await.unwrap(), Verdict::Alive);
+        assert!(store.sessions_of("alice", now()).await.unwrap().is_empty());
+        // A token issued after the revocation, on a new session, works.
+        store
+            .create_session(record("s3", "alice"), None)
+            .await
+            .unwrap();
+        let mut fresh = Tok::new("alice", "s3");
+        fresh.iat = n + 1;
+        assert_eq!(
+            store.check(&fresh.r(), n + 1).await.unwrap(),
+            Verdict::Alive
+        );
+    }
+);
+
+contract!(a_denied_jti_is_refused_for_its_issuer_only, |store| {
+    store
+        .create_session(record("s1", "alice"), None)
+        .await
+        .unwrap();
+    let t = Tok::new("alice", "s1");
+    let other = Tok::new("alice", "s1");
+    assert_eq!(store.check(&t.r(), now()).await.unwrap(), Verdict::Alive);
+    store.deny_jti(ISS, &t.jti(), t.exp).await.unwrap();
+    assert_eq!(
+        store.check(&t.r(), now()).await.unwrap(),
+        Verdict::JtiDenied
+    );
+    assert_eq!(
+        store.check(&other.r(), now()).await.unwrap(),
+        Verdict::Alive
+    );
+    // The same jti from another issuer is another token.
+    store
+        .deny_jti("https://other.test", &other.jti(), other.exp)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.check(&other.r(), now()).await.unwrap(),
+        Verdict::Alive
+    );
+});
+
+contract!(expired_sessions_are_refused_and_not_listed, |store| {
+    let n = now();
+    let mut idle = record("idle", "alice");
+    idle.idle_expiry = n + 2;
+    let mut absolute = record("abs", "alice");
+    absolute.absolute_expiry = n + 2;
+    store.create_session(idle, None).await.unwrap();
+    store.create_session(absolute, None).await.unwrap();
+    store
+        .create_session(record("live", "alice"), None)
+        .await
+        .unwrap();
+    // Time is the caller's: checking "as of" later needs no sleep.
+    let later = n + 3;
+    assert_eq!(
+        store
+            .check(&Tok::new("alice", "idle").r(), later)
+            .await
+            .unwrap(),
+        Verdict::SessionUnknown
+    );
+    assert_eq!(
+        store
+            .check(&Tok::new("alice", "abs").r(), later)
+            .await
+            .unwrap(),
+        Verdict::SessionUnknown
+    );
+    let listed: Vec<String> = store
+        .sessions_of("alice", later)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(listed, ["live"]);
+});
+
+contract!(
+    sessions_are_listed_newest_first_with_their_details,
+    |store| {
+        let mut old = record("old", "alice");
+        old.created_at -= 100;
+        store.create_session(old, None).await.unwrap();
+        store
+            .create_session(record("new", "alice"), None)
+            .await
+            .unwrap();
+        store
+            .create_session(record("b", "bob"), None)
+            .await
+            .unwrap();
+        let listed = store.sessions_of("alice", now()).await.unwrap();
+        assert_eq!(
+            listed.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+            ["new", "old"]
+        );
+        assert_eq!(listed[0], record("new", "alice"));
+        assert_eq!(
+            store.session("alice", "new", now()).await.unwrap(),
+            Some(record("new", "alice"))
+        );
+        assert_eq!(store.session("bob", "new", now()).await.unwrap(), None);
+    }
+);
+
+fn rotation<'a>(sub: &'a str, sid: &'a str, presented: u8, successor: u8, at: i64) -> Rotation<'a> {
+    Rotation {
+        subject: sub,
+        session: sid,
+        presented: hash(presented),
+        successor: hash(successor),
+        successor_expires_at: at + 86_400,
+        now: at,
+        grace: 10,
+        idle: 1800,
+    }
+}
+
+fn grant(n: u8) -> Option<RefreshGrant> {
+    Some(RefreshGrant {
+        hash: hash(n),
+        expires_at: now() + 86_400,
+    })
+}
+
+contract!(
+    rotation_replaces_the_token_and_the_old_one_is_dead_after_the_grace_window,
+    |store| {
+        let n = now();
+        store
+            .create_session(record("s1", "alice"), grant(1))
+            .await
+            .unwrap();
+        let rotated = store
+            .rotate_refresh(&rotation("alice", "s1", 1, 2, n))
+            .await
+            .unwrap();
+        let RotateOutcome::Rotated(session) = rotated else {
+            panic!("{rotated:?}")
+        };
+        assert_eq!(session.last_seen, n);
+        assert_eq!(session.idle_expiry, n + 1800);
+        // The successor rotates in turn.
+        assert!(matches!(
+            store
+                .rotate_refresh(&rotation("alice", "s1", 2, 3, n + 1))
+                .await
+                .unwrap(),
+            RotateOutcome::Rotated(_)
+        ));
+        // Token 1 again, long after: reuse, and the whole session is revoked.
+        let reuse = store
+            .rotate_refresh(&rotation("alice", "s1", 1, 9, n + 60))
+            .await
+            .unwrap();
+        assert_eq!(
+            reuse,
+            RotateOutcome::ReuseDetected {
+                subject: "alice".into()
+            }
+        );
+        assert_eq!(
+            store
+                .check(&Tok::new("alice", "s1").r(), n + 60)
+                .await
+                .unwrap(),
+            Verdict::SessionUnknown
+        );
+        // The family is dead: the newest token no longer works either.
+        assert_eq!(
+            store
+                .rotate_refresh(&rotation("alice", "s1", 3, 4, n + 61))
+                .await
+                .unwrap(),
+            RotateOutcome::Invalid
+        );
+    }
+);
+
+contract!(
+    an_old_token_inside_the_grace_window_is_concurrent_not_reuse,
+    |store| {
+        let n = now();
+        store
+            .create_session(record("s1", "alice"), grant(1))
+            .await
+            .unwrap();
+        assert!(matches!(
+            store
+                .rotate_refresh(&rotation("alice", "s1", 1, 2, n))
+                .await
+                .unwrap(),
+            RotateOutcome::Rotated(_)
+        ));
+        assert!(matches!(
+            store
+                .rotate_refresh(&rotation("alice", "s1", 1, 3, n + 5))
+                .await
+                .unwrap(),
+            RotateOutcome::Concurrent(_)
+        ));
+        assert_eq!(
+            store
+                .check(&Tok::new("alice", "s1").r(), n + 5)
+                .await
+                .unwrap(),
+            Verdict::Alive
+        );
+        // The concurrent call issued no successor.
+        assert_eq!(
+            store
+                .rotate_refresh(&rotation("alice", "s1", 3, 4, n + 6))
+                .await
+                .unwrap(),
+            RotateOutcome::Invalid
+        );
+    }
+);
+
+contract!(
+    twenty_parallel_rotations_of_one_token_rotate_exactly_once,
+    |store| {
+        let n = now();
+        store
+            .create_session(record("s1", "alice"), grant(1))
+            .await
+            .unwrap();
+        let store = Arc::new(store);
+        let mut tasks = Vec::new();
+        for i in 0..20u8 {
+            let store = Arc::clone(&store);
+            tasks.push(tokio::spawn(async move {
+                store
+                    .rotate_refresh(&rotation("alice", "s1", 1, 100 + i, n))
+                    .await
+                    .unwrap()
+            }));
+        }
+        let mut rotated = 0;
+        let mut concurrent = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                RotateOutcome::Rotated(_) => rotated += 1,
+                RotateOutcome::Concurrent(_) => concurrent += 1,
+                other => panic!("false verdict inside the grace window: {other:?}"),
+            }
+        }
+        assert_eq!((rotated, concurrent), (1, 19));
+        assert_eq!(
+            store.check(&Tok::new("alice", "s1").r(), n).await.unwrap(),
+            Verdict::Alive
+        );
+    }
+);
+
+contract!(
+    refresh_tokens_are_bound_to_their_session_and_user,
+    |store| {
+        let n = now();
+        store
+            .create_session(record("s1", "alice"), grant(1))
+            .await
+            .unwrap();
+        store
+            .create_session(record("b1", "bob"), grant(2))
+            .await
+            .unwrap();
+        // Alice's token presented for Bob's session, or under Bob's name: invalid, and nothing revoked.
+        assert_eq!(
+            store
+                .rotate_refresh(&rotation("alice", "b1", 1, 3, n))
+                .await
+                .unwrap(),
+            RotateOutcome::Invalid
+        );
+        assert_eq!(
+            store
+                .rotate_refresh(&rotation("bob", "s1", 1, 3, n))
+                .await
+                .unwrap(),
+            RotateOutcome::Invalid
+        );
+        assert_eq!(
+            store
+                .rotate_refresh(&rotation("alice", "s1", 7, 3, n))
+                .await
+                .unwrap(),
+            RotateOutcome::Invalid
+        );
+        assert!(matches!(
+            store
+                .rotate_refresh(&rotation("alice", "s1", 1, 3, n))
+                .await
+                .unwrap(),
+            RotateOutcome::Rotated(_)
+        ));
+        assert!(matches!(
+            store
+                .rotate_refresh(&rotation("bob", "b1", 2, 4, n))
+                .await
+                .unwrap(),
+            RotateOutcome::Rotated(_)
+        ));
+    }
+);
+
+contract!(rotation_enforces_idle_and_absolute_lifetimes, |store| {
+    let n = now();
+    let mut s = record("s1", "alice");
+    s.idle_expiry = n + 100;
+    s.absolute_expiry = n + 1000;
+    store.create_session(s, grant(1)).await.unwrap();
+    // Idle extension is capped at the absolute expiry.
+    let RotateOutcome::Rotated(after) = store
+        .rotate_refresh(&Rotation {
+            idle: 5000,
+            ..rotation("alice", "s1", 1, 2, n + 50)
+        })
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(after.idle_expiry, n + 1000);
+    // Past the idle expiry: refused and the session ends.
+    let mut s = record("s2", "alice");
+    s.idle_expiry = n + 100;
+    store.create_session(s, grant(3)).await.unwrap();
+    assert_eq!(
+        store
+            .rotate_refresh(&rotation("alice", "s2", 3, 4, n + 101))
+            .await
+            .unwrap(),
+        RotateOutcome::Invalid
+    );
+    assert_eq!(store.session("alice", "s2", n).await.unwrap(), None);
+});
+
+/// Two Redis stores on one server stand for two gateway instances.
+#[tokio::test]
+async fn a_revocation_on_one_instance_reaches_another_that_had_the_verdict_cached() {
+    let server = RedisServer::start();
+    let a = redis_store(&server, "t").await;
+    let b = redis_store(&server, "t").await;
+    a.create_session(record("s1", "alice"), None).await.unwrap();
+    let t = Tok::new("alice", "s1");
+    assert_eq!(b.check(&t.r(), now()).await.unwrap(), Verdict::Alive);
+    assert_eq!(b.cache().alive_count(), 1, "b holds the verdict locally");
+    a.revoke_session("alice", "s1").await.unwrap();
+    let took = common::eventually(Duration::from_secs(2), || async {
+        b.check(&t.r(), now()).await.unwrap() != Verdict::Alive
+    })
+    .await;
+    assert!(
+        took.is_some(),
+        "instance b still accepted a revoked session after 2s"
+    );
+}
+
+#[tokio::test]
+async fn with_redis_down_uncached_answers_are_errors_and_cached_revocations_stay_revoked() {
+    let mut server = RedisServer::start();
+    let store = redis_store(&server, "t").await;
+    store
+        .create_session(record("s1", "alice"), None)
+        .await
+        .unwrap();
+    store
+        .create_session(record("s2", "alice"), None)
+        .await
+        .unwrap();
+    let revoked = Tok::new("alice", "s1");
+    store.revoke_session("alice", "s1").await.unwrap();
+    server.kill();
+    // Fail closed: an answer the cache does not hold is an error (the gateway's 503).
+    let unknown = Tok::new("alice", "s2");
+    assert!(store.check(&unknown.r(), now()).await.is_err());
+    // A revocation already known locally stays a refusal, never "alive".
+    assert_eq!(
+        store.check(&revoked.r(), now()).await.unwrap(),
+        Verdict::SessionUnknown
+    );
+    assert!(!store.is_healthy());
+    // Redis returns (empty): the store recovers by itself.
+    server.restart();
+    store.create_session(record("s3", "alice"), None).await.ok();
+    let recovered = common::eventually(Duration::from_secs(10), || async {
+        store
+            .create_session(record("s3", "alice"), None)
+            .await
+            .is_ok()
+            && store.check(&Tok::new("alice", "s3").r(), now()).await.ok() == Some(Verdict::Alive)
+    })
+    .await;
+    assert!(
+        recovered.is_some(),
+        "the store did not recover after redis came back"
+    );
+    assert!(
+        common::eventually(Duration::from_secs(10), || async { store.is_healthy() })
+            .await
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn a_killed_subscription_stops_positive_caching_until_resubscribed() {
+    let server = RedisServer::start();
+    let a = redis_store(&server, "t").await;
+    let b = redis_store(&server, "t").await;
+    a.create_session(record("s1", "alice"), None).await.unwrap();
+    let t = Tok::new("alice", "s1");
+    assert_eq!(b.check(&t.r(), now()).await.unwrap(), Verdict::Alive);
+    assert_eq!(b.cache().alive_count(), 1);
+    server.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    // Until b is subscribed again it holds no positive verdict: every check reads Redis, so a
+    // revocation whose event b missed is still seen.
+    let dropped = common::eventually(Duration::from_secs(5), || async {
+        !b.cache().is_subscribed() || b.cache().alive_count() == 0
+    })
+    .await;
+    assert!(dropped.is_some());
+    a.revoke_session("alice", "s1").await.unwrap();
+    assert_ne!(b.check(&t.r(), now()).await.unwrap(), Verdict::Alive);
+    assert!(
+        common::eventually(Duration::from_secs(10), || async {
+            b.cache().is_subscribed()
+        })
+        .await
+        .is_some()
+    );
+}
