@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::{RedisServer, now};
 use portcullis::store::{
-    MemoryStore, RedisSettings, RedisStore, RefreshGrant, RotateOutcome, Rotation, SessionRecord,
-    SessionStore, TokenRef, Topology, Verdict, jti_key,
+    Attempts, MemoryStore, RedisSettings, RedisStore, RefreshGrant, RotateOutcome, Rotation,
+    SessionRecord, SessionStore, TokenRef, Topology, Verdict, jti_key,
 };
 
 const ISS: &str = "https://issuer.test";
@@ -575,6 +575,208 @@ contract!(rotation_enforces_idle_and_absolute_lifetimes, |store| {
     );
     assert_eq!(store.session("alice", "s2", n).await.unwrap(), None);
 });
+
+// Login throttling. Redis measures windows with its own clock (the key's TTL), so these tests
+// use the real time; `resets_at` may be a second early for Redis if the test stalls.
+
+fn within_a_second_of(actual: i64, expected: i64) -> bool {
+    (expected - 1..=expected).contains(&actual)
+}
+
+contract!(failures_are_counted_within_one_window, |store| {
+    let n = now();
+    let first = store.throttle_hit("user:alice", 60, n).await.unwrap();
+    assert_eq!(first.count, 1);
+    assert!(within_a_second_of(first.resets_at, n + 60), "{first:?}");
+    let second = store.throttle_hit("user:alice", 60, n).await.unwrap();
+    let third = store.throttle_hit("user:alice", 60, n).await.unwrap();
+    assert_eq!((second.count, third.count), (2, 3));
+    // Later failures do not extend the window.
+    assert!(
+        third.resets_at <= first.resets_at,
+        "{third:?} after {first:?}"
+    );
+    // A longer window asked later does not move it either: it started at the first failure.
+    let fourth = store.throttle_hit("user:alice", 3600, n).await.unwrap();
+    assert_eq!(fourth.count, 4);
+    assert!(fourth.resets_at <= first.resets_at, "{fourth:?}");
+});
+
+contract!(peeking_does_not_count, |store| {
+    let n = now();
+    assert_eq!(
+        store.throttle_peek("ip:203.0.113.9", n).await.unwrap(),
+        Attempts {
+            count: 0,
+            resets_at: 0
+        }
+    );
+    let hit = store.throttle_hit("ip:203.0.113.9", 60, n).await.unwrap();
+    for _ in 0..3 {
+        let seen = store.throttle_peek("ip:203.0.113.9", n).await.unwrap();
+        assert_eq!(seen.count, 1);
+        assert!(
+            within_a_second_of(seen.resets_at, hit.resets_at),
+            "{seen:?}"
+        );
+    }
+    assert_eq!(
+        store
+            .throttle_hit("ip:203.0.113.9", 60, n)
+            .await
+            .unwrap()
+            .count,
+        2
+    );
+});
+
+contract!(clearing_a_key_starts_its_count_again, |store| {
+    let n = now();
+    for _ in 0..4 {
+        store.throttle_hit("user:alice", 60, n).await.unwrap();
+    }
+    store.throttle_hit("ip:192.0.2.7", 60, n).await.unwrap();
+    store.throttle_clear("user:alice").await.unwrap();
+    assert_eq!(store.throttle_peek("user:alice", n).await.unwrap().count, 0);
+    assert_eq!(
+        store
+            .throttle_peek("user:alice", n)
+            .await
+            .unwrap()
+            .resets_at,
+        0
+    );
+    assert_eq!(
+        store.throttle_hit("user:alice", 60, n).await.unwrap().count,
+        1
+    );
+    // Only that key: the client's address keeps its count.
+    assert_eq!(
+        store.throttle_peek("ip:192.0.2.7", n).await.unwrap().count,
+        1
+    );
+    // Clearing what counts nothing is not an error.
+    store.throttle_clear("user:nobody").await.unwrap();
+});
+
+contract!(a_window_ends_and_its_counter_disappears, |store| {
+    let first = store.throttle_hit("user:bob", 1, now()).await.unwrap();
+    assert_eq!(first.count, 1);
+    assert_eq!(
+        store
+            .throttle_hit("user:bob", 1, now())
+            .await
+            .unwrap()
+            .count,
+        2
+    );
+    let ended = common::eventually(Duration::from_secs(5), || async {
+        store.throttle_peek("user:bob", now()).await.unwrap()
+            == Attempts {
+                count: 0,
+                resets_at: 0,
+            }
+    })
+    .await;
+    assert!(ended.is_some(), "a 1 s window was still counting after 5 s");
+    // The next failure opens a new window.
+    let n = now();
+    let next = store.throttle_hit("user:bob", 1, n).await.unwrap();
+    assert_eq!(next.count, 1);
+    assert!(within_a_second_of(next.resets_at, n + 1), "{next:?}");
+});
+
+contract!(keys_are_counted_independently_whatever_they_hold, |store| {
+    let n = now();
+    let keys = [
+        "user:alice",
+        "user:Alice",
+        "ip:203.0.113.9",
+        "ip:2001:db8::1",
+        "user:alice smith",
+        "user:{alice}",
+        "user:}{",
+        "user:a:b:c",
+        "user:ünïcødé 🦀",
+        "user:*",
+        "user:alice\r\nDEL *",
+        "user:\u{0}",
+        "",
+    ];
+    for (i, key) in keys.iter().enumerate() {
+        for _ in 0..=i {
+            store.throttle_hit(key, 60, n).await.unwrap();
+        }
+    }
+    for (i, key) in keys.iter().enumerate() {
+        assert_eq!(
+            store.throttle_peek(key, n).await.unwrap().count,
+            i as u32 + 1,
+            "{key:?}"
+        );
+    }
+    store.throttle_clear("user:{alice}").await.unwrap();
+    for (i, key) in keys.iter().enumerate() {
+        let expected = if *key == "user:{alice}" {
+            0
+        } else {
+            i as u32 + 1
+        };
+        assert_eq!(
+            store.throttle_peek(key, n).await.unwrap().count,
+            expected,
+            "{key:?}"
+        );
+    }
+});
+
+#[tokio::test]
+async fn throttle_keys_reach_redis_only_hashed_under_the_prefix() {
+    let server = RedisServer::start();
+    let store = redis_store(&server, "pc").await;
+    store
+        .throttle_hit("user:{alice} smith", 60, now())
+        .await
+        .unwrap();
+    let names = server.cli(&["--scan"]);
+    let names: Vec<&str> = names.lines().collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    let name = names[0];
+    let digest = name
+        .strip_prefix("pc:{t:")
+        .and_then(|rest| rest.strip_suffix('}'))
+        .unwrap_or_else(|| panic!("unexpected key name {name:?}"));
+    assert_eq!(digest.len(), 64, "{name:?}");
+    assert!(digest.bytes().all(|b| b.is_ascii_hexdigit()), "{name:?}");
+    // The window is always set with the count.
+    let ttl: i64 = server.cli(&["TTL", name]).trim().parse().unwrap();
+    assert!((1..=60).contains(&ttl), "ttl {ttl}");
+}
+
+#[tokio::test]
+async fn two_instances_count_into_one_window() {
+    let server = RedisServer::start();
+    let a = redis_store(&server, "t").await;
+    let b = redis_store(&server, "t").await;
+    let n = now();
+    a.throttle_hit("user:alice", 60, n).await.unwrap();
+    b.throttle_hit("user:alice", 60, n).await.unwrap();
+    assert_eq!(a.throttle_hit("user:alice", 60, n).await.unwrap().count, 3);
+    b.throttle_clear("user:alice").await.unwrap();
+    assert_eq!(a.throttle_peek("user:alice", n).await.unwrap().count, 0);
+}
+
+#[tokio::test]
+async fn with_redis_down_throttle_counters_are_errors_not_zero() {
+    let mut server = RedisServer::start();
+    let store = redis_store(&server, "t").await;
+    store.throttle_hit("user:alice", 60, now()).await.unwrap();
+    server.kill();
+    // The caller fails closed (503): an unknown count is never taken for "no failures".
+    assert!(store.throttle_hit("user:alice", 60, now()).await.is_err());
+    assert!(store.throttle_peek("user:alice", now()).await.is_err());
+    assert!(store.throttle_clear("user:alice").await.is_err());
+}
 
 /// Two Redis stores on one server stand for two gateway instances.
 #[tokio::test]

@@ -3,11 +3,11 @@
 //! follows (one behavioural suite runs against both).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 
 use super::{
-    RefreshGrant, RotateOutcome, Rotation, SessionRecord, SessionStore, StoreError, TokenRef,
-    Verdict, jti_key,
+    Attempts, RefreshGrant, RotateOutcome, Rotation, SessionRecord, SessionStore, StoreError,
+    TokenRef, Verdict, jti_key, throttle_digest,
 };
 
 /// How many writes pass between sweeps of expired entries. Sweeps keep every map bounded by
@@ -66,6 +66,95 @@ impl State {
     }
 }
 
+/// Most throttle windows kept at once. An entry is a 32-byte digest and 16 bytes of window
+/// (about 64 bytes with the map's overhead), so a full map holds about 4 MiB.
+const THROTTLE_CAPACITY: usize = 65_536;
+
+/// What a full throttle map is cut down to. Cutting an eighth at a time means the O(n) cut runs
+/// at most once per `THROTTLE_CAPACITY / 8` new keys, not on every insertion at the cap.
+const THROTTLE_KEEP: usize = THROTTLE_CAPACITY - THROTTLE_CAPACITY / 8;
+
+/// One key's fixed window.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    count: u32,
+    resets_at: i64,
+}
+
+impl From<Window> for Attempts {
+    fn from(w: Window) -> Self {
+        Attempts {
+            count: w.count,
+            resets_at: w.resets_at,
+        }
+    }
+}
+
+/// The login-throttling counters, keyed by [`throttle_digest`] (fixed-size entries whatever a
+/// client sends as a username).
+///
+/// Bounded: a flood of distinct keys (spoofed usernames, many source addresses) must not grow
+/// the process without limit. When a new key would pass [`THROTTLE_CAPACITY`], expired windows
+/// are dropped first; if that is not enough, the map is cut to [`THROTTLE_KEEP`] by dropping
+/// the windows with the fewest failures, and among equal counts the ones that end soonest (the
+/// oldest, windows being of one length). Dropping a window forgets failures — an attacker who
+/// floods can reset counters — so the order protects what matters most: a flood of fresh keys
+/// (one failure each) evicts itself before it evicts a counter that has been climbing, and the
+/// per-IP counter stops a flood from any one address long before it reaches the cap.
+#[derive(Debug, Default)]
+struct Throttle {
+    windows: HashMap<[u8; 32], Window>,
+}
+
+impl Throttle {
+    fn hit(&mut self, key: [u8; 32], window: i64, now: i64) -> Attempts {
+        let fresh = Window {
+            count: 1,
+            resets_at: now.saturating_add(window.max(1)),
+        };
+        if let Some(w) = self.windows.get_mut(&key) {
+            if now < w.resets_at {
+                w.count = w.count.saturating_add(1);
+            } else {
+                // The window ended: a failure now starts the next one.
+                *w = fresh;
+            }
+            return (*w).into();
+        }
+        if self.windows.len() >= THROTTLE_CAPACITY {
+            self.make_room(now);
+        }
+        self.windows.insert(key, fresh);
+        fresh.into()
+    }
+
+    fn peek(&self, key: &[u8; 32], now: i64) -> Attempts {
+        match self.windows.get(key) {
+            Some(w) if now < w.resets_at => (*w).into(),
+            _ => Attempts::NONE,
+        }
+    }
+
+    /// Brings the map down to at most [`THROTTLE_KEEP`] windows (see [`Throttle`]).
+    fn make_room(&mut self, now: i64) {
+        self.windows.retain(|_, w| now < w.resets_at);
+        let excess = self.windows.len().saturating_sub(THROTTLE_KEEP);
+        if excess == 0 {
+            return;
+        }
+        let mut order: Vec<(u32, i64, [u8; 32])> = self
+            .windows
+            .iter()
+            .map(|(key, w)| (w.count, w.resets_at, *key))
+            .collect();
+        // The `excess` least valuable windows end up (in no order) before index `excess`.
+        order.select_nth_unstable(excess - 1);
+        for (_, _, key) in &order[..excess] {
+            self.windows.remove(key);
+        }
+    }
+}
+
 fn alive(s: &SessionRecord, now: i64) -> bool {
     now < s.absolute_expiry && now < s.idle_expiry
 }
@@ -75,9 +164,14 @@ fn alive(s: &SessionRecord, now: i64) -> bool {
 /// One `RwLock` guards all maps: every check is a handful of hash lookups under a read lock,
 /// writes are rare (login, refresh, logout, revoke), each write is one critical section (so
 /// rotation and reuse detection are atomic), and the lock is never held across an `.await`.
+///
+/// The throttle counters have their own `Mutex`: they share no invariant with the session
+/// maps, and a burst of failed logins (each one a write) must not queue the hot path's reads
+/// behind it. Each counter operation is one short critical section, so a hit is atomic.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     state: RwLock<State>,
+    throttle: Mutex<Throttle>,
 }
 
 impl MemoryStore {
@@ -94,6 +188,11 @@ impl MemoryStore {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
         self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn throttle(&self) -> std::sync::MutexGuard<'_, Throttle> {
+        // Every update of a window is a single assignment, so a panic cannot leave one torn.
+        self.throttle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn check_now(&self, token: &TokenRef<'_>, now: i64) -> Verdict {
@@ -287,5 +386,101 @@ impl SessionStore for MemoryStore {
         };
         state.after_write(r.now);
         Ok(outcome)
+    }
+    async fn throttle_hit(&self, key: &str, window: i64, now: i64) -> Result<Attempts, StoreError> {
+        Ok(self.throttle().hit(throttle_digest(key), window, now))
+    }
+
+    async fn throttle_peek(&self, key: &str, now: i64) -> Result<Attempts, StoreError> {
+        Ok(self.throttle().peek(&throttle_digest(key), now))
+    }
+
+    async fn throttle_clear(&self, key: &str) -> Result<(), StoreError> {
+        self.throttle().windows.remove(&throttle_digest(key));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_window_is_measured_with_the_callers_clock() {
+        let store = MemoryStore::new();
+        let n = 1_000_000;
+        let first = store.throttle_hit("user:alice", 60, n).await.unwrap();
+        assert_eq!(
+            first,
+            Attempts {
+                count: 1,
+                resets_at: n + 60
+            }
+        );
+        // Later failures count in the same window and do not extend it.
+        let second = store.throttle_hit("user:alice", 60, n + 59).await.unwrap();
+        assert_eq!(
+            second,
+            Attempts {
+                count: 2,
+                resets_at: n + 60
+            }
+        );
+        // The window ends at `resets_at`: nothing is counted then, and a failure starts anew.
+        let ended = store.throttle_peek("user:alice", n + 60).await.unwrap();
+        assert_eq!(ended, Attempts::NONE);
+        let next = store.throttle_hit("user:alice", 60, n + 60).await.unwrap();
+        assert_eq!(
+            next,
+            Attempts {
+                count: 1,
+                resets_at: n + 120
+            }
+        );
+        // A window shorter than a second is a second.
+        let short = store.throttle_hit("ip:192.0.2.1", 0, n).await.unwrap();
+        assert_eq!(
+            short,
+            Attempts {
+                count: 1,
+                resets_at: n + 1
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_100_000_distinct_keys_leaves_the_throttle_map_bounded() {
+        let store = MemoryStore::new();
+        let n = 1_000_000;
+        // A window that has ended, with many failures, and a live counter that has been
+        // climbing: room is made from the first, never from the second.
+        for _ in 0..10 {
+            store.throttle_hit("user:stale", 10, n).await.unwrap();
+        }
+        for _ in 0..5 {
+            store.throttle_hit("user:target", 900, n).await.unwrap();
+        }
+        for i in 0..100_000u32 {
+            store
+                .throttle_hit(&format!("user:flood-{i}"), 900, n + 100)
+                .await
+                .unwrap();
+            assert!(store.throttle().windows.len() <= THROTTLE_CAPACITY);
+        }
+        assert!(
+            !store
+                .throttle()
+                .windows
+                .contains_key(&throttle_digest("user:stale")),
+            "expired windows go first"
+        );
+        // Single-failure keys were dropped before the counter that mattered.
+        assert_eq!(
+            store.throttle_peek("user:target", n + 100).await.unwrap(),
+            Attempts {
+                count: 5,
+                resets_at: n + 900
+            }
+        );
     }
 }

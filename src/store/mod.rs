@@ -6,6 +6,10 @@
 //! answer from local memory whenever they can (the memory store always does; the Redis store
 //! reads through a local cache kept fresh by pub/sub), and must say [`StoreError::Unavailable`]
 //! rather than guess: the caller turns that into a 503, never into "allowed".
+//!
+//! The store also keeps the login-throttling counters ([`SessionStore::throttle_hit`]): failed
+//! attempts per caller-built key (client IP, canonical username) in a fixed window, shared by
+//! every instance when the store is Redis. They are not on the hot path and bypass the cache.
 
 use std::future::Future;
 
@@ -38,6 +42,33 @@ pub fn jti_key(issuer: &str, jti: &str) -> [u8; 32] {
     let mut key = [0u8; 32];
     key.copy_from_slice(ctx.finish().as_ref());
     key
+}
+
+/// The fixed-size name of a throttle key: SHA-256 of the caller's string, so that no key (it may
+/// hold anything a client sent) is ever part of a store's key name and every entry has one size.
+fn throttle_digest(key: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.as_bytes()).as_ref(),
+    );
+    out
+}
+
+/// Failed attempts counted under one key in a fixed window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempts {
+    /// Failures recorded in the current window; 0 when there is none.
+    pub count: u32,
+    /// When the window ends (seconds since the epoch); 0 when count is 0.
+    pub resets_at: i64,
+}
+
+impl Attempts {
+    /// No window: nothing counted.
+    pub const NONE: Attempts = Attempts {
+        count: 0,
+        resets_at: 0,
+    };
 }
 
 /// What the session check needs to know about a verified token.
@@ -223,6 +254,33 @@ pub trait SessionStore: Send + Sync + 'static {
         &self,
         rotation: &Rotation<'_>,
     ) -> impl Future<Output = Result<RotateOutcome, StoreError>> + Send;
+
+    /// Records one failed attempt under `key` and returns the count in the current window; the
+    /// window (of `window` seconds; less than 1 counts as 1) starts at the first failure, is
+    /// not extended by later ones, and the counter disappears with it.
+    ///
+    /// `key` is built by the caller (`ip:203.0.113.9`, `user:alice`) and may hold anything; the
+    /// stores keep only its SHA-256. The memory store measures the window with `now`; Redis
+    /// with its own clock (the key's TTL), using `now` only to turn the TTL into `resets_at`.
+    /// `Err` means the store could not count: the caller refuses the login (503).
+    fn throttle_hit(
+        &self,
+        key: &str,
+        window: i64,
+        now: i64,
+    ) -> impl Future<Output = Result<Attempts, StoreError>> + Send;
+
+    /// The current count under `key` without recording anything ([`Attempts::NONE`] when no
+    /// window is open at `now`).
+    fn throttle_peek(
+        &self,
+        key: &str,
+        now: i64,
+    ) -> impl Future<Output = Result<Attempts, StoreError>> + Send;
+
+    /// Forgets the key (a successful login clears its username's counter). Clearing a key that
+    /// counts nothing is not an error.
+    fn throttle_clear(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// The configured store. An enum rather than a trait object: the hot path dispatches with a
@@ -293,5 +351,14 @@ impl SessionStore for Store {
     }
     async fn rotate_refresh(&self, rotation: &Rotation<'_>) -> Result<RotateOutcome, StoreError> {
         dispatch!(self, s => s.rotate_refresh(rotation).await)
+    }
+    async fn throttle_hit(&self, key: &str, window: i64, now: i64) -> Result<Attempts, StoreError> {
+        dispatch!(self, s => s.throttle_hit(key, window, now).await)
+    }
+    async fn throttle_peek(&self, key: &str, now: i64) -> Result<Attempts, StoreError> {
+        dispatch!(self, s => s.throttle_peek(key, now).await)
+    }
+    async fn throttle_clear(&self, key: &str) -> Result<(), StoreError> {
+        dispatch!(self, s => s.throttle_clear(key).await)
     }
 }

@@ -10,8 +10,10 @@
 //! | `P:{u:<sub>}:rt:<sha256>` | hash | a refresh token's session, `state` (`current`/`used`), `used_at` | at its own expiry |
 //! | `P:{u:<sub>}:rb` | string | tokens issued at or before this instant are revoked | when they have all expired |
 //! | `P:{j:<sha256(iss, jti)>}` | string | a denylisted access token | at the token's `exp` |
+//! | `P:{t:<sha256(key)>}` | string | failed logins counted under a throttle key | at the end of its window |
 //!
-//! `<sub>` is the subject in base64url, so no subject can forge another's key names. Refresh
+//! `<sub>` is the subject in base64url, so no subject can forge another's key names; a throttle
+//! key (`ip:…`, `user:…`, anything a client sent) appears only as its SHA-256. Refresh
 //! tokens are stored only as SHA-256 hashes. Every revoking script publishes an
 //! [`Invalidation`] on `P:invalidate` in the same script that writes, so an event is published
 //! exactly when the write happened; every instance's subscriber applies it to its
@@ -33,8 +35,8 @@ use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 
 use super::cache::{Alive, Invalidation, Known, LocalCache, hex};
 use super::{
-    RefreshGrant, RotateOutcome, Rotation, SessionRecord, SessionStore, StoreError, TokenRef,
-    Verdict, jti_key,
+    Attempts, RefreshGrant, RotateOutcome, Rotation, SessionRecord, SessionStore, StoreError,
+    TokenRef, Verdict, jti_key, throttle_digest,
 };
 
 /// Where Redis is.
@@ -124,6 +126,9 @@ impl Keys {
     }
     fn jti(&self, key: &[u8; 32]) -> String {
         format!("{}:{{j:{}}}", self.prefix, hex(key))
+    }
+    fn throttle(&self, key: &str) -> String {
+        format!("{}:{{t:{}}}", self.prefix, hex(&throttle_digest(key)))
     }
     fn channel(&self) -> String {
         format!("{}:invalidate", self.prefix)
@@ -235,6 +240,39 @@ end
 revoke()
 return {'reuse', f.sub}
 ";
+
+// One failed login. The expiry is set in the same script as the increment, so no counter can be
+// left without one (a crash between INCR and EXPIRE would otherwise make it permanent); a
+// counter that somehow has none gets the window now. Later failures do not extend the window.
+// KEYS: the counter. ARGV: the window in seconds. Returns the count and the remaining ms.
+const THROTTLE_HIT: &str = r"
+local count = redis.call('INCR', KEYS[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+  ttl = tonumber(ARGV[1]) * 1000
+end
+return {count, ttl}
+";
+
+// The count and the remaining ms, read together so the one cannot outlive the other.
+const THROTTLE_PEEK: &str = r"
+local count = redis.call('GET', KEYS[1])
+if not count then return {0, 0} end
+return {tonumber(count), redis.call('PTTL', KEYS[1])}
+";
+
+/// A counter's reply as [`Attempts`]: the window ends when the key expires, rounded up to the
+/// second so that a `Retry-After` built from it is never early.
+fn attempts(count: i64, ttl_ms: i64, now: i64) -> Attempts {
+    if count <= 0 {
+        return Attempts::NONE;
+    }
+    Attempts {
+        count: u32::try_from(count).unwrap_or(u32::MAX),
+        resets_at: now.saturating_add((ttl_ms.max(0) + 999) / 1000),
+    }
+}
 
 /// The data connection, whichever the topology.
 #[derive(Clone)]
@@ -415,6 +453,8 @@ pub struct RedisStore {
     revoke_user: Script,
     deny_jti: Script,
     rotate: Script,
+    throttle_hit: Script,
+    throttle_peek: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -534,6 +574,8 @@ impl RedisStore {
             revoke_user: Script::new(REVOKE_USER),
             deny_jti: Script::new(DENY_JTI),
             rotate: Script::new(ROTATE),
+            throttle_hit: Script::new(THROTTLE_HIT),
+            throttle_peek: Script::new(THROTTLE_PEEK),
         })
     }
 
@@ -875,6 +917,44 @@ impl SessionStore for RedisStore {
             Some("invalid") => Ok(RotateOutcome::Invalid),
             _ => Err(unavailable(Protocol)),
         }
+    }
+
+    // The counters are read and written in Redis every time, never through the local cache:
+    // they are not on the hot path, and every instance must count every failure.
+    async fn throttle_hit(&self, key: &str, window: i64, now: i64) -> Result<Attempts, StoreError> {
+        let mut conn = self.conn.clone();
+        let (count, ttl): (i64, i64) = self
+            .run(
+                self.throttle_hit
+                    .key(self.keys.throttle(key))
+                    .arg(window.max(1))
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        Ok(attempts(count, ttl, now))
+    }
+
+    async fn throttle_peek(&self, key: &str, now: i64) -> Result<Attempts, StoreError> {
+        let mut conn = self.conn.clone();
+        let (count, ttl): (i64, i64) = self
+            .run(
+                self.throttle_peek
+                    .key(self.keys.throttle(key))
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        Ok(attempts(count, ttl, now))
+    }
+
+    async fn throttle_clear(&self, key: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        self.run(
+            redis::cmd("DEL")
+                .arg(self.keys.throttle(key))
+                .query_async::<i64>(&mut conn),
+        )
+        .await
+        .map(|_| ())
     }
 }
 
