@@ -1,6 +1,8 @@
 //! Verification keys: every key is bound to one algorithm and one issuer when the config is
 //! compiled, and is found by `kid` alone. Nothing about a key is ever read from a token.
 
+pub mod signing;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
@@ -78,6 +80,27 @@ pub enum KeyError {
     /// Anything else wrong with the key's declaration.
     #[error("{0}")]
     Invalid(String),
+    /// The crypto library refused the key material: wrong curve, too short, inconsistent.
+    #[error("{path} is not a usable {alg} private key: {source}")]
+    Rejected {
+        /// The file (or "generated key").
+        path: String,
+        /// The algorithm it was meant for.
+        alg: &'static str,
+        /// The library's complaint.
+        #[source]
+        source: aws_lc_rs::error::KeyRejected,
+    },
+    /// The crypto library failed at something that does not depend on the input (key
+    /// generation, encoding a public key).
+    #[error("{what} failed")]
+    Crypto {
+        /// What was being done.
+        what: &'static str,
+        /// The library's (deliberately uninformative) error.
+        #[source]
+        source: aws_lc_rs::error::Unspecified,
+    },
 }
 
 impl KeySet {
