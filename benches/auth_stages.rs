@@ -274,6 +274,7 @@ struct HotPath {
     method: Method,
     request_id: HeaderValue,
     peer: IpAddr,
+    peer_header: HeaderValue,
 }
 
 /// Inputs made per untimed setup batch. Criterion's `SmallInput` makes up to a tenth of a
@@ -391,6 +392,7 @@ impl HotPath {
             method: Method::GET,
             request_id: HeaderValue::from_static("a3f0c1d2e4b5968700000000000004d2"),
             peer: "198.51.100.23".parse().unwrap(),
+            peer_header: HeaderValue::from_static("198.51.100.23"),
         }
     }
 
@@ -420,6 +422,7 @@ impl HotPath {
     fn facts<'a>(&'a self, host: Option<&'a str>) -> ForwardFacts<'a> {
         ForwardFacts {
             peer: self.peer,
+            peer_header: &self.peer_header,
             tls: true,
             host,
             request_id: &self.request_id,
@@ -443,7 +446,12 @@ impl HotPath {
         self.session(&verified, now);
         authorize::authorize(&route.policy, &verified.permissions).unwrap();
         let facts = self.facts(host.as_deref());
-        mutate::mutate(&mut headers, Some(&verified), &self.rt.mutate, &facts);
+        mutate::mutate(
+            &mut headers,
+            Some(mutate::Identity::of(&verified)),
+            &self.rt.mutate,
+            &facts,
+        );
         black_box(path);
         headers
     }
@@ -489,7 +497,12 @@ fn hot_path(c: &mut Criterion) {
         b.iter_batched(
             || hp.headers.clone(),
             |mut headers| {
-                mutate::mutate(&mut headers, Some(&verified), &hp.rt.mutate, &facts);
+                mutate::mutate(
+                    &mut headers,
+                    Some(mutate::Identity::of(&verified)),
+                    &hp.rt.mutate,
+                    &facts,
+                );
                 headers
             },
             HOT_BATCH,

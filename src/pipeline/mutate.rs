@@ -47,11 +47,35 @@ impl MutateConfig {
     }
 }
 
+/// The verified identity the upstream is told about, as header values.
+#[derive(Debug, Clone, Copy)]
+pub struct Identity<'a> {
+    /// `sub`.
+    pub subject: &'a HeaderValue,
+    /// `sid`, when the token has one.
+    pub session: Option<&'a HeaderValue>,
+    /// The granted permissions, comma-separated.
+    pub permissions: &'a HeaderValue,
+}
+
+impl<'a> Identity<'a> {
+    /// The identity a verified token carries, with the permissions its roles grant.
+    pub fn of(token: &'a VerifiedToken) -> Self {
+        Self {
+            subject: &token.subject_header,
+            session: token.session.is_some().then_some(&token.session_header),
+            permissions: &token.permissions_header,
+        }
+    }
+}
+
 /// Facts about the connection and request that mutate writes into headers.
 #[derive(Debug)]
 pub struct ForwardFacts<'a> {
     /// The TCP peer.
     pub peer: IpAddr,
+    /// The TCP peer's address as a header value, formatted once per connection.
+    pub peer_header: &'a HeaderValue,
     /// The listener terminated TLS.
     pub tls: bool,
     /// The canonical request host, if any.
@@ -63,6 +87,15 @@ pub struct ForwardFacts<'a> {
     /// Keep `Upgrade`/`Connection: upgrade` (a WebSocket handshake).
     pub upgrade: bool,
 }
+
+/// Header names mutate writes, made once rather than parsed on every request.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `X-Forwarded-For`.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Forwarded-Host`.
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection and are never forwarded,
 /// in either direction.
@@ -103,6 +136,13 @@ const OVERRIDES: [&str; 6] = [
 ];
 
 fn spoofable(name: &str, identity: &IdentityHeaders) -> bool {
+    // Every fixed name below starts with `x` or `f`; most real headers are ruled out by their
+    // first byte before any comparison.
+    if !matches!(name.as_bytes().first(), Some(b'x' | b'f')) {
+        return same_name(name, identity.subject.as_str())
+            || same_name(name, identity.session.as_str())
+            || same_name(name, identity.permissions.as_str());
+    }
     starts_with_name(name, "x-auth-")
         || starts_with_name(name, "x-forwarded-")
         || same_name(name, "forwarded")
@@ -133,7 +173,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, config: &MutateConfig) -> Ip
     }
     let mut client = peer;
     let chain: Vec<&str> = headers
-        .get_all("x-forwarded-for")
+        .get_all(X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
@@ -155,7 +195,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, config: &MutateConfig) -> Ip
 /// The stage's entry point.
 pub fn mutate(
     headers: &mut HeaderMap,
-    identity: Option<&VerifiedToken>,
+    identity: Option<Identity<'_>>,
     config: &MutateConfig,
     facts: &ForwardFacts<'_>,
 ) {
@@ -163,9 +203,9 @@ pub fn mutate(
     // Forwarding headers from a trusted proxy are carried over before the strip.
     let (prior_for, prior_proto, prior_host) = if trusted {
         (
-            joined(headers, "x-forwarded-for"),
-            headers.get("x-forwarded-proto").cloned(),
-            headers.get("x-forwarded-host").cloned(),
+            joined(headers, &X_FORWARDED_FOR),
+            headers.get(X_FORWARDED_PROTO).cloned(),
+            headers.get(X_FORWARDED_HOST).cloned(),
         )
     } else {
         (None, None, None)
@@ -201,37 +241,33 @@ pub fn mutate(
     }
 
     // Inject.
-    if let Some(token) = identity {
-        headers.insert(
-            config.identity.subject.clone(),
-            token.subject_header.clone(),
-        );
-        if token.session.is_some() {
-            headers.insert(
-                config.identity.session.clone(),
-                token.session_header.clone(),
-            );
+    if let Some(identity) = identity {
+        headers.insert(config.identity.subject.clone(), identity.subject.clone());
+        if let Some(session) = identity.session {
+            headers.insert(config.identity.session.clone(), session.clone());
         }
         headers.insert(
             config.identity.permissions.clone(),
-            token.permissions_header.clone(),
+            identity.permissions.clone(),
         );
     }
-    headers.insert("x-request-id", facts.request_id.clone());
-    let peer = facts.peer.to_string();
+    headers.insert(X_REQUEST_ID, facts.request_id.clone());
     let xff = match prior_for {
-        Some(chain) => format!("{chain}, {peer}"),
-        None => peer,
+        Some(chain) => {
+            let peer = facts.peer_header.to_str().unwrap_or_default();
+            HeaderValue::from_str(&format!("{chain}, {peer}")).ok()
+        }
+        None => Some(facts.peer_header.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
+    if let Some(xff) = xff {
+        headers.insert(X_FORWARDED_FOR, xff);
     }
     let proto = prior_proto
         .unwrap_or_else(|| HeaderValue::from_static(if facts.tls { "https" } else { "http" }));
-    headers.insert("x-forwarded-proto", proto);
+    headers.insert(X_FORWARDED_PROTO, proto);
     let host = prior_host.or_else(|| facts.host.and_then(|h| HeaderValue::from_str(h).ok()));
     if let Some(host) = host {
-        headers.insert("x-forwarded-host", host);
+        headers.insert(X_FORWARDED_HOST, host);
     }
 }
 
@@ -260,7 +296,7 @@ pub fn protect_response(headers: &mut HeaderMap, config: &MutateConfig) {
     }
 }
 
-fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
     let parts: Vec<&str> = headers
         .get_all(name)
         .iter()
@@ -269,25 +305,38 @@ fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join(", "))
 }
 
-/// Removes the gateway's cookies from every `Cookie` header, keeping the others in order.
+/// Removes the gateway's cookies from every `Cookie` header, keeping the others in order. Several
+/// `Cookie` headers (HTTP/2 sends one per cookie) are joined into one, as HTTP/1.1 requires.
 fn strip_cookies(headers: &mut HeaderMap, ours: &[String]) {
-    if !headers.contains_key(COOKIE) {
-        return;
-    }
-    let mut kept: Vec<&str> = Vec::new();
-    let values: Vec<HeaderValue> = headers.get_all(COOKIE).iter().cloned().collect();
-    for value in &values {
-        let Ok(text) = value.to_str() else { continue };
+    let mut values = headers.get_all(COOKIE).iter();
+    let Some(first) = values.next() else { return };
+    let several = values.next().is_some();
+    let mut kept = String::with_capacity(first.len());
+    let mut changed = several;
+    for value in headers.get_all(COOKIE) {
+        let Ok(text) = value.to_str() else {
+            changed = true;
+            continue;
+        };
         for pair in text.split(';') {
+            let pair = pair.trim();
             let name = pair.split('=').next().unwrap_or("").trim();
-            if !name.is_empty() && !ours.iter().any(|o| o == name) {
-                kept.push(pair.trim());
+            if name.is_empty() || ours.iter().any(|o| o == name) {
+                changed = true;
+                continue;
             }
+            if !kept.is_empty() {
+                kept.push_str("; ");
+            }
+            kept.push_str(pair);
         }
+    }
+    if !changed {
+        return;
     }
     headers.remove(COOKIE);
     if !kept.is_empty()
-        && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+        && let Ok(v) = HeaderValue::from_str(&kept)
     {
         headers.insert(COOKIE, v);
     }
@@ -312,6 +361,8 @@ mod tests {
     fn facts<'a>(peer: &str, rid: &'a HeaderValue) -> ForwardFacts<'a> {
         ForwardFacts {
             peer: peer.parse().unwrap(),
+            // Leaked: a test's few bytes, so the facts can borrow it like a connection's.
+            peer_header: Box::leak(Box::new(HeaderValue::from_str(peer).unwrap())),
             tls: true,
             host: Some("app.example.com"),
             request_id: rid,

@@ -49,6 +49,11 @@ impl Running {
         &self.addrs
     }
 
+    /// A receiver that turns `true` when shutdown begins, for background tasks.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
     /// The shared gateway state (runtime and store).
     pub fn gateway(&self) -> &Arc<Gateway> {
         &self.gateway
@@ -163,6 +168,7 @@ async fn accept_loop(listener: TcpListener, mut ctx: AcceptContext) {
         let _ = stream.set_nodelay(true);
         let conn = Connection {
             peer,
+            peer_header: pipeline::peer_header(peer.ip()),
             tls: tls.is_some(),
             hsts: ctx.spec.hsts.clone(),
         };
@@ -230,7 +236,8 @@ impl ConnectionTask {
                 // rules halfway through one.
                 let runtime = gateway.runtime();
                 Ok::<_, Infallible>(
-                    pipeline::handle(request, &conn, runtime, gateway.store()).await,
+                    pipeline::handle(request, &conn, runtime, gateway.store(), gateway.audit())
+                        .await,
                 )
             }
         });
