@@ -14,7 +14,7 @@ COPY Cargo.toml Cargo.lock ./
 RUN mkdir src benches \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs \
- && echo 'fn main() {}' > benches/auth_stages.rs \
+ && for b in auth_stages revocation; do echo 'fn main() {}' > "benches/$b.rs"; done \
  && cargo build --release --locked --bin portcullis \
  && rm -rf src benches target/release/.fingerprint/portcullis-*
 
@@ -22,6 +22,7 @@ COPY src ./src
 COPY benches ./benches
 COPY gateway.yaml ./
 COPY examples/keys/demo-ed25519.pub.pem ./examples/keys/
+COPY examples/users.yaml ./examples/
 RUN cargo build --release --locked --bin portcullis \
  && strip target/release/portcullis \
  && sed 's/bind: 127.0.0.1:8080/bind: 0.0.0.0:8080/' gateway.yaml > gateway.container.yaml \
@@ -33,6 +34,8 @@ FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/portcullis /usr/local/bin/portcullis
 COPY --from=build --chown=root:root /src/gateway.container.yaml /etc/portcullis/gateway.yaml
 COPY --chown=root:root examples/keys/demo-ed25519.pub.pem /etc/portcullis/examples/keys/demo-ed25519.pub.pem
+# DEMO users with published passwords, for the example only: mount your own users file.
+COPY --chown=root:root examples/users.yaml /etc/portcullis/examples/users.yaml
 # uid 65532 ("nonroot"); config and keys are root-owned and read-only to it.
 USER nonroot:nonroot
 EXPOSE 8080 8443

@@ -9,6 +9,7 @@
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 
+use crate::auth_flow::csrf::CsrfError;
 use crate::body::GatewayBody;
 use crate::pipeline::authorize::Forbidden;
 use crate::pipeline::credential::CredentialError;
@@ -29,6 +30,83 @@ pub enum BadRequest {
     /// Both `Content-Length` and `Transfer-Encoding`, or a `Transfer-Encoding` other than chunked.
     #[error("ambiguous message framing")]
     Framing,
+}
+
+/// A refusal by the auth flow (`/auth/*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// A cross-site request or a missing/wrong CSRF token on a state-changing endpoint.
+    #[error(transparent)]
+    Csrf(#[from] CsrfError),
+    /// Wrong username or password, or a disabled user (the client is not told which).
+    #[error("login failed: {0}")]
+    LoginFailed(&'static str),
+    /// Too many failed logins from this address or for this username.
+    #[error("login throttled")]
+    Throttled {
+        /// Seconds until the window ends.
+        retry_after: u64,
+    },
+    /// The refresh token is missing, unknown, expired, or names a disabled user.
+    #[error("refresh refused: {0}")]
+    RefreshInvalid(&'static str),
+    /// A used refresh token came back outside the grace window: its session was revoked.
+    #[error("refresh token reuse")]
+    RefreshReuse,
+    /// The endpoint needs a signed-in user.
+    #[error("not signed in")]
+    NotSignedIn,
+    /// The session to revoke is not one of the caller's.
+    #[error("no such session")]
+    SessionNotFound,
+    /// The body is not the form or JSON the endpoint expects.
+    #[error("malformed body")]
+    BadBody,
+    /// The body is neither a form nor JSON.
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+}
+
+impl AuthError {
+    fn status(self) -> StatusCode {
+        match self {
+            AuthError::Csrf(_) => StatusCode::FORBIDDEN,
+            AuthError::LoginFailed(_)
+            | AuthError::RefreshInvalid(_)
+            | AuthError::RefreshReuse
+            | AuthError::NotSignedIn => StatusCode::UNAUTHORIZED,
+            AuthError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
+            AuthError::SessionNotFound => StatusCode::NOT_FOUND,
+            AuthError::BadBody => StatusCode::BAD_REQUEST,
+            AuthError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        }
+    }
+
+    fn reason_id(self) -> &'static str {
+        match self {
+            AuthError::Csrf(e) => e.reason_id(),
+            AuthError::LoginFailed(reason) | AuthError::RefreshInvalid(reason) => reason,
+            AuthError::Throttled { .. } => "login.throttled",
+            AuthError::RefreshReuse => "refresh.reuse_detected",
+            AuthError::NotSignedIn => "auth.not_signed_in",
+            AuthError::SessionNotFound => "session.not_found",
+            AuthError::BadBody => "request.body",
+            AuthError::UnsupportedMediaType => "request.media_type",
+        }
+    }
+
+    fn code(self) -> &'static str {
+        match self {
+            AuthError::Csrf(_) => "forbidden",
+            AuthError::LoginFailed(_) => "invalid_credentials",
+            AuthError::Throttled { .. } => "too_many_attempts",
+            AuthError::RefreshInvalid(_) | AuthError::RefreshReuse => "invalid_grant",
+            AuthError::NotSignedIn => "unauthorized",
+            AuthError::SessionNotFound => "not_found",
+            AuthError::BadBody => "invalid_request",
+            AuthError::UnsupportedMediaType => "unsupported_media_type",
+        }
+    }
 }
 
 /// Why the gateway answered instead of the upstream.
@@ -67,6 +145,15 @@ pub enum GatewayError {
     /// The upstream did not answer in time.
     #[error("upstream timed out")]
     UpstreamTimeout,
+    /// The user of a gateway-issued token no longer exists or is disabled (SECURITY.md 11).
+    #[error("user unknown or disabled")]
+    UserDisabled,
+    /// A refusal by the auth flow.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// A bug or a broken key: 500, details in the log only.
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl GatewayError {
@@ -91,6 +178,9 @@ impl GatewayError {
             GatewayError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::UserDisabled => StatusCode::UNAUTHORIZED,
+            GatewayError::Auth(e) => e.status(),
+            GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -111,6 +201,9 @@ impl GatewayError {
             GatewayError::Store(_) => "store.unavailable",
             GatewayError::UpstreamUnavailable(_) => "upstream.unavailable",
             GatewayError::UpstreamTimeout => "upstream.timeout",
+            GatewayError::UserDisabled => "user.disabled",
+            GatewayError::Auth(e) => e.reason_id(),
+            GatewayError::Internal(_) => "internal",
         }
     }
 
@@ -133,6 +226,9 @@ impl GatewayError {
             GatewayError::Store(_) => "temporarily_unavailable",
             GatewayError::UpstreamUnavailable(_) => "bad_gateway",
             GatewayError::UpstreamTimeout => "gateway_timeout",
+            GatewayError::UserDisabled => "invalid_token",
+            GatewayError::Auth(e) => e.code(),
+            GatewayError::Internal(_) => "internal_error",
         }
     }
 
@@ -142,6 +238,8 @@ impl GatewayError {
             GatewayError::MissingCredential
             | GatewayError::Token(_)
             | GatewayError::Session(_)
+            | GatewayError::UserDisabled
+            | GatewayError::Auth(AuthError::NotSignedIn)
             | GatewayError::Credential(
                 CredentialError::NotBearer | CredentialError::BadCharacters,
             ) => true,
@@ -152,7 +250,9 @@ impl GatewayError {
             | GatewayError::PayloadTooLarge
             | GatewayError::Store(_)
             | GatewayError::UpstreamUnavailable(_)
-            | GatewayError::UpstreamTimeout => false,
+            | GatewayError::UpstreamTimeout
+            | GatewayError::Auth(_)
+            | GatewayError::Internal(_) => false,
         }
     }
 }
@@ -215,19 +315,21 @@ pub fn error_response(err: &GatewayError, ctx: &ErrorContext<'_>) -> Response<Ga
     harden(headers);
     headers.insert("x-request-id", ctx.request_id.clone());
     if status == StatusCode::UNAUTHORIZED {
-        let challenge = if matches!(err, GatewayError::MissingCredential) {
+        let challenge = if matches!(err, GatewayError::MissingCredential | GatewayError::Auth(_)) {
             "Bearer realm=\"portcullis\""
         } else {
             "Bearer realm=\"portcullis\", error=\"invalid_token\""
         };
         headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
-    } else if status == StatusCode::FORBIDDEN {
+    } else if matches!(err, GatewayError::Forbidden(_)) {
         headers.insert(
             WWW_AUTHENTICATE,
             HeaderValue::from_static("Bearer realm=\"portcullis\", error=\"insufficient_scope\""),
         );
     } else if status == StatusCode::SERVICE_UNAVAILABLE {
         headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    } else if let GatewayError::Auth(AuthError::Throttled { retry_after }) = err {
+        headers.insert(http::header::RETRY_AFTER, HeaderValue::from(*retry_after));
     }
     response
 }
@@ -311,6 +413,18 @@ mod tests {
             ),
             (GatewayError::UpstreamUnavailable("refused".into()), 502),
             (GatewayError::UpstreamTimeout, 504),
+            (GatewayError::UserDisabled, 401),
+            (AuthError::Csrf(CsrfError::CrossSite).into(), 403),
+            (AuthError::Csrf(CsrfError::Token).into(), 403),
+            (AuthError::LoginFailed("login.bad_password").into(), 401),
+            (AuthError::Throttled { retry_after: 5 }.into(), 429),
+            (AuthError::RefreshInvalid("refresh.invalid").into(), 401),
+            (AuthError::RefreshReuse.into(), 401),
+            (AuthError::NotSignedIn.into(), 401),
+            (AuthError::SessionNotFound.into(), 404),
+            (AuthError::BadBody.into(), 400),
+            (AuthError::UnsupportedMediaType.into(), 415),
+            (GatewayError::Internal("bug".into()), 500),
         ];
         let rid = HeaderValue::from_static("r1");
         for (err, status) in cases {

@@ -27,6 +27,8 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod audit;
+pub mod auth_flow;
 pub mod body;
 pub mod config;
 pub mod error;
@@ -39,6 +41,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use audit::Audit;
 use config::{Config, Runtime, StoreKind};
 use store::{MemoryStore, RedisStore, Store, StoreError};
 
@@ -48,15 +51,22 @@ use store::{MemoryStore, RedisStore, Store, StoreError};
 pub struct Gateway {
     runtime: ArcSwap<Runtime>,
     store: Store,
+    audit: Audit,
 }
 
 impl Gateway {
-    /// A gateway serving `runtime` with `store`.
-    pub fn new(runtime: Runtime, store: Store) -> Self {
+    /// A gateway serving `runtime` with `store`, recording security decisions to `audit`.
+    pub fn new(runtime: Runtime, store: Store, audit: Audit) -> Self {
         Self {
             runtime: ArcSwap::from_pointee(runtime),
             store,
+            audit,
         }
+    }
+
+    /// The audit trail.
+    pub fn audit(&self) -> &Audit {
+        &self.audit
     }
 
     /// The current runtime snapshot. Hold it for the whole request.
@@ -93,7 +103,13 @@ pub enum StartError {
     /// A listener could not be bound.
     #[error("binding listeners: {0}")]
     Bind(#[from] std::io::Error),
+    /// The audit file could not be opened.
+    #[error(transparent)]
+    Audit(#[from] audit::AuditError),
 }
+
+/// How often the users file is checked for changes.
+const USERS_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Binds the listeners of `config` and starts serving. Must run inside a Tokio runtime.
 pub async fn start(config: Config) -> Result<server::Running, StartError> {
@@ -101,8 +117,19 @@ pub async fn start(config: Config) -> Result<server::Running, StartError> {
         listeners,
         limits,
         store,
+        audit,
         runtime,
     } = config;
-    let gateway = Arc::new(Gateway::new(runtime, build_store(&store).await?));
-    Ok(server::start(&listeners, &limits, gateway).await?)
+    let audit = match &audit.file {
+        Some(path) => Audit::to_file(path)?,
+        None => Audit::log_only(),
+    };
+    let users = runtime.auth.as_ref().map(|a| Arc::clone(&a.users));
+    let gateway = Arc::new(Gateway::new(runtime, build_store(&store).await?, audit));
+    let running = server::start(&listeners, &limits, gateway).await?;
+    if let Some(users) = users {
+        // The users file is polled, not watched: see `UsersHandle::spawn_watch`.
+        users.spawn_watch(USERS_POLL, running.shutdown_signal());
+    }
+    Ok(running)
 }

@@ -1,4 +1,5 @@
-//! The `portcullis` command: run the gateway, or check a config.
+//! The `portcullis` command: run the gateway, check a config, and the operator tools (`token`,
+//! `keys generate`, `hash-password`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +40,23 @@ enum Command {
     /// A development tool: anyone holding the private key can do the same, which is why real
     /// signing keys belong to the issuer alone.
     Token(TokenArgs),
+    /// Manage the gateway's own signing keys (`auth.signing_keys`).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Hash a password for the users file: prints an argon2id PHC string to stdout.
+    ///
+    /// Asks for the password twice on the terminal, without echo. With --stdin, reads one line
+    /// from standard input instead (its trailing newline is removed; other whitespace is kept),
+    /// for scripts. An empty password, or one over 1024 bytes, is refused. The hash uses
+    /// OWASP's argon2id parameters (m=19456 KiB, t=2, p=1) and a random salt; paste it into
+    /// the `password_hash` field of the users file.
+    HashPassword {
+        /// Read the password from one line of standard input instead of the terminal.
+        #[arg(long)]
+        stdin: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -78,6 +96,44 @@ enum LogFormat {
     Json,
 }
 
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Generate a signing key pair and print its kid and the line to add to the config
+    ///
+    /// Writes two files into DIR (created with mode 0700 if missing), named after the key's
+    /// kid, its RFC 7638 thumbprint, which every token it signs carries:
+    ///
+    ///   <kid>.key.pem   the PKCS#8 private key, mode 0600, for `auth.signing_keys`
+    ///   <kid>.pub.pem   the public key, for services that only verify
+    ///
+    /// Existing files are never overwritten. Prints the kid on the first line, then the YAML
+    /// entry to append under `auth.signing_keys:`.
+    ///
+    /// The last listed key signs and every listed key verifies: to rotate, append the new key
+    /// and reload; remove the old one once the tokens it signed have expired.
+    #[command(verbatim_doc_comment)]
+    Generate {
+        /// Key algorithm. RS256 and PS256 get a 2048-bit RSA key.
+        #[arg(long, value_enum, ignore_case = true, default_value_t = KeyAlg::EdDsa)]
+        alg: KeyAlg,
+        /// Directory to write the key files into.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum KeyAlg {
+    #[value(name = "EdDSA")]
+    EdDsa,
+    #[value(name = "ES256")]
+    Es256,
+    #[value(name = "RS256")]
+    Rs256,
+    #[value(name = "PS256")]
+    Ps256,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -104,6 +160,25 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("portcullis token: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::HashPassword { stdin } => match hash_password(stdin) {
+            Ok(phc) => {
+                println!("{phc}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("portcullis hash-password: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Keys {
+            command: KeysCommand::Generate { alg, out },
+        } => match generate_key(alg, &out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("portcullis keys generate: {e:#}");
                 ExitCode::FAILURE
             }
         },
@@ -153,6 +228,113 @@ fn mint(args: &TokenArgs) -> anyhow::Result<String> {
     header.kid = Some(args.kid.clone());
     header.typ = Some("at+jwt".into());
     Ok(jsonwebtoken::encode(&header, &claims, &key)?)
+}
+
+fn hash_password(from_stdin: bool) -> anyhow::Result<String> {
+    use portcullis::auth_flow::users::{MAX_PASSWORD_BYTES, Password};
+    let password = if from_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("reading the password from stdin")?;
+        let line = Password::new(line);
+        let trimmed = line.expose_secret();
+        let trimmed = trimmed.strip_suffix('\n').unwrap_or(trimmed);
+        let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
+        Password::new(trimmed.to_owned())
+    } else {
+        let first = Password::new(
+            rpassword::prompt_password("Password: ")
+                .context("reading the password from the terminal (use --stdin without one)")?,
+        );
+        let second = Password::new(
+            rpassword::prompt_password("Repeat password: ")
+                .context("reading the password from the terminal")?,
+        );
+        anyhow::ensure!(
+            first.expose_secret() == second.expose_secret(),
+            "the passwords do not match"
+        );
+        first
+    };
+    anyhow::ensure!(!password.is_empty(), "the password is empty");
+    anyhow::ensure!(
+        password.len() <= MAX_PASSWORD_BYTES,
+        "the password is longer than {MAX_PASSWORD_BYTES} bytes; logins refuse longer ones"
+    );
+    Ok(portcullis::auth_flow::users::hash_password(
+        password.expose_secret(),
+    ))
+}
+
+/// Writes `<kid>.key.pem` and `<kid>.pub.pem` into `out` and prints the kid and config line.
+fn generate_key(alg: KeyAlg, out: &std::path::Path) -> anyhow::Result<()> {
+    use jsonwebtoken::Algorithm;
+    use portcullis::keys::signing::SigningKey;
+
+    let alg = match alg {
+        KeyAlg::EdDsa => Algorithm::EdDSA,
+        KeyAlg::Es256 => Algorithm::ES256,
+        KeyAlg::Rs256 => Algorithm::RS256,
+        KeyAlg::Ps256 => Algorithm::PS256,
+    };
+    let (key, private_pem) = SigningKey::generate(alg)?;
+    let mut dir = std::fs::DirBuilder::new();
+    dir.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
+    dir.create(out)
+        .with_context(|| format!("creating {}", out.display()))?;
+    // An absolute path: the config resolves relative paths against its own directory, which
+    // need not be the current one.
+    let out = out
+        .canonicalize()
+        .with_context(|| format!("resolving {}", out.display()))?;
+    let private_path = out.join(format!("{}.key.pem", key.kid()));
+    let public_path = out.join(format!("{}.pub.pem", key.kid()));
+    write_new(&private_path, private_pem.as_bytes(), 0o600)?;
+    if let Err(e) = write_new(&public_path, key.public_key_pem().as_bytes(), 0o644) {
+        // Leave nothing half-done behind.
+        let _ = std::fs::remove_file(&private_path);
+        return Err(e);
+    }
+    println!("{}", key.kid());
+    println!("# under auth.signing_keys: (the last listed key signs)");
+    println!(
+        "- {{ alg: {}, pem: {} }}",
+        portcullis::keys::algorithm_name(alg),
+        yaml_plain_or_quoted(&private_path.to_string_lossy())
+    );
+    Ok(())
+}
+
+/// Creates `path` (never replacing an existing file) with `mode` on Unix, and writes `bytes`.
+fn write_new(path: &std::path::Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// `s` as a YAML flow scalar: bare when that is unambiguous, else single-quoted.
+fn yaml_plain_or_quoted(s: &str) -> String {
+    let plain = s.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '/' || c == '.')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-'));
+    if plain {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "''"))
+    }
 }
 
 fn init_logging(format: LogFormat) {

@@ -18,6 +18,7 @@ use http::{HeaderName, HeaderValue, Method, Uri};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::auth_flow::AuthSettings;
 use crate::keys::{self, Issuer, KeySet, VerificationKey};
 use crate::pipeline::authorize::{PermissionTable, Policy};
 use crate::pipeline::forward::{HttpUpstream, Upstream, UpstreamSettings};
@@ -122,6 +123,15 @@ pub struct Runtime {
     pub cookie_name: String,
     /// Where browsers are sent to log in.
     pub login_url: Option<String>,
+    /// The login flow, when the gateway issues its own tokens.
+    pub auth: Option<AuthSettings>,
+}
+
+/// Where audit events go besides the log.
+#[derive(Debug, Clone, Default)]
+pub struct AuditSettings {
+    /// Append JSON lines to this file.
+    pub file: Option<PathBuf>,
 }
 
 /// A compiled, validated config.
@@ -133,6 +143,8 @@ pub struct Config {
     pub limits: ServerLimits,
     /// Session store.
     pub store: StoreKind,
+    /// Audit sinks.
+    pub audit: AuditSettings,
     /// The request-serving runtime.
     pub runtime: Runtime,
 }
@@ -480,7 +492,7 @@ fn compile(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
                 }
             }
         };
-        if !matches!(policy, Policy::Public) && keyset.is_empty() {
+        if !matches!(policy, Policy::Public) && keyset.is_empty() && raw.auth.is_none() {
             return Err(invalid(
                 format!("{key}.policy"),
                 "requires a token, but no issuer is configured",
@@ -581,6 +593,41 @@ fn compile(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         }
     }
 
+    let auth = match &raw.auth {
+        None => None,
+        Some(a) => Some(compile_auth(a, &mut keyset, &cookie_name, &resolve)?),
+    };
+    if auth.is_some() {
+        for (i, r) in raw.routes.iter().enumerate() {
+            let p = r.path.to_ascii_lowercase();
+            if crate::auth_flow::owns(p.trim_end_matches('/')) {
+                return Err(invalid(
+                    format!("routes[{i}].path"),
+                    format!(
+                        "`{}` belongs to the login flow (`auth:` is configured)",
+                        r.path
+                    ),
+                ));
+            }
+        }
+    }
+    let login_url = raw.login_url.or_else(|| {
+        auth.as_ref()
+            .map(|_| crate::auth_flow::LOGIN_PATH.to_owned())
+    });
+    let mut gateway_cookies = vec![cookie_name.clone()];
+    if auth.is_some() {
+        gateway_cookies.push(crate::auth_flow::cookies::REFRESH_COOKIE.to_owned());
+        gateway_cookies.push(crate::auth_flow::cookies::CSRF_COOKIE.to_owned());
+    }
+    let audit = AuditSettings {
+        file: raw
+            .audit
+            .as_ref()
+            .and_then(|a| a.file.as_deref())
+            .map(&resolve),
+    };
+
     let runtime = Runtime {
         router,
         upstreams,
@@ -593,18 +640,218 @@ fn compile(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         token_cache: TokenCache::new(t.cache_capacity.unwrap_or(100_000)),
         mutate: MutateConfig {
             identity,
-            gateway_cookies: vec![cookie_name.clone()],
+            gateway_cookies,
             trusted_proxies,
         },
         cookie_name,
-        login_url: raw.login_url,
+        login_url,
+        auth,
     };
     Ok(Config {
         listeners,
         limits,
         store,
+        audit,
         runtime,
     })
+}
+
+/// The key used when `auth.signing_keys` is empty: made once per process, so a config reload
+/// does not invalidate every token issued so far.
+fn ephemeral_signing_keys() -> Arc<crate::keys::signing::SigningKeys> {
+    static EPHEMERAL: std::sync::OnceLock<Arc<crate::keys::signing::SigningKeys>> =
+        std::sync::OnceLock::new();
+    Arc::clone(EPHEMERAL.get_or_init(|| {
+        tracing::warn!(
+            "auth.signing_keys is empty: signing with an ephemeral EdDSA key generated now; \
+             tokens stop verifying when the process exits and other instances cannot verify them"
+        );
+        Arc::new(crate::keys::signing::SigningKeys::ephemeral())
+    }))
+}
+
+/// Compiles `auth:`: loads the users file and the signing keys, and registers the gateway as
+/// an issuer whose tokens always need a live session.
+fn compile_auth(
+    a: &raw::RawAuth,
+    keyset: &mut KeySet,
+    cookie_name: &str,
+    resolve: &dyn Fn(&str) -> PathBuf,
+) -> Result<AuthSettings, ConfigError> {
+    use crate::auth_flow::users::UsersHandle;
+    use crate::auth_flow::{AuthParts, Lifetimes, Throttle, redirect::RedirectPolicy};
+    use crate::keys::signing::SigningKeys;
+
+    if !a.issuer.starts_with("https://") && !a.issuer.starts_with("http://") {
+        return Err(invalid(
+            "auth.issuer",
+            "must be the gateway's URL, like https://gateway.example.com",
+        ));
+    }
+    if keyset.issuers.iter().any(|i| *i.iss == *a.issuer) {
+        return Err(invalid(
+            "auth.issuer",
+            format!("`{}` is also listed under `issuers`", a.issuer),
+        ));
+    }
+    if !cookie_name.starts_with("__Host-") {
+        return Err(invalid(
+            "tokens.cookie",
+            "with `auth:`, the access-token cookie must use the `__Host-` prefix",
+        ));
+    }
+    let audience = a.audience.clone().unwrap_or_else(|| a.issuer.clone());
+    let access_ttl = duration(
+        "auth.access_ttl",
+        a.access_ttl.as_ref(),
+        Duration::from_secs(900),
+    )?;
+    if access_ttl < Duration::from_secs(1) || access_ttl > Duration::from_secs(3600) {
+        return Err(invalid("auth.access_ttl", "must be between 1s and 1h"));
+    }
+    let lifetimes = Lifetimes {
+        idle: duration(
+            "auth.idle_timeout",
+            a.idle_timeout.as_ref(),
+            Duration::from_secs(12 * 3600),
+        )?,
+        absolute: duration(
+            "auth.absolute_lifetime",
+            a.absolute_lifetime.as_ref(),
+            Duration::from_secs(24 * 3600),
+        )?,
+        remember_idle: duration(
+            "auth.remember_me_idle_timeout",
+            a.remember_me_idle_timeout.as_ref(),
+            Duration::from_secs(14 * 86_400),
+        )?,
+        remember_absolute: duration(
+            "auth.remember_me_absolute_lifetime",
+            a.remember_me_absolute_lifetime.as_ref(),
+            Duration::from_secs(30 * 86_400),
+        )?,
+    };
+    for (key, value) in [
+        ("auth.idle_timeout", lifetimes.idle),
+        ("auth.absolute_lifetime", lifetimes.absolute),
+        ("auth.remember_me_idle_timeout", lifetimes.remember_idle),
+        (
+            "auth.remember_me_absolute_lifetime",
+            lifetimes.remember_absolute,
+        ),
+    ] {
+        if value < access_ttl {
+            return Err(invalid(key, "must be at least auth.access_ttl"));
+        }
+    }
+    let refresh_grace = duration(
+        "auth.refresh_grace",
+        a.refresh_grace.as_ref(),
+        Duration::from_secs(10),
+    )?;
+    if refresh_grace > Duration::from_secs(120) {
+        return Err(invalid(
+            "auth.refresh_grace",
+            "more than 2m lets a stolen refresh token be replayed unnoticed",
+        ));
+    }
+    let default_redirect = a.default_redirect.clone().unwrap_or_else(|| "/".to_owned());
+    let mut hosts = Vec::new();
+    for (i, h) in a.redirect_hosts.iter().enumerate() {
+        let h = h.trim().to_ascii_lowercase();
+        if h.is_empty() || h.contains(['/', '@', '\\', ' ']) {
+            return Err(invalid(
+                format!("auth.redirect_hosts[{i}]"),
+                "must be a host name (with an optional :port), like app.example.com",
+            ));
+        }
+        hosts.push(h);
+    }
+    let redirect = RedirectPolicy {
+        default: "/".to_owned(),
+        hosts,
+    };
+    if redirect.target(Some(&default_redirect)) != default_redirect {
+        return Err(invalid(
+            "auth.default_redirect",
+            "must be a path like /app or an https:// URL on a host in auth.redirect_hosts",
+        ));
+    }
+    let redirect = RedirectPolicy {
+        default: default_redirect,
+        ..redirect
+    };
+    let th = &a.throttle;
+    let throttle = Throttle {
+        per_ip: th.per_ip.unwrap_or(50),
+        per_user: th.per_user.unwrap_or(5),
+        window: duration(
+            "auth.throttle.window",
+            th.window.as_ref(),
+            Duration::from_secs(900),
+        )?,
+    };
+    if throttle.per_ip == 0 || throttle.per_user == 0 || throttle.window.is_zero() {
+        return Err(invalid(
+            "auth.throttle",
+            "limits and window must be above zero",
+        ));
+    }
+    let jwks_max_age = duration(
+        "auth.jwks_max_age",
+        a.jwks_max_age.as_ref(),
+        Duration::from_secs(300),
+    )?;
+
+    let users = UsersHandle::load(resolve(&a.users_file))
+        .map_err(|e| invalid("auth.users_file", e.to_string()))?;
+
+    let signing = if a.signing_keys.is_empty() {
+        ephemeral_signing_keys()
+    } else {
+        let mut list = Vec::with_capacity(a.signing_keys.len());
+        for (i, k) in a.signing_keys.iter().enumerate() {
+            let alg = keys::parse_algorithm(&k.alg)
+                .map_err(|e| invalid(format!("auth.signing_keys[{i}].alg"), e))?;
+            list.push((resolve(&k.pem), alg));
+        }
+        Arc::new(
+            SigningKeys::load(&list)
+                .map_err(|(i, e)| invalid(format!("auth.signing_keys[{i}]"), e))?,
+        )
+    };
+    let issuer_index = keyset.add_issuer(Issuer {
+        iss: a.issuer.as_str().into(),
+        audiences: Box::new([audience.as_str().into()]),
+        require_session: true,
+        max_lifetime: access_ttl,
+    });
+    for (kid, alg, key) in signing.verification_keys() {
+        keyset
+            .insert(
+                &kid,
+                VerificationKey {
+                    alg,
+                    key,
+                    issuer: issuer_index,
+                },
+            )
+            .map_err(|e| invalid("auth.signing_keys", e))?;
+    }
+    Ok(AuthSettings::new(AuthParts {
+        issuer: a.issuer.clone(),
+        audience,
+        issuer_index,
+        signing,
+        users: Arc::new(users),
+        access_ttl,
+        lifetimes,
+        refresh_grace,
+        redirect,
+        throttle,
+        jwks_max_age,
+        access_cookie: cookie_name.to_owned(),
+    }))
 }
 
 fn redis_settings(

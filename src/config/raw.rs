@@ -39,9 +39,99 @@ pub struct RawConfig {
     /// Size, count and time limits.
     #[serde(default)]
     pub limits: RawLimits,
-    /// Where browser navigations without a valid token are sent (optional).
+    /// Where browser navigations without a valid token are sent (optional; defaults to the
+    /// login page when `auth` is configured).
     #[serde(default)]
     pub login_url: Option<String>,
+    /// The gateway as a token issuer with its own login flow (`/auth/*`). Absent: the gateway
+    /// only verifies tokens from `issuers`.
+    #[serde(default)]
+    pub auth: Option<RawAuth>,
+    /// Where audit events go besides the log.
+    #[serde(default)]
+    pub audit: Option<RawAudit>,
+}
+
+/// Audit sinks.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// Append one JSON line per event to this file.
+    #[serde(default)]
+    pub file: Option<String>,
+}
+
+/// The login flow and the tokens the gateway issues.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    /// `iss` of the tokens the gateway mints (an `https://` URL naming this gateway).
+    pub issuer: String,
+    /// `aud` of the tokens the gateway mints.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// The users file (YAML), reloaded when it changes.
+    pub users_file: String,
+    /// Private signing keys (PEM); the last listed signs, all verify. None: an ephemeral
+    /// EdDSA key is generated at start (tokens die with the process; one instance only).
+    #[serde(default)]
+    pub signing_keys: Vec<RawSigningKey>,
+    /// Access-token lifetime (≤ 15 minutes by default).
+    #[serde(default)]
+    pub access_ttl: Option<String>,
+    /// A session without "remember me" ends when not refreshed for this long...
+    #[serde(default)]
+    pub idle_timeout: Option<String>,
+    /// ...and this long after login, whatever happens.
+    #[serde(default)]
+    pub absolute_lifetime: Option<String>,
+    /// The same two lifetimes with "remember me" (and the cookies become persistent).
+    #[serde(default)]
+    pub remember_me_idle_timeout: Option<String>,
+    /// See `remember_me_idle_timeout`.
+    #[serde(default)]
+    pub remember_me_absolute_lifetime: Option<String>,
+    /// How long after a rotation the old refresh token may be presented again by a concurrent
+    /// request without being taken for reuse.
+    #[serde(default)]
+    pub refresh_grace: Option<String>,
+    /// Where a login without a (safe) return path lands.
+    #[serde(default)]
+    pub default_redirect: Option<String>,
+    /// Absolute `https://` origins a return path may point to besides this gateway.
+    #[serde(default)]
+    pub redirect_hosts: Vec<String>,
+    /// Login throttling.
+    #[serde(default)]
+    pub throttle: RawThrottle,
+    /// `max-age` of the JWKS document.
+    #[serde(default)]
+    pub jwks_max_age: Option<String>,
+}
+
+/// A private signing key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSigningKey {
+    /// EdDSA, ES256, RS256 or PS256.
+    pub alg: String,
+    /// PEM file with the private key (PKCS#8; PKCS#1 for RSA; SEC1 for EC).
+    pub pem: String,
+}
+
+/// Login throttling: failed attempts counted in a fixed window.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawThrottle {
+    /// Failed logins allowed per client IP per window.
+    #[serde(default)]
+    pub per_ip: Option<u32>,
+    /// Failed logins allowed per (canonical) username per window.
+    #[serde(default)]
+    pub per_user: Option<u32>,
+    /// The window.
+    #[serde(default)]
+    pub window: Option<String>,
 }
 
 /// One listening socket.

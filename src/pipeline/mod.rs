@@ -13,7 +13,11 @@
 //!   7 forward     pooled upstream client, streamed bodies, upgrades        (502, 504, 413)
 //! ```
 //! Public routes skip 2–5 but still go through 6, so spoofed identity headers are stripped
-//! there too. Every refusal goes through [`crate::error::error_response`].
+//! there too. Every refusal goes through [`crate::error::error_response`], and every 401 and
+//! 403 is audited. With `auth:` configured, `/auth/*` and the JWKS document are answered by
+//! [`crate::auth_flow`] right after the path is normalized, before routing; tokens the gateway
+//! issued itself take their permissions from the users file as it is now (4b below), so a
+//! disabled user or a role change applies to the next request.
 
 pub mod authorize;
 pub mod credential;
@@ -32,19 +36,23 @@ use http::header::{ACCEPT, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 
+use crate::audit::{Audit, AuditEvent};
+use crate::auth_flow;
 use crate::body::GatewayBody;
 use crate::config::Runtime;
 use crate::error::{BadRequest, ErrorContext, GatewayError, error_response};
 use crate::store::Store;
 use authorize::Policy;
 use forward::Outgoing;
-use mutate::ForwardFacts;
+use mutate::{ForwardFacts, Identity};
 
 /// Facts about the client connection a request arrived on.
 #[derive(Debug, Clone)]
 pub struct Connection {
     /// The TCP peer.
     pub peer: SocketAddr,
+    /// The peer's IP address as a header value (`X-Forwarded-For`), formatted once.
+    pub peer_header: HeaderValue,
     /// Whether the listener terminated TLS.
     pub tls: bool,
     /// `Strict-Transport-Security` to add to every response, on TLS listeners.
@@ -57,6 +65,7 @@ pub struct Connection {
 struct Trace<'rt> {
     route: Option<&'rt str>,
     token: Option<Arc<verify::VerifiedToken>>,
+    path: Option<String>,
 }
 
 /// Handles one request with the runtime snapshot it started with; never fails.
@@ -65,6 +74,7 @@ pub async fn handle(
     conn: &Connection,
     runtime: Arc<Runtime>,
     store: &Store,
+    audit: &Audit,
 ) -> Response<GatewayBody> {
     let request_id = request_id(request.headers());
     let browser = is_browser_navigation(request.method(), request.headers());
@@ -72,9 +82,46 @@ pub async fn handle(
     // Kept (a reference-counted clone) only to build the login return path if one is needed.
     let target = request.uri().path_and_query().cloned();
     let mut trace = Trace::default();
-    let mut response = match run(request, conn, &runtime, store, &request_id, &mut trace).await {
+    let user_agent = request
+        .headers()
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let client_ip = mutate::client_ip(conn.peer.ip(), request.headers(), &runtime.mutate);
+    let env = RunEnv {
+        conn,
+        store,
+        audit,
+        request_id: &request_id,
+        client_ip,
+        user_agent: user_agent.as_deref(),
+    };
+    let mut response = match run(request, &runtime, &env, &mut trace).await {
         Ok(response) => response,
         Err(err) => {
+            let status = err.status();
+            if status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::FORBIDDEN {
+                // The auth flow audits its own refusals with their context.
+                let from_auth_flow = matches!(err, GatewayError::Auth(_));
+                if !from_auth_flow {
+                    audit.emit(&AuditEvent {
+                        event: if status == http::StatusCode::FORBIDDEN {
+                            "access.forbidden"
+                        } else {
+                            "access.unauthorized"
+                        },
+                        reason_id: err.reason_id(),
+                        subject: trace.token.as_ref().map(|t| &*t.subject),
+                        session: trace.token.as_ref().and_then(|t| t.session.as_deref()),
+                        client_ip: Some(client_ip),
+                        user_agent: user_agent.as_deref(),
+                        route: trace.route,
+                        method: Some(method.as_str()),
+                        path: trace.path.as_deref(),
+                        request_id: request_id.to_str().ok(),
+                    });
+                }
+            }
             tracing::info!(
                 request_id = request_id.to_str().unwrap_or(""),
                 client.ip = %conn.peer.ip(),
@@ -113,27 +160,63 @@ pub async fn handle(
     response
 }
 
+/// What [`run`] needs besides the request and the runtime.
+struct RunEnv<'a> {
+    conn: &'a Connection,
+    store: &'a Store,
+    audit: &'a Audit,
+    request_id: &'a HeaderValue,
+    client_ip: std::net::IpAddr,
+    user_agent: Option<&'a str>,
+}
+
 /// The stages, in order. The order matters: nothing is read from a credential before the route
 /// is known, no claim is used before the signature is verified (inside verify), and nothing is
 /// forwarded before mutate has stripped what the client must not set.
 async fn run<'rt>(
     request: Request<Incoming>,
-    conn: &Connection,
     rt: &'rt Runtime,
-    store: &Store,
-    request_id: &HeaderValue,
+    env: &RunEnv<'_>,
     trace: &mut Trace<'rt>,
 ) -> Result<Response<GatewayBody>, GatewayError> {
+    let (conn, store, request_id) = (env.conn, env.store, env.request_id);
     check_framing(request.headers())?;
 
     // 1. route
     let path = normalize::normalize(request.uri().path()).map_err(BadRequest::Path)?;
     let host = request_host(&request)?;
+    // The gateway's own endpoints, before any route: a route cannot shadow the login flow.
+    if let Some(auth) = &rt.auth
+        && auth_flow::owns(&path.path)
+    {
+        let origin = own_origin(&request, conn, rt);
+        let flow = auth_flow::handlers::Env {
+            rt,
+            auth,
+            store,
+            audit: env.audit,
+            request_id,
+            client: auth_flow::Client {
+                ip: env.client_ip,
+                user_agent: env.user_agent.unwrap_or("").to_owned(),
+                origin,
+            },
+        };
+        let mut response = auth_flow::handle(request, &path.path, &flow).await?;
+        response
+            .headers_mut()
+            .insert(mutate::X_REQUEST_ID, request_id.clone());
+        return Ok(response);
+    }
     let query = request.uri().query().map(str::to_owned);
     let route = rt
         .router
         .route(host.as_deref(), path.segments(), request.method())?;
     trace.route = Some(&route.id);
+    if !matches!(route.policy, Policy::Public) {
+        // Kept for the audit event of a refusal.
+        trace.path = Some(path.path.clone());
+    }
 
     // 2–5: only for routes that need an identity.
     let identity = if matches!(route.policy, Policy::Public) {
@@ -145,8 +228,20 @@ async fn run<'rt>(
         let verified = verify::verify(token, &rt.verifier, &rt.token_cache, &rt.permissions, now)?;
         trace.token = Some(Arc::clone(&verified));
         session::session(&verified, store, now).await?;
-        authorize::authorize(&route.policy, &verified.permissions)?;
-        Some(verified)
+        // 4b. a token this gateway issued: its user must still exist and be enabled, and the
+        // permissions are those of the user's roles now, not when the token was minted.
+        let grant = match &rt.auth {
+            Some(auth) if verified.issuer == auth.issuer_index => Some(
+                auth.grant(&verified.subject, &rt.permissions)
+                    .ok_or(GatewayError::UserDisabled)?,
+            ),
+            _ => None,
+        };
+        let permissions = grant
+            .as_ref()
+            .map_or(&verified.permissions, |g| &g.permissions);
+        authorize::authorize(&route.policy, permissions)?;
+        Some((verified, grant))
     };
 
     let declared = request
@@ -169,13 +264,21 @@ async fn run<'rt>(
     let (mut parts, body) = request.into_parts();
     let facts = ForwardFacts {
         peer: conn.peer.ip(),
+        peer_header: &conn.peer_header,
         tls: conn.tls,
         host: host.as_deref(),
         request_id,
         forward_authorization: route.forward_authorization,
         upgrade,
     };
-    mutate::mutate(&mut parts.headers, identity.as_deref(), &rt.mutate, &facts);
+    let identity = identity.as_ref().map(|(token, grant)| {
+        let mut identity = Identity::of(token);
+        if let Some(grant) = grant {
+            identity.permissions = &grant.permissions_header;
+        }
+        identity
+    });
+    mutate::mutate(&mut parts.headers, identity, &rt.mutate, &facts);
 
     // 7. forward
     let outgoing = Outgoing {
@@ -194,12 +297,40 @@ async fn run<'rt>(
     );
     response
         .headers_mut()
-        .insert("x-request-id", request_id.clone());
+        .insert(mutate::X_REQUEST_ID, request_id.clone());
     Ok(response)
+}
+
+/// `scheme://host[:port]` the client addressed, as a browser writes it in `Origin`. The scheme
+/// is `https` on a TLS listener, or when a trusted proxy says the client used TLS.
+fn own_origin(request: &Request<Incoming>, conn: &Connection, rt: &Runtime) -> String {
+    let forwarded_https = rt.mutate.is_trusted(conn.peer.ip())
+        && request
+            .headers()
+            .get(mutate::X_FORWARDED_PROTO)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    let scheme = if conn.tls || forwarded_https {
+        "https"
+    } else {
+        "http"
+    };
+    let host = request
+        .headers()
+        .get(HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    format!("{scheme}://{host}")
 }
 
 /// The normalized path and query a browser returns to after logging in; `None` when the path
 /// cannot be normalized (such a request was refused with 400 anyway).
+/// An IP address as a header value, for [`Connection::peer_header`].
+pub fn peer_header(ip: std::net::IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value")
+}
+
 fn return_path(target: &http::uri::PathAndQuery) -> Option<String> {
     let path = normalize::normalize(target.path()).ok()?.path;
     Some(match target.query() {

@@ -817,3 +817,4 @@ pub fn signal(pid: u32, signal: &str) {
         .expect("kill");
     assert!(status.success(), "kill -{signal} {pid} failed");
 }
+pub mod auth;

@@ -1,0 +1,1149 @@
+//! The `/auth/*` endpoints. Each handler reads the request, asks the users file and the store,
+//! emits exactly one audit event for a security decision, and answers.
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, SET_COOKIE};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde::Deserialize;
+
+use super::csrf::{self, CsrfError};
+use super::tokens::{self, AccessClaims};
+use super::users;
+use super::{AuthSettings, Client, JWKS_PATH, LOGIN_PATH, cookies, pages};
+use crate::audit::{Audit, AuditEvent};
+use crate::body::GatewayBody;
+use crate::config::Runtime;
+use crate::error::{AuthError, GatewayError};
+use crate::pipeline::route::RouteError;
+use crate::pipeline::{credential, session, verify};
+use crate::store::{RefreshGrant, RotateOutcome, Rotation, SessionRecord, SessionStore, Store};
+
+/// Largest body accepted on an auth endpoint.
+const MAX_BODY: usize = 16 * 1024;
+/// Longest user agent kept in a session record.
+const MAX_USER_AGENT: usize = 256;
+
+/// What a handler needs besides the request.
+#[derive(Debug)]
+pub struct Env<'a> {
+    /// The runtime snapshot of this request.
+    pub rt: &'a Runtime,
+    /// Its auth settings.
+    pub auth: &'a AuthSettings,
+    /// The session store.
+    pub store: &'a Store,
+    /// The audit trail.
+    pub audit: &'a Audit,
+    /// The request id.
+    pub request_id: &'a HeaderValue,
+    /// The client.
+    pub client: Client,
+}
+
+impl Env<'_> {
+    fn event<'e>(
+        &'e self,
+        event: &'static str,
+        reason_id: &'static str,
+        path: &'e str,
+    ) -> AuditEvent<'e> {
+        AuditEvent {
+            event,
+            reason_id,
+            client_ip: Some(self.client.ip),
+            user_agent: Some(&self.client.user_agent),
+            request_id: self.request_id.to_str().ok(),
+            method: Some("POST"),
+            path: Some(path),
+            ..AuditEvent::default()
+        }
+    }
+}
+
+/// Answers a request for one of the paths [`super::owns`].
+pub async fn handle(
+    request: Request<Incoming>,
+    path: &str,
+    env: &Env<'_>,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    let method = request.method().clone();
+    let read = method == Method::GET || method == Method::HEAD;
+    match path {
+        LOGIN_PATH if read => Ok(login_page(request.headers(), request.uri().query(), env)),
+        LOGIN_PATH if method == Method::POST => login(request, env).await,
+        "/auth/refresh" if method == Method::POST => refresh(request, env).await,
+        "/auth/logout" if method == Method::POST => logout(request, env).await,
+        "/auth/logout-all" if method == Method::POST => logout_all(request, env).await,
+        "/auth/sessions" if read => sessions_page(request.headers(), env).await,
+        "/auth/sessions/revoke" if method == Method::POST => revoke(request, env).await,
+        JWKS_PATH if read => Ok(jwks(env.auth)),
+        "/auth/static/portcullis.css" if read => {
+            Ok(asset(pages::STYLESHEET, "text/css; charset=utf-8"))
+        }
+        "/auth/static/refresh.js" if read => Ok(asset(
+            pages::REFRESH_SCRIPT,
+            "text/javascript; charset=utf-8",
+        )),
+        LOGIN_PATH
+        | "/auth/refresh"
+        | "/auth/logout"
+        | "/auth/logout-all"
+        | "/auth/sessions"
+        | "/auth/sessions/revoke"
+        | JWKS_PATH
+        | "/auth/static/portcullis.css"
+        | "/auth/static/refresh.js" => Err(RouteError::MethodNotAllowed.into()),
+        _ => Err(RouteError::NotFound.into()),
+    }
+}
+
+// ---- login -------------------------------------------------------------------------------
+
+/// The fields of a login, from a form or JSON.
+#[derive(Debug, Default, Deserialize)]
+struct LoginInput {
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    remember_me: bool,
+    #[serde(default)]
+    return_to: Option<String>,
+    /// API clients: put the tokens in the JSON body instead of cookies.
+    #[serde(default)]
+    return_tokens: bool,
+    #[serde(default, skip)]
+    csrf: Option<String>,
+}
+
+fn login_page(headers: &HeaderMap, query: Option<&str>, env: &Env<'_>) -> Response<GatewayBody> {
+    let return_to = query.and_then(|q| form_field(q, "return_to"));
+    let (csrf_token, fresh) = match cookies::read(headers, cookies::CSRF_COOKIE) {
+        Some(c) if c.len() >= 22 => (c.to_owned(), false),
+        _ => (tokens::random_token(32), true),
+    };
+    // A refresh cookie means this browser has a session whose access token expired: offer the
+    // refresh (a POST) instead of the form. Reading this page changes nothing.
+    let body = if cookies::read(headers, cookies::REFRESH_COOKIE).is_some() {
+        let target = env.auth.redirect.target(return_to.as_deref());
+        pages::refresh(&csrf_token, &target)
+    } else {
+        pages::login(&pages::LoginForm {
+            csrf: &csrf_token,
+            return_to: return_to.as_deref(),
+            ..pages::LoginForm::default()
+        })
+    };
+    let mut response = html(StatusCode::OK, body);
+    if fresh {
+        response
+            .headers_mut()
+            .append(SET_COOKIE, cookies::csrf(&csrf_token));
+    }
+    response
+}
+
+async fn login(
+    request: Request<Incoming>,
+    env: &Env<'_>,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    let auth = env.auth;
+    let headers = request.headers().clone();
+    csrf::same_origin(&headers, &env.client.origin)
+        .map_err(|e| refused(env, "login.failure", e))?;
+    let (kind, body) = read_body(request).await?;
+    let mut input = match kind {
+        BodyKind::Form => {
+            let text = std::str::from_utf8(&body).map_err(|_| AuthError::BadBody)?;
+            LoginInput {
+                username: form_field(text, "username").unwrap_or_default(),
+                password: form_field(text, "password").unwrap_or_default(),
+                remember_me: form_field(text, "remember_me").is_some_and(|v| !v.is_empty()),
+                return_to: form_field(text, "return_to").filter(|r| !r.is_empty()),
+                return_tokens: false,
+                csrf: form_field(text, "csrf"),
+            }
+        }
+        BodyKind::Json => serde_json::from_slice(&body).map_err(|_| AuthError::BadBody)?,
+    };
+    let form = kind == BodyKind::Form;
+    let username = users::canonical_username(&input.username);
+    let audit_path = LOGIN_PATH;
+
+    if form {
+        // Login CSRF: a form must repeat the cookie set with the form.
+        let cookie = cookies::read(&headers, cookies::CSRF_COOKIE);
+        if let Err(e) = csrf::token_matches(cookie, input.csrf.as_deref()) {
+            env.audit.emit(&AuditEvent {
+                subject: Some(&username),
+                ..env.event("login.failure", e.reason_id(), audit_path)
+            });
+            return Ok(login_form_again(
+                StatusCode::FORBIDDEN,
+                &input,
+                "Your sign-in form expired. Please try again.",
+            ));
+        }
+    }
+    // JSON logins need no CSRF token: the fetch-metadata check above refused cross-site
+    // senders, and JSON cannot be posted cross-site without a CORS preflight, which the
+    // gateway never grants.
+
+    let now = verify::unix_now();
+    let ip_key = format!("ip:{}", env.client.ip);
+    let user_key = format!("user:{username}");
+    let throttle = auth.throttle;
+    let (by_ip, by_user) = (
+        env.store.throttle_peek(&ip_key, now).await?,
+        env.store.throttle_peek(&user_key, now).await?,
+    );
+    let blocked = [(by_ip, throttle.per_ip), (by_user, throttle.per_user)]
+        .iter()
+        .filter(|(a, limit)| a.count >= *limit)
+        .map(|(a, _)| a.resets_at)
+        .max();
+    if let Some(resets_at) = blocked {
+        env.audit.emit(&AuditEvent {
+            subject: Some(&username),
+            ..env.event("login.failure", "login.throttled", audit_path)
+        });
+        let retry_after = (resets_at - now).max(1) as u64;
+        if form {
+            let mut response = login_form_again(
+                StatusCode::TOO_MANY_REQUESTS,
+                &input,
+                "Too many failed sign-in attempts. Please wait a few minutes and try again.",
+            );
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from(retry_after));
+            return Ok(response);
+        }
+        return Err(AuthError::Throttled { retry_after }.into());
+    }
+
+    let current_users = auth.users.current();
+    let password = users::Password::new(std::mem::take(&mut input.password));
+    let user = match users::authenticate(current_users, &input.username, password).await {
+        Ok(user) => user,
+        Err(failure) => {
+            let window = throttle.window.as_secs() as i64;
+            env.store.throttle_hit(&ip_key, window, now).await?;
+            env.store.throttle_hit(&user_key, window, now).await?;
+            let reason = failure.reason_id();
+            env.audit.emit(&AuditEvent {
+                subject: Some(&username),
+                ..env.event("login.failure", reason, audit_path)
+            });
+            if form {
+                return Ok(login_form_again(
+                    StatusCode::UNAUTHORIZED,
+                    &input,
+                    "The username or password is not correct.",
+                ));
+            }
+            return Err(AuthError::LoginFailed(reason).into());
+        }
+    };
+    env.store.throttle_clear(&user_key).await?;
+
+    // A new session with new identifiers, whatever the browser sent (SECURITY.md 15).
+    let subject = user.username.clone();
+    let sid = tokens::new_session_id();
+    let refresh_token = tokens::new_refresh_token(&subject, &sid);
+    let (idle, absolute) = auth.lifetimes.of(input.remember_me);
+    let record = SessionRecord {
+        id: sid.clone(),
+        subject: subject.clone(),
+        created_at: now,
+        last_seen: now,
+        ip: env.client.ip.to_string(),
+        user_agent: truncate(&env.client.user_agent, MAX_USER_AGENT).to_owned(),
+        absolute_expiry: now + absolute.as_secs() as i64,
+        idle_expiry: now + idle.min(absolute).as_secs() as i64,
+        remember_me: input.remember_me,
+    };
+    let refresh_expires = record.idle_expiry;
+    env.store
+        .create_session(
+            record,
+            Some(RefreshGrant {
+                hash: tokens::refresh_hash(&refresh_token),
+                expires_at: refresh_expires,
+            }),
+        )
+        .await?;
+    let access = mint(auth, &subject, &sid, &user.roles, now)?;
+    env.audit.emit(&AuditEvent {
+        subject: Some(&subject),
+        session: Some(&sid),
+        ..env.event("login.success", "login.ok", audit_path)
+    });
+
+    let target = auth.redirect.target(input.return_to.as_deref());
+    if input.return_tokens {
+        return Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "token_type": "Bearer",
+                "access_token": access,
+                "expires_in": auth.access_ttl.as_secs(),
+                "refresh_token": refresh_token,
+                "refresh_expires_in": refresh_expires - now,
+                "session": sid,
+            }),
+        ));
+    }
+    let mut response = if form {
+        see_other(&target)
+    } else {
+        json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "subject": subject,
+                "session": sid,
+                "expires_in": auth.access_ttl.as_secs(),
+                "return_to": target,
+            }),
+        )
+    };
+    set_token_cookies(
+        response.headers_mut(),
+        auth,
+        &access,
+        Some(&refresh_token),
+        input.remember_me.then_some(absolute),
+    );
+    // A new CSRF token too: one planted before login is useless after it.
+    response
+        .headers_mut()
+        .append(SET_COOKIE, cookies::csrf(&tokens::random_token(32)));
+    Ok(response)
+}
+
+fn login_form_again(
+    status: StatusCode,
+    input: &LoginInput,
+    message: &str,
+) -> Response<GatewayBody> {
+    let csrf_token = tokens::random_token(32);
+    let mut response = html(
+        status,
+        pages::login(&pages::LoginForm {
+            csrf: &csrf_token,
+            return_to: input.return_to.as_deref(),
+            username: Some(&input.username),
+            error: Some(message),
+        }),
+    );
+    response
+        .headers_mut()
+        .append(SET_COOKIE, cookies::csrf(&csrf_token));
+    response
+}
+
+fn mint(
+    auth: &AuthSettings,
+    subject: &str,
+    sid: &str,
+    roles: &[String],
+    now: i64,
+) -> Result<String, GatewayError> {
+    let claims = AccessClaims {
+        iss: &auth.issuer,
+        aud: &auth.audience,
+        sub: subject,
+        sid,
+        jti: tokens::random_token(16),
+        iat: now,
+        exp: now + auth.access_ttl.as_secs() as i64,
+        roles,
+    };
+    auth.signing
+        .sign(&claims)
+        .map_err(|e| GatewayError::Internal(Box::new(e)))
+}
+
+fn set_token_cookies(
+    headers: &mut HeaderMap,
+    auth: &AuthSettings,
+    access: &str,
+    refresh: Option<&str>,
+    persistent: Option<std::time::Duration>,
+) {
+    headers.append(
+        SET_COOKIE,
+        cookies::access(
+            &auth.access_cookie,
+            access,
+            persistent.map(|_| auth.access_ttl),
+        ),
+    );
+    if let Some(refresh) = refresh {
+        headers.append(SET_COOKIE, cookies::refresh(refresh, persistent));
+    }
+}
+
+// ---- refresh -----------------------------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+struct RefreshInput {
+    #[serde(default)]
+    refresh_token: Option<String>,
+    #[serde(default)]
+    return_to: Option<String>,
+    #[serde(default, skip)]
+    csrf: Option<String>,
+}
+
+async fn refresh(
+    request: Request<Incoming>,
+    env: &Env<'_>,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    let auth = env.auth;
+    let audit_path = "/auth/refresh";
+    let headers = request.headers().clone();
+    csrf::same_origin(&headers, &env.client.origin)
+        .map_err(|e| refused(env, "refresh.failure", e))?;
+    let (kind, body) = read_body_or_empty(request).await?;
+    let input = match kind {
+        Some(BodyKind::Json) => serde_json::from_slice(&body).map_err(|_| AuthError::BadBody)?,
+        Some(BodyKind::Form) => {
+            let text = std::str::from_utf8(&body).map_err(|_| AuthError::BadBody)?;
+            RefreshInput {
+                refresh_token: None,
+                return_to: form_field(text, "return_to").filter(|r| !r.is_empty()),
+                csrf: form_field(text, "csrf"),
+            }
+        }
+        None => RefreshInput::default(),
+    };
+    let form = kind == Some(BodyKind::Form);
+    // An API client sends its token in the body; a browser's comes in the cookie, which makes
+    // it an ambient credential, so the CSRF token must come with it.
+    let (presented, from_cookie) = match input.refresh_token.as_deref() {
+        Some(t) => (t.to_owned(), false),
+        None => {
+            let Some(cookie) = cookies::read(&headers, cookies::REFRESH_COOKIE) else {
+                return refresh_failed(
+                    env,
+                    form,
+                    input.return_to.as_deref(),
+                    "refresh.missing",
+                    None,
+                );
+            };
+            let presented_csrf = input
+                .csrf
+                .clone()
+                .or_else(|| header_str(&headers, "x-csrf-token").map(str::to_owned));
+            csrf::token_matches(
+                cookies::read(&headers, cookies::CSRF_COOKIE),
+                presented_csrf.as_deref(),
+            )
+            .map_err(|e| refused(env, "refresh.failure", e))?;
+            (cookie.to_owned(), true)
+        }
+    };
+    let Some((subject, sid)) = tokens::parse_refresh_token(&presented) else {
+        return refresh_failed(
+            env,
+            form,
+            input.return_to.as_deref(),
+            "refresh.invalid",
+            None,
+        );
+    };
+    let now = verify::unix_now();
+
+    // An access token of another user next to this refresh token: someone mixed credentials
+    // (SECURITY.md 21). Refuse rather than pick one.
+    if let Ok(Some(token)) = credential::credential(&headers, &auth.access_cookie)
+        && let Ok(verified) = verify::verify(
+            token,
+            &env.rt.verifier,
+            &env.rt.token_cache,
+            &env.rt.permissions,
+            now,
+        )
+        && *verified.subject != *subject
+    {
+        return refresh_failed(
+            env,
+            form,
+            input.return_to.as_deref(),
+            "refresh.subject_mismatch",
+            Some(&subject),
+        );
+    }
+
+    let current_user = auth.users.current();
+    let user = current_user.get(&subject).filter(|u| !u.disabled);
+    let Some(user) = user else {
+        // The user was deleted or disabled: the session ends here (SECURITY.md 11).
+        env.store.revoke_session(&subject, sid).await?;
+        return refresh_failed(
+            env,
+            form,
+            input.return_to.as_deref(),
+            "refresh.user_disabled",
+            Some(&subject),
+        );
+    };
+    let Some(record) = env.store.session(&subject, sid, now).await? else {
+        return refresh_failed(
+            env,
+            form,
+            input.return_to.as_deref(),
+            "refresh.invalid",
+            Some(&subject),
+        );
+    };
+    let (idle, absolute) = auth.lifetimes.of(record.remember_me);
+    let successor = tokens::new_refresh_token(&subject, sid);
+    let rotation = Rotation {
+        subject: &subject,
+        session: sid,
+        presented: tokens::refresh_hash(&presented),
+        successor: tokens::refresh_hash(&successor),
+        successor_expires_at: (now + idle.as_secs() as i64).min(record.absolute_expiry),
+        now,
+        grace: auth.refresh_grace.as_secs() as i64,
+        idle: idle.as_secs() as i64,
+    };
+    let (record, new_refresh, reason) = match env.store.rotate_refresh(&rotation).await? {
+        RotateOutcome::Rotated(record) => (record, Some(successor), "refresh.rotated"),
+        // Another request (a second tab) rotated this token a moment ago: it got the successor;
+        // this one gets an access token and keeps no refresh token of its own.
+        RotateOutcome::Concurrent(record) => (record, None, "refresh.concurrent"),
+        RotateOutcome::ReuseDetected { subject } => {
+            env.audit.emit(&AuditEvent {
+                subject: Some(&subject),
+                session: Some(sid),
+                ..env.event(
+                    "refresh.reuse_detected",
+                    "refresh.reuse_detected",
+                    audit_path,
+                )
+            });
+            let mut response = refresh_error_response(
+                form,
+                input.return_to.as_deref(),
+                env,
+                AuthError::RefreshReuse,
+            );
+            for c in cookies::expire_tokens(&auth.access_cookie) {
+                response.headers_mut().append(SET_COOKIE, c);
+            }
+            return Ok(response);
+        }
+        RotateOutcome::Invalid => {
+            return refresh_failed(
+                env,
+                form,
+                input.return_to.as_deref(),
+                "refresh.invalid",
+                Some(&subject),
+            );
+        }
+    };
+    let access = mint(auth, &subject, sid, &user.roles, now)?;
+    env.audit.emit(&AuditEvent {
+        subject: Some(&subject),
+        session: Some(sid),
+        ..env.event("refresh.success", reason, audit_path)
+    });
+    if !from_cookie {
+        let mut body = serde_json::json!({
+            "token_type": "Bearer",
+            "access_token": access,
+            "expires_in": auth.access_ttl.as_secs(),
+            "session": sid,
+        });
+        if let Some(rt) = &new_refresh {
+            body["refresh_token"] = rt.as_str().into();
+        }
+        return Ok(json(StatusCode::OK, &body));
+    }
+    let mut response = if form {
+        see_other(&auth.redirect.target(input.return_to.as_deref()))
+    } else {
+        json(
+            StatusCode::OK,
+            &serde_json::json!({ "subject": subject, "session": sid, "expires_in": auth.access_ttl.as_secs() }),
+        )
+    };
+    let persistent = record.remember_me.then_some(absolute);
+    set_token_cookies(
+        response.headers_mut(),
+        auth,
+        &access,
+        new_refresh.as_deref(),
+        persistent,
+    );
+    Ok(response)
+}
+
+/// A refused refresh: audited; a browser form goes back to the login page with its token
+/// cookies expired, an API client gets 401.
+fn refresh_failed(
+    env: &Env<'_>,
+    form: bool,
+    return_to: Option<&str>,
+    reason: &'static str,
+    subject: Option<&str>,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    env.audit.emit(&AuditEvent {
+        subject,
+        ..env.event("refresh.failure", reason, "/auth/refresh")
+    });
+    let mut response =
+        refresh_error_response(form, return_to, env, AuthError::RefreshInvalid(reason));
+    for c in cookies::expire_tokens(&env.auth.access_cookie) {
+        response.headers_mut().append(SET_COOKIE, c);
+    }
+    Ok(response)
+}
+
+fn refresh_error_response(
+    form: bool,
+    return_to: Option<&str>,
+    env: &Env<'_>,
+    err: AuthError,
+) -> Response<GatewayBody> {
+    if form {
+        let target = env.auth.redirect.target(return_to);
+        let location = format!("{LOGIN_PATH}?return_to={}", percent_encode(&target));
+        return see_other(&location);
+    }
+    crate::error::error_response(
+        &GatewayError::Auth(err),
+        &crate::error::ErrorContext {
+            request_id: env.request_id,
+            browser: false,
+            login_url: None,
+            return_to: None,
+        },
+    )
+}
+
+// ---- logout, logout-all, sessions ----------------------------------------------------------
+
+/// The signed-in user of a request, from its access token.
+#[derive(Debug)]
+struct Signed {
+    subject: String,
+    session: String,
+    jti: String,
+    expires_at: i64,
+    /// The token came in the cookie (an ambient credential: CSRF token required).
+    by_cookie: bool,
+}
+
+/// The request's access token, verified, issued by this gateway, with a live session and an
+/// enabled user; `None` when there is none or it is not usable.
+async fn signed_in(headers: &HeaderMap, env: &Env<'_>) -> Result<Option<Signed>, GatewayError> {
+    let Ok(Some(token)) = credential::credential(headers, &env.auth.access_cookie) else {
+        return Ok(None);
+    };
+    let now = verify::unix_now();
+    let Ok(verified) = verify::verify(
+        token,
+        &env.rt.verifier,
+        &env.rt.token_cache,
+        &env.rt.permissions,
+        now,
+    ) else {
+        return Ok(None);
+    };
+    if verified.issuer != env.auth.issuer_index {
+        return Ok(None);
+    }
+    match session::session(&verified, env.store, now).await {
+        Ok(()) => {}
+        Err(GatewayError::Store(e)) => return Err(GatewayError::Store(e)),
+        Err(_) => return Ok(None),
+    }
+    if env
+        .auth
+        .grant(&verified.subject, &env.rt.permissions)
+        .is_none()
+    {
+        return Ok(None);
+    }
+    let by_cookie = headers.get(http::header::AUTHORIZATION).is_none();
+    Ok(Some(Signed {
+        subject: verified.subject.to_string(),
+        session: verified.session.as_deref().unwrap_or_default().to_owned(),
+        jti: verified.jti.to_string(),
+        expires_at: verified.expires_at,
+        by_cookie,
+    }))
+}
+
+/// The CSRF token a state-changing request repeats: the form field, else the header.
+fn presented_csrf<'a>(form: Option<&'a str>, headers: &'a HeaderMap) -> Option<&'a str> {
+    form.or_else(|| header_str(headers, "x-csrf-token"))
+}
+
+async fn logout(
+    request: Request<Incoming>,
+    env: &Env<'_>,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    let auth = env.auth;
+    let audit_path = "/auth/logout";
+    let headers = request.headers().clone();
+    csrf::same_origin(&headers, &env.client.origin).map_err(|e| refused(env, "logout", e))?;
+    let (kind, body) = read_body_or_empty(request).await?;
+    let form = kind == Some(BodyKind::Form);
+    let field = body_csrf(kind, &body);
+    let signed = signed_in(&headers, env).await?;
+    let cookie_auth = signed.as_ref().is_none_or(|s| s.by_cookie);
+    if cookie_auth {
+        csrf::token_matches(
+            cookies::read(&headers, cookies::CSRF_COOKIE),
+            presented_csrf(field.as_deref(), &headers),
+        )
+        .map_err(|e| refused(env, "logout", e))?;
+    }
+    let now = verify::unix_now();
+    let (subject, sid, reason) = match &signed {
+        Some(s) => {
+            env.store.revoke_session(&s.subject, &s.session).await?;
+            env.store
+                .deny_jti(&auth.issuer, &s.jti, s.expires_at)
+                .await?;
+            (
+                Some(s.subject.clone()),
+                Some(s.session.clone()),
+                "logout.ok",
+            )
+        }
+        // An expired access token: the refresh cookie still names the session.
+        None => match cookies::read(&headers, cookies::REFRESH_COOKIE)
+            .and_then(tokens::parse_refresh_token)
+        {
+            Some((subject, sid)) if env.store.session(&subject, sid, now).await?.is_some() => {
+                env.store.revoke_session(&subject, sid).await?;
+                (Some(subject), Some(sid.to_owned()), "logout.ok")
+            }
+            _ => (None, None, "logout.no_session"),
+        },
+    };
+    env.audit.emit(&AuditEvent {
+        subject: subject.as_deref(),
+        session: sid.as_deref(),
+        ..env.event("logout", reason, audit_path)
+    });
+    let mut response = if form {
+        see_other(LOGIN_PATH)
+    } else {
+        empty(StatusCode::NO_CONTENT)
+    };
+    expire_everything(response.headers_mut(), auth);
+    Ok(response)
+}
+
+fn expire_everything(headers: &mut HeaderMap, auth: &AuthSettings) {
+    for c in cookies::expire_all(&auth.access_cookie) {
+        headers.append(SET_COOKIE, c);
+    }
+    headers.insert("clear-site-data", HeaderValue::from_static("\"cookies\""));
+}
+
+async fn logout_all(
+    request: Request<Incoming>,
+    env: &Env<'_>,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    let auth = env.auth;
+    let headers = request.headers().clone();
+    csrf::same_origin(&headers, &env.client.origin).map_err(|e| refused(env, "logout_all", e))?;
+    let (kind, body) = read_body_or_empty(request).await?;
+    let form = kind == Some(BodyKind::Form);
+    let Some(signed) = signed_in(&headers, env).await? else {
+        return Err(AuthError::NotSignedIn.into());
+    };
+    if signed.by_cookie {
+        csrf::token_matches(
+            cookies::read(&headers, cookies::CSRF_COOKIE),
+            presented_csrf(body_csrf(kind, &body).as_deref(), &headers),
+        )
+        .map_err(|e| refused(env, "logout_all", e))?;
+    }
+    let now = verify::unix_now();
+    // Tokens issued up to the second before now are refused by the user mark; those issued in
+    // this very second name a session, and every session ends here. A new login a moment
+    // later (its tokens issued after the mark) works.
+    let keep_until = now + auth.access_ttl.as_secs() as i64 + env.rt.verifier.leeway;
+    env.store
+        .revoke_user(&signed.subject, now - 1, keep_until)
+        .await?;
+    env.store
+        .deny_jti(&auth.issuer, &signed.jti, signed.expires_at)
+        .await?;
+    env.audit.emit(&AuditEvent {
+        subject: Some(&signed.subject),
+        session: Some(&signed.session),
+        ..env.event("logout_all", "logout_all.ok", "/auth/logout-all")
+    });
+    let mut response = if form {
+        see_other(LOGIN_PATH)
+    } else {
+        empty(StatusCode::NO_CONTENT)
+    };
+    expire_everything(response.headers_mut(), auth);
+    Ok(response)
+}
+
+async fn sessions_page(
+    headers: &HeaderMap,
+    env: &Env<'_>,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    let Some(signed) = signed_in(headers, env).await? else {
+        return Err(AuthError::NotSignedIn.into());
+    };
+    let now = verify::unix_now();
+    let list = env.store.sessions_of(&signed.subject, now).await?;
+    let (csrf_token, fresh) = match cookies::read(headers, cookies::CSRF_COOKIE) {
+        Some(c) if c.len() >= 22 => (c.to_owned(), false),
+        _ => (tokens::random_token(32), true),
+    };
+    let wants_json = header_str(headers, "accept")
+        .is_some_and(|a| a.contains("application/json") && !a.contains("text/html"));
+    let mut response = if wants_json {
+        let sessions: Vec<serde_json::Value> = list
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "id": s.id,
+                    "device": pages::device(&s.user_agent),
+                    "user_agent": s.user_agent,
+                    "ip": s.ip,
+                    "created_at": crate::audit::rfc3339(s.created_at, 0),
+                    "last_seen": crate::audit::rfc3339(s.last_seen, 0),
+                    "remember_me": s.remember_me,
+                    "current": s.id == signed.session,
+                })
+            })
+            .collect();
+        json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "subject": signed.subject,
+                "sessions": sessions,
+                "csrf_token": csrf_token,
+            }),
+        )
+    } else {
+        let users = env.auth.users.current();
+        let name = users
+            .get(&signed.subject)
+            .map(|u| u.display_name.clone())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| signed.subject.clone());
+        let rows: Vec<pages::SessionRow<'_>> = list
+            .iter()
+            .map(|record| pages::SessionRow {
+                record,
+                current: record.id == signed.session,
+            })
+            .collect();
+        html(StatusCode::OK, pages::sessions(&name, &rows, &csrf_token))
+    };
+    if fresh {
+        response
+            .headers_mut()
+            .append(SET_COOKIE, cookies::csrf(&csrf_token));
+    }
+    Ok(response)
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RevokeInput {
+    #[serde(default)]
+    session: String,
+}
+
+async fn revoke(
+    request: Request<Incoming>,
+    env: &Env<'_>,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    let headers = request.headers().clone();
+    csrf::same_origin(&headers, &env.client.origin)
+        .map_err(|e| refused(env, "session.revoke", e))?;
+    let (kind, body) = read_body(request).await?;
+    let Some(signed) = signed_in(&headers, env).await? else {
+        return Err(AuthError::NotSignedIn.into());
+    };
+    let form = kind == BodyKind::Form;
+    let target = match kind {
+        BodyKind::Form => {
+            let text = std::str::from_utf8(&body).map_err(|_| AuthError::BadBody)?;
+            form_field(text, "session").unwrap_or_default()
+        }
+        BodyKind::Json => {
+            serde_json::from_slice::<RevokeInput>(&body)
+                .map_err(|_| AuthError::BadBody)?
+                .session
+        }
+    };
+    if signed.by_cookie {
+        csrf::token_matches(
+            cookies::read(&headers, cookies::CSRF_COOKIE),
+            presented_csrf(body_csrf(Some(kind), &body).as_deref(), &headers),
+        )
+        .map_err(|e| refused(env, "session.revoke", e))?;
+    }
+    // Scoped to the caller: another user's session id is simply not found (SECURITY.md 19).
+    let revoked = !target.is_empty() && env.store.revoke_session(&signed.subject, &target).await?;
+    env.audit.emit(&AuditEvent {
+        subject: Some(&signed.subject),
+        session: Some(&target),
+        ..env.event(
+            "session.revoke",
+            if revoked {
+                "session.revoked"
+            } else {
+                "session.not_found"
+            },
+            "/auth/sessions/revoke",
+        )
+    });
+    if !revoked {
+        return Err(AuthError::SessionNotFound.into());
+    }
+    Ok(if form {
+        see_other("/auth/sessions")
+    } else {
+        empty(StatusCode::NO_CONTENT)
+    })
+}
+
+// ---- responses and parsing ----------------------------------------------------------------
+
+fn refused(env: &Env<'_>, event: &'static str, err: CsrfError) -> GatewayError {
+    env.audit.emit(&env.event(event, err.reason_id(), ""));
+    AuthError::Csrf(err).into()
+}
+
+fn jwks(auth: &AuthSettings) -> Response<GatewayBody> {
+    let mut response = Response::new(GatewayBody::full(auth.jwks.clone()));
+    let h = response.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/jwk-set+json"),
+    );
+    h.insert(CACHE_CONTROL, auth.jwks_cache_control.clone());
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+    response
+}
+
+fn asset(text: &'static str, content_type: &'static str) -> Response<GatewayBody> {
+    let mut response = Response::new(GatewayBody::full(Bytes::from_static(text.as_bytes())));
+    let h = response.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=3600"),
+    );
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        "cross-origin-resource-policy",
+        HeaderValue::from_static("same-origin"),
+    );
+    response
+}
+
+fn page_headers(h: &mut HeaderMap) {
+    crate::error::harden(h);
+    h.insert(
+        "content-security-policy",
+        HeaderValue::from_static(pages::CSP),
+    );
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert(
+        "cross-origin-opener-policy",
+        HeaderValue::from_static("same-origin"),
+    );
+}
+
+fn html(status: StatusCode, body: String) -> Response<GatewayBody> {
+    let mut response = Response::new(GatewayBody::full(body));
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    page_headers(h);
+    response
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<GatewayBody> {
+    let mut response = Response::new(GatewayBody::full(value.to_string()));
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    crate::error::harden(h);
+    response
+}
+
+fn empty(status: StatusCode) -> Response<GatewayBody> {
+    let mut response = Response::new(GatewayBody::Empty);
+    *response.status_mut() = status;
+    crate::error::harden(response.headers_mut());
+    response
+}
+
+/// 303 See Other: after a POST the browser GETs the target (SECURITY.md 26).
+fn see_other(location: &str) -> Response<GatewayBody> {
+    let mut response = empty(StatusCode::SEE_OTHER);
+    if let Ok(v) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(LOCATION, v);
+    }
+    response
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyKind {
+    Form,
+    Json,
+}
+
+fn body_kind(headers: &HeaderMap) -> Option<BodyKind> {
+    let ct = header_str(headers, "content-type")?;
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match mime.as_str() {
+        "application/x-www-form-urlencoded" => Some(BodyKind::Form),
+        "application/json" => Some(BodyKind::Json),
+        _ => None,
+    }
+}
+
+/// The body of a form or JSON request, at most [`MAX_BODY`] bytes.
+async fn read_body(request: Request<Incoming>) -> Result<(BodyKind, Bytes), GatewayError> {
+    match read_body_or_empty(request).await? {
+        (Some(kind), body) => Ok((kind, body)),
+        (None, _) => Err(AuthError::UnsupportedMediaType.into()),
+    }
+}
+
+/// Like [`read_body`], but a request without a body (and without a content type) is allowed.
+async fn read_body_or_empty(
+    request: Request<Incoming>,
+) -> Result<(Option<BodyKind>, Bytes), GatewayError> {
+    let kind = body_kind(request.headers());
+    let declared =
+        header_str(request.headers(), "content-length").and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > MAX_BODY as u64) {
+        return Err(GatewayError::PayloadTooLarge);
+    }
+    let has_type = request.headers().contains_key(CONTENT_TYPE);
+    let limited = http_body_util::Limited::new(request.into_body(), MAX_BODY);
+    let body = limited
+        .collect()
+        .await
+        .map_err(|_| GatewayError::PayloadTooLarge)?
+        .to_bytes();
+    if kind.is_none() && (has_type || !body.is_empty()) {
+        return Err(AuthError::UnsupportedMediaType.into());
+    }
+    Ok((kind, body))
+}
+
+fn body_csrf(kind: Option<BodyKind>, body: &[u8]) -> Option<String> {
+    match kind {
+        Some(BodyKind::Form) => std::str::from_utf8(body)
+            .ok()
+            .and_then(|t| form_field(t, "csrf")),
+        Some(BodyKind::Json) => serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.get("csrf").and_then(|c| c.as_str()).map(str::to_owned)),
+        None => None,
+    }
+}
+
+fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The first value of `name` in an `application/x-www-form-urlencoded` string.
+fn form_field(text: &str, name: &str) -> Option<String> {
+    text.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (url_decode(k)? == name).then(|| url_decode(v)).flatten()
+    })
+}
+
+fn url_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = text.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 3);
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_fields_are_percent_decoded() {
+        let body = "username=al%20ice&password=p%26ss+word&remember_me=1&x";
+        assert_eq!(form_field(body, "username").as_deref(), Some("al ice"));
+        assert_eq!(form_field(body, "password").as_deref(), Some("p&ss word"));
+        assert_eq!(form_field(body, "remember_me").as_deref(), Some("1"));
+        assert_eq!(form_field(body, "x").as_deref(), Some(""));
+        assert_eq!(form_field(body, "missing"), None);
+        assert_eq!(form_field("a=%zz", "a"), None);
+    }
+}

@@ -1,0 +1,256 @@
+//! The browser login flow and the gateway as a token issuer: `/auth/*` and
+//! `/.well-known/jwks.json` (DESIGN.md "Browser flow", SECURITY.md 13–27).
+//!
+//! | endpoint | does |
+//! |---|---|
+//! | `GET /auth/login` | the login form; with a refresh cookie, the refresh page instead |
+//! | `POST /auth/login` | form or JSON login: new session, cookies (or tokens in the body) |
+//! | `POST /auth/refresh` | rotates the refresh token (cookie or JSON body), new access token |
+//! | `POST /auth/logout` | ends this session, denylists the access token, expires the cookies |
+//! | `POST /auth/logout-all` | ends every session of the user |
+//! | `GET /auth/sessions` | the user's sessions, HTML or JSON |
+//! | `POST /auth/sessions/revoke` | ends one of the user's own sessions |
+//! | `GET /.well-known/jwks.json` | the public signing keys |
+//! | `GET /auth/static/*` | the pages' stylesheet and script |
+//!
+//! **Expired access token in a browser.** A navigation with an expired (or missing) access
+//! cookie is redirected by the proxy to `GET /auth/login?return_to=…`. The refresh cookie is
+//! scoped to `/auth`, so that request carries it: instead of the form, the login page then
+//! answers with a small page whose same-origin script POSTs to `/auth/refresh` with the CSRF
+//! token, and the refresh answers 303 to the return path. No GET changes state, so a
+//! cross-site page cannot make a browser refresh (or learn anything from a refresh), and the
+//! POST passes the same CSRF checks as every other state change. Without JavaScript the page
+//! shows a "Continue" button.
+//!
+//! Every handler returns `Err` for refusals; [`crate::error::error_response`] turns them into
+//! responses, except where a browser is better served by the form again (a failed login).
+
+pub mod cookies;
+pub mod csrf;
+pub mod pages;
+pub mod redirect;
+pub mod tokens;
+pub mod users;
+
+pub mod handlers;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::HeaderValue;
+
+use crate::keys::signing::SigningKeys;
+use crate::pipeline::authorize::{PermissionSet, PermissionTable};
+pub use handlers::handle;
+use users::{Users, UsersHandle};
+
+/// Paths the auth flow answers (everything under `/auth/` and the JWKS document).
+pub fn owns(path: &str) -> bool {
+    path == "/auth" || path.starts_with("/auth/") || path == JWKS_PATH
+}
+
+/// Where the public keys are published.
+pub const JWKS_PATH: &str = "/.well-known/jwks.json";
+/// The login page.
+pub const LOGIN_PATH: &str = "/auth/login";
+
+/// Session lifetimes.
+#[derive(Debug, Clone, Copy)]
+pub struct Lifetimes {
+    /// Idle timeout without "remember me".
+    pub idle: Duration,
+    /// Absolute lifetime without "remember me".
+    pub absolute: Duration,
+    /// Idle timeout with "remember me".
+    pub remember_idle: Duration,
+    /// Absolute lifetime with "remember me".
+    pub remember_absolute: Duration,
+}
+
+impl Lifetimes {
+    /// (idle, absolute) for a session.
+    pub fn of(&self, remember_me: bool) -> (Duration, Duration) {
+        if remember_me {
+            (self.remember_idle, self.remember_absolute)
+        } else {
+            (self.idle, self.absolute)
+        }
+    }
+}
+
+/// Login throttling limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Throttle {
+    /// Failed logins per client IP per window.
+    pub per_ip: u32,
+    /// Failed logins per canonical username per window.
+    pub per_user: u32,
+    /// The window.
+    pub window: Duration,
+}
+
+/// A user's current permissions, compiled against the runtime's role table.
+#[derive(Debug)]
+pub struct Grant {
+    /// The permissions of the user's roles.
+    pub permissions: PermissionSet,
+    /// The same, as the header the upstream receives.
+    pub permissions_header: HeaderValue,
+}
+
+/// The grants of every enabled user for one version of the users file.
+#[derive(Debug, Default)]
+struct Grants {
+    /// The users snapshot these were built from.
+    users: Option<Arc<Users>>,
+    by_user: HashMap<String, Arc<Grant>>,
+}
+
+/// The auth flow's compiled settings: part of the runtime, swapped with it on reload.
+pub struct AuthSettings {
+    /// `iss` of issued tokens.
+    pub issuer: String,
+    /// `aud` of issued tokens.
+    pub audience: String,
+    /// Index of the gateway's own issuer in the verifier's key set.
+    pub issuer_index: usize,
+    /// Signing keys; the newest signs.
+    pub signing: Arc<SigningKeys>,
+    /// The users file, reloaded when it changes.
+    pub users: Arc<UsersHandle>,
+    /// Access-token lifetime.
+    pub access_ttl: Duration,
+    /// Session lifetimes.
+    pub lifetimes: Lifetimes,
+    /// Reuse of a rotated refresh token within this window is a concurrent request, not theft.
+    pub refresh_grace: Duration,
+    /// Post-login redirects.
+    pub redirect: redirect::RedirectPolicy,
+    /// Login throttling.
+    pub throttle: Throttle,
+    /// The JWKS document.
+    pub jwks: Bytes,
+    /// Its `Cache-Control`.
+    pub jwks_cache_control: HeaderValue,
+    /// Name of the access-token cookie (`tokens.cookie`).
+    pub access_cookie: String,
+    grants: ArcSwap<Grants>,
+}
+
+impl std::fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthSettings")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("access_ttl", &self.access_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything [`AuthSettings::new`] needs.
+#[derive(Debug)]
+pub struct AuthParts {
+    /// See [`AuthSettings::issuer`].
+    pub issuer: String,
+    /// See [`AuthSettings::audience`].
+    pub audience: String,
+    /// See [`AuthSettings::issuer_index`].
+    pub issuer_index: usize,
+    /// See [`AuthSettings::signing`].
+    pub signing: Arc<SigningKeys>,
+    /// See [`AuthSettings::users`].
+    pub users: Arc<UsersHandle>,
+    /// See [`AuthSettings::access_ttl`].
+    pub access_ttl: Duration,
+    /// See [`AuthSettings::lifetimes`].
+    pub lifetimes: Lifetimes,
+    /// See [`AuthSettings::refresh_grace`].
+    pub refresh_grace: Duration,
+    /// See [`AuthSettings::redirect`].
+    pub redirect: redirect::RedirectPolicy,
+    /// See [`AuthSettings::throttle`].
+    pub throttle: Throttle,
+    /// `max-age` of the JWKS document.
+    pub jwks_max_age: Duration,
+    /// See [`AuthSettings::access_cookie`].
+    pub access_cookie: String,
+}
+
+impl AuthSettings {
+    /// Assembles the settings.
+    pub fn new(parts: AuthParts) -> Self {
+        let jwks = parts.signing.jwks_json();
+        let jwks_cache_control =
+            HeaderValue::from_str(&format!("public, max-age={}", parts.jwks_max_age.as_secs()))
+                .unwrap_or_else(|_| HeaderValue::from_static("public, max-age=300"));
+        Self {
+            issuer: parts.issuer,
+            audience: parts.audience,
+            issuer_index: parts.issuer_index,
+            signing: parts.signing,
+            users: parts.users,
+            access_ttl: parts.access_ttl,
+            lifetimes: parts.lifetimes,
+            refresh_grace: parts.refresh_grace,
+            redirect: parts.redirect,
+            throttle: parts.throttle,
+            jwks,
+            jwks_cache_control,
+            access_cookie: parts.access_cookie,
+            grants: ArcSwap::default(),
+        }
+    }
+
+    /// The current permissions of `subject`, from the users file as it is now: `None` when the
+    /// user no longer exists or is disabled (SECURITY.md 11). A change to the users file or to
+    /// `roles:` applies from the next request on.
+    pub fn grant(&self, subject: &str, table: &PermissionTable) -> Option<Arc<Grant>> {
+        let users = self.users.current();
+        let grants = self.grants.load();
+        let fresh = grants
+            .users
+            .as_ref()
+            .is_some_and(|built| Arc::ptr_eq(built, &users));
+        if fresh {
+            return grants.by_user.get(subject).cloned();
+        }
+        // The users file changed (or this is the first request): rebuild every grant once, so
+        // the hot path is one map lookup and no string building per request.
+        let by_user: HashMap<String, Arc<Grant>> = users
+            .iter()
+            .filter(|u| !u.disabled)
+            .map(|u| {
+                let permissions = table.resolve(u.roles.iter().map(String::as_str));
+                let permissions_header = table.header_value(&permissions);
+                (
+                    u.username.clone(),
+                    Arc::new(Grant {
+                        permissions,
+                        permissions_header,
+                    }),
+                )
+            })
+            .collect();
+        let found = by_user.get(subject).cloned();
+        self.grants.store(Arc::new(Grants {
+            users: Some(users),
+            by_user,
+        }));
+        found
+    }
+}
+
+/// Facts about the client the handlers record.
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// The client's address (behind trusted proxies, from `X-Forwarded-For`).
+    pub ip: IpAddr,
+    /// `User-Agent`, possibly empty.
+    pub user_agent: String,
+    /// `scheme://host[:port]` this request was addressed to, for the `Origin` check.
+    pub origin: String,
+}
