@@ -51,6 +51,9 @@ pub struct AuditEvent<'a> {
     pub path: Option<&'a str>,
     /// The request id.
     pub request_id: Option<&'a str>,
+    /// A short detail where the reason id needs one (the config key a reload refused). Never a
+    /// value from a request or a file.
+    pub detail: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -74,6 +77,8 @@ struct Line<'a> {
     path: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     request_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a str>,
 }
 
 /// Where events go.
@@ -156,6 +161,7 @@ impl Audit {
             method: event.method,
             path: event.path,
             request_id: event.request_id,
+            detail: event.detail,
         };
         let Ok(mut json) = serde_json::to_string(&line) else {
             return;

@@ -27,13 +27,16 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod admin;
 pub mod audit;
 pub mod auth_flow;
 pub mod body;
 pub mod config;
 pub mod error;
 pub mod keys;
+pub mod metrics;
 pub mod pipeline;
+pub mod reload;
 pub mod server;
 pub mod store;
 
@@ -42,7 +45,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use audit::Audit;
-use config::{Config, Runtime, StoreKind};
+use config::{Config, ListenerSpec, Runtime, StoreKind};
 use store::{MemoryStore, RedisStore, Store, StoreError};
 
 /// The state every connection shares: the current runtime (swapped whole on reload) and the
@@ -52,16 +55,64 @@ pub struct Gateway {
     runtime: ArcSwap<Runtime>,
     store: Store,
     audit: Audit,
+    /// The listeners as loaded at start: a reload can swap certificates, not sockets.
+    listeners: Vec<ListenerSpec>,
+    /// Each TLS listener's current certificate; new connections take the newest.
+    tls: Vec<Option<Arc<ArcSwap<rustls::ServerConfig>>>>,
+    /// The config as loaded (for reload), when it came from a file.
+    config_path: Option<std::path::PathBuf>,
+    /// Bumped by every applied reload.
+    generation: std::sync::atomic::AtomicU64,
+    /// Whether an admin listener was started.
+    admin_configured: bool,
 }
 
 impl Gateway {
     /// A gateway serving `runtime` with `store`, recording security decisions to `audit`.
     pub fn new(runtime: Runtime, store: Store, audit: Audit) -> Self {
+        Self::with_listeners(runtime, store, audit, Vec::new(), None)
+    }
+
+    fn with_listeners(
+        runtime: Runtime,
+        store: Store,
+        audit: Audit,
+        listeners: Vec<ListenerSpec>,
+        config_path: Option<std::path::PathBuf>,
+    ) -> Self {
+        let tls = listeners
+            .iter()
+            .map(|l| {
+                l.tls
+                    .as_ref()
+                    .map(|c| Arc::new(ArcSwap::new(Arc::clone(c))))
+            })
+            .collect();
         Self {
             runtime: ArcSwap::from_pointee(runtime),
             store,
             audit,
+            listeners,
+            tls,
+            config_path,
+            generation: std::sync::atomic::AtomicU64::new(1),
+            admin_configured: false,
         }
+    }
+
+    /// The TLS certificate holder of listener `i` (in `listeners:` order), if it terminates TLS.
+    pub fn listener_tls(&self, i: usize) -> Option<Arc<ArcSwap<rustls::ServerConfig>>> {
+        self.tls.get(i).cloned().flatten()
+    }
+
+    /// The config generation: 1 at start, +1 per applied reload.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The file the config was loaded from, if any.
+    pub fn config_path(&self) -> Option<&std::path::Path> {
+        self.config_path.as_deref()
     }
 
     /// The audit trail.
@@ -108,28 +159,41 @@ pub enum StartError {
     Audit(#[from] audit::AuditError),
 }
 
-/// How often the users file is checked for changes.
-const USERS_POLL: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// Binds the listeners of `config` and starts serving. Must run inside a Tokio runtime.
 pub async fn start(config: Config) -> Result<server::Running, StartError> {
+    start_from(config, None).await
+}
+
+/// Like [`start`], remembering the file the config came from so that it can be reloaded (on
+/// SIGHUP, through the admin API, and when the file or the files it names change).
+pub async fn start_from(
+    config: Config,
+    path: Option<std::path::PathBuf>,
+) -> Result<server::Running, StartError> {
+    let watched = config.watched_files();
     let Config {
         listeners,
         limits,
         store,
         audit,
+        admin,
         runtime,
+        watched: _,
     } = config;
     let audit = match &audit.file {
         Some(path) => Audit::to_file(path)?,
         None => Audit::log_only(),
     };
-    let users = runtime.auth.as_ref().map(|a| Arc::clone(&a.users));
-    let gateway = Arc::new(Gateway::new(runtime, build_store(&store).await?, audit));
-    let running = server::start(&listeners, &limits, gateway).await?;
-    if let Some(users) = users {
-        // The users file is polled, not watched: see `UsersHandle::spawn_watch`.
-        users.spawn_watch(USERS_POLL, running.shutdown_signal());
+    let store = build_store(&store).await?;
+    let mut gateway =
+        Gateway::with_listeners(runtime, store, audit, listeners.clone(), path.clone());
+    gateway.admin_configured = admin.is_some();
+    let gateway = Arc::new(gateway);
+    let mut running = server::start(&listeners, &limits, Arc::clone(&gateway)).await?;
+    if let Some(admin) = admin {
+        let addr = admin::start(admin, Arc::clone(&gateway), running.shutdown_signal()).await?;
+        running.set_admin_addr(addr);
     }
+    reload::spawn_watchers(&gateway, path, watched, running.shutdown_signal());
     Ok(running)
 }

@@ -45,6 +45,18 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Inspect and end sessions through the admin API of a running gateway.
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Ask a running gateway to reload its config now (like SIGHUP, but reports the outcome).
+    Reload {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Hash a password for the users file: prints an argon2id PHC string to stdout.
     ///
     /// Asks for the password twice on the terminal, without echo. With --stdin, reads one line
@@ -94,6 +106,45 @@ struct TokenArgs {
 enum LogFormat {
     Text,
     Json,
+}
+
+/// Where the admin API is and how to authenticate to it.
+#[derive(Debug, clap::Args)]
+struct AdminArgs {
+    /// The gateway's config: the admin address and token file are read from its `admin:` section.
+    #[arg(short, long, default_value = "gateway.yaml", global = true)]
+    config: PathBuf,
+    /// The admin API's base URL, instead of the config's `admin.bind`.
+    #[arg(long, global = true)]
+    admin_url: Option<String>,
+    /// A file holding the admin bearer secret, instead of the config's `admin.token_file`.
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum SessionsCommand {
+    /// List a user's live sessions (JSON).
+    List {
+        /// The user (canonical username / token subject).
+        #[arg(long)]
+        user: String,
+    },
+    /// End one session of a user: its tokens fail on every instance at once.
+    Revoke {
+        /// The user.
+        #[arg(long)]
+        user: String,
+        /// The session id (from `sessions list`).
+        #[arg(long)]
+        session: String,
+    },
+    /// End every session of a user and refuse every token issued to them until now.
+    RevokeAll {
+        /// The user.
+        #[arg(long)]
+        user: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -182,6 +233,27 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Sessions { command, admin } => {
+            let (method, path, body) = match command {
+                SessionsCommand::List { user } => (
+                    "GET",
+                    format!("/admin/sessions?user={}", percent_encode(&user)),
+                    None,
+                ),
+                SessionsCommand::Revoke { user, session } => (
+                    "POST",
+                    "/admin/sessions/revoke".to_owned(),
+                    Some(serde_json::json!({"user": user, "session": session})),
+                ),
+                SessionsCommand::RevokeAll { user } => (
+                    "POST",
+                    "/admin/users/revoke".to_owned(),
+                    Some(serde_json::json!({"user": user})),
+                ),
+            };
+            admin_call(&admin, method, &path, body)
+        }
+        Command::Reload { admin } => admin_call(&admin, "POST", "/admin/reload", None),
         Command::Run { config, log_format } => {
             init_logging(log_format);
             match run(config) {
@@ -355,11 +427,21 @@ fn init_logging(format: LogFormat) {
 async fn run(path: PathBuf) -> anyhow::Result<()> {
     let config = portcullis::config::Config::load(&path)
         .with_context(|| format!("loading {}", path.display()))?;
-    let running = portcullis::start(config)
+    let running = portcullis::start_from(config, Some(path))
         .await
-        .context("binding listeners")?;
+        .context("starting")?;
     for addr in running.local_addrs() {
         tracing::info!(%addr, "listening");
+    }
+    // SIGHUP reloads gateway.yaml (and what it names); an invalid file keeps the old config.
+    #[cfg(unix)]
+    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        let gateway = std::sync::Arc::clone(running.gateway());
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                let _ = portcullis::reload::reload_file(&gateway, "sighup").await;
+            }
+        });
     }
     shutdown_signal().await;
     tracing::info!("shutting down: draining in-flight requests");
@@ -390,4 +472,111 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// Calls the admin API of a running gateway and prints its JSON answer.
+fn admin_call(
+    args: &AdminArgs,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> ExitCode {
+    match admin_request(args, method, path, body) {
+        Ok((status, text)) => {
+            println!("{text}");
+            if status.is_success() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("portcullis: the gateway answered {status}");
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("portcullis: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn admin_request(
+    args: &AdminArgs,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<(http::StatusCode, String)> {
+    use http_body_util::BodyExt as _;
+
+    let (base, token_file) = match (&args.admin_url, &args.token_file) {
+        (Some(url), Some(file)) => (url.trim_end_matches('/').to_owned(), file.clone()),
+        _ => {
+            let raw = std::fs::read_to_string(&args.config)
+                .with_context(|| format!("reading {}", args.config.display()))?;
+            let value: serde_yaml::Value = serde_yaml::from_str(&raw).with_context(|| {
+                format!(
+                    "parsing {} for its admin address (pass --admin-url and --token-file to \
+                     reach the gateway without it)",
+                    args.config.display()
+                )
+            })?;
+            let admin = value
+                .get("admin")
+                .with_context(|| format!("{} has no `admin:` section", args.config.display()))?;
+            let bind = admin
+                .get("bind")
+                .and_then(|b| b.as_str())
+                .context("admin.bind is missing")?;
+            let bind = bind.replacen("0.0.0.0", "127.0.0.1", 1);
+            let base_dir = args.config.parent().unwrap_or(std::path::Path::new("."));
+            let file = match &args.token_file {
+                Some(f) => f.clone(),
+                None => base_dir.join(
+                    admin
+                        .get("token_file")
+                        .and_then(|f| f.as_str())
+                        .context("admin.token_file is missing: the admin API is off")?,
+                ),
+            };
+            let url = args.admin_url.clone().unwrap_or(format!("http://{bind}"));
+            (url.trim_end_matches('/').to_owned(), file)
+        }
+    };
+    let secret = std::fs::read_to_string(&token_file)
+        .with_context(|| format!("reading {}", token_file.display()))?;
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(format!("{base}{path}"))
+        .header("authorization", format!("Bearer {}", secret.trim()));
+    let payload = match body {
+        Some(v) => {
+            request = request.header("content-type", "application/json");
+            bytes::Bytes::from(v.to_string())
+        }
+        None => bytes::Bytes::new(),
+    };
+    let request = request
+        .body(http_body_util::Full::new(payload))
+        .context("building the request")?;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let response =
+        tokio::time::timeout(std::time::Duration::from_secs(30), client.request(request))
+            .await
+            .context("the gateway did not answer within 30s")?
+            .with_context(|| format!("calling {base}"))?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

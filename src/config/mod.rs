@@ -56,6 +56,21 @@ pub enum ConfigError {
     },
 }
 
+impl ConfigError {
+    /// Where the problem is, without the offending value (for the audit trail): the key path,
+    /// or the line and column of a parse error.
+    pub fn location(&self) -> String {
+        match self {
+            ConfigError::Read { .. } => "file".to_owned(),
+            ConfigError::Parse(e) => e
+                .location()
+                .map(|l| format!("line {} column {}", l.line(), l.column()))
+                .unwrap_or_else(|| "syntax".to_owned()),
+            ConfigError::Invalid { key, .. } => key.clone(),
+        }
+    }
+}
+
 fn invalid(key: impl Into<String>, message: impl std::fmt::Display) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
@@ -127,6 +142,32 @@ pub struct Runtime {
     pub auth: Option<AuthSettings>,
 }
 
+/// The admin listener.
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    /// Address to bind.
+    pub bind: SocketAddr,
+    /// The admin API's bearer secret; `None` turns the API off.
+    pub token: Option<AdminToken>,
+}
+
+/// The admin bearer secret. Opaque: compared in constant time, never printed.
+#[derive(Clone)]
+pub struct AdminToken(Arc<[u8]>);
+
+impl AdminToken {
+    /// Whether `presented` is the secret (constant time in the secret's length).
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        aws_lc_rs::constant_time::verify_slices_are_equal(&self.0, presented).is_ok()
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
 /// Where audit events go besides the log.
 #[derive(Debug, Clone, Default)]
 pub struct AuditSettings {
@@ -145,6 +186,10 @@ pub struct Config {
     pub store: StoreKind,
     /// Audit sinks.
     pub audit: AuditSettings,
+    /// The admin listener, if configured.
+    pub admin: Option<AdminSettings>,
+    /// Files besides the config itself whose change triggers a reload (certificates, keys).
+    pub watched: Vec<PathBuf>,
     /// The request-serving runtime.
     pub runtime: Runtime,
 }
@@ -153,6 +198,11 @@ pub struct Config {
 pub const DEFAULT_COOKIE: &str = "__Host-portcullis-at";
 
 impl Config {
+    /// Files besides the config itself whose change should trigger a reload.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        self.watched.clone()
+    }
+
     /// Reads and compiles a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -499,6 +549,7 @@ fn compile(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
             ));
         }
         let route = Route {
+            counters: crate::metrics::global().route(&id),
             id: id.as_str().into(),
             prefix: prefix.into(),
             methods,
@@ -647,11 +698,65 @@ fn compile(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         login_url,
         auth,
     };
+    let admin = match &raw.admin {
+        None => None,
+        Some(a) => {
+            let bind: SocketAddr = a.bind.parse().map_err(|_| {
+                invalid(
+                    "admin.bind",
+                    format!("`{}` is not an address like 127.0.0.1:9090", a.bind),
+                )
+            })?;
+            let token = match &a.token_file {
+                None => None,
+                Some(f) => {
+                    let path = resolve(f);
+                    let text = std::fs::read(&path).map_err(|e| {
+                        invalid(
+                            "admin.token_file",
+                            format!("cannot read {}: {e}", path.display()),
+                        )
+                    })?;
+                    let secret = text.trim_ascii();
+                    if secret.len() < 32 {
+                        return Err(invalid(
+                            "admin.token_file",
+                            "the admin secret must be at least 32 bytes (e.g. `openssl rand -hex 32`)",
+                        ));
+                    }
+                    Some(AdminToken(Arc::from(secret)))
+                }
+            };
+            Some(AdminSettings { bind, token })
+        }
+    };
+    let mut watched: Vec<PathBuf> = Vec::new();
+    for l in &raw.listeners {
+        if let Some(tls) = &l.tls {
+            watched.push(resolve(&tls.cert));
+            watched.push(resolve(&tls.key));
+        }
+    }
+    if let Some(a) = &raw.auth {
+        watched.extend(a.signing_keys.iter().map(|k| resolve(&k.pem)));
+    }
+    for issuer in &raw.issuers {
+        for k in &issuer.keys {
+            watched.extend(
+                [&k.pem, &k.secret_file, &k.jwks]
+                    .into_iter()
+                    .flatten()
+                    .map(|p| resolve(p)),
+            );
+        }
+    }
     Ok(Config {
         listeners,
         limits,
         store,
         audit,
+        admin,
+        watched,
         runtime,
     })
 }

@@ -50,6 +50,21 @@ pub struct RawConfig {
     /// Where audit events go besides the log.
     #[serde(default)]
     pub audit: Option<RawAudit>,
+    /// The admin listener: health, readiness, metrics and the admin API.
+    #[serde(default)]
+    pub admin: Option<RawAdmin>,
+}
+
+/// The admin listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// `host:port`; keep it on loopback or a private network.
+    pub bind: String,
+    /// File holding the bearer secret of the admin API (at least 32 bytes). Without it the
+    /// admin API is off; health, readiness and metrics are still served.
+    #[serde(default)]
+    pub token_file: Option<String>,
 }
 
 /// Audit sinks.

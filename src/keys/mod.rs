@@ -127,7 +127,12 @@ impl KeySet {
         self.by_kid.get(kid)
     }
 
-    /// How many keys are loaded.
+    /// The ids of the loaded keys, in no order.
+    pub fn kids(&self) -> impl Iterator<Item = &str> {
+        self.by_kid.keys().map(|k| &**k)
+    }
+
+    /// How many keys there are.
     pub fn len(&self) -> usize {
         self.by_kid.len()
     }

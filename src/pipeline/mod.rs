@@ -64,6 +64,7 @@ pub struct Connection {
 #[derive(Debug, Default)]
 struct Trace<'rt> {
     route: Option<&'rt str>,
+    counters: Option<&'rt crate::metrics::RouteCounters>,
     token: Option<Arc<verify::VerifiedToken>>,
     path: Option<String>,
 }
@@ -76,6 +77,8 @@ pub async fn handle(
     store: &Store,
     audit: &Audit,
 ) -> Response<GatewayBody> {
+    let started = std::time::Instant::now();
+    let metrics = crate::metrics::global();
     let request_id = request_id(request.headers());
     let browser = is_browser_navigation(request.method(), request.headers());
     let method = request.method().clone();
@@ -100,6 +103,7 @@ pub async fn handle(
         Ok(response) => response,
         Err(err) => {
             let status = err.status();
+            metrics.refused(err.reason_id());
             if status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::FORBIDDEN {
                 // The auth flow audits its own refusals with their context.
                 let from_auth_flow = matches!(err, GatewayError::Auth(_));
@@ -119,6 +123,7 @@ pub async fn handle(
                         method: Some(method.as_str()),
                         path: trace.path.as_deref(),
                         request_id: request_id.to_str().ok(),
+                        detail: None,
                     });
                 }
             }
@@ -157,7 +162,27 @@ pub async fn handle(
             .headers_mut()
             .insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
     }
+    let status = response.status().as_u16();
+    match trace.counters {
+        Some(route) => route.record(status),
+        None => unrouted().record(status),
+    }
+    metrics.request_latency.observe(started.elapsed());
     response
+}
+
+/// Counters for the auth flow's endpoints.
+fn auth_flow_counters() -> &'static crate::metrics::RouteCounters {
+    static AUTH: std::sync::OnceLock<Arc<crate::metrics::RouteCounters>> =
+        std::sync::OnceLock::new();
+    AUTH.get_or_init(|| crate::metrics::global().route("(auth)"))
+}
+
+/// Counters for responses given before or without a route (400, 404, the auth flow).
+fn unrouted() -> &'static crate::metrics::RouteCounters {
+    static UNROUTED: std::sync::OnceLock<Arc<crate::metrics::RouteCounters>> =
+        std::sync::OnceLock::new();
+    UNROUTED.get_or_init(|| crate::metrics::global().route("(none)"))
 }
 
 /// What [`run`] needs besides the request and the runtime.
@@ -202,6 +227,7 @@ async fn run<'rt>(
                 origin,
             },
         };
+        trace.counters = Some(auth_flow_counters());
         let mut response = auth_flow::handle(request, &path.path, &flow).await?;
         response
             .headers_mut()
@@ -213,6 +239,7 @@ async fn run<'rt>(
         .router
         .route(host.as_deref(), path.segments(), request.method())?;
     trace.route = Some(&route.id);
+    trace.counters = Some(&route.counters);
     if !matches!(route.policy, Policy::Public) {
         // Kept for the audit event of a refusal.
         trace.path = Some(path.path.clone());
@@ -225,9 +252,15 @@ async fn run<'rt>(
         let token = credential::credential(request.headers(), &rt.cookie_name)?
             .ok_or(GatewayError::MissingCredential)?;
         let now = verify::unix_now();
+        let metrics = crate::metrics::global();
+        let t = std::time::Instant::now();
         let verified = verify::verify(token, &rt.verifier, &rt.token_cache, &rt.permissions, now)?;
+        metrics.verify_latency.observe(t.elapsed());
         trace.token = Some(Arc::clone(&verified));
-        session::session(&verified, store, now).await?;
+        let t = std::time::Instant::now();
+        let checked = session::session(&verified, store, now).await;
+        metrics.store_latency.observe(t.elapsed());
+        checked?;
         // 4b. a token this gateway issued: its user must still exist and be enabled, and the
         // permissions are those of the user's roles now, not when the token was minted.
         let grant = match &rt.auth {
@@ -241,6 +274,9 @@ async fn run<'rt>(
             .as_ref()
             .map_or(&verified.permissions, |g| &g.permissions);
         authorize::authorize(&route.policy, permissions)?;
+        metrics
+            .allowed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Some((verified, grant))
     };
 
@@ -288,7 +324,12 @@ async fn run<'rt>(
         client_host,
         upgrade,
     };
-    let mut response = forward::forward(&rt.upstreams[route.upstream], outgoing).await?;
+    let t = std::time::Instant::now();
+    let forwarded = forward::forward(&rt.upstreams[route.upstream], outgoing).await;
+    crate::metrics::global()
+        .upstream_latency
+        .observe(t.elapsed());
+    let mut response = forwarded?;
     tracing::debug!(
         request_id = request_id.to_str().unwrap_or(""),
         route.id = &*route.id,

@@ -36,6 +36,8 @@ pub struct Route {
     pub max_body: u64,
     /// Whether the client's `Authorization` header is passed on.
     pub forward_authorization: bool,
+    /// This route's response counters (shared by every config generation with this id).
+    pub counters: std::sync::Arc<crate::metrics::RouteCounters>,
 }
 
 impl Route {
@@ -254,6 +256,7 @@ mod tests {
 
     fn route(id: &str, prefix: &str, methods: Option<Vec<Method>>) -> Route {
         Route {
+            counters: crate::metrics::global().route(id),
             id: id.into(),
             prefix: prefix.into(),
             methods,

@@ -166,11 +166,18 @@ pub fn verify(
         return Err(TokenError::TooLarge);
     }
     let key = cache_key(token);
+    let metrics = crate::metrics::global();
     if let Some(hit) = cache.inner.get(&key) {
+        metrics
+            .token_cache_hits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // The cache only bounds work; validity in time is re-checked on every use.
         check_time(hit.expires_at, hit.not_before, verifier.leeway, now)?;
         return Ok(hit);
     }
+    metrics
+        .token_cache_misses
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let verified = Arc::new(verify_uncached(token, verifier, permissions, now)?);
     cache.inner.insert(key, Arc::clone(&verified));
     Ok(verified)

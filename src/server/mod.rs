@@ -36,6 +36,7 @@ use crate::pipeline::{self, Connection};
 #[derive(Debug)]
 pub struct Running {
     addrs: Vec<SocketAddr>,
+    admin: Option<SocketAddr>,
     gateway: Arc<Gateway>,
     shutdown: watch::Sender<bool>,
     drained: mpsc::Receiver<()>,
@@ -47,6 +48,16 @@ impl Running {
     /// The bound addresses, in the order of `listeners:` (useful with port 0).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The admin listener's address, when one is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    /// Records the admin listener's address.
+    pub fn set_admin_addr(&mut self, addr: SocketAddr) {
+        self.admin = Some(addr);
     }
 
     /// A receiver that turns `true` when shutdown begins, for background tasks.
@@ -91,8 +102,16 @@ pub async fn start(
         bound.push((listener, spec.clone()));
     }
     let mut accept_loops = Vec::with_capacity(bound.len());
-    for (listener, spec) in bound {
+    for (i, (listener, spec)) in bound.into_iter().enumerate() {
+        // The gateway holds each listener's certificate so a reload can swap it; a gateway
+        // built without listeners (tests) falls back to the spec's.
+        let tls = gateway.listener_tls(i).or_else(|| {
+            spec.tls
+                .as_ref()
+                .map(|c| Arc::new(arc_swap::ArcSwap::new(Arc::clone(c))))
+        });
         let ctx = AcceptContext {
+            tls,
             spec,
             limits: limits.clone(),
             gateway: Arc::clone(&gateway),
@@ -106,6 +125,7 @@ pub async fn start(
     drop(drain_tx);
     Ok(Running {
         addrs,
+        admin: None,
         gateway,
         shutdown,
         drained,
@@ -134,6 +154,9 @@ fn http_builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
 }
 
 struct AcceptContext {
+    /// The listener's current TLS config; read at every accept, so a swapped certificate is
+    /// used by the next connection.
+    tls: Option<Arc<arc_swap::ArcSwap<rustls::ServerConfig>>>,
     spec: ListenerSpec,
     limits: ServerLimits,
     gateway: Arc<Gateway>,
@@ -144,7 +167,6 @@ struct AcceptContext {
 }
 
 async fn accept_loop(listener: TcpListener, mut ctx: AcceptContext) {
-    let tls = ctx.spec.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     loop {
         let permit = tokio::select! {
             permit = Arc::clone(&ctx.permits).acquire_owned() => match permit {
@@ -166,6 +188,10 @@ async fn accept_loop(listener: TcpListener, mut ctx: AcceptContext) {
             _ = ctx.shutdown.changed() => return,
         };
         let _ = stream.set_nodelay(true);
+        let tls = ctx
+            .tls
+            .as_ref()
+            .map(|t| tokio_rustls::TlsAcceptor::from(t.load_full()));
         let conn = Connection {
             peer,
             peer_header: pipeline::peer_header(peer.ip()),
@@ -181,7 +207,6 @@ async fn accept_loop(listener: TcpListener, mut ctx: AcceptContext) {
             _drain: ctx.drain.clone(),
             _permit: permit,
         };
-        let tls = tls.clone();
         let handshake_timeout = ctx.limits.header_read_timeout;
         tokio::spawn(async move {
             match tls {

@@ -302,6 +302,14 @@ impl Store {
             Store::Redis(r) => r.is_healthy(),
         }
     }
+
+    /// Whether invalidations are being received (always for memory).
+    pub fn is_subscribed(&self) -> bool {
+        match self {
+            Store::Memory(_) => true,
+            Store::Redis(r) => r.is_subscribed(),
+        }
+    }
 }
 
 macro_rules! dispatch {

@@ -584,6 +584,11 @@ impl RedisStore {
         &self.cache
     }
 
+    /// Whether this instance is subscribed to invalidations.
+    pub fn is_subscribed(&self) -> bool {
+        self.cache.is_subscribed()
+    }
+
     /// Whether the store answers and invalidations are being received.
     pub fn is_healthy(&self) -> bool {
         self.last_ok.load(Ordering::Relaxed) && self.cache.is_subscribed()
@@ -600,6 +605,11 @@ impl RedisStore {
             Err(_) => Err(unavailable(Timeout(self.timeout))),
         };
         self.last_ok.store(result.is_ok(), Ordering::Relaxed);
+        if result.is_err() {
+            crate::metrics::global()
+                .store_errors
+                .fetch_add(1, Ordering::Relaxed);
+        }
         result
     }
 
@@ -666,19 +676,23 @@ impl RedisStore {
 
 impl SessionStore for RedisStore {
     async fn check(&self, token: &TokenRef<'_>, now: i64) -> Result<Verdict, StoreError> {
+        let metrics = crate::metrics::global();
         if self.cache.alive(token.token_key).is_some() {
+            metrics.store_cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Verdict::Alive);
         }
         if let Some(known) =
             self.cache
                 .known_revoked(token.jti_key, token.session, token.subject, token.issued_at)
         {
+            metrics.store_cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(match known {
                 Known::JtiDenied => Verdict::JtiDenied,
                 Known::SessionRevoked => Verdict::SessionUnknown,
                 Known::UserRevoked => Verdict::UserRevoked,
             });
         }
+        metrics.store_cache_misses.fetch_add(1, Ordering::Relaxed);
         let sequence = self.cache.sequence();
         let (verdict, revoked_before) = self.read_verdict(token, now).await?;
         match verdict {

@@ -1,0 +1,352 @@
+//! Process-wide counters and histograms, rendered in the Prometheus text format on the admin
+//! listener's `/metrics`.
+//!
+//! The hot path only touches atomics: each compiled route holds its own [`RouteCounters`]
+//! (looked up by route id once, when the config is compiled, so counts survive a reload), and
+//! histograms are fixed arrays of atomic buckets. Refusal reasons are counted under a mutex,
+//! on the refusal path only. One registry per process ([`global`]): several gateways in one
+//! process (the test suites) share it, so tests read differences, not absolute values.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+/// Status codes counted individually; anything else is counted by class (`2xx`, …).
+const STATUSES: [u16; 21] = [
+    200, 201, 204, 206, 301, 302, 303, 304, 307, 308, 400, 401, 403, 404, 405, 413, 429, 431, 502,
+    503, 504,
+];
+
+/// Requests of one route, by status.
+#[derive(Debug)]
+pub struct RouteCounters {
+    id: Box<str>,
+    by_status: [AtomicU64; STATUSES.len()],
+    /// Other statuses by class: 1xx … 5xx.
+    by_class: [AtomicU64; 5],
+}
+
+impl RouteCounters {
+    fn new(id: &str) -> Self {
+        Self {
+            id: id.into(),
+            by_status: std::array::from_fn(|_| AtomicU64::new(0)),
+            by_class: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    /// Counts one response.
+    pub fn record(&self, status: u16) {
+        match STATUSES.iter().position(|s| *s == status) {
+            Some(i) => self.by_status[i].fetch_add(1, Ordering::Relaxed),
+            None => {
+                let class = usize::from(status / 100).clamp(1, 5) - 1;
+                self.by_class[class].fetch_add(1, Ordering::Relaxed)
+            }
+        };
+    }
+}
+
+/// Upper bounds of the latency buckets, in microseconds.
+const BUCKETS_US: [u64; 18] = [
+    5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+    500_000, 1_000_000, 5_000_000,
+];
+
+/// A latency histogram with fixed buckets.
+#[derive(Debug)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS_US.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            count: AtomicU64::new(0),
+            sum_us: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, elapsed: Duration) {
+        let us = elapsed.as_micros().min(u128::from(u64::MAX)) as u64;
+        if let Some(i) = BUCKETS_US.iter().position(|b| us <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, bound) in BUCKETS_US.iter().enumerate() {
+            cumulative += self.buckets[i].load(Ordering::Relaxed);
+            let le = *bound as f64 / 1e6;
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+/// Every metric of the process.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    routes: Mutex<BTreeMap<Box<str>, Arc<RouteCounters>>>,
+    /// Refusals by reason id.
+    refusals: Mutex<BTreeMap<&'static str, u64>>,
+    /// Requests that passed authentication and authorization.
+    pub allowed: AtomicU64,
+    /// Whole requests, from the head being read to the response head being ready.
+    pub request_latency: Histogram,
+    /// Stage 3, verify (cache hits included).
+    pub verify_latency: Histogram,
+    /// Stage 4, the session check against the store (local cache hits included).
+    pub store_latency: Histogram,
+    /// The upstream's time to a response head.
+    pub upstream_latency: Histogram,
+    /// Verified-token cache hits.
+    pub token_cache_hits: AtomicU64,
+    /// Verified-token cache misses (a full verification followed).
+    pub token_cache_misses: AtomicU64,
+    /// Session checks answered from the Redis store's local cache.
+    pub store_cache_hits: AtomicU64,
+    /// Session checks that went to Redis.
+    pub store_cache_misses: AtomicU64,
+    /// Store operations that failed (timeouts, connection errors).
+    pub store_errors: AtomicU64,
+    /// Config reloads applied.
+    pub reloads_applied: AtomicU64,
+    /// Config reloads refused (the old config kept serving).
+    pub reloads_refused: AtomicU64,
+}
+
+/// The process's metrics.
+pub fn global() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::default)
+}
+
+impl Metrics {
+    /// The counters of route `id`, created on first use and kept across reloads.
+    pub fn route(&self, id: &str) -> Arc<RouteCounters> {
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(
+            routes
+                .entry(id.into())
+                .or_insert_with(|| Arc::new(RouteCounters::new(id))),
+        )
+    }
+
+    /// Counts a refusal.
+    pub fn refused(&self, reason_id: &'static str) {
+        let mut refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        *refusals.entry(reason_id).or_insert(0) += 1;
+    }
+
+    /// Renders everything in the Prometheus text exposition format (version 0.0.4).
+    pub fn render(&self, gauges: &Gauges) -> String {
+        let mut out = String::with_capacity(8192);
+        out.push_str(
+            "# HELP portcullis_requests_total Responses by route and status.\n\
+             # TYPE portcullis_requests_total counter\n",
+        );
+        let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        for counters in routes.values() {
+            let id = escape_label(&counters.id);
+            for (i, status) in STATUSES.iter().enumerate() {
+                let n = counters.by_status[i].load(Ordering::Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "portcullis_requests_total{{route=\"{id}\",status=\"{status}\"}} {n}"
+                    );
+                }
+            }
+            for (i, n) in counters.by_class.iter().enumerate() {
+                let n = n.load(Ordering::Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "portcullis_requests_total{{route=\"{id}\",status=\"{}xx\"}} {n}",
+                        i + 1
+                    );
+                }
+            }
+        }
+        drop(routes);
+        out.push_str(
+            "# HELP portcullis_auth_decisions_total Authentication and authorization decisions by reason id.\n\
+             # TYPE portcullis_auth_decisions_total counter\n",
+        );
+        let _ = writeln!(
+            out,
+            "portcullis_auth_decisions_total{{reason=\"allowed\"}} {}",
+            self.allowed.load(Ordering::Relaxed)
+        );
+        for (reason, n) in self
+            .refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "portcullis_auth_decisions_total{{reason=\"{}\"}} {n}",
+                escape_label(reason)
+            );
+        }
+        self.request_latency.render(
+            &mut out,
+            "portcullis_request_duration_seconds",
+            "Time from request head to response head.",
+        );
+        self.verify_latency.render(
+            &mut out,
+            "portcullis_verify_duration_seconds",
+            "Token verification, cache hits included.",
+        );
+        self.store_latency.render(
+            &mut out,
+            "portcullis_store_check_duration_seconds",
+            "Session and revocation check, local cache hits included.",
+        );
+        self.upstream_latency.render(
+            &mut out,
+            "portcullis_upstream_duration_seconds",
+            "Upstream time to response head.",
+        );
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let counters: [(&str, &str, u64); 8] = [
+            (
+                "portcullis_token_cache_hits_total",
+                "Verified-token cache hits.",
+                load(&self.token_cache_hits),
+            ),
+            (
+                "portcullis_token_cache_misses_total",
+                "Verified-token cache misses.",
+                load(&self.token_cache_misses),
+            ),
+            (
+                "portcullis_store_cache_hits_total",
+                "Session checks answered by the local cache over Redis.",
+                load(&self.store_cache_hits),
+            ),
+            (
+                "portcullis_store_cache_misses_total",
+                "Session checks that read Redis.",
+                load(&self.store_cache_misses),
+            ),
+            (
+                "portcullis_store_errors_total",
+                "Store operations that failed.",
+                load(&self.store_errors),
+            ),
+            (
+                "portcullis_config_reloads_applied_total",
+                "Config reloads applied.",
+                load(&self.reloads_applied),
+            ),
+            (
+                "portcullis_config_reloads_refused_total",
+                "Config reloads refused; the previous config kept serving.",
+                load(&self.reloads_refused),
+            ),
+            (
+                "portcullis_audit_events_dropped_total",
+                "Audit events that could not be queued for the audit file.",
+                gauges.audit_dropped,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {value}");
+        }
+        let gauges_list: [(&str, &str, u64); 4] = [
+            (
+                "portcullis_store_healthy",
+                "1 when the store answers and (Redis) invalidations are being received.",
+                u64::from(gauges.store_healthy),
+            ),
+            (
+                "portcullis_pubsub_connected",
+                "1 while subscribed to the Redis invalidation channel (1 for the memory store).",
+                u64::from(gauges.pubsub_connected),
+            ),
+            (
+                "portcullis_config_generation",
+                "The config generation: 1 at start, +1 per applied reload.",
+                gauges.generation,
+            ),
+            (
+                "portcullis_token_cache_entries",
+                "Verified tokens cached.",
+                gauges.token_cache_entries,
+            ),
+        ];
+        for (name, help, value) in gauges_list {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
+        }
+        out
+    }
+}
+
+/// Values read from the gateway at render time.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    /// Store healthy.
+    pub store_healthy: bool,
+    /// Subscribed to invalidations.
+    pub pubsub_connected: bool,
+    /// Config generation.
+    pub generation: u64,
+    /// Verified tokens cached.
+    pub token_cache_entries: u64,
+    /// Audit events dropped.
+    pub audit_dropped: u64,
+}
+
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_counted_per_route_and_rendered() {
+        let m = Metrics::default();
+        let r = m.route("docs\"x");
+        r.record(200);
+        r.record(200);
+        r.record(418);
+        m.refused("token.expired");
+        m.request_latency.observe(Duration::from_micros(30));
+        let text = m.render(&Gauges::default());
+        assert!(text.contains("portcullis_requests_total{route=\"docs\\\"x\",status=\"200\"} 2"));
+        assert!(text.contains("portcullis_requests_total{route=\"docs\\\"x\",status=\"4xx\"} 1"));
+        assert!(text.contains("portcullis_auth_decisions_total{reason=\"token.expired\"} 1"));
+        assert!(text.contains("portcullis_request_duration_seconds_bucket{le=\"0.00005\"} 1"));
+        assert!(text.contains("portcullis_request_duration_seconds_count 1"));
+    }
+}

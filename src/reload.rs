@@ -1,0 +1,261 @@
+//! Hot reload: build the new runtime from the files, validate it, swap it in atomically.
+//!
+//! Triggers: SIGHUP (`portcullis run` forwards it), `POST /admin/reload`, and a change of the
+//! config file or of a file it names (certificates, keys), noticed by polling every
+//! [`CONFIG_POLL`]. The users file is polled every [`USERS_POLL`] on its own. Polling rather
+//! than inotify: no dependency, and it works with editors and config managers that replace a
+//! file by renaming another over it.
+//!
+//! A config that fails to load changes nothing: the old runtime keeps serving, and the refusal
+//! is logged with the key and line and audited (`config.reload` / `config.refused`). Requests in
+//! flight finish on the snapshot they started with; sockets are never re-bound. What a reload
+//! cannot change — the listeners' addresses, the store, the audit sink, the admin listener —
+//! keeps its value, and the log says a restart is needed for it. TLS certificates are swapped
+//! in place: the next connection gets the new one.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use crate::Gateway;
+use crate::audit::AuditEvent;
+use crate::config::{Config, ConfigError};
+
+/// How often the config file and the files it names are checked for changes.
+pub const CONFIG_POLL: Duration = Duration::from_secs(2);
+/// How often the users file is checked for changes.
+pub const USERS_POLL: Duration = Duration::from_secs(1);
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// The config generation now serving.
+    pub generation: u64,
+    /// Settings that changed in the file but need a restart to take effect.
+    pub restart_needed: Vec<&'static str>,
+    /// Whether the set of verification keys changed.
+    pub keys_changed: bool,
+}
+
+/// Why a reload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The gateway was not started from a file.
+    #[error("the gateway was not started from a config file")]
+    NoFile,
+    /// The new config is invalid; the old one keeps serving.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Loading was interrupted (the runtime is shutting down).
+    #[error("reload interrupted")]
+    Interrupted,
+}
+
+/// Reloads the config from the file the gateway was started from. `trigger` is recorded in the
+/// audit event (`sighup`, `admin`, `file_change`).
+pub async fn reload_file(
+    gateway: &Arc<Gateway>,
+    trigger: &'static str,
+) -> Result<ReloadReport, ReloadError> {
+    let Some(path) = gateway.config_path().map(Path::to_owned) else {
+        return Err(ReloadError::NoFile);
+    };
+    // Loading reads files and may hash (the users file's dummy password): off the reactor.
+    let loaded = tokio::task::spawn_blocking(move || Config::load(&path))
+        .await
+        .map_err(|_| ReloadError::Interrupted)?;
+    match loaded {
+        Ok(config) => Ok(apply(gateway, config, trigger)),
+        Err(e) => {
+            crate::metrics::global()
+                .reloads_refused
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::error!(trigger, error = %e, "config reload refused; the previous config keeps serving");
+            let location = e.location();
+            gateway.audit().emit(&AuditEvent {
+                event: "config.reload",
+                reason_id: "config.refused",
+                detail: Some(&location),
+                ..AuditEvent::default()
+            });
+            Err(e.into())
+        }
+    }
+}
+
+/// Swaps in the runtime of `config` (and its TLS certificates).
+pub fn apply(gateway: &Gateway, config: Config, trigger: &'static str) -> ReloadReport {
+    let mut restart_needed = Vec::new();
+    let same_sockets = config.listeners.len() == gateway.listeners.len()
+        && config
+            .listeners
+            .iter()
+            .zip(&gateway.listeners)
+            .all(|(new, old)| new.bind == old.bind && new.tls.is_some() == old.tls.is_some());
+    if !same_sockets {
+        restart_needed.push("listeners");
+    }
+    for (i, new) in config.listeners.iter().enumerate() {
+        if let (Some(holder), Some(tls), Some(old)) =
+            (gateway.listener_tls(i), &new.tls, gateway.listeners.get(i))
+            && old.bind == new.bind
+        {
+            holder.store(Arc::clone(tls));
+        }
+    }
+    let old = gateway.runtime();
+    let old_kids: std::collections::BTreeSet<&str> = old.verifier.keys.kids().collect();
+    let new_kids: std::collections::BTreeSet<&str> = config.runtime.verifier.keys.kids().collect();
+    let keys_changed = old_kids != new_kids;
+    drop(old_kids);
+    drop(new_kids);
+    if config.admin.is_some() != gateway.admin_configured {
+        restart_needed.push("admin");
+    }
+    gateway.swap_runtime(config.runtime);
+    let generation = gateway.generation.fetch_add(1, Ordering::Relaxed) + 1;
+    crate::metrics::global()
+        .reloads_applied
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::info!(
+        generation,
+        trigger,
+        ?restart_needed,
+        keys_changed,
+        "config reloaded"
+    );
+    gateway.audit().emit(&AuditEvent {
+        event: "config.reload",
+        reason_id: "config.applied",
+        ..AuditEvent::default()
+    });
+    if keys_changed {
+        gateway.audit().emit(&AuditEvent {
+            event: "keys.changed",
+            reason_id: "keys.reloaded",
+            ..AuditEvent::default()
+        });
+    }
+    if !restart_needed.is_empty() {
+        tracing::warn!(
+            ?restart_needed,
+            "these settings changed in the file but keep their old values until a restart"
+        );
+    }
+    ReloadReport {
+        generation,
+        restart_needed,
+        keys_changed,
+    }
+}
+
+/// What identifies a version of a file without reading it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp(Option<(SystemTime, u64, u64)>);
+
+fn stamp(path: &Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    Stamp(std::fs::metadata(path).ok().map(|m| {
+        (
+            m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            m.len(),
+            m.ino(),
+        )
+    }))
+}
+
+fn stamps(paths: &[PathBuf]) -> Vec<Stamp> {
+    paths.iter().map(|p| stamp(p)).collect()
+}
+
+/// Starts the pollers: the config file and the files it names (when the gateway was started
+/// from a file), and the users file of whatever runtime is current. They stop at shutdown.
+pub fn spawn_watchers(
+    gateway: &Arc<Gateway>,
+    config_path: Option<PathBuf>,
+    watched: Vec<PathBuf>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    if let Some(path) = config_path {
+        let gateway = Arc::clone(gateway);
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut files = vec![path];
+            files.extend(watched);
+            let mut last = stamps(&files);
+            let mut ticks = tokio::time::interval(CONFIG_POLL);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    _ = shutdown.changed() => return,
+                }
+                let now = stamps(&files);
+                if now != last {
+                    last = now;
+                    // A refusal is logged and audited inside; the old config keeps serving.
+                    let _ = reload_file(&gateway, "file_change").await;
+                    // The new config may name other files.
+                    if let Some(p) = gateway.config_path().map(Path::to_owned)
+                        && let Ok(text) = std::fs::read_to_string(&p)
+                        && let Ok(c) =
+                            Config::from_yaml(&text, p.parent().unwrap_or(Path::new(".")))
+                    {
+                        files.truncate(1);
+                        files.extend(c.watched_files());
+                        last = stamps(&files);
+                    }
+                }
+            }
+        });
+    }
+    let gateway = Arc::clone(gateway);
+    let mut shutdown = shutdown;
+    tokio::spawn(async move {
+        let mut last: Option<(PathBuf, Stamp)> = None;
+        let mut ticks = tokio::time::interval(USERS_POLL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let runtime = gateway.runtime();
+            let Some(auth) = &runtime.auth else { continue };
+            let users = Arc::clone(&auth.users);
+            let path = users.path().to_owned();
+            let now = stamp(&path);
+            let unchanged = last.as_ref().is_some_and(|(p, s)| *p == path && *s == now);
+            if unchanged {
+                continue;
+            }
+            let first = last.is_none();
+            last = Some((path, now));
+            let result = tokio::task::spawn_blocking(move || users.reload()).await;
+            match result {
+                Ok(Ok(true)) => {
+                    tracing::info!("users file reloaded");
+                    gateway.audit().emit(&AuditEvent {
+                        event: "users.reload",
+                        reason_id: "users.applied",
+                        ..AuditEvent::default()
+                    });
+                }
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => {
+                    if !first {
+                        tracing::error!(error = %e, "users file refused; the previous users stay");
+                        gateway.audit().emit(&AuditEvent {
+                            event: "users.reload",
+                            reason_id: "users.refused",
+                            detail: Some("users_file"),
+                            ..AuditEvent::default()
+                        });
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    });
+}
