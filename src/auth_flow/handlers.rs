@@ -76,7 +76,7 @@ pub async fn handle(
         "/auth/refresh" if method == Method::POST => refresh(request, env).await,
         "/auth/logout" if method == Method::POST => logout(request, env).await,
         "/auth/logout-all" if method == Method::POST => logout_all(request, env).await,
-        "/auth/sessions" if read => sessions_page(request.headers(), env).await,
+        "/auth/sessions" if read => sessions_page(request.headers(), method.as_str(), env).await,
         "/auth/sessions/revoke" if method == Method::POST => revoke(request, env).await,
         JWKS_PATH if read => Ok(jwks(env.auth)),
         "/auth/static/portcullis.css" if read => {
@@ -153,7 +153,7 @@ async fn login(
     let auth = env.auth;
     let headers = request.headers().clone();
     csrf::same_origin(&headers, &env.client.origin)
-        .map_err(|e| refused(env, "login.failure", e))?;
+        .map_err(|e| refused(env, "login.failure", LOGIN_PATH, e))?;
     let (kind, body) = read_body(request).await?;
     let mut input = match kind {
         BodyKind::Form => {
@@ -177,8 +177,10 @@ async fn login(
         // Login CSRF: a form must repeat the cookie set with the form.
         let cookie = cookies::read(&headers, cookies::CSRF_COOKIE);
         if let Err(e) = csrf::token_matches(cookie, input.csrf.as_deref()) {
+            let (subject, digest) = audit_username(env, &username);
             env.audit.emit(&AuditEvent {
-                subject: Some(&username),
+                subject,
+                detail: digest.as_deref(),
                 ..env.event("login.failure", e.reason_id(), audit_path)
             });
             return Ok(login_form_again(
@@ -206,8 +208,10 @@ async fn login(
         .map(|(a, _)| a.resets_at)
         .max();
     if let Some(resets_at) = blocked {
+        let (subject, digest) = audit_username(env, &username);
         env.audit.emit(&AuditEvent {
-            subject: Some(&username),
+            subject,
+            detail: digest.as_deref(),
             ..env.event("login.failure", "login.throttled", audit_path)
         });
         let retry_after = (resets_at - now).max(1) as u64;
@@ -234,8 +238,13 @@ async fn login(
             env.store.throttle_hit(&ip_key, window, now).await?;
             env.store.throttle_hit(&user_key, window, now).await?;
             let reason = failure.reason_id();
+            // An unknown "username" is often a password typed into the wrong field: it is
+            // recorded only as a short hash, which still lets repeated attempts be correlated.
+            let unknown = matches!(failure, users::LoginFailure::UnknownUser);
+            let hashed = unknown.then(|| username_digest(&username));
             env.audit.emit(&AuditEvent {
-                subject: Some(&username),
+                subject: if unknown { None } else { Some(&username) },
+                detail: hashed.as_deref(),
                 ..env.event("login.failure", reason, audit_path)
             });
             if form {
@@ -249,6 +258,10 @@ async fn login(
         }
     };
     env.store.throttle_clear(&user_key).await?;
+    // The clock again: the password check may have waited for the blocking pool for seconds
+    // under load, and the session's idle and absolute lifetimes and the access token's
+    // `iat`/`exp` start now, when the session is created, not when the request arrived.
+    let now = verify::unix_now();
 
     // A new session with new identifiers, whatever the browser sent (SECURITY.md 15).
     let subject = user.username.clone();
@@ -322,6 +335,26 @@ async fn login(
         .headers_mut()
         .append(SET_COOKIE, cookies::csrf(&tokens::random_token(32)));
     Ok(response)
+}
+
+/// How a typed username goes into the audit trail: as the subject when such a user exists,
+/// else only as [`username_digest`].
+fn audit_username<'u>(env: &Env<'_>, username: &'u str) -> (Option<&'u str>, Option<String>) {
+    if env.auth.users.current().get(username).is_some() {
+        (Some(username), None)
+    } else {
+        (None, Some(username_digest(username)))
+    }
+}
+
+/// `sha256:` and the first 16 hex digits of the SHA-256 of a canonical username.
+fn username_digest(username: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, username.as_bytes());
+    let hex: String = digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sha256:{hex}")
 }
 
 fn login_form_again(
@@ -407,7 +440,7 @@ async fn refresh(
     let audit_path = "/auth/refresh";
     let headers = request.headers().clone();
     csrf::same_origin(&headers, &env.client.origin)
-        .map_err(|e| refused(env, "refresh.failure", e))?;
+        .map_err(|e| refused(env, "refresh.failure", audit_path, e))?;
     let (kind, body) = read_body_or_empty(request).await?;
     let input = match kind {
         Some(BodyKind::Json) => serde_json::from_slice(&body).map_err(|_| AuthError::BadBody)?,
@@ -444,7 +477,7 @@ async fn refresh(
                 cookies::read(&headers, cookies::CSRF_COOKIE),
                 presented_csrf.as_deref(),
             )
-            .map_err(|e| refused(env, "refresh.failure", e))?;
+            .map_err(|e| refused(env, "refresh.failure", audit_path, e))?;
             (cookie.to_owned(), true)
         }
     };
@@ -460,15 +493,30 @@ async fn refresh(
     let now = verify::unix_now();
 
     // An access token of another user next to this refresh token: someone mixed credentials
-    // (SECURITY.md 21). Refuse rather than pick one.
-    if let Ok(Some(token)) = credential::credential(&headers, &auth.access_cookie)
-        && let Ok(verified) = verify::verify(
-            token,
-            &env.rt.verifier,
-            &env.rt.token_cache,
-            &env.rt.permissions,
-            now,
-        )
+    // (SECURITY.md 21). Refuse rather than pick one. Cookie and bearer that disagree, or a
+    // doubled cookie or header, are such a mix too (SECURITY.md 24).
+    let presented_access = match credential::credential(&headers, &auth.access_cookie) {
+        Ok(token) => token,
+        Err(
+            e @ (credential::CredentialError::Conflicting
+            | credential::CredentialError::DuplicateCookie
+            | credential::CredentialError::DuplicateAuthorization),
+        ) => {
+            return refresh_failed(
+                env,
+                form,
+                input.return_to.as_deref(),
+                e.reason_id(),
+                Some(&subject),
+            );
+        }
+        Err(_) => None,
+    };
+    // A browser refreshes because its access token expired, so expiry must not hide whose
+    // token it is: everything but the expiry is verified (one signature check per refresh).
+    if let Some(token) = presented_access
+        && let Ok(verified) =
+            verify::verify_ignoring_expiry(token, &env.rt.verifier, &env.rt.permissions, now)
         && *verified.subject != *subject
     {
         return refresh_failed(
@@ -637,10 +685,88 @@ fn refresh_error_response(
 struct Signed {
     subject: String,
     session: String,
-    jti: String,
+    /// The access token's `jti`, to denylist; `None` when the caller proved itself with its
+    /// refresh token instead.
+    jti: Option<String>,
     expires_at: i64,
-    /// The token came in the cookie (an ambient credential: CSRF token required).
-    by_cookie: bool,
+    /// Set when the caller proved itself by rotating its refresh token: the successor, to
+    /// hand back as the new refresh cookie (none after a concurrent rotation).
+    rotated: Option<Rotated>,
+}
+
+/// A refresh done on the way, for a page whose access token expired while it was open.
+#[derive(Debug)]
+struct Rotated {
+    successor: Option<String>,
+    remember_me: bool,
+    roles: Vec<String>,
+}
+
+/// The caller of a state-changing endpoint: its access token if that is usable, else — a page
+/// left open past the access token's lifetime — its refresh cookie, proven by rotating it (a
+/// session id alone, which backends see in `X-Auth-Session`, proves nothing).
+async fn caller(headers: &HeaderMap, env: &Env<'_>) -> Result<Option<Signed>, GatewayError> {
+    if let Some(signed) = signed_in(headers, env).await? {
+        return Ok(Some(signed));
+    }
+    // A bearer client gets no cookie fallback: the CSRF check was skipped for it.
+    if headers.contains_key(http::header::AUTHORIZATION) {
+        return Ok(None);
+    }
+    let Some(cookie) = cookies::read(headers, cookies::REFRESH_COOKIE) else {
+        return Ok(None);
+    };
+    let Some((subject, sid)) = tokens::parse_refresh_token(cookie) else {
+        return Ok(None);
+    };
+    let users = env.auth.users.current();
+    let Some(user) = users.get(&subject).filter(|u| !u.disabled) else {
+        return Ok(None);
+    };
+    let now = verify::unix_now();
+    let Some(record) = env.store.session(&subject, sid, now).await? else {
+        return Ok(None);
+    };
+    let (idle, _) = env.auth.lifetimes.of(record.remember_me);
+    let successor = tokens::new_refresh_token(&subject, sid);
+    let rotation = Rotation {
+        subject: &subject,
+        session: sid,
+        presented: tokens::refresh_hash(cookie),
+        successor: tokens::refresh_hash(&successor),
+        successor_expires_at: (now + idle.as_secs() as i64).min(record.absolute_expiry),
+        now,
+        grace: env.auth.refresh_grace.as_secs() as i64,
+        idle: idle.as_secs() as i64,
+    };
+    let successor = match env.store.rotate_refresh(&rotation).await? {
+        RotateOutcome::Rotated(_) => Some(successor),
+        RotateOutcome::Concurrent(_) => None,
+        RotateOutcome::ReuseDetected { subject } => {
+            env.audit.emit(&AuditEvent {
+                subject: Some(&subject),
+                session: Some(sid),
+                ..env.event(
+                    "refresh.reuse_detected",
+                    "refresh.reuse_detected",
+                    "/auth/refresh",
+                )
+            });
+            return Ok(None);
+        }
+        RotateOutcome::Invalid => return Ok(None),
+    };
+    Ok(Some(Signed {
+        subject: subject.clone(),
+        session: sid.to_owned(),
+        jti: None,
+        expires_at: now,
+        rotated: Some(Rotated {
+            successor,
+            remember_me: record.remember_me,
+            roles: user.roles.clone(),
+        }),
+    }))
 }
 
 /// The request's access token, verified, issued by this gateway, with a live session and an
@@ -674,14 +800,27 @@ async fn signed_in(headers: &HeaderMap, env: &Env<'_>) -> Result<Option<Signed>,
     {
         return Ok(None);
     }
-    let by_cookie = headers.get(http::header::AUTHORIZATION).is_none();
     Ok(Some(Signed {
         subject: verified.subject.to_string(),
         session: verified.session.as_deref().unwrap_or_default().to_owned(),
-        jti: verified.jti.to_string(),
+        jti: Some(verified.jti.to_string()),
         expires_at: verified.expires_at,
-        by_cookie,
+        rotated: None,
     }))
+}
+
+/// Whether a state-changing request authenticates with an ambient credential (an auth cookie
+/// the browser attaches by itself) and so must repeat the CSRF token. A bearer client is not
+/// a browser acting for someone else, and gets no cookie fallback (see [`caller`]).
+fn needs_csrf(headers: &HeaderMap, auth: &AuthSettings) -> bool {
+    !headers.contains_key(http::header::AUTHORIZATION)
+        && (headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.split_once('=').map(|(n, _)| n.trim()))
+            .any(|n| n == auth.access_cookie || n == cookies::REFRESH_COOKIE))
 }
 
 /// The CSRF token a state-changing request repeats: the form field, else the header.
@@ -696,42 +835,33 @@ async fn logout(
     let auth = env.auth;
     let audit_path = "/auth/logout";
     let headers = request.headers().clone();
-    csrf::same_origin(&headers, &env.client.origin).map_err(|e| refused(env, "logout", e))?;
+    csrf::same_origin(&headers, &env.client.origin)
+        .map_err(|e| refused(env, "logout", audit_path, e))?;
     let (kind, body) = read_body_or_empty(request).await?;
     let form = kind == Some(BodyKind::Form);
     let field = body_csrf(kind, &body);
-    let signed = signed_in(&headers, env).await?;
-    let cookie_auth = signed.as_ref().is_none_or(|s| s.by_cookie);
-    if cookie_auth {
+    // The CSRF token first: proving the caller by its refresh cookie rotates it.
+    if needs_csrf(&headers, auth) {
         csrf::token_matches(
             cookies::read(&headers, cookies::CSRF_COOKIE),
             presented_csrf(field.as_deref(), &headers),
         )
-        .map_err(|e| refused(env, "logout", e))?;
+        .map_err(|e| refused(env, "logout", audit_path, e))?;
     }
-    let now = verify::unix_now();
+    let signed = caller(&headers, env).await?;
     let (subject, sid, reason) = match &signed {
         Some(s) => {
             env.store.revoke_session(&s.subject, &s.session).await?;
-            env.store
-                .deny_jti(&auth.issuer, &s.jti, s.expires_at)
-                .await?;
+            if let Some(jti) = &s.jti {
+                env.store.deny_jti(&auth.issuer, jti, s.expires_at).await?;
+            }
             (
                 Some(s.subject.clone()),
                 Some(s.session.clone()),
                 "logout.ok",
             )
         }
-        // An expired access token: the refresh cookie still names the session.
-        None => match cookies::read(&headers, cookies::REFRESH_COOKIE)
-            .and_then(tokens::parse_refresh_token)
-        {
-            Some((subject, sid)) if env.store.session(&subject, sid, now).await?.is_some() => {
-                env.store.revoke_session(&subject, sid).await?;
-                (Some(subject), Some(sid.to_owned()), "logout.ok")
-            }
-            _ => (None, None, "logout.no_session"),
-        },
+        None => (None, None, "logout.no_session"),
     };
     env.audit.emit(&AuditEvent {
         subject: subject.as_deref(),
@@ -760,19 +890,20 @@ async fn logout_all(
 ) -> Result<Response<GatewayBody>, GatewayError> {
     let auth = env.auth;
     let headers = request.headers().clone();
-    csrf::same_origin(&headers, &env.client.origin).map_err(|e| refused(env, "logout_all", e))?;
+    csrf::same_origin(&headers, &env.client.origin)
+        .map_err(|e| refused(env, "logout_all", "/auth/logout-all", e))?;
     let (kind, body) = read_body_or_empty(request).await?;
     let form = kind == Some(BodyKind::Form);
-    let Some(signed) = signed_in(&headers, env).await? else {
-        return Err(AuthError::NotSignedIn.into());
-    };
-    if signed.by_cookie {
+    if needs_csrf(&headers, auth) {
         csrf::token_matches(
             cookies::read(&headers, cookies::CSRF_COOKIE),
             presented_csrf(body_csrf(kind, &body).as_deref(), &headers),
         )
-        .map_err(|e| refused(env, "logout_all", e))?;
+        .map_err(|e| refused(env, "logout_all", "/auth/logout-all", e))?;
     }
+    let Some(signed) = caller(&headers, env).await? else {
+        return Err(not_signed_in(env, "POST", "/auth/logout-all"));
+    };
     let now = verify::unix_now();
     // Tokens issued up to the second before now are refused by the user mark; those issued in
     // this very second name a session, and every session ends here. A new login a moment
@@ -781,9 +912,11 @@ async fn logout_all(
     env.store
         .revoke_user(&signed.subject, now - 1, keep_until)
         .await?;
-    env.store
-        .deny_jti(&auth.issuer, &signed.jti, signed.expires_at)
-        .await?;
+    if let Some(jti) = &signed.jti {
+        env.store
+            .deny_jti(&auth.issuer, jti, signed.expires_at)
+            .await?;
+    }
     env.audit.emit(&AuditEvent {
         subject: Some(&signed.subject),
         session: Some(&signed.session),
@@ -800,10 +933,11 @@ async fn logout_all(
 
 async fn sessions_page(
     headers: &HeaderMap,
+    method: &str,
     env: &Env<'_>,
 ) -> Result<Response<GatewayBody>, GatewayError> {
     let Some(signed) = signed_in(headers, env).await? else {
-        return Err(AuthError::NotSignedIn.into());
+        return Err(not_signed_in(env, method, "/auth/sessions"));
     };
     let now = verify::unix_now();
     let list = env.store.sessions_of(&signed.subject, now).await?;
@@ -873,10 +1007,17 @@ async fn revoke(
 ) -> Result<Response<GatewayBody>, GatewayError> {
     let headers = request.headers().clone();
     csrf::same_origin(&headers, &env.client.origin)
-        .map_err(|e| refused(env, "session.revoke", e))?;
+        .map_err(|e| refused(env, "session.revoke", "/auth/sessions/revoke", e))?;
     let (kind, body) = read_body(request).await?;
-    let Some(signed) = signed_in(&headers, env).await? else {
-        return Err(AuthError::NotSignedIn.into());
+    if needs_csrf(&headers, env.auth) {
+        csrf::token_matches(
+            cookies::read(&headers, cookies::CSRF_COOKIE),
+            presented_csrf(body_csrf(Some(kind), &body).as_deref(), &headers),
+        )
+        .map_err(|e| refused(env, "session.revoke", "/auth/sessions/revoke", e))?;
+    }
+    let Some(signed) = caller(&headers, env).await? else {
+        return Err(not_signed_in(env, "POST", "/auth/sessions/revoke"));
     };
     let form = kind == BodyKind::Form;
     let target = match kind {
@@ -890,13 +1031,6 @@ async fn revoke(
                 .session
         }
     };
-    if signed.by_cookie {
-        csrf::token_matches(
-            cookies::read(&headers, cookies::CSRF_COOKIE),
-            presented_csrf(body_csrf(Some(kind), &body).as_deref(), &headers),
-        )
-        .map_err(|e| refused(env, "session.revoke", e))?;
-    }
     // Scoped to the caller: another user's session id is simply not found (SECURITY.md 19).
     let revoked = !target.is_empty() && env.store.revoke_session(&signed.subject, &target).await?;
     env.audit.emit(&AuditEvent {
@@ -915,18 +1049,51 @@ async fn revoke(
     if !revoked {
         return Err(AuthError::SessionNotFound.into());
     }
-    Ok(if form {
+    let mut response = if form {
         see_other("/auth/sessions")
     } else {
         empty(StatusCode::NO_CONTENT)
-    })
+    };
+    // The caller's own access token had expired and its refresh token was rotated to prove
+    // it: hand back the new pair, as a refresh would.
+    if let Some(rotated) = &signed.rotated
+        && signed.session != target
+    {
+        let now = verify::unix_now();
+        let access = mint(
+            env.auth,
+            &signed.subject,
+            &signed.session,
+            &rotated.roles,
+            now,
+        )?;
+        let (_, absolute) = env.auth.lifetimes.of(rotated.remember_me);
+        set_token_cookies(
+            response.headers_mut(),
+            env.auth,
+            &access,
+            rotated.successor.as_deref(),
+            rotated.remember_me.then_some(absolute),
+        );
+    }
+    Ok(response)
 }
 
 // ---- responses and parsing ----------------------------------------------------------------
 
-fn refused(env: &Env<'_>, event: &'static str, err: CsrfError) -> GatewayError {
-    env.audit.emit(&env.event(event, err.reason_id(), ""));
+fn refused(env: &Env<'_>, event: &'static str, path: &str, err: CsrfError) -> GatewayError {
+    env.audit.emit(&env.event(event, err.reason_id(), path));
     AuthError::Csrf(err).into()
+}
+
+/// An endpoint that needs a signed-in user, and the request has none: audited like the proxy's
+/// 401s (SECURITY.md 33), since the pipeline leaves the auth flow's refusals to it.
+fn not_signed_in(env: &Env<'_>, method: &str, path: &str) -> GatewayError {
+    env.audit.emit(&AuditEvent {
+        method: Some(method),
+        ..env.event("access.unauthorized", "auth.not_signed_in", path)
+    });
+    AuthError::NotSignedIn.into()
 }
 
 fn jwks(auth: &AuthSettings) -> Response<GatewayBody> {

@@ -32,6 +32,10 @@ pub fn escape(text: &str) -> String {
     out
 }
 
+// `same-origin`, not `no-referrer`: under `no-referrer` a browser sends `Origin: null` with the
+// pages' own form POSTs, and the CSRF check (rightly) refuses those. The meta element overrides
+// the `Referrer-Policy: no-referrer` header every gateway response carries; other origins still
+// get no referrer.
 fn layout(title: &str, main: &str) -> String {
     format!(
         r#"<!doctype html>
@@ -39,7 +43,7 @@ fn layout(title: &str, main: &str) -> String {
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="referrer" content="no-referrer">
+<meta name="referrer" content="same-origin">
 <title>{title} · Portcullis</title>
 <link rel="stylesheet" href="/auth/static/portcullis.css">
 </head>
@@ -164,8 +168,8 @@ pub fn sessions(display_name: &str, rows: &[SessionRow<'_>], csrf: &str) -> Stri
             id = escape(&r.id),
             device = escape(&device(&r.user_agent)),
             ip = escape(&r.ip),
-            created = crate::audit::rfc3339(r.created_at, 0).replace(".000Z", " UTC").replace('T', " "),
-            seen = crate::audit::rfc3339(r.last_seen, 0).replace(".000Z", " UTC").replace('T', " "),
+            created = when(r.created_at),
+            seen = when(r.last_seen),
         ));
     }
     let main = format!(
@@ -181,6 +185,13 @@ pub fn sessions(display_name: &str, rows: &[SessionRow<'_>], csrf: &str) -> Stri
         csrf = escape(csrf),
     );
     layout("Your sessions", &main)
+}
+
+/// A time on the sessions page: `2026-11-28 03:04:05 UTC`.
+fn when(secs: i64) -> String {
+    crate::audit::rfc3339(secs, 0)
+        .replacen('T', " ", 1)
+        .replace(".000Z", " UTC")
 }
 
 /// A short page for outcomes without a better place to go (a refused request on a form).
@@ -268,6 +279,20 @@ mod tests {
             assert!(!html.contains("style="), "inline style");
             assert!(!html.contains("<style"), "inline style");
         }
+    }
+
+    #[test]
+    fn session_times_read_utc_not_u_c() {
+        assert_eq!(when(1_795_835_045), "2026-11-28 03:04:05 UTC");
+    }
+
+    #[test]
+    fn pages_keep_the_origin_on_their_own_form_posts() {
+        // Regression: `<meta name="referrer" content="no-referrer">` made Chromium send
+        // `Origin: null` with the login form's POST, which the CSRF check refused.
+        let html = login(&LoginForm::default());
+        assert!(html.contains(r#"<meta name="referrer" content="same-origin">"#));
+        assert!(!html.contains("no-referrer"));
     }
 
     #[test]

@@ -76,11 +76,33 @@ fn safe_path(requested: &str) -> Option<String> {
         if q.bytes().any(|b| !(b.is_ascii_graphic())) {
             return None;
         }
-        out.push('?');
-        out.push_str(q);
+        // A token put in a URL by mistake (or by a crafted link) is not copied into the
+        // `Location` of the post-login redirect (SECURITY.md 23).
+        let kept: Vec<&str> = q
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .filter(|p| {
+                let name = p.split('=').next().unwrap_or("").to_ascii_lowercase();
+                !TOKEN_PARAMETERS.contains(&name.as_str())
+            })
+            .collect();
+        if !kept.is_empty() {
+            out.push('?');
+            out.push_str(&kept.join("&"));
+        }
     }
     Some(out)
 }
+
+/// Query parameters that commonly carry tokens (the same list the login redirect drops).
+const TOKEN_PARAMETERS: &[&str] = &[
+    "access_token",
+    "id_token",
+    "refresh_token",
+    "token",
+    "code",
+    "jwt",
+];
 
 #[cfg(test)]
 mod tests {
@@ -130,6 +152,11 @@ mod tests {
         assert_eq!(p.target(Some("/docs/a?x=1")), "/docs/a?x=1");
         assert_eq!(p.target(Some("/pub/../admin")), "/admin");
         assert_eq!(p.target(Some("/a#frag")), "/a");
+        assert_eq!(
+            p.target(Some("/docs?access_token=eyJ.x.y&page=2&Refresh_Token=z")),
+            "/docs?page=2"
+        );
+        assert_eq!(p.target(Some("/docs?token=x")), "/docs");
         assert_eq!(
             p.target(Some("https://APP.example.com/x")),
             "https://app.example.com/x"
