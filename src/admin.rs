@@ -91,9 +91,15 @@ async fn handle(
 ) -> AdminResponse {
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
+    // Who made an admin call is part of its audit event (SECURITY.md 33), refusals included.
+    let user_agent = request
+        .headers()
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     match (&method, path.as_str()) {
         (&Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
-        (&Method::GET, "/readyz") => readyz(gateway),
+        (&Method::GET, "/readyz") => readyz(gateway).await,
         (&Method::GET, "/metrics") => metrics(gateway),
         (_, p) if p.starts_with("/admin/") => {
             let Some(token) = &settings.token else {
@@ -113,6 +119,7 @@ async fn handle(
                     event: "admin.denied",
                     reason_id: "admin.bad_token",
                     client_ip: Some(peer.ip()),
+                    user_agent: user_agent.as_deref(),
                     method: Some(method.as_str()),
                     path: Some(&path),
                     ..AuditEvent::default()
@@ -127,7 +134,16 @@ async fn handle(
                 );
                 return r;
             }
-            match admin(request, &method, &path, peer, gateway).await {
+            match admin(
+                request,
+                &method,
+                &path,
+                peer,
+                user_agent.as_deref(),
+                gateway,
+            )
+            .await
+            {
                 Ok(r) | Err(r) => r,
             }
         }
@@ -142,8 +158,16 @@ async fn handle(
     }
 }
 
-fn readyz(gateway: &Gateway) -> AdminResponse {
-    let healthy = gateway.store().is_healthy();
+async fn readyz(gateway: &Gateway) -> AdminResponse {
+    let store = gateway.store();
+    // A store whose last operation failed stays unhealthy until another one succeeds, and a
+    // load balancer that took this instance out of rotation sends no request that would make
+    // one: so the probe asks the store itself (one read of a key no user has, bounded by the
+    // store's timeout) once invalidations flow again.
+    if !store.is_healthy() && store.is_subscribed() {
+        let _ = store.ping().await;
+    }
+    let healthy = store.is_healthy();
     let status = if healthy {
         StatusCode::OK
     } else {
@@ -196,6 +220,7 @@ async fn admin(
     method: &Method,
     path: &str,
     peer: SocketAddr,
+    user_agent: Option<&str>,
     gateway: &Arc<Gateway>,
 ) -> Result<AdminResponse, AdminResponse> {
     let event = |event: &'static str,
@@ -208,6 +233,7 @@ async fn admin(
             subject,
             session,
             client_ip: Some(peer.ip()),
+            user_agent,
             method: Some(method.as_str()),
             path: Some(path),
             ..AuditEvent::default()

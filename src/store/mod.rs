@@ -303,6 +303,14 @@ impl Store {
         }
     }
 
+    /// Asks the store whether it answers, updating [`Store::is_healthy`] (a no-op for memory).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(_) => Ok(()),
+            Store::Redis(r) => r.ping().await,
+        }
+    }
+
     /// Whether invalidations are being received (always for memory).
     pub fn is_subscribed(&self) -> bool {
         match self {

@@ -584,6 +584,15 @@ impl RedisStore {
         &self.cache
     }
 
+    /// One `PING` on the data connection, under the store timeout: refreshes the health flag
+    /// when no request has (a readiness probe after an outage).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        self.run(async move { redis::cmd("PING").query_async::<String>(&mut conn).await })
+            .await
+            .map(|_| ())
+    }
+
     /// Whether this instance is subscribed to invalidations.
     pub fn is_subscribed(&self) -> bool {
         self.cache.is_subscribed()
