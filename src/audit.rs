@@ -90,8 +90,20 @@ pub struct Audit {
 #[derive(Debug, Default)]
 struct Inner {
     file: Option<mpsc::SyncSender<String>>,
+    stream: Option<tokio::sync::mpsc::Sender<String>>,
     dropped: AtomicU64,
     emitted: AtomicU64,
+}
+
+/// Where the Redis audit stream goes.
+#[derive(Debug, Clone)]
+pub struct AuditStream {
+    /// `redis://…` or `rediss://…`.
+    pub url: String,
+    /// The stream's key.
+    pub key: String,
+    /// Roughly how many events the stream keeps (`MAXLEN ~`).
+    pub maxlen: u64,
 }
 
 /// The audit file could not be opened.
@@ -168,6 +180,12 @@ impl Audit {
         };
         tracing::info!(target: "audit", "{json}");
         self.inner.emitted.fetch_add(1, Ordering::Relaxed);
+        if let Some(tx) = &self.inner.stream
+            && tx.try_send(json.clone()).is_err()
+        {
+            let dropped = self.inner.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::error!(dropped, "audit stream queue full: event not sent to Redis");
+        }
         if let Some(tx) = &self.inner.file {
             json.push('\n');
             if tx.try_send(json).is_err() {
@@ -175,6 +193,69 @@ impl Audit {
                 tracing::error!(dropped, "audit queue full: event not written to the file");
             }
         }
+    }
+
+    /// Also sends every event to a Redis stream (`XADD key MAXLEN ~ maxlen * event <json>`),
+    /// from a background task that reconnects with backoff. Events wait in a bounded queue
+    /// while Redis is away; beyond it they are counted as dropped. Must run inside Tokio.
+    pub fn with_redis_stream(self, settings: &AuditStream) -> Result<Self, AuditError> {
+        let client = redis::Client::open(settings.url.as_str()).map_err(|e| AuditError {
+            path: PathBuf::from("audit.redis_stream.url"),
+            source: std::io::Error::other(e),
+        })?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(QUEUE);
+        let key = settings.key.clone();
+        let maxlen = settings.maxlen;
+        tokio::spawn(async move {
+            let mut conn: Option<redis::aio::MultiplexedConnection> = None;
+            let mut backoff = std::time::Duration::from_millis(100);
+            while let Some(event) = rx.recv().await {
+                loop {
+                    if conn.is_none() {
+                        match client.get_multiplexed_async_connection().await {
+                            Ok(c) => conn = Some(c),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "audit stream: Redis unreachable");
+                                tokio::time::sleep(backoff).await;
+                                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                                continue;
+                            }
+                        }
+                    }
+                    let Some(c) = conn.as_mut() else { continue };
+                    let sent: redis::RedisResult<String> = redis::cmd("XADD")
+                        .arg(&key)
+                        .arg("MAXLEN")
+                        .arg("~")
+                        .arg(maxlen)
+                        .arg("*")
+                        .arg("event")
+                        .arg(&event)
+                        .query_async(c)
+                        .await;
+                    match sent {
+                        Ok(_) => {
+                            backoff = std::time::Duration::from_millis(100);
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "audit stream: XADD failed; retrying");
+                            conn = None;
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                        }
+                    }
+                }
+            }
+        });
+        let mut inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| Inner {
+            file: shared.file.clone(),
+            ..Inner::default()
+        });
+        inner.stream = Some(tx);
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
     }
 
     /// Events emitted since start.

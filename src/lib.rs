@@ -180,9 +180,11 @@ pub async fn start_from(
         runtime,
         watched: _,
     } = config;
-    let audit = match &audit.file {
-        Some(path) => Audit::to_file(path)?,
-        None => Audit::log_only(),
+    let audit = match (&audit.file, &audit.redis_stream) {
+        (Some(path), None) => Audit::to_file(path)?,
+        (Some(path), Some(stream)) => Audit::to_file(path)?.with_redis_stream(stream)?,
+        (None, Some(stream)) => Audit::log_only().with_redis_stream(stream)?,
+        (None, None) => Audit::log_only(),
     };
     let store = build_store(&store).await?;
     let mut gateway =

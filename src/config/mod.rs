@@ -173,6 +173,8 @@ impl std::fmt::Debug for AdminToken {
 pub struct AuditSettings {
     /// Append JSON lines to this file.
     pub file: Option<PathBuf>,
+    /// Also add events to this Redis stream.
+    pub redis_stream: Option<crate::audit::AuditStream>,
 }
 
 /// A compiled, validated config.
@@ -561,6 +563,7 @@ fn compile(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
                 default_body,
             )?,
             forward_authorization: r.forward_authorization.unwrap_or(false),
+            audit: r.audit.unwrap_or(false),
         };
         router.add(host, route).map_err(|m| invalid(&key, m))?;
     }
@@ -671,12 +674,36 @@ fn compile(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         gateway_cookies.push(crate::auth_flow::cookies::REFRESH_COOKIE.to_owned());
         gateway_cookies.push(crate::auth_flow::cookies::CSRF_COOKIE.to_owned());
     }
+    let redis_stream = match raw.audit.as_ref().and_then(|a| a.redis_stream.as_ref()) {
+        None => None,
+        Some(r) => {
+            if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://")) {
+                return Err(invalid(
+                    "audit.redis_stream.url",
+                    "must be a redis:// or rediss:// URL",
+                ));
+            }
+            let maxlen = r.maxlen.unwrap_or(1_000_000);
+            if maxlen == 0 {
+                return Err(invalid("audit.redis_stream.maxlen", "must be above zero"));
+            }
+            Some(crate::audit::AuditStream {
+                url: r.url.clone(),
+                key: r
+                    .key
+                    .clone()
+                    .unwrap_or_else(|| "portcullis:audit".to_owned()),
+                maxlen,
+            })
+        }
+    };
     let audit = AuditSettings {
         file: raw
             .audit
             .as_ref()
             .and_then(|a| a.file.as_deref())
             .map(&resolve),
+        redis_stream,
     };
 
     let runtime = Runtime {

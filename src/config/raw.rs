@@ -74,6 +74,23 @@ pub struct RawAudit {
     /// Append one JSON line per event to this file.
     #[serde(default)]
     pub file: Option<String>,
+    /// Also add every event to a Redis stream.
+    #[serde(default)]
+    pub redis_stream: Option<RawAuditStream>,
+}
+
+/// A Redis stream for audit events.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuditStream {
+    /// `redis://host:port/db` or `rediss://…`.
+    pub url: String,
+    /// The stream key (default `portcullis:audit`).
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Roughly how many events to keep (default 1,000,000).
+    #[serde(default)]
+    pub maxlen: Option<u64>,
 }
 
 /// The login flow and the tokens the gateway issues.
@@ -349,6 +366,9 @@ pub struct RawRoute {
     /// Pass the client's `Authorization` header to the upstream (off by default).
     #[serde(default)]
     pub forward_authorization: Option<bool>,
+    /// Write an `access.granted` audit event for every request this route lets through.
+    #[serde(default)]
+    pub audit: Option<bool>,
 }
 
 /// A route's access policy: `public`, `authenticated`, `{ all_of: [...] }` or `{ any_of: [...] }`.

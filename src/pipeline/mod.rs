@@ -99,64 +99,71 @@ pub async fn handle(
         client_ip,
         user_agent: user_agent.as_deref(),
     };
-    let mut response = match run(request, &runtime, &env, &mut trace).await {
-        Ok(response) => response,
-        Err(err) => {
-            let status = err.status();
-            metrics.refused(err.reason_id());
-            if status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::FORBIDDEN {
-                // The auth flow audits its own refusals with their context.
-                let from_auth_flow = matches!(err, GatewayError::Auth(_));
-                if !from_auth_flow {
-                    audit.emit(&AuditEvent {
-                        event: if status == http::StatusCode::FORBIDDEN {
-                            "access.forbidden"
-                        } else {
-                            "access.unauthorized"
-                        },
-                        reason_id: err.reason_id(),
-                        subject: trace.token.as_ref().map(|t| &*t.subject),
-                        session: trace.token.as_ref().and_then(|t| t.session.as_deref()),
-                        client_ip: Some(client_ip),
-                        user_agent: user_agent.as_deref(),
-                        route: trace.route,
-                        method: Some(method.as_str()),
-                        path: trace.path.as_deref(),
-                        request_id: request_id.to_str().ok(),
-                        detail: None,
-                    });
+    // Every line logged while handling the request carries its id (at debug level, where the
+    // per-request lines are; the info-level refusal line below names it itself). Disabled
+    // spans cost a level check, so the hot path pays nothing at the default level.
+    let span = tracing::debug_span!("request", request_id = request_id.to_str().unwrap_or(""));
+    let mut response =
+        match tracing::Instrument::instrument(run(request, &runtime, &env, &mut trace), span).await
+        {
+            Ok(response) => response,
+            Err(err) => {
+                let status = err.status();
+                metrics.refused(err.reason_id());
+                if status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::FORBIDDEN
+                {
+                    // The auth flow audits its own refusals with their context.
+                    let from_auth_flow = matches!(err, GatewayError::Auth(_));
+                    if !from_auth_flow {
+                        audit.emit(&AuditEvent {
+                            event: if status == http::StatusCode::FORBIDDEN {
+                                "access.forbidden"
+                            } else {
+                                "access.unauthorized"
+                            },
+                            reason_id: err.reason_id(),
+                            subject: trace.token.as_ref().map(|t| &*t.subject),
+                            session: trace.token.as_ref().and_then(|t| t.session.as_deref()),
+                            client_ip: Some(client_ip),
+                            user_agent: user_agent.as_deref(),
+                            route: trace.route,
+                            method: Some(method.as_str()),
+                            path: trace.path.as_deref(),
+                            request_id: request_id.to_str().ok(),
+                            detail: None,
+                        });
+                    }
                 }
-            }
-            tracing::info!(
-                request_id = request_id.to_str().unwrap_or(""),
-                client.ip = %conn.peer.ip(),
-                method = %method,
-                route.id = trace.route,
-                subject = trace.token.as_ref().map(|t| &*t.subject),
-                status = err.status().as_u16(),
-                reason_id = err.reason_id(),
-                error = %err,
-                "request refused"
-            );
-            let return_to = (browser && runtime.login_url.is_some())
-                .then(|| target.as_ref().and_then(return_path))
-                .flatten();
-            let ctx = ErrorContext {
-                request_id: &request_id,
-                browser,
-                login_url: runtime.login_url.as_deref(),
-                return_to: return_to.as_deref(),
-            };
-            let mut response = error_response(&err, &ctx);
-            if matches!(err, GatewayError::BadRequest(BadRequest::Framing)) {
-                // The rest of the stream cannot be trusted to be framed as the client meant.
+                tracing::info!(
+                    request_id = request_id.to_str().unwrap_or(""),
+                    client.ip = %conn.peer.ip(),
+                    method = %method,
+                    route.id = trace.route,
+                    subject = trace.token.as_ref().map(|t| &*t.subject),
+                    status = err.status().as_u16(),
+                    reason_id = err.reason_id(),
+                    error = %err,
+                    "request refused"
+                );
+                let return_to = (browser && runtime.login_url.is_some())
+                    .then(|| target.as_ref().and_then(return_path))
+                    .flatten();
+                let ctx = ErrorContext {
+                    request_id: &request_id,
+                    browser,
+                    login_url: runtime.login_url.as_deref(),
+                    return_to: return_to.as_deref(),
+                };
+                let mut response = error_response(&err, &ctx);
+                if matches!(err, GatewayError::BadRequest(BadRequest::Framing)) {
+                    // The rest of the stream cannot be trusted to be framed as the client meant.
+                    response
+                        .headers_mut()
+                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 response
-                    .headers_mut()
-                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             }
-            response
-        }
-    };
+        };
     if let Some(hsts) = &conn.hsts {
         response
             .headers_mut()
@@ -277,6 +284,21 @@ async fn run<'rt>(
         metrics
             .allowed
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if route.audit {
+            env.audit.emit(&AuditEvent {
+                event: "access.granted",
+                reason_id: "authz.granted",
+                subject: Some(&verified.subject),
+                session: verified.session.as_deref(),
+                client_ip: Some(env.client_ip),
+                user_agent: env.user_agent,
+                route: Some(&route.id),
+                method: Some(request.method().as_str()),
+                path: Some(&path.path),
+                request_id: request_id.to_str().ok(),
+                detail: None,
+            });
+        }
         Some((verified, grant))
     };
 

@@ -36,6 +36,8 @@ pub struct Route {
     pub max_body: u64,
     /// Whether the client's `Authorization` header is passed on.
     pub forward_authorization: bool,
+    /// Audit every request let through (`access.granted`).
+    pub audit: bool,
     /// This route's response counters (shared by every config generation with this id).
     pub counters: std::sync::Arc<crate::metrics::RouteCounters>,
 }
@@ -264,6 +266,7 @@ mod tests {
             policy: Policy::Public,
             max_body: 0,
             forward_authorization: false,
+            audit: false,
         }
     }
 
