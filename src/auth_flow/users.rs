@@ -28,7 +28,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use argon2::password_hash::{self, PasswordHasher as _, PasswordVerifier as _};
@@ -678,90 +677,6 @@ impl UsersHandle {
         self.current.store(Arc::new(users));
         Ok(true)
     }
-
-    /// Polls the file's (modification time, length, inode) every `interval` and reloads when
-    /// they change, until `shutdown` becomes `true` or its sender is dropped. Logs `info` when
-    /// new users are applied and `warn` when a file is refused (the old users stay).
-    ///
-    /// Polling rather than inotify: no extra dependency, works on every filesystem and with
-    /// editors and config managers that replace the file by rename (the inode changes). A
-    /// change within one interval is seen at the next tick; an unchanged-content touch costs
-    /// a read and a hash comparison, not a re-parse.
-    pub fn spawn_watch(
-        self: Arc<Self>,
-        interval: Duration,
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
-    ) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            // `None` until the first tick, which therefore always checks the file: a change made
-            // between the initial load and this task's start is not missed (an unchanged file
-            // costs a read and a SHA-256, no re-parse).
-            let mut last: Option<Option<FileStamp>> = None;
-            let mut ticks = tokio::time::interval(interval);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                if *shutdown.borrow_and_update() {
-                    return;
-                }
-                tokio::select! {
-                    _ = ticks.tick() => {}
-                    changed = shutdown.changed() => {
-                        if changed.is_err() {
-                            return; // the sender is gone: nobody can ask us to stop any more
-                        }
-                        continue;
-                    }
-                }
-                let now = stamp(&self.path);
-                if last == Some(now) {
-                    continue;
-                }
-                // Record the stamp before reading: a write landing after this point changes
-                // the stamp again and is picked up at the next tick.
-                last = Some(now);
-                let handle = Arc::clone(&self);
-                match tokio::task::spawn_blocking(move || handle.reload()).await {
-                    Ok(Ok(true)) => tracing::info!(
-                        path = %self.path.display(),
-                        users = self.current.load().len(),
-                        "users file reloaded"
-                    ),
-                    Ok(Ok(false)) => {}
-                    Ok(Err(error)) => tracing::warn!(
-                        path = %self.path.display(),
-                        %error,
-                        "users file refused; keeping the previous users"
-                    ),
-                    Err(error) => tracing::warn!(
-                        path = %self.path.display(),
-                        %error,
-                        "users file reload did not run"
-                    ),
-                }
-            }
-        })
-    }
-}
-
-/// What the watcher compares between ticks; `None` when the file cannot be stat'ed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileStamp {
-    modified: Option<SystemTime>,
-    len: u64,
-    inode: u64,
-}
-
-fn stamp(path: &Path) -> Option<FileStamp> {
-    let meta = std::fs::metadata(path).ok()?;
-    #[cfg(unix)]
-    let inode = std::os::unix::fs::MetadataExt::ino(&meta);
-    #[cfg(not(unix))]
-    let inode = 0;
-    Some(FileStamp {
-        modified: meta.modified().ok(),
-        len: meta.len(),
-        inode,
-    })
 }
 
 #[cfg(test)]
@@ -1138,41 +1053,5 @@ mod tests {
         assert!(matches!(handle.reload(), Err(UsersError::Read { .. })));
         assert!(Arc::ptr_eq(&before, &handle.current()));
         assert!(handle.current().get("alice").is_some());
-    }
-
-    // Real time, briefly: tokio's paused clock needs its `test-util` feature, which the crate
-    // does not enable. Polls until the change lands (bounded), never asserts a duration.
-    #[tokio::test]
-    async fn the_watcher_applies_a_change_and_stops_on_shutdown() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("users.yaml");
-        std::fs::write(&path, users_yaml()).unwrap();
-        let handle = Arc::new(handle_on(&path));
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let task = Arc::clone(&handle).spawn_watch(Duration::from_millis(10), stopped);
-
-        // A different length guarantees a different stamp whatever the mtime granularity.
-        let only_bob = format!(
-            "users:\n  - username: bob\n    password_hash: \"{}\"\n",
-            cheap_hash("bob-pw")
-        );
-        std::fs::write(&path, only_bob).unwrap();
-        for _ in 0..1000 {
-            if handle.current().get("bob").is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(
-            handle.current().get("bob").is_some(),
-            "the watcher applied the new file"
-        );
-        assert_eq!(handle.current().len(), 1);
-
-        stop.send(true).unwrap();
-        tokio::time::timeout(Duration::from_secs(10), task)
-            .await
-            .expect("the watcher stops on shutdown")
-            .unwrap();
     }
 }
