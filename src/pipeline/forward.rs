@@ -50,6 +50,9 @@ pub struct HttpUpstream {
     authority: Authority,
     /// Path prefix prepended to every forwarded path, without a trailing slash.
     base_path: String,
+    /// `Host` for HTTP/1.1 requests, made once: left to the client, it is formatted anew for
+    /// every request.
+    host: HeaderValue,
     client: Client<HttpsConnector<HttpConnector>, GatewayBody>,
     settings: UpstreamSettings,
 }
@@ -93,6 +96,13 @@ impl HttpUpstream {
             return Err("the URL must not have a query".into());
         }
         let base_path = url.path().trim_end_matches('/').to_owned();
+        // As hyper-util writes it: the host, and the port unless it is the scheme's default.
+        let default_port = if scheme == Scheme::HTTPS { 443 } else { 80 };
+        let host = match authority.port_u16() {
+            Some(port) if port != default_port => format!("{}:{port}", authority.host()),
+            _ => authority.host().to_owned(),
+        };
+        let host = HeaderValue::from_str(&host).map_err(|_| "the URL's host is not valid")?;
 
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -117,6 +127,7 @@ impl HttpUpstream {
             scheme,
             authority,
             base_path,
+            host,
             client,
             settings,
         })
@@ -185,6 +196,8 @@ async fn forward_http(
         && let Some(host) = client_host
     {
         request.headers_mut().insert(HOST, host);
+    } else if !up.settings.h2 {
+        request.headers_mut().insert(HOST, up.host.clone());
     }
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
 
@@ -252,10 +265,16 @@ fn caused_by_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
 
 /// Removes hop-by-hop headers from an upstream response.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    for name in mutate::connection_listed(headers) {
-        headers.remove(name);
-    }
-    for name in mutate::HOP_BY_HOP {
+    // One pass over the (few) response headers instead of a hashed removal per hop-by-hop
+    // name; nothing is allocated when there is nothing to remove, the usual case.
+    let mut doomed = mutate::connection_listed(headers);
+    doomed.extend(
+        headers
+            .keys()
+            .filter(|n| mutate::HOP_BY_HOP.contains(&n.as_str()))
+            .cloned(),
+    );
+    for name in &doomed {
         headers.remove(name);
     }
 }

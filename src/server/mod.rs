@@ -248,14 +248,17 @@ impl ConnectionTask {
         let gateway = Arc::clone(&self.gateway);
         let conn = Arc::new(conn);
         let peer = conn.peer;
-        // Signalled by every request; `Notify` keeps a permit, so a request that arrives before
-        // the deadline below starts waiting still counts.
-        let request_seen = Arc::new(tokio::sync::Notify::new());
-        let seen = Arc::clone(&request_seen);
+        // When the latest request arrived, in milliseconds since `opened` (0: none yet). A
+        // request only stores a number: the quiet timer below reads it when it fires, so a
+        // busy connection costs no wake-up and no timer re-arm per request.
+        let opened = tokio::time::Instant::now();
+        let last_request = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let seen = Arc::clone(&last_request);
         let service = service_fn(move |request| {
             let gateway = Arc::clone(&gateway);
             let conn = Arc::clone(&conn);
-            seen.notify_one();
+            let since = opened.elapsed().as_millis() as u64;
+            seen.store(since.max(1), std::sync::atomic::Ordering::Relaxed);
             async move {
                 // The runtime snapshot is taken once per request: a reload never changes the
                 // rules halfway through one.
@@ -275,16 +278,27 @@ impl ConnectionTask {
         // that (→ `true`). hyper bounds an HTTP/1 keep-alive wait itself, but an HTTP/2
         // connection with no open stream would otherwise hold its permit forever.
         let quiet = async {
-            let mut wait = self.first_request_timeout;
-            let mut served = false;
-            while tokio::time::timeout(wait, request_seen.notified())
-                .await
-                .is_ok()
-            {
-                served = true;
-                wait = self.idle_timeout;
+            let first_deadline = opened + self.first_request_timeout;
+            // Wake at least every `idle_timeout`: a first request is only seen when we look.
+            let mut deadline = first_deadline.min(opened + self.idle_timeout);
+            loop {
+                tokio::time::sleep_until(deadline).await;
+                let last = last_request.load(std::sync::atomic::Ordering::Relaxed);
+                if last == 0 {
+                    let now = tokio::time::Instant::now();
+                    if now >= first_deadline {
+                        return false;
+                    }
+                    deadline = first_deadline.min(now + self.idle_timeout);
+                    continue;
+                }
+                let idle_until =
+                    opened + std::time::Duration::from_millis(last) + self.idle_timeout;
+                if idle_until <= tokio::time::Instant::now() {
+                    return true;
+                }
+                deadline = idle_until;
             }
-            served
         };
         let result = tokio::select! {
             result = connection.as_mut() => result,
