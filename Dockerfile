@@ -25,7 +25,9 @@ COPY examples/keys/demo-ed25519.pub.pem ./examples/keys/
 COPY examples/users.yaml ./examples/
 RUN cargo build --release --locked --bin portcullis \
  && strip target/release/portcullis \
- && sed 's/bind: 127.0.0.1:8080/bind: 0.0.0.0:8080/' gateway.yaml > gateway.container.yaml \
+ && sed -e 's/bind: 127.0.0.1:8080/bind: 0.0.0.0:8080/' \
+        -e 's/bind: 127.0.0.1:9090/bind: 0.0.0.0:9090/' \
+        -e 's#file: audit.jsonl#file: /tmp/audit.jsonl#' gateway.yaml > gateway.container.yaml \
  && ./target/release/portcullis check --config gateway.container.yaml
 
 # ---- runtime -----------------------------------------------------------------------------
@@ -38,7 +40,9 @@ COPY --chown=root:root examples/keys/demo-ed25519.pub.pem /etc/portcullis/exampl
 COPY --chown=root:root examples/users.yaml /etc/portcullis/examples/users.yaml
 # uid 65532 ("nonroot"); config and keys are root-owned and read-only to it.
 USER nonroot:nonroot
-EXPOSE 8080 8443
+# 8080 proxy, 9090 admin (health, readiness, metrics; the example sets no admin token, so the
+# admin API is off).
+EXPOSE 8080 8443 9090
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/portcullis"]
 CMD ["run", "--config", "/etc/portcullis/gateway.yaml", "--log-format", "json"]
