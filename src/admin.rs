@@ -247,7 +247,7 @@ async fn admin(
                 .uri()
                 .query()
                 .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("user=")))
-                .map(percent_decode)
+                .and_then(crate::auth_flow::handlers::url_decode)
                 .filter(|u| !u.is_empty())
                 .ok_or_else(|| bad("the query parameter `user` is required"))?;
             let sessions = store.sessions_of(&user, now).await.map_err(unavailable)?;
@@ -389,24 +389,4 @@ fn json(status: StatusCode, value: serde_json::Value) -> AdminResponse {
         HeaderValue::from_static("no-store"),
     );
     r
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(v) = text
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }

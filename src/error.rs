@@ -361,7 +361,8 @@ fn login_location(login: &str, return_to: Option<&str>) -> String {
     format!("{login}{sep}return_to={}", percent_encode(&target))
 }
 
-fn percent_encode(text: &str) -> String {
+/// Percent-encodes everything but unreserved characters and `/` (for a path in a query value).
+pub(crate) fn percent_encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len() * 3);
     for b in text.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {

@@ -274,7 +274,7 @@ async fn login(
         created_at: now,
         last_seen: now,
         ip: env.client.ip.to_string(),
-        user_agent: truncate(&env.client.user_agent, MAX_USER_AGENT).to_owned(),
+        user_agent: crate::audit::truncate(&env.client.user_agent, MAX_USER_AGENT).to_owned(),
         absolute_expiry: now + absolute.as_secs() as i64,
         idle_expiry: now + idle.min(absolute).as_secs() as i64,
         remember_me: input.remember_me,
@@ -664,7 +664,10 @@ fn refresh_error_response(
 ) -> Response<GatewayBody> {
     if form {
         let target = env.auth.redirect.target(return_to);
-        let location = format!("{LOGIN_PATH}?return_to={}", percent_encode(&target));
+        let location = format!(
+            "{LOGIN_PATH}?return_to={}",
+            crate::error::percent_encode(&target)
+        );
         return see_other(&location);
     }
     crate::error::error_response(
@@ -1257,7 +1260,9 @@ fn form_field(text: &str, name: &str) -> Option<String> {
     })
 }
 
-fn url_decode(text: &str) -> Option<String> {
+/// Decodes `application/x-www-form-urlencoded` text (`+` is a space); `None` for a bad escape
+/// or invalid UTF-8.
+pub(crate) fn url_decode(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -1274,29 +1279,6 @@ fn url_decode(text: &str) -> Option<String> {
         i += 1;
     }
     String::from_utf8(out).ok()
-}
-
-fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() * 3);
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 #[cfg(test)]
