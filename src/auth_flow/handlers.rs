@@ -121,10 +121,7 @@ struct LoginInput {
 
 fn login_page(headers: &HeaderMap, query: Option<&str>, env: &Env<'_>) -> Response<GatewayBody> {
     let return_to = query.and_then(|q| form_field(q, "return_to"));
-    let (csrf_token, fresh) = match cookies::read(headers, cookies::CSRF_COOKIE) {
-        Some(c) if c.len() >= 22 => (c.to_owned(), false),
-        _ => (tokens::random_token(32), true),
-    };
+    let (csrf_token, fresh) = page_csrf_token(headers);
     // A refresh cookie means this browser has a session whose access token expired: offer the
     // refresh (a POST) instead of the form. Reading this page changes nothing.
     let body = if cookies::read(headers, cookies::REFRESH_COOKIE).is_some() {
@@ -469,15 +466,13 @@ async fn refresh(
                     None,
                 );
             };
-            let presented_csrf = input
-                .csrf
-                .clone()
-                .or_else(|| header_str(&headers, "x-csrf-token").map(str::to_owned));
-            csrf::token_matches(
-                cookies::read(&headers, cookies::CSRF_COOKIE),
-                presented_csrf.as_deref(),
-            )
-            .map_err(|e| refused(env, "refresh.failure", audit_path, e))?;
+            check_csrf_token(
+                env,
+                &headers,
+                input.csrf.as_deref(),
+                "refresh.failure",
+                audit_path,
+            )?;
             (cookie.to_owned(), true)
         }
     };
@@ -528,55 +523,29 @@ async fn refresh(
         );
     }
 
-    let current_user = auth.users.current();
-    let user = current_user.get(&subject).filter(|u| !u.disabled);
-    let Some(user) = user else {
-        // The user was deleted or disabled: the session ends here (SECURITY.md 11).
-        env.store.revoke_session(&subject, sid).await?;
-        return refresh_failed(
-            env,
-            form,
-            input.return_to.as_deref(),
-            "refresh.user_disabled",
-            Some(&subject),
-        );
-    };
-    let Some(record) = env.store.session(&subject, sid, now).await? else {
-        return refresh_failed(
-            env,
-            form,
-            input.return_to.as_deref(),
-            "refresh.invalid",
-            Some(&subject),
-        );
-    };
-    let (idle, absolute) = auth.lifetimes.of(record.remember_me);
-    let successor = tokens::new_refresh_token(&subject, sid);
-    let rotation = Rotation {
-        subject: &subject,
-        session: sid,
-        presented: tokens::refresh_hash(&presented),
-        successor: tokens::refresh_hash(&successor),
-        successor_expires_at: (now + idle.as_secs() as i64).min(record.absolute_expiry),
-        now,
-        grace: auth.refresh_grace.as_secs() as i64,
-        idle: idle.as_secs() as i64,
-    };
-    let (record, new_refresh, reason) = match env.store.rotate_refresh(&rotation).await? {
-        RotateOutcome::Rotated(record) => (record, Some(successor), "refresh.rotated"),
-        // Another request (a second tab) rotated this token a moment ago: it got the successor;
-        // this one gets an access token and keeps no refresh token of its own.
-        RotateOutcome::Concurrent(record) => (record, None, "refresh.concurrent"),
-        RotateOutcome::ReuseDetected { subject } => {
-            env.audit.emit(&AuditEvent {
-                subject: Some(&subject),
-                session: Some(sid),
-                ..env.event(
-                    "refresh.reuse_detected",
-                    "refresh.reuse_detected",
-                    audit_path,
-                )
-            });
+    let rotated = match rotate(env, &subject, sid, &presented, now).await? {
+        Ok(rotated) => rotated,
+        Err(RotateRefusal::UserDisabled) => {
+            // The user was deleted or disabled: the session ends here (SECURITY.md 11).
+            env.store.revoke_session(&subject, sid).await?;
+            return refresh_failed(
+                env,
+                form,
+                input.return_to.as_deref(),
+                "refresh.user_disabled",
+                Some(&subject),
+            );
+        }
+        Err(RotateRefusal::Invalid) => {
+            return refresh_failed(
+                env,
+                form,
+                input.return_to.as_deref(),
+                "refresh.invalid",
+                Some(&subject),
+            );
+        }
+        Err(RotateRefusal::Reuse) => {
             let mut response = refresh_error_response(
                 form,
                 input.return_to.as_deref(),
@@ -588,17 +557,13 @@ async fn refresh(
             }
             return Ok(response);
         }
-        RotateOutcome::Invalid => {
-            return refresh_failed(
-                env,
-                form,
-                input.return_to.as_deref(),
-                "refresh.invalid",
-                Some(&subject),
-            );
-        }
     };
-    let access = mint(auth, &subject, sid, &user.roles, now)?;
+    let access = mint(auth, &subject, sid, &rotated.roles, now)?;
+    let reason = if rotated.successor.is_some() {
+        "refresh.rotated"
+    } else {
+        "refresh.concurrent"
+    };
     env.audit.emit(&AuditEvent {
         subject: Some(&subject),
         session: Some(sid),
@@ -611,7 +576,7 @@ async fn refresh(
             "expires_in": auth.access_ttl.as_secs(),
             "session": sid,
         });
-        if let Some(rt) = &new_refresh {
+        if let Some(rt) = &rotated.successor {
             body["refresh_token"] = rt.as_str().into();
         }
         return Ok(json(StatusCode::OK, &body));
@@ -624,13 +589,13 @@ async fn refresh(
             &serde_json::json!({ "subject": subject, "session": sid, "expires_in": auth.access_ttl.as_secs() }),
         )
     };
-    let persistent = record.remember_me.then_some(absolute);
+    let (_, absolute) = auth.lifetimes.of(rotated.remember_me);
     set_token_cookies(
         response.headers_mut(),
         auth,
         &access,
-        new_refresh.as_deref(),
-        persistent,
+        rotated.successor.as_deref(),
+        rotated.remember_me.then_some(absolute),
     );
     Ok(response)
 }
@@ -697,7 +662,8 @@ struct Signed {
     rotated: Option<Rotated>,
 }
 
-/// A refresh done on the way, for a page whose access token expired while it was open.
+/// A rotated refresh token: its successor (none after a concurrent rotation) and what the new
+/// access token and cookies need.
 #[derive(Debug)]
 struct Rotated {
     successor: Option<String>,
@@ -722,20 +688,53 @@ async fn caller(headers: &HeaderMap, env: &Env<'_>) -> Result<Option<Signed>, Ga
     let Some((subject, sid)) = tokens::parse_refresh_token(cookie) else {
         return Ok(None);
     };
-    let users = env.auth.users.current();
-    let Some(user) = users.get(&subject).filter(|u| !u.disabled) else {
+    let now = verify::unix_now();
+    let Ok(rotated) = rotate(env, &subject, sid, cookie, now).await? else {
         return Ok(None);
     };
-    let now = verify::unix_now();
-    let Some(record) = env.store.session(&subject, sid, now).await? else {
-        return Ok(None);
+    Ok(Some(Signed {
+        subject: subject.clone(),
+        session: sid.to_owned(),
+        jti: None,
+        expires_at: now,
+        rotated: Some(rotated),
+    }))
+}
+
+/// Why [`rotate`] refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RotateRefusal {
+    /// The user no longer exists or is disabled.
+    UserDisabled,
+    /// Unknown or expired token, or an ended session.
+    Invalid,
+    /// A used token came back after the grace window: the store ended the session (audited).
+    Reuse,
+}
+
+/// Exchanges the refresh token `presented` of `subject`'s session `sid` for its successor —
+/// the one place a refresh token is rotated, for `/auth/refresh` and for a caller proving
+/// itself with its refresh cookie. Reuse outside the grace window is audited here.
+async fn rotate(
+    env: &Env<'_>,
+    subject: &str,
+    sid: &str,
+    presented: &str,
+    now: i64,
+) -> Result<Result<Rotated, RotateRefusal>, GatewayError> {
+    let users = env.auth.users.current();
+    let Some(user) = users.get(subject).filter(|u| !u.disabled) else {
+        return Ok(Err(RotateRefusal::UserDisabled));
+    };
+    let Some(record) = env.store.session(subject, sid, now).await? else {
+        return Ok(Err(RotateRefusal::Invalid));
     };
     let (idle, _) = env.auth.lifetimes.of(record.remember_me);
-    let successor = tokens::new_refresh_token(&subject, sid);
+    let successor = tokens::new_refresh_token(subject, sid);
     let rotation = Rotation {
-        subject: &subject,
+        subject,
         session: sid,
-        presented: tokens::refresh_hash(cookie),
+        presented: tokens::refresh_hash(presented),
         successor: tokens::refresh_hash(&successor),
         successor_expires_at: (now + idle.as_secs() as i64).min(record.absolute_expiry),
         now,
@@ -744,6 +743,8 @@ async fn caller(headers: &HeaderMap, env: &Env<'_>) -> Result<Option<Signed>, Ga
     };
     let successor = match env.store.rotate_refresh(&rotation).await? {
         RotateOutcome::Rotated(_) => Some(successor),
+        // Another request (a second tab) rotated this token a moment ago: it got the
+        // successor; this one gets an access token and keeps no refresh token of its own.
         RotateOutcome::Concurrent(_) => None,
         RotateOutcome::ReuseDetected { subject } => {
             env.audit.emit(&AuditEvent {
@@ -755,20 +756,14 @@ async fn caller(headers: &HeaderMap, env: &Env<'_>) -> Result<Option<Signed>, Ga
                     "/auth/refresh",
                 )
             });
-            return Ok(None);
+            return Ok(Err(RotateRefusal::Reuse));
         }
-        RotateOutcome::Invalid => return Ok(None),
+        RotateOutcome::Invalid => return Ok(Err(RotateRefusal::Invalid)),
     };
-    Ok(Some(Signed {
-        subject: subject.clone(),
-        session: sid.to_owned(),
-        jti: None,
-        expires_at: now,
-        rotated: Some(Rotated {
-            successor,
-            remember_me: record.remember_me,
-            roles: user.roles.clone(),
-        }),
+    Ok(Ok(Rotated {
+        successor,
+        remember_me: record.remember_me,
+        roles: user.roles.clone(),
     }))
 }
 
@@ -826,9 +821,29 @@ fn needs_csrf(headers: &HeaderMap, auth: &AuthSettings) -> bool {
             .any(|n| n == auth.access_cookie || n == cookies::REFRESH_COOKIE))
 }
 
-/// The CSRF token a state-changing request repeats: the form field, else the header.
-fn presented_csrf<'a>(form: Option<&'a str>, headers: &'a HeaderMap) -> Option<&'a str> {
-    form.or_else(|| header_str(headers, "x-csrf-token"))
+/// The double-submit check: the request repeats the CSRF cookie's value in the form field
+/// (`field`) or else the `X-CSRF-Token` header. A refusal is audited as `event` on `path`.
+fn check_csrf_token(
+    env: &Env<'_>,
+    headers: &HeaderMap,
+    field: Option<&str>,
+    event: &'static str,
+    path: &str,
+) -> Result<(), GatewayError> {
+    csrf::token_matches(
+        cookies::read(headers, cookies::CSRF_COOKIE),
+        field.or_else(|| header_str(headers, "x-csrf-token")),
+    )
+    .map_err(|e| refused(env, event, path, e))
+}
+
+/// The CSRF token a page embeds in its forms: the browser's cookie when it has a usable one,
+/// else a new one (`true`: set it as the cookie with the page).
+fn page_csrf_token(headers: &HeaderMap) -> (String, bool) {
+    match cookies::read(headers, cookies::CSRF_COOKIE) {
+        Some(c) if c.len() >= 22 => (c.to_owned(), false),
+        _ => (tokens::random_token(32), true),
+    }
 }
 
 async fn logout(
@@ -845,11 +860,7 @@ async fn logout(
     let field = body_csrf(kind, &body);
     // The CSRF token first: proving the caller by its refresh cookie rotates it.
     if needs_csrf(&headers, auth) {
-        csrf::token_matches(
-            cookies::read(&headers, cookies::CSRF_COOKIE),
-            presented_csrf(field.as_deref(), &headers),
-        )
-        .map_err(|e| refused(env, "logout", audit_path, e))?;
+        check_csrf_token(env, &headers, field.as_deref(), "logout", audit_path)?;
     }
     let signed = caller(&headers, env).await?;
     let (subject, sid, reason) = match &signed {
@@ -898,11 +909,14 @@ async fn logout_all(
     let (kind, body) = read_body_or_empty(request).await?;
     let form = kind == Some(BodyKind::Form);
     if needs_csrf(&headers, auth) {
-        csrf::token_matches(
-            cookies::read(&headers, cookies::CSRF_COOKIE),
-            presented_csrf(body_csrf(kind, &body).as_deref(), &headers),
-        )
-        .map_err(|e| refused(env, "logout_all", "/auth/logout-all", e))?;
+        let field = body_csrf(kind, &body);
+        check_csrf_token(
+            env,
+            &headers,
+            field.as_deref(),
+            "logout_all",
+            "/auth/logout-all",
+        )?;
     }
     let Some(signed) = caller(&headers, env).await? else {
         return Err(not_signed_in(env, "POST", "/auth/logout-all"));
@@ -944,10 +958,7 @@ async fn sessions_page(
     };
     let now = verify::unix_now();
     let list = env.store.sessions_of(&signed.subject, now).await?;
-    let (csrf_token, fresh) = match cookies::read(headers, cookies::CSRF_COOKIE) {
-        Some(c) if c.len() >= 22 => (c.to_owned(), false),
-        _ => (tokens::random_token(32), true),
-    };
+    let (csrf_token, fresh) = page_csrf_token(headers);
     let wants_json = header_str(headers, "accept")
         .is_some_and(|a| a.contains("application/json") && !a.contains("text/html"));
     let mut response = if wants_json {
@@ -1013,11 +1024,14 @@ async fn revoke(
         .map_err(|e| refused(env, "session.revoke", "/auth/sessions/revoke", e))?;
     let (kind, body) = read_body(request).await?;
     if needs_csrf(&headers, env.auth) {
-        csrf::token_matches(
-            cookies::read(&headers, cookies::CSRF_COOKIE),
-            presented_csrf(body_csrf(Some(kind), &body).as_deref(), &headers),
-        )
-        .map_err(|e| refused(env, "session.revoke", "/auth/sessions/revoke", e))?;
+        let field = body_csrf(Some(kind), &body);
+        check_csrf_token(
+            env,
+            &headers,
+            field.as_deref(),
+            "session.revoke",
+            "/auth/sessions/revoke",
+        )?;
     }
     let Some(signed) = caller(&headers, env).await? else {
         return Err(not_signed_in(env, "POST", "/auth/sessions/revoke"));
