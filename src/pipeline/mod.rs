@@ -85,11 +85,10 @@ pub async fn handle(
     // Kept (a reference-counted clone) only to build the login return path if one is needed.
     let target = request.uri().path_and_query().cloned();
     let mut trace = Trace::default();
-    let user_agent = request
-        .headers()
-        .get(http::header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    // A reference-counted clone of the header, not a copy of the text: it is read only by the
+    // audit trail and the auth flow.
+    let user_agent_header = request.headers().get(http::header::USER_AGENT).cloned();
+    let user_agent = user_agent_header.as_ref().and_then(|v| v.to_str().ok());
     let client_ip = mutate::client_ip(conn.peer.ip(), request.headers(), &runtime.mutate);
     let env = RunEnv {
         conn,
@@ -97,7 +96,7 @@ pub async fn handle(
         audit,
         request_id: &request_id,
         client_ip,
-        user_agent: user_agent.as_deref(),
+        user_agent,
     };
     // Every line logged while handling the request carries its id (at debug level, where the
     // per-request lines are; the info-level refusal line below names it itself). Disabled
@@ -125,7 +124,7 @@ pub async fn handle(
                             subject: trace.token.as_ref().map(|t| &*t.subject),
                             session: trace.token.as_ref().and_then(|t| t.session.as_deref()),
                             client_ip: Some(client_ip),
-                            user_agent: user_agent.as_deref(),
+                            user_agent,
                             route: trace.route,
                             method: Some(method.as_str()),
                             path: trace.path.as_deref(),
@@ -247,59 +246,67 @@ async fn run<'rt>(
         .route(host.as_deref(), path.segments(), request.method())?;
     trace.route = Some(&route.id);
     trace.counters = Some(&route.counters);
-    if !matches!(route.policy, Policy::Public) {
-        // Kept for the audit event of a refusal.
-        trace.path = Some(path.path.clone());
-    }
 
     // 2–5: only for routes that need an identity.
     let identity = if matches!(route.policy, Policy::Public) {
         None
     } else {
-        let token = credential::credential(request.headers(), &rt.cookie_name)?
-            .ok_or(GatewayError::MissingCredential)?;
-        let now = verify::unix_now();
-        let metrics = crate::metrics::global();
-        let t = std::time::Instant::now();
-        let verified = verify::verify(token, &rt.verifier, &rt.token_cache, &rt.permissions, now)?;
-        metrics.verify_latency.observe(t.elapsed());
-        trace.token = Some(Arc::clone(&verified));
-        let t = std::time::Instant::now();
-        let checked = session::session(&verified, store, now).await;
-        metrics.store_latency.observe(t.elapsed());
-        checked?;
-        // 4b. a token this gateway issued: its user must still exist and be enabled, and the
-        // permissions are those of the user's roles now, not when the token was minted.
-        let grant = match &rt.auth {
-            Some(auth) if verified.issuer == auth.issuer_index => Some(
-                auth.grant(&verified.subject, &rt.permissions)
-                    .ok_or(GatewayError::UserDisabled)?,
-            ),
-            _ => None,
-        };
-        let permissions = grant
-            .as_ref()
-            .map_or(&verified.permissions, |g| &g.permissions);
-        authorize::authorize(&route.policy, permissions)?;
-        metrics
-            .allowed
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if route.audit {
-            env.audit.emit(&AuditEvent {
-                event: "access.granted",
-                reason_id: "authz.granted",
-                subject: Some(&verified.subject),
-                session: verified.session.as_deref(),
-                client_ip: Some(env.client_ip),
-                user_agent: env.user_agent,
-                route: Some(&route.id),
-                method: Some(request.method().as_str()),
-                path: Some(&path.path),
-                request_id: request_id.to_str().ok(),
-                detail: None,
-            });
+        let identified = async {
+            let token = credential::credential(request.headers(), &rt.cookie_name)?
+                .ok_or(GatewayError::MissingCredential)?;
+            let now = verify::unix_now();
+            let metrics = crate::metrics::global();
+            let t = std::time::Instant::now();
+            let verified =
+                verify::verify(token, &rt.verifier, &rt.token_cache, &rt.permissions, now)?;
+            metrics.verify_latency.observe(t.elapsed());
+            trace.token = Some(Arc::clone(&verified));
+            let t = std::time::Instant::now();
+            let checked = session::session(&verified, store, now).await;
+            metrics.store_latency.observe(t.elapsed());
+            checked?;
+            // 4b. a token this gateway issued: its user must still exist and be enabled, and the
+            // permissions are those of the user's roles now, not when the token was minted.
+            let grant = match &rt.auth {
+                Some(auth) if verified.issuer == auth.issuer_index => Some(
+                    auth.grant(&verified.subject, &rt.permissions)
+                        .ok_or(GatewayError::UserDisabled)?,
+                ),
+                _ => None,
+            };
+            let permissions = grant
+                .as_ref()
+                .map_or(&verified.permissions, |g| &g.permissions);
+            authorize::authorize(&route.policy, permissions)?;
+            metrics
+                .allowed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if route.audit {
+                env.audit.emit(&AuditEvent {
+                    event: "access.granted",
+                    reason_id: "authz.granted",
+                    subject: Some(&verified.subject),
+                    session: verified.session.as_deref(),
+                    client_ip: Some(env.client_ip),
+                    user_agent: env.user_agent,
+                    route: Some(&route.id),
+                    method: Some(request.method().as_str()),
+                    path: Some(&path.path),
+                    request_id: request_id.to_str().ok(),
+                    detail: None,
+                });
+            }
+            Ok::<_, GatewayError>((verified, grant))
         }
-        Some((verified, grant))
+        .await;
+        match identified {
+            Ok(identity) => Some(identity),
+            Err(err) => {
+                // The path is copied for the refusal's audit event only, not on every request.
+                trace.path = Some(path.path.clone());
+                return Err(err);
+            }
+        }
     };
 
     let declared = request
