@@ -170,7 +170,6 @@ pub async fn start_from(
     config: Config,
     path: Option<std::path::PathBuf>,
 ) -> Result<server::Running, StartError> {
-    let watched = config.watched_files();
     let Config {
         listeners,
         limits,
@@ -178,7 +177,7 @@ pub async fn start_from(
         audit,
         admin,
         runtime,
-        watched: _,
+        watched,
     } = config;
     let audit = match (&audit.file, &audit.redis_stream) {
         (Some(path), None) => Audit::to_file(path)?,

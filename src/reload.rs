@@ -36,6 +36,8 @@ pub struct ReloadReport {
     pub restart_needed: Vec<&'static str>,
     /// Whether the set of verification keys changed.
     pub keys_changed: bool,
+    /// The files the applied config names (certificates, keys), to watch for changes.
+    pub watched: Vec<PathBuf>,
 }
 
 /// Why a reload was refused.
@@ -86,6 +88,7 @@ pub async fn reload_file(
 
 /// Swaps in the runtime of `config` (and its TLS certificates).
 pub fn apply(gateway: &Gateway, config: Config, trigger: &'static str) -> ReloadReport {
+    let watched = config.watched;
     let mut restart_needed = Vec::new();
     let same_sockets = config.listeners.len() == gateway.listeners.len()
         && config
@@ -147,6 +150,7 @@ pub fn apply(gateway: &Gateway, config: Config, trigger: &'static str) -> Reload
         generation,
         restart_needed,
         keys_changed,
+        watched,
     }
 }
 
@@ -195,15 +199,10 @@ pub fn spawn_watchers(
                 if now != last {
                     last = now;
                     // A refusal is logged and audited inside; the old config keeps serving.
-                    let _ = reload_file(&gateway, "file_change").await;
-                    // The new config may name other files.
-                    if let Some(p) = gateway.config_path().map(Path::to_owned)
-                        && let Ok(text) = std::fs::read_to_string(&p)
-                        && let Ok(c) =
-                            Config::from_yaml(&text, p.parent().unwrap_or(Path::new(".")))
-                    {
+                    // An applied config may name other files: watch those from now on.
+                    if let Ok(report) = reload_file(&gateway, "file_change").await {
                         files.truncate(1);
-                        files.extend(c.watched_files());
+                        files.extend(report.watched);
                         last = stamps(&files);
                     }
                 }

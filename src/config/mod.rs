@@ -200,11 +200,6 @@ pub struct Config {
 pub const DEFAULT_COOKIE: &str = "__Host-portcullis-at";
 
 impl Config {
-    /// Files besides the config itself whose change should trigger a reload.
-    pub fn watched_files(&self) -> Vec<PathBuf> {
-        self.watched.clone()
-    }
-
     /// Reads and compiles a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
