@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::auth::{ALICE_PASSWORD, BOB_PASSWORD, Browser, demo_users};
+use common::auth::{ALICE_PASSWORD, BOB_PASSWORD, Browser, demo_users, post_json};
 use common::{EchoUpstream, RedisServer, TestResponse, eventually, free_port, send};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -206,19 +206,7 @@ impl Ops {
 
     /// Logs in through the JSON API with tokens in the body: (access, refresh, session).
     async fn login(&self, user: &str, password: &str) -> (String, String, String) {
-        let r = post_json(
-            &self.url("/auth/login"),
-            &json!({"username": user, "password": password, "return_tokens": true}),
-            &[],
-        )
-        .await;
-        assert_eq!(r.status, StatusCode::OK, "login failed: {}", r.text());
-        let v = r.json();
-        (
-            v["access_token"].as_str().unwrap().to_owned(),
-            v["refresh_token"].as_str().unwrap().to_owned(),
-            v["session"].as_str().unwrap().to_owned(),
-        )
+        common::auth::api_login(&self.url(""), user, password).await
     }
 
     /// A request to the admin listener, with the bearer `token` if given.
@@ -312,14 +300,6 @@ fn read_audit(path: &Path) -> Vec<Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line {l:?}: {e}")))
         .collect()
-}
-
-async fn post_json(url: &str, body: &Value, headers: &[(&str, &str)]) -> TestResponse {
-    let mut req = Request::post(url).header("content-type", "application/json");
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    send(req.body(Full::new(Bytes::from(body.to_string()))).unwrap()).await
 }
 
 /// GET that tolerates a refused connection or a slow answer (for probes): `None` then.

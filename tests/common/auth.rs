@@ -186,20 +186,7 @@ impl AuthGateway {
 
     /// Logs in through the JSON API with tokens in the body: (access, refresh, session).
     pub async fn api_login(&self, user: &str, password: &str) -> (String, String, String) {
-        let r = self
-            .post_json(
-                "/auth/login",
-                &serde_json::json!({"username": user, "password": password, "return_tokens": true}),
-                &[],
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::OK, "login failed: {}", r.text());
-        let v = r.json();
-        (
-            v["access_token"].as_str().unwrap().to_owned(),
-            v["refresh_token"].as_str().unwrap().to_owned(),
-            v["session"].as_str().unwrap().to_owned(),
-        )
+        api_login(&self.url(""), user, password).await
     }
 
     pub async fn post_json(
@@ -208,11 +195,7 @@ impl AuthGateway {
         body: &Value,
         headers: &[(&str, &str)],
     ) -> TestResponse {
-        let mut req = Request::post(self.url(path)).header("content-type", "application/json");
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        send(req.body(Full::new(Bytes::from(body.to_string()))).unwrap()).await
+        post_json(&self.url(path), body, headers).await
     }
 
     pub async fn get_bearer(&self, path: &str, token: &str) -> TestResponse {
@@ -246,6 +229,33 @@ impl AuthGateway {
     pub fn store(&self) -> &portcullis::store::Store {
         self.running.gateway().store()
     }
+}
+
+/// POSTs `body` as JSON to `url`, with extra headers.
+pub async fn post_json(url: &str, body: &Value, headers: &[(&str, &str)]) -> TestResponse {
+    let mut req = Request::post(url).header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    send(req.body(Full::new(Bytes::from(body.to_string()))).unwrap()).await
+}
+
+/// Logs in at the gateway whose base URL is `base` through the JSON API, tokens in the body:
+/// (access, refresh, session).
+pub async fn api_login(base: &str, user: &str, password: &str) -> (String, String, String) {
+    let r = post_json(
+        &format!("{base}/auth/login"),
+        &serde_json::json!({"username": user, "password": password, "return_tokens": true}),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "login failed: {}", r.text());
+    let v = r.json();
+    (
+        v["access_token"].as_str().unwrap().to_owned(),
+        v["refresh_token"].as_str().unwrap().to_owned(),
+        v["session"].as_str().unwrap().to_owned(),
+    )
 }
 
 /// A cookie-keeping client that sends what a browser sends: `Origin` and
