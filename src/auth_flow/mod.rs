@@ -102,9 +102,9 @@ pub struct Grant {
     pub permissions_header: HeaderValue,
 }
 
-/// The grants of every enabled user for one version of the users file.
+/// The grants of every enabled user for one version of the users file, built on first use.
 #[derive(Debug, Default)]
-struct Grants {
+pub(crate) struct Grants {
     /// The users snapshot these were built from.
     users: Option<Arc<Users>>,
     by_user: HashMap<String, Arc<Grant>>,
@@ -138,7 +138,8 @@ pub struct AuthSettings {
     pub jwks_cache_control: HeaderValue,
     /// Name of the access-token cookie (`tokens.cookie`).
     pub access_cookie: String,
-    grants: ArcSwap<Grants>,
+    /// Per-user grants, rebuilt when the users file changes (start empty).
+    pub(crate) grants: ArcSwap<Grants>,
 }
 
 impl std::fmt::Debug for AuthSettings {
@@ -151,60 +152,7 @@ impl std::fmt::Debug for AuthSettings {
     }
 }
 
-/// Everything [`AuthSettings::new`] needs.
-#[derive(Debug)]
-pub struct AuthParts {
-    /// See [`AuthSettings::issuer`].
-    pub issuer: String,
-    /// See [`AuthSettings::audience`].
-    pub audience: String,
-    /// See [`AuthSettings::issuer_index`].
-    pub issuer_index: usize,
-    /// See [`AuthSettings::signing`].
-    pub signing: Arc<SigningKeys>,
-    /// See [`AuthSettings::users`].
-    pub users: Arc<UsersHandle>,
-    /// See [`AuthSettings::access_ttl`].
-    pub access_ttl: Duration,
-    /// See [`AuthSettings::lifetimes`].
-    pub lifetimes: Lifetimes,
-    /// See [`AuthSettings::refresh_grace`].
-    pub refresh_grace: Duration,
-    /// See [`AuthSettings::redirect`].
-    pub redirect: redirect::RedirectPolicy,
-    /// See [`AuthSettings::throttle`].
-    pub throttle: Throttle,
-    /// `max-age` of the JWKS document.
-    pub jwks_max_age: Duration,
-    /// See [`AuthSettings::access_cookie`].
-    pub access_cookie: String,
-}
-
 impl AuthSettings {
-    /// Assembles the settings.
-    pub fn new(parts: AuthParts) -> Self {
-        let jwks = parts.signing.jwks_json();
-        let jwks_cache_control =
-            HeaderValue::from_str(&format!("public, max-age={}", parts.jwks_max_age.as_secs()))
-                .unwrap_or_else(|_| HeaderValue::from_static("public, max-age=300"));
-        Self {
-            issuer: parts.issuer,
-            audience: parts.audience,
-            issuer_index: parts.issuer_index,
-            signing: parts.signing,
-            users: parts.users,
-            access_ttl: parts.access_ttl,
-            lifetimes: parts.lifetimes,
-            refresh_grace: parts.refresh_grace,
-            redirect: parts.redirect,
-            throttle: parts.throttle,
-            jwks,
-            jwks_cache_control,
-            access_cookie: parts.access_cookie,
-            grants: ArcSwap::default(),
-        }
-    }
-
     /// The current permissions of `subject`, from the users file as it is now: `None` when the
     /// user no longer exists or is disabled (SECURITY.md 11). A change to the users file or to
     /// `roles:` applies from the next request on.

@@ -806,7 +806,7 @@ fn compile_auth(
     resolve: &dyn Fn(&str) -> PathBuf,
 ) -> Result<AuthSettings, ConfigError> {
     use crate::auth_flow::users::UsersHandle;
-    use crate::auth_flow::{AuthParts, Lifetimes, Throttle, redirect::RedirectPolicy};
+    use crate::auth_flow::{Lifetimes, Throttle, redirect::RedirectPolicy};
     use crate::keys::signing::SigningKeys;
 
     if !a.issuer.starts_with("https://") && !a.issuer.starts_with("http://") {
@@ -965,10 +965,14 @@ fn compile_auth(
             )
             .map_err(|e| invalid("auth.signing_keys", e))?;
     }
-    Ok(AuthSettings::new(AuthParts {
+    let jwks_cache_control =
+        HeaderValue::from_str(&format!("public, max-age={}", jwks_max_age.as_secs()))
+            .map_err(|_| invalid("auth.jwks_max_age", "out of range"))?;
+    Ok(AuthSettings {
         issuer: a.issuer.clone(),
         audience,
         issuer_index,
+        jwks: signing.jwks_json(),
         signing,
         users: Arc::new(users),
         access_ttl,
@@ -976,9 +980,10 @@ fn compile_auth(
         refresh_grace,
         redirect,
         throttle,
-        jwks_max_age,
+        jwks_cache_control,
         access_cookie: cookie_name.to_owned(),
-    }))
+        grants: Default::default(),
+    })
 }
 
 fn redis_settings(
