@@ -81,7 +81,7 @@ struct Line<'a> {
     detail: Option<&'a str>,
 }
 
-/// Where events go.
+/// Where events go (`Default`: the log only).
 #[derive(Debug, Clone, Default)]
 pub struct Audit {
     inner: Arc<Inner>,
@@ -116,43 +116,15 @@ pub struct AuditError {
 }
 
 impl Audit {
-    /// Events go to the log only.
-    pub fn log_only() -> Self {
-        Self::default()
-    }
-
-    /// Events go to the log and are appended to `path` (created 0600 if missing).
-    pub fn to_file(path: &Path) -> Result<Self, AuditError> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|source| AuditError {
-                path: path.to_owned(),
-                source,
-            })?;
-        let (tx, rx) = mpsc::sync_channel::<String>(QUEUE);
-        let shown = path.display().to_string();
-        // A thread, not a task: file writes block, and the writer must keep draining during
-        // shutdown after the runtime stops. It ends when the last sender is dropped.
-        std::thread::Builder::new()
-            .name("audit-writer".into())
-            .spawn(move || {
-                for line in rx {
-                    if let Err(e) = file.write_all(line.as_bytes()).and_then(|()| file.flush()) {
-                        tracing::error!(file = %shown, error = %e, "audit write failed");
-                    }
-                }
-            })
-            .map_err(|source| AuditError {
-                path: path.to_owned(),
-                source,
-            })?;
+    /// Events go to the log and, when given, are appended to `file` (created 0600 if missing)
+    /// and added to a Redis stream. The stream's sender must be made inside Tokio.
+    pub fn new(file: Option<&Path>, stream: Option<&AuditStream>) -> Result<Self, AuditError> {
+        let file = file.map(file_sink).transpose()?;
+        let stream = stream.map(stream_sink).transpose()?;
         Ok(Self {
             inner: Arc::new(Inner {
-                file: Some(tx),
+                file,
+                stream,
                 ..Inner::default()
             }),
         })
@@ -195,69 +167,6 @@ impl Audit {
         }
     }
 
-    /// Also sends every event to a Redis stream (`XADD key MAXLEN ~ maxlen * event <json>`),
-    /// from a background task that reconnects with backoff. Events wait in a bounded queue
-    /// while Redis is away; beyond it they are counted as dropped. Must run inside Tokio.
-    pub fn with_redis_stream(self, settings: &AuditStream) -> Result<Self, AuditError> {
-        let client = redis::Client::open(settings.url.as_str()).map_err(|e| AuditError {
-            path: PathBuf::from("audit.redis_stream.url"),
-            source: std::io::Error::other(e),
-        })?;
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(QUEUE);
-        let key = settings.key.clone();
-        let maxlen = settings.maxlen;
-        tokio::spawn(async move {
-            let mut conn: Option<redis::aio::MultiplexedConnection> = None;
-            let mut backoff = std::time::Duration::from_millis(100);
-            while let Some(event) = rx.recv().await {
-                loop {
-                    if conn.is_none() {
-                        match client.get_multiplexed_async_connection().await {
-                            Ok(c) => conn = Some(c),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "audit stream: Redis unreachable");
-                                tokio::time::sleep(backoff).await;
-                                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
-                                continue;
-                            }
-                        }
-                    }
-                    let Some(c) = conn.as_mut() else { continue };
-                    let sent: redis::RedisResult<String> = redis::cmd("XADD")
-                        .arg(&key)
-                        .arg("MAXLEN")
-                        .arg("~")
-                        .arg(maxlen)
-                        .arg("*")
-                        .arg("event")
-                        .arg(&event)
-                        .query_async(c)
-                        .await;
-                    match sent {
-                        Ok(_) => {
-                            backoff = std::time::Duration::from_millis(100);
-                            break;
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "audit stream: XADD failed; retrying");
-                            conn = None;
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
-                        }
-                    }
-                }
-            }
-        });
-        let mut inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| Inner {
-            file: shared.file.clone(),
-            ..Inner::default()
-        });
-        inner.stream = Some(tx);
-        Ok(Self {
-            inner: Arc::new(inner),
-        })
-    }
-
     /// Events emitted since start.
     pub fn emitted(&self) -> u64 {
         self.inner.emitted.load(Ordering::Relaxed)
@@ -279,6 +188,94 @@ pub(crate) fn truncate(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+/// The file sink: a writer thread appends each line and flushes it before the next.
+fn file_sink(path: &Path) -> Result<mpsc::SyncSender<String>, AuditError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|source| AuditError {
+            path: path.to_owned(),
+            source,
+        })?;
+    let (tx, rx) = mpsc::sync_channel::<String>(QUEUE);
+    let shown = path.display().to_string();
+    // A thread, not a task: file writes block, and the writer must keep draining during
+    // shutdown after the runtime stops. It ends when the last sender is dropped.
+    std::thread::Builder::new()
+        .name("audit-writer".into())
+        .spawn(move || {
+            for line in rx {
+                if let Err(e) = file.write_all(line.as_bytes()).and_then(|()| file.flush()) {
+                    tracing::error!(file = %shown, error = %e, "audit write failed");
+                }
+            }
+        })
+        .map_err(|source| AuditError {
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(tx)
+}
+
+/// The Redis stream sink: a background task sends every event (`XADD key MAXLEN ~ maxlen *
+/// event <json>`) and reconnects with backoff. Events wait in a bounded queue while Redis is
+/// away; beyond it they are counted as dropped. Must run inside Tokio.
+fn stream_sink(settings: &AuditStream) -> Result<tokio::sync::mpsc::Sender<String>, AuditError> {
+    let client = redis::Client::open(settings.url.as_str()).map_err(|e| AuditError {
+        path: PathBuf::from("audit.redis_stream.url"),
+        source: std::io::Error::other(e),
+    })?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(QUEUE);
+    let key = settings.key.clone();
+    let maxlen = settings.maxlen;
+    tokio::spawn(async move {
+        let mut conn: Option<redis::aio::MultiplexedConnection> = None;
+        let mut backoff = std::time::Duration::from_millis(100);
+        while let Some(event) = rx.recv().await {
+            loop {
+                if conn.is_none() {
+                    match client.get_multiplexed_async_connection().await {
+                        Ok(c) => conn = Some(c),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "audit stream: Redis unreachable");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                            continue;
+                        }
+                    }
+                }
+                let Some(c) = conn.as_mut() else { continue };
+                let sent: redis::RedisResult<String> = redis::cmd("XADD")
+                    .arg(&key)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(maxlen)
+                    .arg("*")
+                    .arg("event")
+                    .arg(&event)
+                    .query_async(c)
+                    .await;
+                match sent {
+                    Ok(_) => {
+                        backoff = std::time::Duration::from_millis(100);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "audit stream: XADD failed; retrying");
+                        conn = None;
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                    }
+                }
+            }
+        }
+    });
+    Ok(tx)
 }
 
 /// Now as `2026-11-28T03:04:05.678Z`.
@@ -331,7 +328,7 @@ mod tests {
     fn events_are_appended_to_the_file_as_json_lines() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        let audit = Audit::to_file(&path).unwrap();
+        let audit = Audit::new(Some(&path), None).unwrap();
         audit.emit(&AuditEvent {
             event: "login.success",
             reason_id: "login.ok",

@@ -179,12 +179,7 @@ pub async fn start_from(
         runtime,
         watched,
     } = config;
-    let audit = match (&audit.file, &audit.redis_stream) {
-        (Some(path), None) => Audit::to_file(path)?,
-        (Some(path), Some(stream)) => Audit::to_file(path)?.with_redis_stream(stream)?,
-        (None, Some(stream)) => Audit::log_only().with_redis_stream(stream)?,
-        (None, None) => Audit::log_only(),
-    };
+    let audit = Audit::new(audit.file.as_deref(), audit.redis_stream.as_ref())?;
     let store = build_store(&store).await?;
     let mut gateway =
         Gateway::with_listeners(runtime, store, audit, listeners.clone(), path.clone());
