@@ -119,8 +119,12 @@ pub struct Metrics {
     pub upstream_latency: Histogram,
     /// Verified-token cache hits.
     pub token_cache_hits: AtomicU64,
-    /// Verified-token cache misses (a full verification followed).
+    /// Verified-token cache misses (a full verification followed, or was shared with a
+    /// concurrent miss on the same token).
     pub token_cache_misses: AtomicU64,
+    /// Token signature verifications performed, passed or failed: one per first sight of a
+    /// token (concurrent first sights share one), none for a cache hit.
+    pub token_signature_checks: AtomicU64,
     /// Session checks answered from the Redis store's local cache.
     pub store_cache_hits: AtomicU64,
     /// Session checks that went to Redis.
@@ -229,7 +233,7 @@ impl Metrics {
             "Upstream time to response head.",
         );
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let counters: [(&str, &str, u64); 8] = [
+        let counters: [(&str, &str, u64); 9] = [
             (
                 "portcullis_token_cache_hits_total",
                 "Verified-token cache hits.",
@@ -239,6 +243,11 @@ impl Metrics {
                 "portcullis_token_cache_misses_total",
                 "Verified-token cache misses.",
                 load(&self.token_cache_misses),
+            ),
+            (
+                "portcullis_token_signature_checks_total",
+                "Token signature verifications performed, passed or failed.",
+                load(&self.token_signature_checks),
             ),
             (
                 "portcullis_store_cache_hits_total",

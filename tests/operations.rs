@@ -734,6 +734,7 @@ async fn metrics_parse_as_prometheus_text_and_count_requests_by_route_and_status
     for name in [
         "portcullis_token_cache_hits_total",
         "portcullis_token_cache_misses_total",
+        "portcullis_token_signature_checks_total",
         "portcullis_store_errors_total",
         "portcullis_config_reloads_applied_total",
         "portcullis_config_reloads_refused_total",

@@ -13,10 +13,13 @@
 //!
 //! A token's signature is checked once: [`TokenCache`] keeps verified tokens (keyed by the
 //! SHA-256 of the token, so a re-encoded signature is a different, unverified entry) until
-//! their `exp`. Invalid tokens are never cached.
+//! their `exp`, and concurrent first sights of one token share one verification. Invalid tokens
+//! are never cached: a flood of forged or expired tokens evicts nothing and costs at most one
+//! failed signature check each (`portcullis_token_signature_checks_total` counts them all).
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -26,6 +29,7 @@ use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use crate::keys::{KeySet, algorithm_name};
+use crate::metrics::Metrics;
 use crate::pipeline::authorize::{PermissionSet, PermissionTable};
 
 /// Why a token was refused. Every variant is a 401; the reason id goes to logs and audit only.
@@ -155,6 +159,12 @@ pub fn unix_now() -> i64 {
 }
 
 /// The stage's entry point: a cached verdict when there is one, else a full verification.
+///
+/// A token's first sight costs one signature check, however many requests carry it at once:
+/// concurrent misses on one token share a single verification (moka's `try_get_with`). A token
+/// that fails verification is never cached, so a flood of forged or expired tokens cannot evict
+/// verified ones nor grow the cache, and costs at most one failed signature check each (none for
+/// a token refused before its signature is looked at: malformed, unknown `kid`, wrong `alg`).
 pub fn verify(
     token: &str,
     verifier: &Verifier,
@@ -162,24 +172,65 @@ pub fn verify(
     permissions: &PermissionTable,
     now: i64,
 ) -> Result<Arc<VerifiedToken>, TokenError> {
+    verify_counted(
+        token,
+        verifier,
+        cache,
+        permissions,
+        now,
+        crate::metrics::global(),
+    )
+}
+
+/// [`verify`], counting hits, misses and signature checks into `metrics`. The process's metrics
+/// in production; a test's own [`Metrics`] in unit tests, whose counts must not mix with those
+/// of tests running on other threads of the same process.
+fn verify_counted(
+    token: &str,
+    verifier: &Verifier,
+    cache: &TokenCache,
+    permissions: &PermissionTable,
+    now: i64,
+    metrics: &Metrics,
+) -> Result<Arc<VerifiedToken>, TokenError> {
     if token.len() > verifier.max_bytes {
         return Err(TokenError::TooLarge);
     }
     let key = cache_key(token);
-    let metrics = crate::metrics::global();
+    // The hot path: a plain lookup (`try_get_with` below would allocate even on a hit).
     if let Some(hit) = cache.inner.get(&key) {
-        metrics
-            .token_cache_hits
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics.token_cache_hits.fetch_add(1, Ordering::Relaxed);
         // The cache only bounds work; validity in time is re-checked on every use.
         check_time(hit.expires_at, hit.not_before, verifier.leeway, now)?;
         return Ok(hit);
     }
-    metrics
-        .token_cache_misses
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let verified = Arc::new(verify_uncached(token, verifier, permissions, now)?);
-    cache.inner.insert(key, Arc::clone(&verified));
+    metrics.token_cache_misses.fetch_add(1, Ordering::Relaxed);
+    // moka runs at most one `init` per key at a time: concurrent first sights of this token wait
+    // for it (blocking their threads for one signature check at most, ≤ 70 µs; `init` never
+    // awaits, so it always finishes) and share its outcome — the inserted token, or the same
+    // error. An `Err` is never inserted, and moka does not remember it once the callers have it.
+    let verified = cache
+        .inner
+        .try_get_with(key, || {
+            verify_inner(
+                token,
+                verifier,
+                permissions,
+                now,
+                false,
+                Some(key),
+                &metrics.token_signature_checks,
+            )
+            .map(Arc::new)
+        })
+        .map_err(|e| *e)?;
+    // A caller that waited got a token verified at another caller's `now`.
+    check_time(
+        verified.expires_at,
+        verified.not_before,
+        verifier.leeway,
+        now,
+    )?;
     Ok(verified)
 }
 
@@ -197,7 +248,8 @@ pub fn verify_uncached(
     permissions: &PermissionTable,
     now: i64,
 ) -> Result<VerifiedToken, TokenError> {
-    verify_inner(token, verifier, permissions, now, false)
+    let checks = &crate::metrics::global().token_signature_checks;
+    verify_inner(token, verifier, permissions, now, false, None, checks)
 }
 
 /// Every check of [`verify_uncached`] except expiry: for telling whose token an expired one
@@ -209,15 +261,20 @@ pub fn verify_ignoring_expiry(
     permissions: &PermissionTable,
     now: i64,
 ) -> Result<VerifiedToken, TokenError> {
-    verify_inner(token, verifier, permissions, now, true)
+    let checks = &crate::metrics::global().token_signature_checks;
+    verify_inner(token, verifier, permissions, now, true, None, checks)
 }
 
+/// Every check; `token_key` is the token's [`cache_key`] when the caller already has it, and
+/// `signature_checks` counts the signature verifications performed.
 fn verify_inner(
     token: &str,
     verifier: &Verifier,
     permissions: &PermissionTable,
     now: i64,
     ignore_expiry: bool,
+    token_key: Option<[u8; 32]>,
+    signature_checks: &AtomicU64,
 ) -> Result<VerifiedToken, TokenError> {
     if token.len() > verifier.max_bytes {
         return Err(TokenError::TooLarge);
@@ -266,6 +323,7 @@ fn verify_inner(
     }
     decode_segment(signature_b64)?; // canonical base64url before the crate sees it
     let message_len = header_b64.len() + 1 + payload_b64.len();
+    signature_checks.fetch_add(1, Ordering::Relaxed);
     let signed = jsonwebtoken::crypto::verify(
         signature_b64,
         &token.as_bytes()[..message_len],
@@ -332,7 +390,7 @@ fn verify_inner(
     let permissions_header = permissions.header_value(&granted);
 
     Ok(VerifiedToken {
-        token_key: cache_key(token),
+        token_key: token_key.unwrap_or_else(|| cache_key(token)),
         jti_key: crate::store::jti_key(iss, jti),
         subject_header: header_value(subject)?,
         session_header: header_value(session.unwrap_or(""))?,
@@ -494,7 +552,8 @@ fn header_value(text: &str) -> Result<HeaderValue, TokenError> {
     HeaderValue::from_str(text).map_err(|_| TokenError::MissingClaim)
 }
 
-/// The verified-token cache: bounded, and no entry outlives its token's `exp`.
+/// The verified-token cache: bounded, and no entry outlives its token's `exp`. Only verified
+/// tokens are inserted, so its size and its entries are out of reach of anyone without a key.
 pub struct TokenCache {
     inner: moka::sync::Cache<[u8; 32], Arc<VerifiedToken>>,
 }
@@ -587,6 +646,214 @@ mod tests {
         assert!(numeric_date(Some(&serde_json::json!("5"))).is_err());
         assert!(numeric_date(Some(&serde_json::json!(-1))).is_err());
         assert_eq!(numeric_date(None), Ok(None));
+    }
+
+    // --- The verified-token cache under a flood, and on first sight ---------------------------
+
+    use crate::keys::signing::SigningKey;
+    use crate::keys::{Issuer, VerificationKey};
+    use jsonwebtoken::{Algorithm, EncodingKey};
+    use serde_json::json;
+
+    const ISS: &str = "https://issuer.test";
+    const AUD: &str = "portcullis-tests";
+
+    /// A verifier trusting one generated EdDSA key, and an attacker's key of the same type.
+    struct Fixture {
+        trusted: SigningKey,
+        attacker: EncodingKey,
+        verifier: Verifier,
+        permissions: PermissionTable,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let (trusted, _) = SigningKey::generate(Algorithm::EdDSA).unwrap();
+            let (_, attacker_pem) = SigningKey::generate(Algorithm::EdDSA).unwrap();
+            let mut keys = KeySet::default();
+            let issuer = keys.add_issuer(Issuer {
+                iss: ISS.into(),
+                audiences: vec![AUD.into()].into(),
+                require_session: true,
+                max_lifetime: Duration::from_secs(3600),
+            });
+            let key = VerificationKey {
+                alg: Algorithm::EdDSA,
+                key: trusted.decoding_key().clone(),
+                issuer,
+            };
+            keys.insert(trusted.kid(), key).unwrap();
+            Self {
+                trusted,
+                attacker: EncodingKey::from_ed_pem(attacker_pem.as_bytes()).unwrap(),
+                verifier: Verifier {
+                    keys,
+                    leeway: 0,
+                    max_bytes: 8192,
+                },
+                permissions: PermissionTable::default(),
+            }
+        }
+
+        fn claims(jti: &str, iat: i64, exp: i64) -> Value {
+            json!({ "iss": ISS, "aud": AUD, "sub": "alice", "sid": "sid-alice", "jti": jti,
+                    "iat": iat, "exp": exp })
+        }
+
+        /// Signed by the trusted key.
+        fn token(&self, jti: &str, iat: i64, exp: i64) -> String {
+            self.trusted.sign(&Self::claims(jti, iat, exp)).unwrap()
+        }
+
+        /// The trusted key's header and `kid` over `claims`, signed by the attacker's key.
+        fn forged(&self, claims: &Value) -> String {
+            let header = self.trusted.sign(&json!({})).unwrap();
+            let header = header.split('.').next().unwrap();
+            let message = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims.to_string()));
+            let signature =
+                jsonwebtoken::crypto::sign(message.as_bytes(), &self.attacker, Algorithm::EdDSA)
+                    .unwrap();
+            format!("{message}.{signature}")
+        }
+
+        fn verify(
+            &self,
+            token: &str,
+            cache: &TokenCache,
+            metrics: &Metrics,
+            now: i64,
+        ) -> Result<Arc<VerifiedToken>, TokenError> {
+            verify_counted(
+                token,
+                &self.verifier,
+                cache,
+                &self.permissions,
+                now,
+                metrics,
+            )
+        }
+    }
+
+    fn count(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn a_flood_of_forged_and_expired_tokens_evicts_nothing_and_costs_at_most_one_signature_check_each()
+     {
+        let f = Fixture::new();
+        // Small enough that 64 inserted forgeries would have filled it.
+        let cache = TokenCache::new(64);
+        // This test's own counters: other tests verify tokens on other threads meanwhile.
+        let metrics = Metrics::default();
+        let now = unix_now();
+        let valid = f.token("valid", now - 10, now + 600);
+        let first = f.verify(&valid, &cache, &metrics, now).unwrap();
+        assert_eq!(count(&metrics.token_signature_checks), 1);
+        assert_eq!(cache.entry_count(), 1);
+
+        // 10,000 distinct tokens under the trusted `kid` with signatures that do not verify:
+        // 100 signed by another key, the rest carrying one of those signatures over other claims.
+        let mut forged: Vec<String> = (0..100)
+            .map(|i| f.forged(&Fixture::claims(&format!("forged-{i}"), now, now + 600)))
+            .collect();
+        let (header, _) = forged[0].split_once('.').unwrap();
+        let header = header.to_owned();
+        let stolen_signature = forged[0].rsplit('.').next().unwrap().to_owned();
+        forged.extend((100..10_000).map(|i| {
+            let claims = Fixture::claims(&format!("forged-{i}"), now, now + 600);
+            let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+            format!("{header}.{payload}.{stolen_signature}")
+        }));
+        for (i, token) in forged.iter().enumerate() {
+            let checks = count(&metrics.token_signature_checks);
+            assert_eq!(
+                f.verify(token, &cache, &metrics, now).unwrap_err(),
+                TokenError::BadSignature,
+                "forged token {i}"
+            );
+            assert_eq!(count(&metrics.token_signature_checks), checks + 1);
+        }
+        // Validly signed, but expired: the signature is checked (once), then `exp` refuses it.
+        for i in 0..200 {
+            let token = f.token(&format!("expired-{i}"), now - 1200, now - 600 + i);
+            let checks = count(&metrics.token_signature_checks);
+            assert_eq!(
+                f.verify(&token, &cache, &metrics, now).unwrap_err(),
+                TokenError::Expired
+            );
+            assert_eq!(count(&metrics.token_signature_checks), checks + 1);
+        }
+        // Refused before the signature is looked at: no check at all.
+        let unknown_kid = {
+            let h = URL_SAFE_NO_PAD.encode(r#"{"alg":"EdDSA","typ":"at+jwt","kid":"nope"}"#);
+            let rest = forged[1].split_once('.').unwrap().1;
+            format!("{h}.{rest}")
+        };
+        let alg_none = {
+            let kid = f.trusted.kid();
+            let h =
+                URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"none","typ":"at+jwt","kid":"{kid}"}}"#));
+            let p = forged[2].split('.').nth(1).unwrap();
+            format!("{h}.{p}.{stolen_signature}")
+        };
+        let checks = count(&metrics.token_signature_checks);
+        for (token, error) in [
+            (unknown_kid, TokenError::UnknownKey),
+            (alg_none, TokenError::AlgorithmMismatch),
+            ("a.b".to_owned(), TokenError::Malformed),
+            ("x".repeat(9000), TokenError::TooLarge),
+        ] {
+            assert_eq!(f.verify(&token, &cache, &metrics, now).unwrap_err(), error);
+        }
+        assert_eq!(count(&metrics.token_signature_checks), checks);
+
+        // Nothing was inserted, nothing was evicted: the valid token is still a hit.
+        assert_eq!(cache.entry_count(), 1);
+        let hits = count(&metrics.token_cache_hits);
+        let again = f.verify(&valid, &cache, &metrics, now).unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(count(&metrics.token_cache_hits), hits + 1);
+        assert_eq!(count(&metrics.token_signature_checks), checks);
+    }
+
+    #[test]
+    fn concurrent_first_sights_of_one_token_share_one_signature_check_and_one_entry() {
+        // Each round, 8 threads released together verify one token none has seen. A single
+        // round may not overlap on 2 cores; over 50 rounds, unshared checks would show.
+        const THREADS: usize = 8;
+        const ROUNDS: usize = 50;
+        let f = Fixture::new();
+        let cache = TokenCache::new(1024);
+        let metrics = Metrics::default();
+        let now = unix_now();
+        let barrier = std::sync::Barrier::new(THREADS);
+        for round in 0..ROUNDS {
+            let token = f.token(&format!("first-sight-{round}"), now - 10, now + 600);
+            let seen: Vec<Arc<VerifiedToken>> = std::thread::scope(|s| {
+                let threads: Vec<_> = (0..THREADS)
+                    .map(|_| {
+                        s.spawn(|| {
+                            barrier.wait();
+                            f.verify(&token, &cache, &metrics, now).unwrap()
+                        })
+                    })
+                    .collect();
+                threads.into_iter().map(|t| t.join().unwrap()).collect()
+            });
+            assert!(seen.iter().all(|v| Arc::ptr_eq(v, &seen[0])));
+            assert_eq!(
+                count(&metrics.token_signature_checks),
+                round as u64 + 1,
+                "round {round}: {} misses",
+                count(&metrics.token_cache_misses)
+            );
+        }
+        assert_eq!(cache.entry_count(), ROUNDS as u64);
+        assert_eq!(
+            count(&metrics.token_cache_hits) + count(&metrics.token_cache_misses),
+            (THREADS * ROUNDS) as u64
+        );
     }
 
     #[test]
