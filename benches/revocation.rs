@@ -11,8 +11,18 @@
 //!    are ready at once).
 //! 3. **Memory** per cached verdict and per verified token: resident set before and after
 //!    filling each cache with 100,000 entries.
+//! 4. **Sessions, 1 → 1,000,000** (issue 6 item 3), each pair side by side in this run: the
+//!    memory store's `check` with 1 session and with 1,000,000; the Redis store's check of a
+//!    cached verdict with its local cache holding 1 verdict and 1,000,000; and the Redis store's
+//!    uncached check (a round trip) against a `redis-server` holding 1 session and one holding
+//!    1,000,000 (filled through `RedisStore::create_session`, so in exactly its format). Memory
+//!    per session: the memory store's resident-set growth, Redis's `used_memory` growth.
+//! 5. **Forged tokens** (issue 6 item 4): the cost of refusing a forged or expired token next to
+//!    one first sight of a valid token (EdDSA and RS256), and the hit rate of 1,000 cached valid
+//!    tokens after a flood of 100,000 forged ones into a cache of 10,000 entries.
 //!
-//! Bounded: every wait has a deadline; the run takes well under a minute.
+//! Bounded: every wait has a deadline; parts 1–3 take seconds, parts 4 and 5 about a minute
+//! (mostly filling the memory store and Redis with a million sessions each).
 
 use std::future::Future;
 use std::pin::pin;
@@ -146,11 +156,15 @@ fn rss_kib() -> u64 {
 }
 
 async fn store(port: u16) -> RedisStore {
+    store_with(port, 200_000).await
+}
+
+async fn store_with(port: u16, cache_capacity: u64) -> RedisStore {
     let s = RedisStore::connect(&RedisSettings {
         topology: Topology::Single(format!("redis://127.0.0.1:{port}")),
         key_prefix: "bench".into(),
         timeout: Duration::from_secs(1),
-        cache_capacity: 200_000,
+        cache_capacity,
         cache_ttl: Duration::from_secs(300),
         password: None,
     })
@@ -315,5 +329,511 @@ tokens: { cache_capacity: 200000 }
         "memory per cached verified token: {} bytes ({count} entries, RSS +{} KiB)",
         (after.saturating_sub(before) * 1024) / count.max(1),
         after.saturating_sub(before)
+    );
+
+    // Everything above stays allocated until the end, so the resident-set growth measured
+    // below is fresh memory, not memory freed by an earlier part and reused.
+    let _kept = sessions_scale().await;
+    forged_tokens();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Sessions, 1 → 1,000,000
+
+const SESSIONS: u64 = 1_000_000;
+/// Distinct sessions (or verdicts) a rotating lookup cycles through: a working set far larger
+/// than the CPU caches, as many users' requests make it.
+const SAMPLE: u64 = 100_000;
+
+fn sid(i: u64) -> String {
+    // 22 characters, the length of a 128-bit base64url session id.
+    format!("{i:022}")
+}
+
+fn sub(i: u64) -> String {
+    format!("user-{i}@example.com")
+}
+
+/// The `k`-th of `SAMPLE` distinct session indices spread over `0..SESSIONS` (multiplying by a
+/// number coprime to `SESSIONS` permutes it).
+fn spread(k: u64) -> u64 {
+    (k * 2_654_435_761) % SESSIONS
+}
+
+/// Mean time of `f` over `iter` calls, `f` given the call's index.
+fn per_call(iter: u64, mut f: impl FnMut(u64)) -> Duration {
+    let started = Instant::now();
+    for i in 0..iter {
+        f(i);
+    }
+    started.elapsed() / iter as u32
+}
+
+/// Redis's own count of the bytes it has allocated.
+async fn used_memory(port: u16) -> u64 {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("INFO memory has used_memory")
+}
+
+fn ns(d: Duration) -> String {
+    format!("{} ns", d.as_nanos())
+}
+
+fn ratio(big: Duration, one: Duration) -> f64 {
+    big.as_secs_f64() / one.as_secs_f64()
+}
+
+/// Prints one side-by-side line: each measure's two runs, and its ratio to the first measure.
+fn side_by_side(what: &str, measures: &[(&str, [Duration; 2])]) {
+    let base = measures[0].1[0] + measures[0].1[1];
+    let parts: Vec<String> = measures
+        .iter()
+        .map(|(name, [a, b])| {
+            format!(
+                "{name} {} / {} (x{:.2})",
+                ns(*a),
+                ns(*b),
+                ratio(*a + *b, base)
+            )
+        })
+        .collect();
+    println!("  {what}: {}", parts.join("; "));
+}
+
+/// Runs part 4 and returns everything it allocated, for `main` to keep until the end.
+async fn sessions_scale() -> Vec<Box<dyn std::any::Any>> {
+    let mut kept: Vec<Box<dyn std::any::Any>> = Vec::new();
+    println!();
+    println!(
+        "sessions, 1 -> {SESSIONS} (per-call means, each measured twice, alternating: run a / run \
+         b; xN = ratio to the first measure)"
+    );
+    const ITER: u64 = 1_000_000;
+    let n = now();
+    let hot_tok = Tok::new(0, &sub(0), &sid(0));
+    let hot = hot_tok.r();
+    // The same sessions, by the same tokens, for every rotating lookup below.
+    let sample: Vec<Tok> = (0..SAMPLE)
+        .map(|k| Tok::new(spread(k), &sub(spread(k)), &sid(spread(k))))
+        .collect();
+    let rotating: Vec<TokenRef<'_>> = sample.iter().map(Tok::r).collect();
+
+    // 4a. The memory store. Sessions are created one by one, as logins create them.
+    let one = MemoryStore::new();
+    ready(one.create_session(record(&sid(0), &sub(0)), None)).unwrap();
+    let mid = MemoryStore::new();
+    for t in &sample {
+        ready(mid.create_session(record(&t.sid, &t.sub), None)).unwrap();
+    }
+    let big = MemoryStore::new();
+    let before = rss_kib();
+    let started = Instant::now();
+    let mut slowest: Vec<(Duration, u64)> = Vec::new();
+    // Over the last 100,000 calls: (total, count) of the calls that sweep (every 256th write
+    // scans every session for expired ones) and of the others.
+    let (mut sweeping, mut plain) = ((Duration::ZERO, 0u32), (Duration::ZERO, 0u32));
+    for i in 0..SESSIONS {
+        let t = Instant::now();
+        ready(big.create_session(record(&sid(i), &sub(i)), None)).unwrap();
+        let took = t.elapsed();
+        if i >= SESSIONS - 100_000 {
+            let bucket = if (i + 1) % 256 == 0 {
+                &mut sweeping
+            } else {
+                &mut plain
+            };
+            bucket.0 += took;
+            bucket.1 += 1;
+        }
+        if slowest.len() < 3 || took > slowest[2].0 {
+            slowest.push((took, i));
+            slowest.sort_by_key(|&(took, _)| std::cmp::Reverse(took));
+            slowest.truncate(3);
+        }
+    }
+    let fill = started.elapsed();
+    let grown = rss_kib().saturating_sub(before);
+    let slowest: Vec<String> = slowest
+        .iter()
+        .map(|(d, i)| format!("#{i} {d:.1?}"))
+        .collect();
+    println!(
+        "  memory store: {SESSIONS} create_session calls in {fill:.1?} ({:.1?} each); over the \
+         last 100,000: {:.1?} for a call that sweeps (every 256th), {:.1?} for the others; \
+         slowest: {}; RSS +{} MiB = {} bytes per session",
+        fill / SESSIONS as u32,
+        sweeping.0 / sweeping.1.max(1),
+        plain.0 / plain.1.max(1),
+        slowest.join(", "),
+        grown / 1024,
+        grown * 1024 / SESSIONS
+    );
+    let check = |store: &MemoryStore, t: &TokenRef<'_>| {
+        assert_eq!(
+            ready(store.check(std::hint::black_box(t), n)).unwrap(),
+            Verdict::Alive
+        );
+    };
+    let mut same = [[Duration::ZERO; 2]; 2];
+    let mut spread_out = [[Duration::ZERO; 2]; 2];
+    for run in 0..2 {
+        same[0][run] = per_call(ITER, |_| check(&one, &hot));
+        same[1][run] = per_call(ITER, |_| check(&big, &hot));
+        spread_out[0][run] = per_call(ITER, |i| check(&mid, &rotating[(i % SAMPLE) as usize]));
+        spread_out[1][run] = per_call(ITER, |i| check(&big, &rotating[(i % SAMPLE) as usize]));
+    }
+    side_by_side(
+        "memory store check, one session again and again",
+        &[
+            ("store of 1 session", same[0]),
+            ("store of 1,000,000", same[1]),
+        ],
+    );
+    side_by_side(
+        &format!("memory store check, rotating over {SAMPLE} sessions"),
+        &[
+            ("store of exactly those", spread_out[0]),
+            ("store of 1,000,000", spread_out[1]),
+        ],
+    );
+    // Kept until the end: see `main`.
+    kept.extend([Box::new(one), Box::new(mid), Box::new(big)] as [Box<dyn std::any::Any>; 3]);
+
+    // 4b. The Redis store's cached-verdict check: a local cache holding 1 verdict, the 100,000
+    // of the sample, and 1,000,000. The default `store.cache_capacity` is 100,000; these stores
+    // hold 1,100,000 so that nothing is evicted. Verdicts are put in the way a read-through puts
+    // them (`remember_alive`), without a million round trips.
+    let redis_small = Redis::start();
+    let redis_big = Redis::start();
+    let capacity = SESSIONS + SESSIONS / 10;
+    let one = store_with(redis_small.port, capacity).await;
+    let mid = store_with(redis_small.port, capacity).await;
+    let big = store_with(redis_big.port, capacity).await;
+    let remember = |store: &RedisStore, t: &Tok| {
+        let alive = portcullis::store::cache::Alive {
+            jti_key: t.jti_key,
+            session: Some(t.sid.as_str().into()),
+            subject: t.sub.as_str().into(),
+            expires_at: n + 3600,
+        };
+        store
+            .cache()
+            .remember_alive(t.token_key, alive, store.cache().sequence());
+    };
+    remember(&one, &hot_tok);
+    for t in &sample {
+        remember(&mid, t);
+    }
+    let before = rss_kib();
+    for i in 0..SESSIONS {
+        remember(&big, &Tok::new(i, &sub(i), &sid(i)));
+    }
+    let count = big.cache().alive_count();
+    let grown = rss_kib().saturating_sub(before);
+    assert!(count >= SESSIONS * 99 / 100, "only {count} verdicts cached");
+    println!(
+        "  redis store local cache: {count} verdicts, RSS +{} MiB = {} bytes per cached verdict",
+        grown / 1024,
+        grown * 1024 / count
+    );
+    let check = |store: &RedisStore, t: &TokenRef<'_>| {
+        assert_eq!(
+            ready(store.check(std::hint::black_box(t), n)).unwrap(),
+            Verdict::Alive
+        );
+    };
+    let mut same = [[Duration::ZERO; 2]; 2];
+    let mut spread_out = [[Duration::ZERO; 2]; 2];
+    for run in 0..2 {
+        same[0][run] = per_call(ITER, |_| check(&one, &hot));
+        same[1][run] = per_call(ITER, |_| check(&big, &hot));
+        spread_out[0][run] = per_call(ITER, |i| check(&mid, &rotating[(i % SAMPLE) as usize]));
+        spread_out[1][run] = per_call(ITER, |i| check(&big, &rotating[(i % SAMPLE) as usize]));
+    }
+    side_by_side(
+        "redis store check of a cached verdict, one token again and again",
+        &[("1 verdict cached", same[0]), ("1,000,000 cached", same[1])],
+    );
+    side_by_side(
+        &format!("redis store check of a cached verdict, rotating over {SAMPLE} tokens"),
+        &[
+            ("exactly those cached", spread_out[0]),
+            ("1,000,000 cached", spread_out[1]),
+        ],
+    );
+    kept.extend([Box::new(one), Box::new(mid), Box::new(big)] as [Box<dyn std::any::Any>; 3]);
+
+    // 4c. The Redis store's uncached check: one round trip (EXISTS on the jti key, and
+    // GET + HMGET pipelined, concurrently), against a server holding 1 session and one holding
+    // 1,000,000. Every check is of a token this store has not seen, so none is a cache hit.
+    let one = store(redis_small.port).await;
+    let big = store(redis_big.port).await;
+    one.create_session(record(&sid(0), &sub(0)), None)
+        .await
+        .unwrap();
+    let before = used_memory(redis_big.port).await;
+    let started = Instant::now();
+    {
+        use futures_util::StreamExt as _;
+        let big = &big;
+        let mut created = futures_util::stream::iter(0..SESSIONS)
+            .map(|i| async move { big.create_session(record(&sid(i), &sub(i)), None).await })
+            .buffer_unordered(256);
+        while let Some(result) = created.next().await {
+            result.unwrap();
+        }
+    }
+    let fill = started.elapsed();
+    let grown = used_memory(redis_big.port).await.saturating_sub(before);
+    println!(
+        "  redis-server: {SESSIONS} sessions created in {fill:.1?} (create_session, 256 in \
+         flight); used_memory +{} MiB = {} bytes per session (its hash and its user's set)",
+        grown / (1 << 20),
+        grown / SESSIONS
+    );
+    const ROUND_TRIPS: u64 = 2_500;
+    const BLOCK: u64 = 250;
+    // Distinct token keys, so never a cached verdict: (store, tokens) per series.
+    let fresh = |base: u64, session: &dyn Fn(u64) -> u64| -> Vec<Tok> {
+        (0..2 * ROUND_TRIPS)
+            .map(|k| Tok::new(base + k, &sub(session(k)), &sid(session(k))))
+            .collect()
+    };
+    let series = [
+        ("1 session", &one, fresh(20_000_000, &|_| 0)),
+        (
+            "1,000,000, always session 0",
+            &big,
+            fresh(30_000_000, &|_| 0),
+        ),
+        ("1,000,000, rotating", &big, fresh(40_000_000, &spread)),
+    ];
+    let mut times: Vec<[Vec<Duration>; 2]> = series.iter().map(|_| Default::default()).collect();
+    for run in 0..2 {
+        for block in 0..ROUND_TRIPS / BLOCK {
+            for (s, (_, store, toks)) in series.iter().enumerate() {
+                for k in 0..BLOCK {
+                    let t = &toks[(run as u64 * ROUND_TRIPS + block * BLOCK + k) as usize];
+                    let started = Instant::now();
+                    assert_eq!(store.check(&t.r(), now()).await.unwrap(), Verdict::Alive);
+                    times[s][run].push(started.elapsed());
+                }
+            }
+        }
+    }
+    let mut parts = Vec::new();
+    let mut base = Duration::ZERO;
+    for (s, (name, _, _)) in series.iter().enumerate() {
+        let mut stats = Vec::new();
+        let mut total = Duration::ZERO;
+        for run in &mut times[s] {
+            run.sort();
+            let mean = run.iter().sum::<Duration>() / run.len() as u32;
+            // The ratio is of medians: on a shared machine a few slow round trips move the mean.
+            total += percentile(run, 0.5);
+            stats.push(format!(
+                "{mean:.1?} {:.1?} {:.1?}",
+                percentile(run, 0.5),
+                percentile(run, 0.99)
+            ));
+        }
+        if s == 0 {
+            base = total;
+        }
+        parts.push(format!(
+            "{name}: {} (x{:.2} on the median)",
+            stats.join(" / "),
+            ratio(total, base)
+        ));
+    }
+    println!(
+        "  redis store check, uncached (one round trip), {ROUND_TRIPS} per run, mean p50 p99: {}",
+        parts.join("; ")
+    );
+    // The servers last: they are stopped (by pid) when `main` drops what it kept.
+    kept.extend([
+        Box::new(one),
+        Box::new(big),
+        Box::new(redis_small),
+        Box::new(redis_big),
+    ] as [Box<dyn std::any::Any>; 4]);
+    kept
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Forged tokens
+
+fn forged_tokens() {
+    use jsonwebtoken::Algorithm;
+    use portcullis::keys::signing::SigningKey;
+    use portcullis::pipeline::verify::{TokenError, verify, verify_uncached};
+    use std::sync::atomic::Ordering;
+
+    println!();
+    println!("forged tokens");
+    let dir = tempfile::tempdir().unwrap();
+    let (ed, _) = SigningKey::generate(Algorithm::EdDSA).unwrap();
+    let (rs, _) = SigningKey::generate(Algorithm::RS256).unwrap();
+    std::fs::write(dir.path().join("ed.pem"), ed.public_key_pem()).unwrap();
+    std::fs::write(dir.path().join("rs.pem"), rs.public_key_pem()).unwrap();
+    let yaml = format!(
+        r#"
+listeners: [{{ bind: "127.0.0.1:0" }}]
+issuers:
+  - issuer: https://bench
+    audiences: [bench]
+    keys:
+      - {{ kid: "{}", alg: EdDSA, pem: ed.pem }}
+      - {{ kid: "{}", alg: RS256, pem: rs.pem }}
+roles: {{ reader: [docs:read] }}
+upstreams: {{ echo: {{ echo: true }} }}
+routes: [{{ path: /, upstream: echo, policy: authenticated }}]
+tokens: {{ cache_capacity: 10000 }}
+"#,
+        ed.kid(),
+        rs.kid()
+    );
+    let runtime = || {
+        portcullis::config::Config::from_yaml(&yaml, dir.path())
+            .unwrap()
+            .runtime
+    };
+    let n = now();
+    let claims = |i: u64, exp: i64| {
+        serde_json::json!({
+            "iss": "https://bench", "aud": "bench", "sub": format!("user-{i}@example.com"),
+            "sid": format!("{i:022}"), "jti": format!("{i:032x}"), "iat": exp - 900, "exp": exp,
+            "roles": ["reader"],
+        })
+    };
+    // Distinct tokens under the key's header whose signature is a real one of that key, made for
+    // other claims: well-formed, and refused only by the signature check.
+    let forge = |key: &SigningKey, range: std::ops::Range<u64>| -> Vec<String> {
+        use base64::Engine as _;
+        let donor = key.sign(&claims(u64::MAX, n + 900)).unwrap();
+        let (header, rest) = donor.split_once('.').unwrap();
+        let signature = rest.rsplit('.').next().unwrap();
+        range
+            .map(|i| {
+                let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .encode(claims(i, n + 900).to_string());
+                format!("{header}.{payload}.{signature}")
+            })
+            .collect()
+    };
+    let checks = || {
+        portcullis::metrics::global()
+            .token_signature_checks
+            .load(Ordering::Relaxed)
+    };
+    let hits = || {
+        portcullis::metrics::global()
+            .token_cache_hits
+            .load(Ordering::Relaxed)
+    };
+
+    // 5a. Cost per refused token, next to a valid token's first sight, in alternating blocks:
+    // 10 times, 500 first sights of valid tokens (`verify_uncached`, which caches nothing, so
+    // the same 500 serve every block), 2,000 distinct forged tokens and 500 expired ones
+    // (never cached either) through `verify`.
+    const BLOCKS: usize = 10;
+    const VALID_BLOCK: usize = 500;
+    const FORGED_BLOCK: usize = 2_000;
+    let rt = runtime();
+    for (name, key) in [("EdDSA", &ed), ("RS256", &rs)] {
+        let valid: Vec<String> = (0..VALID_BLOCK as u64)
+            .map(|i| key.sign(&claims(i, n + 900)).unwrap())
+            .collect();
+        let expired: Vec<String> = (0..VALID_BLOCK as u64)
+            .map(|i| key.sign(&claims(i, n - 60)).unwrap())
+            .collect();
+        let forged = forge(key, 0..(BLOCKS * FORGED_BLOCK) as u64);
+        let entries = rt.token_cache.entry_count();
+        let (mut first_sight, mut forged_time, mut expired_time) =
+            (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        let (mut forged_checks, mut expired_checks) = (0, 0);
+        for block in 0..BLOCKS {
+            let started = Instant::now();
+            for token in &valid {
+                verify_uncached(token, &rt.verifier, &rt.permissions, n).unwrap();
+            }
+            first_sight += started.elapsed();
+            let before = checks();
+            let started = Instant::now();
+            for token in &forged[block * FORGED_BLOCK..(block + 1) * FORGED_BLOCK] {
+                let refused = verify(token, &rt.verifier, &rt.token_cache, &rt.permissions, n);
+                assert_eq!(refused.unwrap_err(), TokenError::BadSignature);
+            }
+            forged_time += started.elapsed();
+            forged_checks += checks() - before;
+            let before = checks();
+            let started = Instant::now();
+            for token in &expired {
+                let refused = verify(token, &rt.verifier, &rt.token_cache, &rt.permissions, n);
+                assert_eq!(refused.unwrap_err(), TokenError::Expired);
+            }
+            expired_time += started.elapsed();
+            expired_checks += checks() - before;
+        }
+        let first_sight = first_sight / (BLOCKS * VALID_BLOCK) as u32;
+        let forged_cost = forged_time / (BLOCKS * FORGED_BLOCK) as u32;
+        let expired_cost = expired_time / (BLOCKS * VALID_BLOCK) as u32;
+        println!(
+            "  {name}: valid token, first sight (verify_uncached) {first_sight:.1?}; forged \
+             (bad signature) {forged_cost:.1?} = x{:.2}, {forged_checks} signature checks for \
+             {} tokens; expired (valid signature) {expired_cost:.1?} = x{:.2}, {expired_checks} \
+             checks for {}; token cache entries {entries} -> {}",
+            ratio(forged_cost, first_sight),
+            BLOCKS * FORGED_BLOCK,
+            ratio(expired_cost, first_sight),
+            BLOCKS * VALID_BLOCK,
+            rt.token_cache.entry_count()
+        );
+    }
+    drop(rt);
+
+    // 5b. 1,000 valid tokens cached, then 100,000 forged ones, then the 1,000 again.
+    const VALID: u64 = 1_000;
+    const FLOOD: u64 = 100_000;
+    let rt = runtime();
+    let valid: Vec<String> = (0..VALID)
+        .map(|i| ed.sign(&claims(1_000_000 + i, n + 900)).unwrap())
+        .collect();
+    let flood = forge(&ed, 2_000_000..2_000_000 + FLOOD);
+    for token in &valid {
+        verify(token, &rt.verifier, &rt.token_cache, &rt.permissions, n).unwrap();
+    }
+    let entries_before = rt.token_cache.entry_count();
+    let rss_before = rss_kib();
+    let started = Instant::now();
+    for token in &flood {
+        let refused = verify(token, &rt.verifier, &rt.token_cache, &rt.permissions, n);
+        assert_eq!(refused.unwrap_err(), TokenError::BadSignature);
+    }
+    let flood_time = started.elapsed();
+    let rss_after = rss_kib();
+    let entries_after = rt.token_cache.entry_count();
+    let (hits_before, checks_before) = (hits(), checks());
+    for token in &valid {
+        verify(token, &rt.verifier, &rt.token_cache, &rt.permissions, n).unwrap();
+    }
+    let hit = hits() - hits_before;
+    println!(
+        "  flood of {FLOOD} forged EdDSA tokens into a cache of 10,000 holding {VALID} valid \
+         ones: {flood_time:.1?} ({:.1?} each); entries {entries_before} -> {entries_after}; \
+         RSS {rss_before} -> {rss_after} KiB; then the {VALID} valid tokens: {hit} hits \
+         ({:.1} %), {} signature checks",
+        flood_time / FLOOD as u32,
+        hit as f64 * 100.0 / VALID as f64,
+        checks() - checks_before
     );
 }
