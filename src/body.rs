@@ -8,6 +8,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::pipeline::pool::Checkout;
+
 /// An error while streaming a body.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
@@ -32,6 +34,14 @@ pub enum GatewayBody {
         inner: Incoming,
         /// Remaining allowance; `u64::MAX` for no limit.
         remaining: u64,
+    },
+    /// A response from a pooled upstream connection, which goes back to its pool once this
+    /// body has been read to the end and dropped.
+    Pooled {
+        /// The upstream's body.
+        inner: Incoming,
+        /// The connection it arrives on.
+        checkout: Checkout,
     },
 }
 
@@ -84,6 +94,20 @@ impl Body for GatewayBody {
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },
+            GatewayBody::Pooled { inner, checkout } => match Pin::new(&mut *inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if inner.is_end_stream() {
+                        checkout.finished();
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Stream(e)))),
+                Poll::Ready(None) => {
+                    checkout.finished();
+                    Poll::Ready(None)
+                }
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 
@@ -91,7 +115,9 @@ impl Body for GatewayBody {
         match self {
             GatewayBody::Empty => true,
             GatewayBody::Full(chunk) => chunk.is_none(),
-            GatewayBody::Stream { inner, .. } => inner.is_end_stream(),
+            GatewayBody::Stream { inner, .. } | GatewayBody::Pooled { inner, .. } => {
+                inner.is_end_stream()
+            }
         }
     }
 
@@ -101,7 +127,9 @@ impl Body for GatewayBody {
             GatewayBody::Full(chunk) => {
                 SizeHint::with_exact(chunk.as_ref().map_or(0, |b| b.len() as u64))
             }
-            GatewayBody::Stream { inner, .. } => inner.size_hint(),
+            GatewayBody::Stream { inner, .. } | GatewayBody::Pooled { inner, .. } => {
+                inner.size_hint()
+            }
         }
     }
 }

@@ -7,6 +7,12 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of glibc's malloc: hyper allocates a fresh 8 KiB read buffer per message on
+/// both the client and the upstream connection, and glibc serves those through its slow bins.
+/// Measured with callgrind under load (docs/PERFORMANCE.md, "Allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Portcullis: an authentication gateway in front of backends that know nothing about tokens.
 ///
 /// It verifies access tokens (cookie or Bearer), checks the session, enforces per-route

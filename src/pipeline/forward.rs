@@ -11,12 +11,14 @@
 //! example config works with no other service and tests can see what a backend would see.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::HOST;
-use http::uri::{Authority, Scheme};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -26,6 +28,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use crate::body::{BodyError, GatewayBody};
 use crate::error::GatewayError;
 use crate::pipeline::mutate;
+use crate::pipeline::pool::H1Pool;
 
 /// Timeouts and pool settings of an HTTP upstream.
 #[derive(Debug, Clone)]
@@ -54,6 +57,8 @@ pub struct HttpUpstream {
     /// every request.
     host: HeaderValue,
     client: Client<HttpsConnector<HttpConnector>, GatewayBody>,
+    /// Plain-`http://` HTTP/1.1 upstreams: their own pool, used for everything but upgrades.
+    pool: Option<Arc<H1Pool>>,
     settings: UpstreamSettings,
 }
 
@@ -103,6 +108,16 @@ impl HttpUpstream {
             _ => authority.host().to_owned(),
         };
         let host = HeaderValue::from_str(&host).map_err(|_| "the URL's host is not valid")?;
+        let pool = (scheme == Scheme::HTTP && !settings.h2).then(|| {
+            let port = authority.port_u16().unwrap_or(80);
+            // `host()` keeps an IPv6 literal in brackets, as `TcpStream::connect` wants it.
+            Arc::new(H1Pool::new(
+                format!("{}:{port}", authority.host()),
+                settings.connect_timeout,
+                settings.idle_timeout,
+                settings.max_idle_per_host,
+            ))
+        });
 
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -129,6 +144,7 @@ impl HttpUpstream {
             base_path,
             host,
             client,
+            pool,
             settings,
         })
     }
@@ -180,13 +196,22 @@ async fn forward_http(
         path_and_query.push('?');
         path_and_query.push_str(q);
     }
-    let uri = Uri::builder()
-        .scheme(up.scheme.clone())
-        .authority(up.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
+    let path_and_query = PathAndQuery::try_from(path_and_query)
         .map_err(|e| GatewayError::UpstreamUnavailable(Box::new(e)))?;
-    *request.uri_mut() = uri;
+    let pooled = up.pool.as_ref().filter(|_| !upgrade);
+    *request.uri_mut() = if pooled.is_some() {
+        // hyper's connection API writes the URI as given: origin-form, as RFC 9112 asks of a
+        // request to an origin server.
+        Uri::from(path_and_query)
+    } else {
+        // hyper-util's client picks the connection by the URI and writes origin-form itself.
+        Uri::builder()
+            .scheme(up.scheme.clone())
+            .authority(up.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|e| GatewayError::UpstreamUnavailable(Box::new(e)))?
+    };
     *request.version_mut() = if up.settings.h2 {
         Version::HTTP_2
     } else {
@@ -198,6 +223,28 @@ async fn forward_http(
         request.headers_mut().insert(HOST, host);
     } else if !up.settings.h2 {
         request.headers_mut().insert(HOST, up.host.clone());
+    }
+    if let Some(pool) = pooled {
+        let (response, mut checkout) =
+            match tokio::time::timeout(up.settings.response_timeout, pool.send(request)).await {
+                Err(_) => return Err(GatewayError::UpstreamTimeout),
+                Ok(Err(e)) if caused_by_body_limit(&e) => {
+                    return Err(GatewayError::PayloadTooLarge);
+                }
+                Ok(Err(e)) => return Err(GatewayError::UpstreamUnavailable(Box::new(e))),
+                Ok(Ok(sent)) => sent,
+            };
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        if body.is_end_stream() {
+            // Nothing will poll an empty body (HEAD, 204, 304, `Content-Length: 0`).
+            checkout.finished();
+        }
+        let body = GatewayBody::Pooled {
+            inner: body,
+            checkout,
+        };
+        return Ok(Response::from_parts(parts, body));
     }
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
 

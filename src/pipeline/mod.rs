@@ -24,6 +24,7 @@ pub mod credential;
 pub mod forward;
 pub mod mutate;
 pub mod normalize;
+pub mod pool;
 pub mod route;
 pub mod session;
 pub mod verify;

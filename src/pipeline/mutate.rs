@@ -154,14 +154,23 @@ fn spoofable(name: &str, identity: &IdentityHeaders) -> bool {
         || OVERRIDES.iter().any(|o| same_name(name, o))
 }
 
-/// The header names a `Connection` header lists: hop-by-hop for this message only.
+/// The header names a `Connection` header lists: hop-by-hop for this message only. The
+/// [`HOP_BY_HOP`] names are left out: every caller strips those anyway, and leaving them out
+/// means the usual `Connection: keep-alive` costs no allocation.
 pub fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
         .get_all(CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().to_ascii_lowercase().as_bytes()).ok())
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|n| {
+            !n.is_empty()
+                && !HOP_BY_HOP
+                    .iter()
+                    .any(|h| n.eq_ignore_ascii_case(h.as_bytes()))
+        })
+        // `from_bytes` lower-cases; a token that is no header name names nothing to strip.
+        .filter_map(|n| HeaderName::from_bytes(n).ok())
         .collect()
 }
 
@@ -486,5 +495,24 @@ mod tests {
         assert!(h.get("x-secret-hop").is_none());
         assert!(h.get("te").is_none());
         assert!(h.get(CONNECTION).is_none());
+    }
+
+    #[test]
+    fn connection_lists_custom_names_lower_cased_and_skips_the_standard_ones() {
+        let mut h = HeaderMap::new();
+        h.append(
+            CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret-Hop,, Close"),
+        );
+        h.append(
+            CONNECTION,
+            HeaderValue::from_static(" TE ,x-other , bad name"),
+        );
+        let listed = connection_listed(&h);
+        let names: Vec<&str> = listed.iter().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-secret-hop", "close", "x-other"]);
+        // The common case allocates nothing.
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive"));
+        assert_eq!(connection_listed(&h).capacity(), 0);
     }
 }

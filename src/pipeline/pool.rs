@@ -1,0 +1,313 @@
+//! Kept-alive HTTP/1.1 connections to one plain `http://` upstream.
+//!
+//! The forward stage sends most requests here rather than through hyper-util's general client:
+//! that client keys one shared pool by `(scheme, authority)` with a SipHash lookup and a mutex on
+//! every checkout and return, boxes every response future, and spawns a task per request to
+//! hand the connection back once the response body is done. Here each upstream owns its pool
+//! (a LIFO list behind an uncontended mutex), and a connection goes back when the response
+//! body has been read to its end and the body is dropped ([`Checkout`]), with no task.
+//! callgrind figures are in docs/PERFORMANCE.md.
+//!
+//! HTTPS and HTTP/2 upstreams and WebSocket handshakes still use hyper-util's client.
+//!
+//! A connection is reused only when hyper says it is ready for the next request; a connection
+//! whose response was not read to the end, or that the upstream closed, is dropped, which
+//! closes it. A request refused by a reused connection before any of it was written (the
+//! upstream closed the idle connection at that moment) is sent again once, on a new connection.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::body::GatewayBody;
+
+type Sender = http1::SendRequest<GatewayBody>;
+
+/// Why a request could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// TCP connect failed.
+    #[error("connect to the upstream failed")]
+    Connect(#[source] std::io::Error),
+    /// TCP connect did not finish within `connect_timeout`.
+    #[error("connect to the upstream timed out")]
+    ConnectTimeout,
+    /// The HTTP exchange failed.
+    #[error("upstream request failed")]
+    Http(#[source] hyper::Error),
+}
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+/// The idle connections of one upstream.
+pub struct H1Pool {
+    /// `host:port` as `TcpStream::connect` takes it.
+    address: String,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle: usize,
+    idle: Mutex<Vec<Idle>>,
+}
+
+impl std::fmt::Debug for H1Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H1Pool")
+            .field("address", &self.address)
+            .field("max_idle", &self.max_idle)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A connection lent to one request. It goes back to its pool when dropped after the response
+/// body was read to the end ([`Checkout::finished`]); otherwise the connection is closed.
+pub struct Checkout {
+    sender: Option<Sender>,
+    pool: Arc<H1Pool>,
+    finished: bool,
+}
+
+impl std::fmt::Debug for Checkout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkout")
+            .field("finished", &self.finished)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Checkout {
+    /// The response body has been read to its end: the connection may serve another request.
+    pub fn finished(&mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        if let (true, Some(sender)) = (self.finished, self.sender.take()) {
+            self.pool.put(sender);
+        }
+    }
+}
+
+impl H1Pool {
+    /// A pool for the upstream at `address` (`host:port`).
+    pub fn new(
+        address: String,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        max_idle: usize,
+    ) -> Self {
+        Self {
+            address,
+            connect_timeout,
+            idle_timeout,
+            max_idle,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Sends `request` on an idle connection, or on a new one, and returns the response head with
+    /// the connection it came on.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut request: Request<GatewayBody>,
+    ) -> Result<(Response<Incoming>, Checkout), PoolError> {
+        if let Some(mut sender) = self.take() {
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok((response, self.lend(sender))),
+                Err(mut e) => match e.take_message() {
+                    // Nothing of it was written: the idle connection had been closed.
+                    Some(unsent) => request = unsent,
+                    None => return Err(PoolError::Http(e.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect().await?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(PoolError::Http)?;
+        Ok((response, self.lend(sender)))
+    }
+
+    fn lend(self: &Arc<Self>, sender: Sender) -> Checkout {
+        Checkout {
+            sender: Some(sender),
+            pool: Arc::clone(self),
+            finished: false,
+        }
+    }
+
+    /// The most recently used idle connection that is still open and ready.
+    fn take(&self) -> Option<Sender> {
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(entry) = idle.pop() {
+            if entry.sender.is_ready() && now.duration_since(entry.since) < self.idle_timeout {
+                return Some(entry.sender);
+            }
+            // Closed, expired or still busy: dropping it closes the connection.
+        }
+        None
+    }
+
+    fn put(&self, sender: Sender) {
+        if !sender.is_ready() {
+            // Closed, or hyper has not finished with the last response yet.
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        // The oldest sit at the front: expire them here, so a pool that went quiet does not
+        // hold sockets past `idle_timeout` once traffic returns.
+        let expired = idle
+            .iter()
+            .take_while(|e| now.duration_since(e.since) >= self.idle_timeout)
+            .count();
+        idle.drain(..expired);
+        if idle.len() < self.max_idle {
+            idle.push(Idle { sender, since: now });
+        }
+    }
+
+    async fn connect(&self) -> Result<Sender, PoolError> {
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&*self.address))
+            .await
+            .map_err(|_| PoolError::ConnectTimeout)?
+            .map_err(PoolError::Connect)?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(PoolError::Http)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Idle connections held now.
+    #[cfg(test)]
+    fn idle_count(&self) -> usize {
+        self.idle.lock().unwrap().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// An upstream that answers each connection's first request with `ok` and keep-alive, then
+    /// closes the connection: the way an upstream ends an idle keep-alive connection.
+    async fn one_answer_per_connection() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut seen = Vec::new();
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let n = socket.read(&mut buf).await.unwrap();
+                        if n == 0 {
+                            return;
+                        }
+                        seen.extend_from_slice(&buf[..n]);
+                    }
+                    socket
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await
+                        .unwrap();
+                    // Give the client time to pool the connection, then close it.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                });
+            }
+        });
+        (address, accepted)
+    }
+
+    fn get() -> Request<GatewayBody> {
+        Request::builder()
+            .uri("/")
+            .header(hyper::header::HOST, "upstream")
+            .body(GatewayBody::Empty)
+            .unwrap()
+    }
+
+    async fn read_to_end(pool: &Arc<H1Pool>) -> String {
+        let (response, checkout) = pool.send(get()).await.unwrap();
+        let mut body = GatewayBody::Pooled {
+            inner: response.into_body(),
+            checkout,
+        };
+        let mut text = Vec::new();
+        while let Some(frame) = body.frame().await {
+            text.extend_from_slice(frame.unwrap().data_ref().unwrap());
+        }
+        drop(body);
+        String::from_utf8(text).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_read_response_returns_its_connection_and_a_closed_one_is_replaced() {
+        let (address, accepted) = one_answer_per_connection().await;
+        let pool = Arc::new(H1Pool::new(
+            address,
+            Duration::from_secs(2),
+            Duration::from_secs(30),
+            4,
+        ));
+        assert_eq!(read_to_end(&pool).await, "ok");
+        // Back in the pool once the body was read to its end and dropped.
+        assert_eq!(pool.idle_count(), 1);
+        // The upstream closes that connection; the next request still succeeds, on a new one.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(read_to_end(&pool).await, "ok");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_unread_response_closes_its_connection() {
+        let (address, _) = one_answer_per_connection().await;
+        let pool = Arc::new(H1Pool::new(
+            address,
+            Duration::from_secs(2),
+            Duration::from_secs(30),
+            4,
+        ));
+        let (response, checkout) = pool.send(get()).await.unwrap();
+        drop((response, checkout));
+        assert_eq!(pool.idle_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_a_connect_error() {
+        let unused = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = unused.local_addr().unwrap().to_string();
+        drop(unused);
+        let pool = Arc::new(H1Pool::new(
+            address,
+            Duration::from_secs(2),
+            Duration::from_secs(30),
+            4,
+        ));
+        assert!(matches!(pool.send(get()).await, Err(PoolError::Connect(_))));
+    }
+}
