@@ -235,7 +235,9 @@ async fn run<'rt>(
             },
         };
         trace.counters = Some(auth_flow_counters());
-        let mut response = auth_flow::handle(request, &path.path, &flow).await?;
+        // Boxed: the login handlers' state is large, and unboxed it would size (and be copied
+        // with) every proxied request's future, which never enters this branch.
+        let mut response = Box::pin(auth_flow::handle(request, &path.path, &flow)).await?;
         response
             .headers_mut()
             .insert(mutate::X_REQUEST_ID, request_id.clone());
