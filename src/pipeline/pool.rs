@@ -5,7 +5,9 @@
 //! every checkout and return, boxes every response future, and spawns a task per request to
 //! hand the connection back once the response body is done. Here each upstream owns its pool
 //! (a LIFO list behind an uncontended mutex), and a connection goes back when the response
-//! body has been read to its end and the body is dropped ([`Checkout`]), with no task.
+//! body has been read to its end and the body is dropped ([`Checkout`]), with no task. A
+//! connection idle for `idle_timeout` is closed: by the next return to the pool, or, when
+//! traffic stops, by a task that runs per pool only while connections sit idle.
 //! callgrind figures are in docs/PERFORMANCE.md.
 //!
 //! HTTPS and HTTP/2 upstreams and WebSocket handshakes still use hyper-util's client.
@@ -48,6 +50,25 @@ struct Idle {
     since: Instant,
 }
 
+/// The idle list, oldest first, and whether a task is reaping it.
+#[derive(Default)]
+struct IdleList {
+    entries: Vec<Idle>,
+    reaper: bool,
+}
+
+impl IdleList {
+    /// Drops (closing them) the connections idle for `timeout` or longer.
+    fn expire(&mut self, now: Instant, timeout: Duration) {
+        let expired = self
+            .entries
+            .iter()
+            .take_while(|e| now.duration_since(e.since) >= timeout)
+            .count();
+        self.entries.drain(..expired);
+    }
+}
+
 /// The idle connections of one upstream.
 pub struct H1Pool {
     /// `host:port` as `TcpStream::connect` takes it.
@@ -55,7 +76,7 @@ pub struct H1Pool {
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
-    idle: Mutex<Vec<Idle>>,
+    idle: Mutex<IdleList>,
 }
 
 impl std::fmt::Debug for H1Pool {
@@ -111,7 +132,7 @@ impl H1Pool {
             connect_timeout,
             idle_timeout,
             max_idle,
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(IdleList::default()),
         }
     }
 
@@ -151,7 +172,7 @@ impl H1Pool {
     fn take(&self) -> Option<Sender> {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(entry) = idle.pop() {
+        while let Some(entry) = idle.entries.pop() {
             if entry.sender.is_ready() && now.duration_since(entry.since) < self.idle_timeout {
                 return Some(entry.sender);
             }
@@ -160,22 +181,25 @@ impl H1Pool {
         None
     }
 
-    fn put(&self, sender: Sender) {
+    fn put(self: &Arc<Self>, sender: Sender) {
         if !sender.is_ready() {
             // Closed, or hyper has not finished with the last response yet.
             return;
         }
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        // The oldest sit at the front: expire them here, so a pool that went quiet does not
-        // hold sockets past `idle_timeout` once traffic returns.
-        let expired = idle
-            .iter()
-            .take_while(|e| now.duration_since(e.since) >= self.idle_timeout)
-            .count();
-        idle.drain(..expired);
-        if idle.len() < self.max_idle {
-            idle.push(Idle { sender, since: now });
+        idle.expire(now, self.idle_timeout);
+        if idle.entries.len() >= self.max_idle {
+            return;
+        }
+        idle.entries.push(Idle { sender, since: now });
+        if !idle.reaper {
+            // Without traffic nothing would look at the list again: a task closes idle
+            // connections at `idle_timeout` and ends once the list is empty.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                idle.reaper = true;
+                runtime.spawn(reap(Arc::downgrade(self)));
+            }
         }
     }
 
@@ -199,7 +223,28 @@ impl H1Pool {
     /// Idle connections held now.
     #[cfg(test)]
     fn idle_count(&self) -> usize {
-        self.idle.lock().unwrap().len()
+        self.idle.lock().unwrap().entries.len()
+    }
+}
+
+/// Closes a pool's connections as they reach `idle_timeout`, until none is left idle (or the
+/// pool itself is gone, after a reload). One per pool at a time; under load it wakes once per
+/// `idle_timeout`, as every return to the pool also expires the oldest.
+async fn reap(pool: std::sync::Weak<H1Pool>) {
+    loop {
+        let next = {
+            let Some(pool) = pool.upgrade() else { return };
+            let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
+            idle.expire(Instant::now(), pool.idle_timeout);
+            match idle.entries.first() {
+                Some(oldest) => oldest.since + pool.idle_timeout,
+                None => {
+                    idle.reaper = false;
+                    return;
+                }
+            }
+        };
+        tokio::time::sleep_until(next).await;
     }
 }
 
@@ -210,37 +255,54 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
-    /// An upstream that answers each connection's first request with `ok` and keep-alive, then
-    /// closes the connection: the way an upstream ends an idle keep-alive connection.
-    async fn one_answer_per_connection() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    /// Connections an upstream accepted, and how many of them the client has closed.
+    #[derive(Default)]
+    struct Seen {
+        accepted: std::sync::atomic::AtomicUsize,
+        closed_by_client: std::sync::atomic::AtomicUsize,
+    }
+
+    /// An upstream answering `ok` with keep-alive. With `close_after_first`, it closes each
+    /// connection shortly after its first answer: the way an upstream ends an idle keep-alive
+    /// connection.
+    async fn upstream(close_after_first: bool) -> (String, Arc<Seen>) {
+        use std::sync::atomic::Ordering::SeqCst;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
-        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let count = Arc::clone(&accepted);
+        let seen = Arc::new(Seen::default());
+        let counts = Arc::clone(&seen);
         tokio::spawn(async move {
             loop {
                 let (mut socket, _) = listener.accept().await.unwrap();
-                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                counts.accepted.fetch_add(1, SeqCst);
+                let counts = Arc::clone(&counts);
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 4096];
                     let mut seen = Vec::new();
-                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                        let n = socket.read(&mut buf).await.unwrap();
-                        if n == 0 {
+                    loop {
+                        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                            let n = socket.read(&mut buf).await.unwrap_or(0);
+                            if n == 0 {
+                                counts.closed_by_client.fetch_add(1, SeqCst);
+                                return;
+                            }
+                            seen.extend_from_slice(&buf[..n]);
+                        }
+                        seen.clear();
+                        socket
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await
+                            .unwrap();
+                        if close_after_first {
+                            // Give the client time to pool the connection, then close it.
+                            tokio::time::sleep(Duration::from_millis(50)).await;
                             return;
                         }
-                        seen.extend_from_slice(&buf[..n]);
                     }
-                    socket
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                        .await
-                        .unwrap();
-                    // Give the client time to pool the connection, then close it.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
                 });
             }
         });
-        (address, accepted)
+        (address, seen)
     }
 
     fn get() -> Request<GatewayBody> {
@@ -267,7 +329,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_read_response_returns_its_connection_and_a_closed_one_is_replaced() {
-        let (address, accepted) = one_answer_per_connection().await;
+        let (address, seen) = upstream(true).await;
         let pool = Arc::new(H1Pool::new(
             address,
             Duration::from_secs(2),
@@ -280,12 +342,12 @@ mod tests {
         // The upstream closes that connection; the next request still succeeds, on a new one.
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(read_to_end(&pool).await, "ok");
-        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(seen.accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
     async fn an_unread_response_closes_its_connection() {
-        let (address, _) = one_answer_per_connection().await;
+        let (address, _) = upstream(true).await;
         let pool = Arc::new(H1Pool::new(
             address,
             Duration::from_secs(2),
@@ -295,6 +357,27 @@ mod tests {
         let (response, checkout) = pool.send(get()).await.unwrap();
         drop((response, checkout));
         assert_eq!(pool.idle_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn connections_are_reused_and_closed_after_idle_timeout_without_traffic() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let (address, seen) = upstream(false).await;
+        let pool = Arc::new(H1Pool::new(
+            address,
+            Duration::from_secs(2),
+            Duration::from_millis(200),
+            4,
+        ));
+        for _ in 0..3 {
+            assert_eq!(read_to_end(&pool).await, "ok");
+        }
+        assert_eq!(seen.accepted.load(SeqCst), 1, "one connection, reused");
+        assert_eq!(pool.idle_count(), 1);
+        // No request follows: the reaper closes the connection at idle_timeout.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(pool.idle_count(), 0);
+        assert_eq!(seen.closed_by_client.load(SeqCst), 1);
     }
 
     #[tokio::test]
