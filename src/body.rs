@@ -1,8 +1,10 @@
 //! The one body type the gateway sends and forwards: streamed bodies are passed through frame
 //! by frame, never buffered; gateway-made responses are a single chunk.
 
+use std::future::Future as _;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -19,6 +21,9 @@ pub enum BodyError {
     /// The request body grew past the route's limit while streaming.
     #[error("request body exceeds the route's limit")]
     TooLarge,
+    /// The client sent no part of the request body for `limits.body_read_timeout`.
+    #[error("request body stalled")]
+    Stalled,
 }
 
 /// A request or response body.
@@ -34,6 +39,8 @@ pub enum GatewayBody {
         inner: Incoming,
         /// Remaining allowance; `u64::MAX` for no limit.
         remaining: u64,
+        /// Longest wait for the next frame (request bodies).
+        stall: Option<Stall>,
     },
     /// A response from a pooled upstream connection, which goes back to its pool once this
     /// body has been read to the end and dropped.
@@ -51,11 +58,17 @@ impl GatewayBody {
         GatewayBody::Full(Some(bytes.into()))
     }
 
-    /// A streamed body that fails once more than `limit` bytes have passed.
-    pub fn limited(inner: Incoming, limit: u64) -> Self {
+    /// A request body: fails once more than `limit` bytes have passed, or when the client
+    /// sends nothing for `stall_after` while more is expected.
+    pub fn limited(inner: Incoming, limit: u64, stall_after: Duration) -> Self {
         GatewayBody::Stream {
             inner,
             remaining: limit,
+            stall: Some(Stall {
+                after: stall_after,
+                timer: None,
+                waiting: false,
+            }),
         }
     }
 
@@ -64,7 +77,38 @@ impl GatewayBody {
         GatewayBody::Stream {
             inner,
             remaining: u64::MAX,
+            stall: None,
         }
+    }
+}
+
+/// The stall timer of a request body: how long the gateway has been waiting for the client's
+/// next frame. The clock starts when a read finds nothing, not at the last frame, so a body
+/// the upstream was slow to take (backpressure) is never cut. The timer is made on the first
+/// wait: a body already complete when read (every `GET`, most small `POST`s) arms none.
+#[derive(Debug)]
+pub struct Stall {
+    after: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    waiting: bool,
+}
+
+impl Stall {
+    /// `Ready` once the client has sent nothing for `after` while the body was being read.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let deadline = tokio::time::Instant::now() + self.after;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.waiting {
+            self.waiting = true;
+            timer.as_mut().reset(deadline);
+        }
+        timer.as_mut().poll(cx)
+    }
+
+    fn frame_arrived(&mut self) {
+        self.waiting = false;
     }
 }
 
@@ -79,8 +123,15 @@ impl Body for GatewayBody {
         match self.get_mut() {
             GatewayBody::Empty => Poll::Ready(None),
             GatewayBody::Full(chunk) => Poll::Ready(chunk.take().map(|b| Ok(Frame::data(b)))),
-            GatewayBody::Stream { inner, remaining } => match Pin::new(inner).poll_frame(cx) {
+            GatewayBody::Stream {
+                inner,
+                remaining,
+                stall,
+            } => match Pin::new(inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(stall) = stall {
+                        stall.frame_arrived();
+                    }
                     if let Some(data) = frame.data_ref() {
                         let len = data.len() as u64;
                         if len > *remaining {
@@ -92,7 +143,10 @@ impl Body for GatewayBody {
                 }
                 Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Stream(e)))),
                 Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
+                Poll::Pending => match stall.as_mut().map(|s| s.poll_expired(cx)) {
+                    Some(Poll::Ready(())) => Poll::Ready(Some(Err(BodyError::Stalled))),
+                    _ => Poll::Pending,
+                },
             },
             GatewayBody::Pooled { inner, checkout } => match Pin::new(&mut *inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {

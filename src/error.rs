@@ -136,6 +136,9 @@ pub enum GatewayError {
     /// The request body exceeds the route's limit.
     #[error("request body too large")]
     PayloadTooLarge,
+    /// The client stopped sending the request body (`limits.body_read_timeout`).
+    #[error("request body stalled")]
+    BodyStalled,
     /// The session store cannot answer.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -175,6 +178,7 @@ impl GatewayError {
             GatewayError::Token(_) | GatewayError::Session(_) => StatusCode::UNAUTHORIZED,
             GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
             GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::BodyStalled => StatusCode::REQUEST_TIMEOUT,
             GatewayError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -198,6 +202,7 @@ impl GatewayError {
             GatewayError::Session(v) => v.reason_id(),
             GatewayError::Forbidden(_) => "authz.forbidden",
             GatewayError::PayloadTooLarge => "request.body_too_large",
+            GatewayError::BodyStalled => "request.body_stalled",
             GatewayError::Store(_) => "store.unavailable",
             GatewayError::UpstreamUnavailable(_) => "upstream.unavailable",
             GatewayError::UpstreamTimeout => "upstream.timeout",
@@ -223,6 +228,7 @@ impl GatewayError {
             GatewayError::Token(_) | GatewayError::Session(_) => "invalid_token",
             GatewayError::Forbidden(_) => "insufficient_scope",
             GatewayError::PayloadTooLarge => "payload_too_large",
+            GatewayError::BodyStalled => "request_timeout",
             GatewayError::Store(_) => "temporarily_unavailable",
             GatewayError::UpstreamUnavailable(_) => "bad_gateway",
             GatewayError::UpstreamTimeout => "gateway_timeout",
@@ -248,6 +254,7 @@ impl GatewayError {
             | GatewayError::Credential(_)
             | GatewayError::Forbidden(_)
             | GatewayError::PayloadTooLarge
+            | GatewayError::BodyStalled
             | GatewayError::Store(_)
             | GatewayError::UpstreamUnavailable(_)
             | GatewayError::UpstreamTimeout
@@ -405,6 +412,7 @@ mod tests {
             (GatewayError::Session(Verdict::JtiDenied), 401),
             (Forbidden.into(), 403),
             (GatewayError::PayloadTooLarge, 413),
+            (GatewayError::BodyStalled, 408),
             (
                 StoreError::Unavailable {
                     source: "down".into(),

@@ -688,6 +688,64 @@ async fn a_slowloris_client_sending_half_a_head_is_disconnected_after_header_rea
     assert_eq!(gw.upstream.count(), 0);
 }
 
+#[tokio::test]
+async fn a_client_that_stalls_mid_body_gets_408_after_body_read_timeout() {
+    let gw = Setup {
+        extra: "limits: { body_read_timeout: 500ms }".into(),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    let started = std::time::Instant::now();
+    stream
+        .write_all(b"POST /public/upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nonly-part")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let closed = timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    assert!(closed.is_ok(), "the connection was still open after 5s");
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+    assert!(text.contains("request_timeout"), "{text}");
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    // The upstream never saw the whole body.
+    assert!(
+        gw.upstream
+            .requests()
+            .iter()
+            .all(|seen| seen.body.len() < 100)
+    );
+}
+
+#[tokio::test]
+async fn a_slow_but_steady_body_is_not_cut_by_body_read_timeout() {
+    let gw = Setup {
+        extra: "limits: { body_read_timeout: 500ms }".into(),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(b"POST /public/upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 40\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    // Four pieces 250 ms apart: a second in all, but never 500 ms without a byte.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        stream.write_all(b"0123456789").await.unwrap();
+    }
+    let mut out = Vec::new();
+    timeout(BOUND, stream.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    assert_eq!(gw.upstream.last().body.len(), 40);
+}
+
 /// Reads until the gateway closes the connection; whether it did within `within`.
 async fn closed_within<S: AsyncRead + Unpin>(stream: &mut S, within: Duration) -> bool {
     let mut out = Vec::new();

@@ -151,7 +151,7 @@ async fn login(
     let headers = request.headers().clone();
     csrf::same_origin(&headers, &env.client.origin)
         .map_err(|e| refused(env, "login.failure", LOGIN_PATH, e))?;
-    let (kind, body) = read_body(request).await?;
+    let (kind, body) = read_body(request, env).await?;
     let mut input = match kind {
         BodyKind::Form => {
             let text = std::str::from_utf8(&body).map_err(|_| AuthError::BadBody)?;
@@ -438,7 +438,7 @@ async fn refresh(
     let headers = request.headers().clone();
     csrf::same_origin(&headers, &env.client.origin)
         .map_err(|e| refused(env, "refresh.failure", audit_path, e))?;
-    let (kind, body) = read_body_or_empty(request).await?;
+    let (kind, body) = read_body_or_empty(request, env).await?;
     let input = match kind {
         Some(BodyKind::Json) => serde_json::from_slice(&body).map_err(|_| AuthError::BadBody)?,
         Some(BodyKind::Form) => {
@@ -855,7 +855,7 @@ async fn logout(
     let headers = request.headers().clone();
     csrf::same_origin(&headers, &env.client.origin)
         .map_err(|e| refused(env, "logout", audit_path, e))?;
-    let (kind, body) = read_body_or_empty(request).await?;
+    let (kind, body) = read_body_or_empty(request, env).await?;
     let form = kind == Some(BodyKind::Form);
     let field = body_csrf(kind, &body);
     // The CSRF token first: proving the caller by its refresh cookie rotates it.
@@ -906,7 +906,7 @@ async fn logout_all(
     let headers = request.headers().clone();
     csrf::same_origin(&headers, &env.client.origin)
         .map_err(|e| refused(env, "logout_all", "/auth/logout-all", e))?;
-    let (kind, body) = read_body_or_empty(request).await?;
+    let (kind, body) = read_body_or_empty(request, env).await?;
     let form = kind == Some(BodyKind::Form);
     if needs_csrf(&headers, auth) {
         let field = body_csrf(kind, &body);
@@ -1022,7 +1022,7 @@ async fn revoke(
     let headers = request.headers().clone();
     csrf::same_origin(&headers, &env.client.origin)
         .map_err(|e| refused(env, "session.revoke", "/auth/sessions/revoke", e))?;
-    let (kind, body) = read_body(request).await?;
+    let (kind, body) = read_body(request, env).await?;
     if needs_csrf(&headers, env.auth) {
         let field = body_csrf(Some(kind), &body);
         check_csrf_token(
@@ -1220,8 +1220,11 @@ fn body_kind(headers: &HeaderMap) -> Option<BodyKind> {
 }
 
 /// The body of a form or JSON request, at most [`MAX_BODY`] bytes.
-async fn read_body(request: Request<Incoming>) -> Result<(BodyKind, Bytes), GatewayError> {
-    match read_body_or_empty(request).await? {
+async fn read_body(
+    request: Request<Incoming>,
+    env: &Env<'_>,
+) -> Result<(BodyKind, Bytes), GatewayError> {
+    match read_body_or_empty(request, env).await? {
         (Some(kind), body) => Ok((kind, body)),
         (None, _) => Err(AuthError::UnsupportedMediaType.into()),
     }
@@ -1230,6 +1233,7 @@ async fn read_body(request: Request<Incoming>) -> Result<(BodyKind, Bytes), Gate
 /// Like [`read_body`], but a request without a body (and without a content type) is allowed.
 async fn read_body_or_empty(
     request: Request<Incoming>,
+    env: &Env<'_>,
 ) -> Result<(Option<BodyKind>, Bytes), GatewayError> {
     let kind = body_kind(request.headers());
     let declared =
@@ -1239,9 +1243,10 @@ async fn read_body_or_empty(
     }
     let has_type = request.headers().contains_key(CONTENT_TYPE);
     let limited = http_body_util::Limited::new(request.into_body(), MAX_BODY);
-    let body = limited
-        .collect()
+    // A form is a few hundred bytes: all of it within `limits.body_read_timeout`.
+    let body = tokio::time::timeout(env.rt.body_read_timeout, limited.collect())
         .await
+        .map_err(|_| GatewayError::BodyStalled)?
         .map_err(|_| GatewayError::PayloadTooLarge)?
         .to_bytes();
     if kind.is_none() && (has_type || !body.is_empty()) {

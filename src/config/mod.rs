@@ -140,6 +140,9 @@ pub struct Runtime {
     pub login_url: Option<String>,
     /// The login flow, when the gateway issues its own tokens.
     pub auth: Option<AuthSettings>,
+    /// Longest wait for the next part of a request body (a client that stalls mid-body holds
+    /// a connection to the upstream; past this it gets 408).
+    pub body_read_timeout: Duration,
 }
 
 /// The admin listener.
@@ -268,6 +271,14 @@ fn compile(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         return Err(invalid("limits.max_connections", "must be at least 1"));
     }
     let default_body = size("limits.max_body", l.max_body.as_ref(), 10 << 20)?;
+    let body_read_timeout = duration(
+        "limits.body_read_timeout",
+        l.body_read_timeout.as_ref(),
+        Duration::from_secs(30),
+    )?;
+    if body_read_timeout.is_zero() {
+        return Err(invalid("limits.body_read_timeout", "must be above zero"));
+    }
 
     // Listeners.
     if raw.listeners.is_empty() {
@@ -719,6 +730,7 @@ fn compile(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         cookie_name,
         login_url,
         auth,
+        body_read_timeout,
     };
     let admin = match &raw.admin {
         None => None,

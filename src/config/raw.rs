@@ -469,6 +469,9 @@ pub struct RawLimits {
     /// A client connection with no new request for this long is closed gracefully.
     #[serde(default)]
     pub idle_timeout: Option<String>,
+    /// Longest wait for the next part of a request body.
+    #[serde(default)]
+    pub body_read_timeout: Option<String>,
     /// Concurrent HTTP/2 streams per connection.
     #[serde(default)]
     pub h2_max_concurrent_streams: Option<u32>,

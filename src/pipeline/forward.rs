@@ -171,7 +171,7 @@ pub async fn forward(
     outgoing: Outgoing,
 ) -> Result<Response<GatewayBody>, GatewayError> {
     match upstream {
-        Upstream::Echo => Ok(echo(outgoing).await),
+        Upstream::Echo => echo(outgoing).await,
         Upstream::Http(http) => forward_http(http, outgoing).await,
     }
 }
@@ -228,9 +228,7 @@ async fn forward_http(
         let (response, mut checkout) =
             match tokio::time::timeout(up.settings.response_timeout, pool.send(request)).await {
                 Err(_) => return Err(GatewayError::UpstreamTimeout),
-                Ok(Err(e)) if caused_by_body_limit(&e) => {
-                    return Err(GatewayError::PayloadTooLarge);
-                }
+                Ok(Err(e)) if let Some(refusal) = body_refusal(&e) => return Err(refusal),
                 Ok(Err(e)) => return Err(GatewayError::UpstreamUnavailable(Box::new(e))),
                 Ok(Ok(sent)) => sent,
             };
@@ -256,8 +254,8 @@ async fn forward_http(
     {
         Err(_) => return Err(GatewayError::UpstreamTimeout),
         Ok(Err(e)) => {
-            if caused_by_body_limit(&e) {
-                return Err(GatewayError::PayloadTooLarge);
+            if let Some(refusal) = body_refusal(&e) {
+                return Err(refusal);
             }
             return Err(GatewayError::UpstreamUnavailable(Box::new(e)));
         }
@@ -299,15 +297,18 @@ fn splice(
     Response::from_parts(parts, GatewayBody::Empty)
 }
 
-fn caused_by_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+/// The client's refusal behind an upstream exchange that failed while sending the request
+/// body: the body grew past the route's limit (413), or the client stalled (408).
+fn body_refusal(e: &(dyn std::error::Error + 'static)) -> Option<GatewayError> {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cause {
-        if matches!(err.downcast_ref::<BodyError>(), Some(BodyError::TooLarge)) {
-            return true;
+        match err.downcast_ref::<BodyError>() {
+            Some(BodyError::TooLarge) => return Some(GatewayError::PayloadTooLarge),
+            Some(BodyError::Stalled) => return Some(GatewayError::BodyStalled),
+            _ => cause = err.source(),
         }
-        cause = err.source();
     }
-    false
+    None
 }
 
 /// Removes hop-by-hop headers from an upstream response.
@@ -327,16 +328,12 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The built-in echo service: method, path, query, headers and body size, as JSON.
-async fn echo(out: Outgoing) -> Response<GatewayBody> {
+async fn echo(out: Outgoing) -> Result<Response<GatewayBody>, GatewayError> {
     let (parts, body) = out.request.into_parts();
     let body_bytes = match body.collect().await {
         Ok(collected) => collected.to_bytes().len(),
-        Err(BodyError::TooLarge) => {
-            let mut response =
-                Response::new(GatewayBody::full("{\"error\":\"payload_too_large\"}"));
-            *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
-            return response;
-        }
+        Err(BodyError::TooLarge) => return Err(GatewayError::PayloadTooLarge),
+        Err(BodyError::Stalled) => return Err(GatewayError::BodyStalled),
         Err(BodyError::Stream(_)) => 0,
     };
     let mut headers: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
@@ -358,5 +355,5 @@ async fn echo(out: Outgoing) -> Response<GatewayBody> {
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    response
+    Ok(response)
 }

@@ -350,7 +350,10 @@ async fn run<'rt>(
 
     // 7. forward
     let outgoing = Outgoing {
-        request: Request::from_parts(parts, GatewayBody::limited(body, route.max_body)),
+        request: Request::from_parts(
+            parts,
+            GatewayBody::limited(body, route.max_body, rt.body_read_timeout),
+        ),
         path: path.path,
         query,
         client_host,
