@@ -317,8 +317,16 @@ async fn admin(
             Ok(json(StatusCode::OK, serde_json::json!({"revoked": true})))
         }
         (&Method::POST, "/admin/reload") => {
-            event("admin.reload", "admin.ok", None, None);
-            match crate::reload::reload_file(gateway, "admin").await {
+            let outcome = crate::reload::reload_file(gateway, "admin").await;
+            // The outcome, not the attempt: a refused file is `admin.refused` here, and
+            // `config.reload` carries the key or line that refused it.
+            let reason = if outcome.is_ok() {
+                "admin.ok"
+            } else {
+                "admin.refused"
+            };
+            event("admin.reload", reason, None, None);
+            match outcome {
                 Ok(report) => Ok(json(
                     StatusCode::OK,
                     serde_json::json!({

@@ -1055,6 +1055,7 @@ async fn the_admin_api_lists_and_revokes_one_session_then_all_of_a_user_each_aud
     let events = gw.audited("admin.reload", None, 1).await;
     assert_eq!(events.len(), 1, "{events:#?}");
     assert_admin_fields(&events[0], "POST", "/admin/reload");
+    assert_eq!(events[0]["reason_id"], "admin.ok");
     let applied = gw.audited("config.reload", Some("config.applied"), 1).await;
     assert_eq!(applied.len(), 1, "{applied:#?}");
     assert_utc_time(&applied[0]);
@@ -1178,6 +1179,9 @@ async fn broken_file_keeps_the_old_config(broken: impl Fn(&str) -> String, detai
     assert_eq!(body["applied"], false);
     let error = body["error"].as_str().unwrap();
     assert!(error.contains(detail), "{error}");
+    let events = gw.audited("admin.reload", None, 1).await;
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0]["reason_id"], "admin.refused");
     assert_eq!(gw.get("/before").await.status, StatusCode::OK);
 }
 
