@@ -65,6 +65,9 @@ pub enum AuthError {
     /// The body is neither a form nor JSON.
     #[error("unsupported media type")]
     UnsupportedMediaType,
+    /// Every password-verification slot stayed taken (a login flood); try again shortly.
+    #[error("login busy")]
+    Busy,
 }
 
 impl AuthError {
@@ -79,6 +82,7 @@ impl AuthError {
             AuthError::SessionNotFound => StatusCode::NOT_FOUND,
             AuthError::BadBody => StatusCode::BAD_REQUEST,
             AuthError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AuthError::Busy => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -92,6 +96,7 @@ impl AuthError {
             AuthError::SessionNotFound => "session.not_found",
             AuthError::BadBody => "request.body",
             AuthError::UnsupportedMediaType => "request.media_type",
+            AuthError::Busy => "login.busy",
         }
     }
 
@@ -105,6 +110,7 @@ impl AuthError {
             AuthError::SessionNotFound => "not_found",
             AuthError::BadBody => "invalid_request",
             AuthError::UnsupportedMediaType => "unsupported_media_type",
+            AuthError::Busy => "temporarily_unavailable",
         }
     }
 }
@@ -427,6 +433,7 @@ mod tests {
             (AuthError::Csrf(CsrfError::Token).into(), 403),
             (AuthError::LoginFailed("login.bad_password").into(), 401),
             (AuthError::Throttled { retry_after: 5 }.into(), 429),
+            (AuthError::Busy.into(), 503),
             (AuthError::RefreshInvalid("refresh.invalid").into(), 401),
             (AuthError::RefreshReuse.into(), 401),
             (AuthError::NotSignedIn.into(), 401),

@@ -230,6 +230,27 @@ async fn login(
     let password = users::Password::new(std::mem::take(&mut input.password));
     let user = match users::authenticate(current_users, &input.username, password).await {
         Ok(user) => user,
+        Err(users::LoginFailure::Busy) => {
+            // Nothing was verified: not a failed attempt, so no throttle count.
+            let (subject, digest) = audit_username(env, &username);
+            env.audit.emit(&AuditEvent {
+                subject,
+                detail: digest.as_deref(),
+                ..env.event("login.failure", "login.busy", audit_path)
+            });
+            if form {
+                let mut response = login_form_again(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &input,
+                    "Sign-in is busy right now. Please try again in a moment.",
+                );
+                response
+                    .headers_mut()
+                    .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return Ok(response);
+            }
+            return Err(AuthError::Busy.into());
+        }
         Err(failure) => {
             let window = throttle.window.as_secs() as i64;
             env.store.throttle_hit(&ip_key, window, now).await?;

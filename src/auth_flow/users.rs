@@ -538,6 +538,10 @@ pub enum LoginFailure {
     /// panicked). Fails closed; it is a server fault, not the user's.
     #[error("password verification unavailable")]
     Unavailable,
+    /// Every verification slot stayed taken for [`SLOT_WAIT`]: a login flood. Nothing was
+    /// verified, so it says nothing about the user or the password.
+    #[error("password verification busy")]
+    Busy,
 }
 
 impl LoginFailure {
@@ -548,6 +552,7 @@ impl LoginFailure {
             Self::BadPassword => "login.bad_password",
             Self::Disabled => "login.account_disabled",
             Self::Unavailable => "login.verifier_unavailable",
+            Self::Busy => "login.busy",
         }
     }
 }
@@ -565,15 +570,47 @@ impl LoginFailure {
 ///
 /// A disabled account with a wrong password reports [`LoginFailure::BadPassword`];
 /// [`LoginFailure::Disabled`] means the password was right.
+///
+/// At most one verification per core runs at once (each holds the hash's memory, 19 MiB at
+/// OWASP parameters, and a core for its duration); the others wait up to [`SLOT_WAIT`] and then
+/// fail with [`LoginFailure::Busy`]. Without the bound a login flood would start as many as the
+/// blocking pool has threads (512), ~10 GiB of argon2 memory, and starve the proxy's workers.
 pub async fn authenticate(
     users: Arc<Users>,
     username: &str,
     password: Password,
 ) -> Result<Authenticated, LoginFailure> {
+    static SLOTS: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
+    let slots = SLOTS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Arc::new(tokio::sync::Semaphore::new(cores))
+    });
+    authenticate_in(slots, SLOT_WAIT, users, username, password).await
+}
+
+/// How long a login waits for a verification slot before it is refused as busy.
+pub const SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn authenticate_in(
+    slots: &Arc<tokio::sync::Semaphore>,
+    wait: std::time::Duration,
+    users: Arc<Users>,
+    username: &str,
+    password: Password,
+) -> Result<Authenticated, LoginFailure> {
     let canonical = canonical_username(username);
-    tokio::task::spawn_blocking(move || verify_blocking(&users, &canonical, &password))
-        .await
-        .unwrap_or(Err(LoginFailure::Unavailable))
+    let slot = match tokio::time::timeout(wait, Arc::clone(slots).acquire_owned()).await {
+        Ok(Ok(slot)) => slot,
+        Ok(Err(_closed)) => return Err(LoginFailure::Unavailable),
+        Err(_elapsed) => return Err(LoginFailure::Busy),
+    };
+    tokio::task::spawn_blocking(move || {
+        // Held until the verification itself ends, even if the request is dropped meanwhile.
+        let _slot = slot;
+        verify_blocking(&users, &canonical, &password)
+    })
+    .await
+    .unwrap_or(Err(LoginFailure::Unavailable))
 }
 
 fn verify_blocking(
@@ -926,6 +963,26 @@ mod tests {
         let users = Users::parse_with(&yaml, "u.yaml", TEST_MINIMUMS).unwrap();
         let p = Params::try_from(&users.dummy).unwrap();
         assert_eq!((p.m_cost(), p.t_cost()), (16, 2));
+    }
+
+    #[tokio::test]
+    async fn logins_wait_for_a_verification_slot_and_are_refused_as_busy_when_none_frees() {
+        let slots = Arc::new(tokio::sync::Semaphore::new(1));
+        let wait = std::time::Duration::from_millis(200);
+        // The only slot is taken (another login, say): nothing is verified, the login is busy.
+        let taken = Arc::clone(&slots).acquire_owned().await.unwrap();
+        let busy = authenticate_in(&slots, wait, test_users(), "alice", pw("alice-pw")).await;
+        assert!(matches!(busy, Err(LoginFailure::Busy)), "{busy:?}");
+        // A slot freed while waiting is taken, and the login goes through.
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            drop(taken);
+        });
+        let ok = authenticate_in(&slots, wait, test_users(), "alice", pw("alice-pw")).await;
+        assert!(ok.is_ok(), "{ok:?}");
+        release.await.unwrap();
+        // The slot is back once the verification has ended.
+        assert_eq!(slots.available_permits(), 1);
     }
 
     #[tokio::test]
