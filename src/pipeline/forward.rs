@@ -225,13 +225,7 @@ async fn forward_http(
         request.headers_mut().insert(HOST, up.host.clone());
     }
     if let Some(pool) = pooled {
-        let (response, mut checkout) =
-            match tokio::time::timeout(up.settings.response_timeout, pool.send(request)).await {
-                Err(_) => return Err(GatewayError::UpstreamTimeout),
-                Ok(Err(e)) if let Some(refusal) = body_refusal(&e) => return Err(refusal),
-                Ok(Err(e)) => return Err(GatewayError::UpstreamUnavailable(Box::new(e))),
-                Ok(Ok(sent)) => sent,
-            };
+        let (response, mut checkout) = exchange(up, pool.send(request)).await?;
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         if body.is_end_stream() {
@@ -246,21 +240,7 @@ async fn forward_http(
     }
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
 
-    let response = match tokio::time::timeout(
-        up.settings.response_timeout,
-        up.client.request(request),
-    )
-    .await
-    {
-        Err(_) => return Err(GatewayError::UpstreamTimeout),
-        Ok(Err(e)) => {
-            if let Some(refusal) = body_refusal(&e) {
-                return Err(refusal);
-            }
-            return Err(GatewayError::UpstreamUnavailable(Box::new(e)));
-        }
-        Ok(Ok(response)) => response,
-    };
+    let response = exchange(up, up.client.request(request)).await?;
 
     if response.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(client_upgrade) = client_upgrade
@@ -295,6 +275,24 @@ fn splice(
     });
     let (parts, _) = upstream_response.into_parts();
     Response::from_parts(parts, GatewayBody::Empty)
+}
+
+/// Waits for an upstream's response head, by either client, within `response_timeout`: 504 after
+/// it, the client's own refusal when sending its body failed ([`body_refusal`]), 502 otherwise.
+async fn exchange<T, E>(
+    up: &HttpUpstream,
+    sent: impl Future<Output = Result<T, E>>,
+) -> Result<T, GatewayError>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    match tokio::time::timeout(up.settings.response_timeout, sent).await {
+        Err(_) => Err(GatewayError::UpstreamTimeout),
+        Ok(Err(e)) => {
+            Err(body_refusal(&e).unwrap_or_else(|| GatewayError::UpstreamUnavailable(Box::new(e))))
+        }
+        Ok(Ok(response)) => Ok(response),
+    }
 }
 
 /// The client's refusal behind an upstream exchange that failed while sending the request
