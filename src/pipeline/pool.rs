@@ -170,13 +170,13 @@ impl H1Pool {
 
     /// The most recently used idle connection that is still open and ready.
     fn take(&self) -> Option<Sender> {
-        let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.expire(Instant::now(), self.idle_timeout);
         while let Some(entry) = idle.entries.pop() {
-            if entry.sender.is_ready() && now.duration_since(entry.since) < self.idle_timeout {
+            if entry.sender.is_ready() {
                 return Some(entry.sender);
             }
-            // Closed, expired or still busy: dropping it closes the connection.
+            // Closed or still busy: dropping it closes the connection.
         }
         None
     }
@@ -305,6 +305,16 @@ mod tests {
         (address, seen)
     }
 
+    /// A pool of up to 4 idle connections to `address`, with a 2 s connect timeout.
+    fn pool(address: String, idle_timeout: Duration) -> Arc<H1Pool> {
+        Arc::new(H1Pool::new(
+            address,
+            Duration::from_secs(2),
+            idle_timeout,
+            4,
+        ))
+    }
+
     fn get() -> Request<GatewayBody> {
         Request::builder()
             .uri("/")
@@ -330,12 +340,7 @@ mod tests {
     #[tokio::test]
     async fn a_read_response_returns_its_connection_and_a_closed_one_is_replaced() {
         let (address, seen) = upstream(true).await;
-        let pool = Arc::new(H1Pool::new(
-            address,
-            Duration::from_secs(2),
-            Duration::from_secs(30),
-            4,
-        ));
+        let pool = pool(address, Duration::from_secs(30));
         assert_eq!(read_to_end(&pool).await, "ok");
         // Back in the pool once the body was read to its end and dropped.
         assert_eq!(pool.idle_count(), 1);
@@ -348,12 +353,7 @@ mod tests {
     #[tokio::test]
     async fn an_unread_response_closes_its_connection() {
         let (address, _) = upstream(true).await;
-        let pool = Arc::new(H1Pool::new(
-            address,
-            Duration::from_secs(2),
-            Duration::from_secs(30),
-            4,
-        ));
+        let pool = pool(address, Duration::from_secs(30));
         let (response, checkout) = pool.send(get()).await.unwrap();
         drop((response, checkout));
         assert_eq!(pool.idle_count(), 0);
@@ -363,12 +363,7 @@ mod tests {
     async fn connections_are_reused_and_closed_after_idle_timeout_without_traffic() {
         use std::sync::atomic::Ordering::SeqCst;
         let (address, seen) = upstream(false).await;
-        let pool = Arc::new(H1Pool::new(
-            address,
-            Duration::from_secs(2),
-            Duration::from_millis(200),
-            4,
-        ));
+        let pool = pool(address, Duration::from_millis(200));
         for _ in 0..3 {
             assert_eq!(read_to_end(&pool).await, "ok");
         }
@@ -385,12 +380,7 @@ mod tests {
         let unused = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = unused.local_addr().unwrap().to_string();
         drop(unused);
-        let pool = Arc::new(H1Pool::new(
-            address,
-            Duration::from_secs(2),
-            Duration::from_secs(30),
-            4,
-        ));
+        let pool = pool(address, Duration::from_secs(30));
         assert!(matches!(pool.send(get()).await, Err(PoolError::Connect(_))));
     }
 }
