@@ -96,14 +96,19 @@ pub struct Stall {
 impl Stall {
     /// `Ready` once the client has sent nothing for `after` while the body was being read.
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let deadline = tokio::time::Instant::now() + self.after;
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if !self.waiting {
-            self.waiting = true;
-            timer.as_mut().reset(deadline);
-        }
+        // A new wait (re)starts the clock, once, not on every poll of the same wait.
+        let new_wait = !std::mem::replace(&mut self.waiting, true);
+        let timer = match &mut self.timer {
+            Some(timer) => {
+                if new_wait {
+                    timer
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + self.after);
+                }
+                timer
+            }
+            None => self.timer.insert(Box::pin(tokio::time::sleep(self.after))),
+        };
         timer.as_mut().poll(cx)
     }
 
