@@ -205,25 +205,14 @@ async fn login(
         .map(|(a, _)| a.resets_at)
         .max();
     if let Some(resets_at) = blocked {
-        let (subject, digest) = audit_username(env, &username);
-        env.audit.emit(&AuditEvent {
-            subject,
-            detail: digest.as_deref(),
-            ..env.event("login.failure", "login.throttled", audit_path)
-        });
         let retry_after = (resets_at - now).max(1) as u64;
-        if form {
-            let mut response = login_form_again(
-                StatusCode::TOO_MANY_REQUESTS,
-                &input,
-                "Too many failed sign-in attempts. Please wait a few minutes and try again.",
-            );
-            response
-                .headers_mut()
-                .insert(http::header::RETRY_AFTER, HeaderValue::from(retry_after));
-            return Ok(response);
-        }
-        return Err(AuthError::Throttled { retry_after }.into());
+        return login_deferred(
+            env,
+            &username,
+            form.then_some(&input),
+            AuthError::Throttled { retry_after },
+            "Too many failed sign-in attempts. Please wait a few minutes and try again.",
+        );
     }
 
     let current_users = auth.users.current();
@@ -232,24 +221,13 @@ async fn login(
         Ok(user) => user,
         Err(users::LoginFailure::Busy) => {
             // Nothing was verified: not a failed attempt, so no throttle count.
-            let (subject, digest) = audit_username(env, &username);
-            env.audit.emit(&AuditEvent {
-                subject,
-                detail: digest.as_deref(),
-                ..env.event("login.failure", "login.busy", audit_path)
-            });
-            if form {
-                let mut response = login_form_again(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &input,
-                    "Sign-in is busy right now. Please try again in a moment.",
-                );
-                response
-                    .headers_mut()
-                    .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return Ok(response);
-            }
-            return Err(AuthError::Busy.into());
+            return login_deferred(
+                env,
+                &username,
+                form.then_some(&input),
+                AuthError::Busy,
+                "Sign-in is busy right now. Please try again in a moment.",
+            );
         }
         Err(failure) => {
             let window = throttle.window.as_secs() as i64;
@@ -363,6 +341,38 @@ fn audit_username<'u>(env: &Env<'_>, username: &'u str) -> (Option<&'u str>, Opt
     } else {
         (None, Some(username_digest(username)))
     }
+}
+
+/// A login put off without a verdict on its password (throttled, or every verification slot
+/// busy): audited as `login.failure` with the refusal's reason id, and answered with its status
+/// and `Retry-After`: the login form again, with `message`, for a form post (`form`), the JSON
+/// error otherwise.
+fn login_deferred(
+    env: &Env<'_>,
+    username: &str,
+    form: Option<&LoginInput>,
+    refusal: AuthError,
+    message: &str,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    let refusal = GatewayError::Auth(refusal);
+    let (subject, digest) = audit_username(env, username);
+    env.audit.emit(&AuditEvent {
+        subject,
+        detail: digest.as_deref(),
+        ..env.event("login.failure", refusal.reason_id(), LOGIN_PATH)
+    });
+    let Some(input) = form else {
+        return Err(refusal);
+    };
+    let retry_after = match refusal {
+        GatewayError::Auth(AuthError::Throttled { retry_after }) => retry_after,
+        _ => 1,
+    };
+    let mut response = login_form_again(refusal.status(), input, message);
+    response
+        .headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from(retry_after));
+    Ok(response)
 }
 
 /// `sha256:` and the first 16 hex digits of the SHA-256 of a canonical username.
