@@ -458,6 +458,16 @@ const BODY_ROUTES: &str = r#"
   - { id: large, path: /large, upstream: echo, policy: public, max_body: 16MiB }
 "#;
 
+/// The standard test gateway with `limits: { <limits> }`.
+async fn gateway_with_limits(limits: &str) -> TestGateway {
+    Setup {
+        extra: format!("limits: {{ {limits} }}"),
+        ..Setup::default()
+    }
+    .start()
+    .await
+}
+
 fn body_setup() -> Setup {
     Setup {
         routes: BODY_ROUTES.into(),
@@ -637,12 +647,7 @@ async fn an_http2_body_without_content_length_over_the_route_limit_is_413() {
 
 #[tokio::test]
 async fn sec12_a_request_head_over_max_header_bytes_is_refused_fast() {
-    let gw = Setup {
-        extra: "limits: { max_header_bytes: 8KiB }".into(),
-        ..Setup::default()
-    }
-    .start()
-    .await;
+    let gw = gateway_with_limits("max_header_bytes: 8KiB").await;
     for (name, size) in [
         ("x-big", 9 * 1024),
         ("cookie", 64 * 1024),
@@ -669,43 +674,31 @@ async fn sec12_a_request_head_over_max_header_bytes_is_refused_fast() {
 
 #[tokio::test]
 async fn a_slowloris_client_sending_half_a_head_is_disconnected_after_header_read_timeout() {
-    let gw = Setup {
-        extra: "limits: { header_read_timeout: 500ms }".into(),
-        ..Setup::default()
-    }
-    .start()
-    .await;
+    let gw = gateway_with_limits("header_read_timeout: 500ms").await;
     let mut stream = TcpStream::connect(gw.addr).await.unwrap();
     stream
         .write_all(b"GET /public/x HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
         .await
         .unwrap();
-    let mut out = Vec::new();
-    let closed = timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
-    assert!(closed.is_ok(), "the connection was still open after 5s");
-    let text = String::from_utf8_lossy(&out);
+    let text = until_closed(&mut stream, Duration::from_secs(5))
+        .await
+        .expect("the connection was still open after 5s");
     assert!(!text.contains(" 200 "), "{text}");
     assert_eq!(gw.upstream.count(), 0);
 }
 
 #[tokio::test]
 async fn a_client_that_stalls_mid_body_gets_408_after_body_read_timeout() {
-    let gw = Setup {
-        extra: "limits: { body_read_timeout: 500ms }".into(),
-        ..Setup::default()
-    }
-    .start()
-    .await;
+    let gw = gateway_with_limits("body_read_timeout: 500ms").await;
     let mut stream = TcpStream::connect(gw.addr).await.unwrap();
     let started = std::time::Instant::now();
     stream
         .write_all(b"POST /public/upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nonly-part")
         .await
         .unwrap();
-    let mut out = Vec::new();
-    let closed = timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
-    assert!(closed.is_ok(), "the connection was still open after 5s");
-    let text = String::from_utf8_lossy(&out);
+    let text = until_closed(&mut stream, Duration::from_secs(5))
+        .await
+        .expect("the connection was still open after 5s");
     assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
     assert!(text.contains("request_timeout"), "{text}");
     assert!(started.elapsed() >= Duration::from_millis(500));
@@ -720,12 +713,7 @@ async fn a_client_that_stalls_mid_body_gets_408_after_body_read_timeout() {
 
 #[tokio::test]
 async fn a_slow_but_steady_body_is_not_cut_by_body_read_timeout() {
-    let gw = Setup {
-        extra: "limits: { body_read_timeout: 500ms }".into(),
-        ..Setup::default()
-    }
-    .start()
-    .await;
+    let gw = gateway_with_limits("body_read_timeout: 500ms").await;
     let mut stream = TcpStream::connect(gw.addr).await.unwrap();
     stream
         .write_all(b"POST /public/upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 40\r\nConnection: close\r\n\r\n")
@@ -736,20 +724,25 @@ async fn a_slow_but_steady_body_is_not_cut_by_body_read_timeout() {
         tokio::time::sleep(Duration::from_millis(250)).await;
         stream.write_all(b"0123456789").await.unwrap();
     }
-    let mut out = Vec::new();
-    timeout(BOUND, stream.read_to_end(&mut out))
+    let text = until_closed(&mut stream, BOUND)
         .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out);
+        .expect("the connection was still open");
     assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
     assert_eq!(gw.upstream.last().body.len(), 40);
 }
 
 /// Reads until the gateway closes the connection; whether it did within `within`.
 async fn closed_within<S: AsyncRead + Unpin>(stream: &mut S, within: Duration) -> bool {
+    until_closed(stream, within).await.is_some()
+}
+
+/// Everything the gateway sent until it closed the connection, or `None` if it was still open
+/// after `within`.
+async fn until_closed<S: AsyncRead + Unpin>(stream: &mut S, within: Duration) -> Option<String> {
     let mut out = Vec::new();
-    timeout(within, stream.read_to_end(&mut out)).await.is_ok()
+    // A read error (a reset) ends the connection as well as a close does.
+    let _ = timeout(within, stream.read_to_end(&mut out)).await.ok()?;
+    Some(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// Regression: hyper bounds an HTTP/1 head once it has started, but the protocol sniff before
@@ -757,12 +750,7 @@ async fn closed_within<S: AsyncRead + Unpin>(stream: &mut S, within: Duration) -
 /// stream had no deadline, so silent sockets were held, with their connection permits, forever.
 #[tokio::test]
 async fn a_connection_that_sends_no_request_is_disconnected_after_header_read_timeout() {
-    let gw = Setup {
-        extra: "limits: { header_read_timeout: 500ms }".into(),
-        ..Setup::default()
-    }
-    .start()
-    .await;
+    let gw = gateway_with_limits("header_read_timeout: 500ms").await;
     let silent: [&[u8]; 3] = [
         b"",
         b"PRI * HTTP/2.0\r\n",
@@ -784,12 +772,7 @@ async fn a_connection_that_sends_no_request_is_disconnected_after_header_read_ti
 /// held, with its connection permit, forever; `limits.idle_timeout` now winds it down (GOAWAY).
 #[tokio::test]
 async fn an_idle_http2_connection_is_closed_after_idle_timeout() {
-    let gw = Setup {
-        extra: "limits: { idle_timeout: 300ms }".into(),
-        ..Setup::default()
-    }
-    .start()
-    .await;
+    let gw = gateway_with_limits("idle_timeout: 300ms").await;
     let tcp = TcpStream::connect(gw.addr).await.unwrap();
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
@@ -813,12 +796,7 @@ async fn an_idle_http2_connection_is_closed_after_idle_timeout() {
 
 #[tokio::test]
 async fn silent_connections_cannot_hold_every_connection_permit() {
-    let gw = Setup {
-        extra: "limits: { max_connections: 2, header_read_timeout: 500ms }".into(),
-        ..Setup::default()
-    }
-    .start()
-    .await;
+    let gw = gateway_with_limits("max_connections: 2, header_read_timeout: 500ms").await;
     let _silent = [
         TcpStream::connect(gw.addr).await.unwrap(),
         TcpStream::connect(gw.addr).await.unwrap(),
@@ -863,12 +841,7 @@ async fn a_tls_client_that_never_finishes_the_handshake_is_disconnected() {
 
 #[tokio::test]
 async fn max_connections_holds_a_third_connection_until_one_of_two_closes() {
-    let gw = Setup {
-        extra: "limits: { max_connections: 2 }".into(),
-        ..Setup::default()
-    }
-    .start()
-    .await;
+    let gw = gateway_with_limits("max_connections: 2").await;
     let request = b"GET /public/x HTTP/1.1\r\nHost: localhost\r\n\r\n";
     // Two connections, each proven to be served, then left idle (keep-alive).
     let mut held = Vec::new();
