@@ -167,6 +167,7 @@ async fn store_with(port: u16, cache_capacity: u64) -> RedisStore {
         cache_capacity,
         cache_ttl: Duration::from_secs(300),
         password: None,
+        ..RedisSettings::new(Topology::Single(String::new()))
     })
     .await
     .unwrap();
@@ -257,7 +258,11 @@ async fn main() {
 
     // 3. Memory per cached verdict.
     const M: u64 = 100_000;
-    let cache = portcullis::store::cache::LocalCache::new(200_000, Duration::from_secs(300));
+    let cache = portcullis::store::cache::LocalCache::new(
+        200_000,
+        Duration::from_secs(300),
+        Duration::from_secs(300),
+    );
     cache.subscribed();
     let before = rss_kib();
     for i in 0..M {

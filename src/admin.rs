@@ -13,7 +13,11 @@
 //! | `POST /admin/sessions/revoke` `{"user","session"}` | bearer | ends one session (404 if not the user's) |
 //! | `POST /admin/users/revoke` `{"user"}` | bearer | ends every session of the user and refuses their tokens issued until now |
 //! | `POST /admin/reload` | bearer | reloads gateway.yaml now; 422 with the reason if it is invalid |
+//! | `POST /admin/store/resume` | bearer | ends the halt after a detected loss of the store's data (`store.on_data_loss: unavailable`), on every instance |
 //!
+//! A revocation the store could not make durable (it did not answer, or too few replicas
+//! acknowledged it: `store.min_replicas_acks`) is answered 503 and audited with reason
+//! `admin.store_unavailable`: it is never reported as done.//!
 //! The admin API is authenticated with a bearer secret read from `admin.token_file` (at least
 //! 32 bytes), compared in constant time. Without that file the API answers 404 and only health
 //! and metrics are served. Every admin action, and every refused attempt, is audited.
@@ -160,14 +164,12 @@ async fn handle(
 
 async fn readyz(gateway: &Gateway) -> AdminResponse {
     let store = gateway.store();
-    // A store whose last operation failed stays unhealthy until another one succeeds, and a
-    // load balancer that took this instance out of rotation sends no request that would make
-    // one: so the probe asks the store itself (one read of a key no user has, bounded by the
-    // store's timeout) once invalidations flow again.
-    if !store.is_healthy() && store.is_subscribed() {
-        let _ = store.ping().await;
-    }
-    let healthy = store.is_healthy();
+    // Ready means the store answers now, not that the last operation did: a connection that
+    // died while idle (Redis restarted) would say "healthy" until a request found out. So every
+    // probe asks the store itself (one heartbeat: read the epoch, bounded by the store's
+    // timeout; a dead connection is replaced and asked once more).
+    let answered = store.ping().await.is_ok();
+    let healthy = answered && store.is_healthy();
     let status = if healthy {
         StatusCode::OK
     } else {
@@ -277,7 +279,15 @@ async fn admin(
             let revoked = store
                 .revoke_session(&body.user, &body.session)
                 .await
-                .map_err(unavailable)?;
+                .map_err(|e| {
+                    event(
+                        "admin.session_revoked",
+                        "admin.store_unavailable",
+                        Some(&body.user),
+                        Some(&body.session),
+                    );
+                    unavailable(e)
+                })?;
             event(
                 "admin.session_revoked",
                 if revoked {
@@ -312,7 +322,15 @@ async fn admin(
             store
                 .revoke_user(&body.user, now, now + longest + runtime.verifier.leeway)
                 .await
-                .map_err(unavailable)?;
+                .map_err(|e| {
+                    event(
+                        "admin.user_revoked",
+                        "admin.store_unavailable",
+                        Some(&body.user),
+                        None,
+                    );
+                    unavailable(e)
+                })?;
             event("admin.user_revoked", "admin.ok", Some(&body.user), None);
             Ok(json(StatusCode::OK, serde_json::json!({"revoked": true})))
         }
@@ -342,9 +360,30 @@ async fn admin(
                 )),
             }
         }
+        (&Method::POST, "/admin/store/resume") => {
+            let crate::store::Store::Redis(redis) = store else {
+                return Err(json(
+                    StatusCode::CONFLICT,
+                    serde_json::json!({"error": "the memory store has no epoch to resume"}),
+                ));
+            };
+            let was_halted = redis.resume().await.map_err(|e| {
+                event("admin.store_resumed", "admin.store_unavailable", None, None);
+                unavailable(e)
+            })?;
+            event("admin.store_resumed", "admin.ok", None, None);
+            Ok(json(
+                StatusCode::OK,
+                serde_json::json!({"resumed": true, "was_halted": was_halted}),
+            ))
+        }
         (
             _,
-            "/admin/sessions" | "/admin/sessions/revoke" | "/admin/users/revoke" | "/admin/reload",
+            "/admin/sessions"
+            | "/admin/sessions/revoke"
+            | "/admin/users/revoke"
+            | "/admin/reload"
+            | "/admin/store/resume",
         ) => Err(json(
             StatusCode::METHOD_NOT_ALLOWED,
             serde_json::json!({"error": "method_not_allowed"}),

@@ -181,6 +181,9 @@ pub async fn start_from(
     } = config;
     let audit = Audit::new(audit.file.as_deref(), audit.redis_stream.as_ref())?;
     let store = build_store(&store).await?;
+    if let Store::Redis(redis) = &store {
+        redis.audit_to(audit.clone());
+    }
     let mut gateway =
         Gateway::with_listeners(runtime, store, audit, listeners.clone(), path.clone());
     gateway.admin_configured = admin.is_some();

@@ -131,6 +131,10 @@ pub struct Metrics {
     pub store_cache_misses: AtomicU64,
     /// Store operations that failed (timeouts, connection errors).
     pub store_errors: AtomicU64,
+    /// Times this instance found the store's epoch replaced (the store lost its data).
+    pub store_resets_detected: AtomicU64,
+    /// Revoking writes that too few replicas acknowledged in time (answered 503).
+    pub store_unreplicated_writes: AtomicU64,
     /// Config reloads applied.
     pub reloads_applied: AtomicU64,
     /// Config reloads refused (the old config kept serving).
@@ -233,7 +237,7 @@ impl Metrics {
             "Upstream time to response head.",
         );
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let counters: [(&str, &str, u64); 9] = [
+        let counters: [(&str, &str, u64); 11] = [
             (
                 "portcullis_token_cache_hits_total",
                 "Verified-token cache hits.",
@@ -263,6 +267,16 @@ impl Metrics {
                 "portcullis_store_errors_total",
                 "Store operations that failed.",
                 load(&self.store_errors),
+            ),
+            (
+                "portcullis_store_resets_detected_total",
+                "Times the store's epoch was found replaced: the store lost its data.",
+                load(&self.store_resets_detected),
+            ),
+            (
+                "portcullis_store_unreplicated_writes_total",
+                "Revoking writes too few replicas acknowledged in time (refused with 503).",
+                load(&self.store_unreplicated_writes),
             ),
             (
                 "portcullis_config_reloads_applied_total",

@@ -110,6 +110,7 @@ async fn cluster_store(cluster: &RedisCluster, prefix: &str) -> RedisStore {
         cache_capacity: 10_000,
         cache_ttl: Duration::from_secs(30),
         password: None,
+        ..RedisSettings::new(Topology::Single(String::new()))
     })
     .await
     .unwrap();
@@ -559,4 +560,64 @@ async fn a_users_slot_moving_to_another_node_needs_no_new_store() {
             .unwrap()
             > 0
     );
+}
+
+#[tokio::test]
+async fn sec37_with_min_replicas_acks_cluster_revocations_wait_for_a_replica_and_fail_without_one()
+{
+    let cluster = RedisCluster::start_with_replicas(3, 1);
+    let store = RedisStore::connect(&RedisSettings {
+        topology: Topology::Cluster(cluster.urls()),
+        key_prefix: "wait".into(),
+        min_replicas_acks: 1,
+        replica_ack_timeout: Duration::from_millis(300),
+        first_start: true,
+        ..RedisSettings::new(Topology::Single(String::new()))
+    })
+    .await
+    .unwrap();
+    // Users whose keys land on different masters.
+    let users = ["alice", "bob", "carol", "dave", "erin", "frank"];
+    for user in users {
+        store
+            .create_session(record("s1", user), None)
+            .await
+            .unwrap();
+        store
+            .create_session(record("s2", user), None)
+            .await
+            .unwrap();
+        assert!(
+            store.revoke_session(user, "s1").await.unwrap(),
+            "acknowledged by a replica"
+        );
+    }
+    // Acknowledged means a replica has it: no replica holds a revoked session.
+    for replica in cluster.replicas() {
+        let left = replica.cli(&["--scan", "--pattern", "wait:*:s:s1"]);
+        assert!(left.trim().is_empty(), "a replica still holds {left}");
+    }
+
+    // Every replica hangs: nothing can be acknowledged, so nothing is reported done.
+    let replicas: Vec<u32> = cluster.replicas().iter().filter_map(|r| r.pid()).collect();
+    assert_eq!(replicas.len(), 3);
+    for pid in &replicas {
+        signal(*pid, "STOP");
+    }
+    let started = Instant::now();
+    let refused = store.revoke_session("alice", "s2").await;
+    let took = started.elapsed();
+    let jti = store
+        .deny_jti("https://issuer.test", "jti-x", now() + 60)
+        .await;
+    let user = store.revoke_user("bob", now(), now() + 900).await;
+    for pid in &replicas {
+        signal(*pid, "CONT");
+    }
+    eprintln!("unacknowledged revocation refused after {took:?}");
+    assert!(
+        refused.is_err(),
+        "a revocation no replica acknowledged was reported done"
+    );
+    assert!(jti.is_err() && user.is_err());
 }

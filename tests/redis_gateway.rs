@@ -719,3 +719,461 @@ async fn the_invalidation_subscription_survives_its_keepalive_pings_and_the_cach
         "one subscription, as old as the test: {clients}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Revocation under faults (docs/security.md 37): a partition, a store that lost its data
+// ---------------------------------------------------------------------------------------------
+
+/// The staleness bound the partition tests configure, and the store timeout beside it.
+const MAX_STALENESS: Duration = Duration::from_millis(300);
+const STORE_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// A gateway on the Redis at `url` with extra `store:` keys, tokens without sessions
+/// (`require_session: false`) when `sessionless`, and an audit file `audit.jsonl` in its dir.
+async fn gateway_with(
+    url: &str,
+    prefix: &str,
+    key: TestKey,
+    store_extra: &str,
+    sessionless: bool,
+) -> TestGateway {
+    let setup = Setup {
+        keys: vec![key],
+        extra: format!(
+            "store: {{ kind: redis, url: \"{url}\", key_prefix: {prefix}, timeout: {}ms{store_extra} }}\n\
+             audit: {{ file: audit.jsonl }}",
+            STORE_TIMEOUT.as_millis()
+        ),
+        issuer_extra: if sessionless {
+            "    require_session: false".into()
+        } else {
+            String::new()
+        },
+        ..Setup::default()
+    };
+    let gw = setup.start().await;
+    wait_subscribed(&gw).await;
+    gw
+}
+
+/// The audit events of `gw` named `event`.
+fn audit_events(gw: &TestGateway, event: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(gw.dir.path().join("audit.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == event)
+        .collect()
+}
+
+#[tokio::test]
+async fn sec37_a_token_revoked_through_a_is_refused_by_b_whose_redis_link_is_frozen_within_max_staleness()
+ {
+    let server = RedisServer::start();
+    let proxy = FreezingProxy::start(server.port).await;
+    let key = TestKey::generate(jsonwebtoken::Algorithm::EdDSA, "k-ed");
+    let b_key = same_key(&key);
+    let staleness = format!(", max_staleness: {}ms", MAX_STALENESS.as_millis());
+    let a = gateway_with(&server.url(), "frozen", key, &staleness, false).await;
+    // B reaches Redis only through the proxy: data connection and subscription alike.
+    let b = gateway_with(&proxy.url(), "frozen", b_key, &staleness, false).await;
+    a.create_session("s-frozen", "alice").await;
+    a.create_session("s-after", "alice").await;
+    let token = a.token(json!({ "sid": "s-frozen" }));
+    assert_eq!(b.get_bearer(PATH, &token).await.status, StatusCode::OK);
+    assert_eq!(
+        b.get_bearer(PATH, &token).await.status,
+        StatusCode::OK,
+        "cached on B"
+    );
+
+    proxy.freeze();
+    let revoked_at = Instant::now();
+    assert!(a.store().revoke_session("alice", "s-frozen").await.unwrap());
+    // A knows at once; B hears nothing, and must stop trusting its cache within the bound.
+    assert_eq!(
+        a.get_bearer(PATH, &token).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let mut served_after_bound = 0;
+    let refused_after = loop {
+        let status = b.get_bearer(PATH, &token).await.status;
+        let elapsed = revoked_at.elapsed();
+        if status != StatusCode::OK {
+            // The store cannot answer through the frozen link: 503, never a guess.
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+            break elapsed;
+        }
+        if elapsed > MAX_STALENESS {
+            served_after_bound += 1;
+        }
+        assert!(
+            elapsed < Duration::from_secs(10),
+            "B kept serving a revoked token for 10 s through a frozen link"
+        );
+    };
+    eprintln!(
+        "frozen link: B refused the revoked token {refused_after:?} after the revocation \
+         (max_staleness {MAX_STALENESS:?}, store timeout {STORE_TIMEOUT:?})"
+    );
+    // The last 200 began within the bound (a request in flight may finish after it).
+    assert!(
+        served_after_bound <= 1,
+        "B answered 200 {served_after_bound} times after max_staleness had passed"
+    );
+    assert!(
+        refused_after < MAX_STALENESS + STORE_TIMEOUT + Duration::from_millis(500),
+        "B refused only {refused_after:?} after the revocation"
+    );
+    let seen = b.upstream.count();
+    for _ in 0..3 {
+        assert_ne!(b.get_bearer(PATH, &token).await.status, StatusCode::OK);
+    }
+    assert_eq!(
+        b.upstream.count(),
+        seen,
+        "nothing reached B's upstream while frozen"
+    );
+
+    // Thawed: B learns the truth (401 for the revoked session) and serves live ones again.
+    proxy.thaw();
+    let back = eventually(Duration::from_secs(10), || async {
+        b.get_bearer(PATH, &a.token(json!({ "sid": "s-after" })))
+            .await
+            .status
+            == StatusCode::OK
+    })
+    .await;
+    assert!(back.is_some(), "B did not recover after the link thawed");
+    assert_eq!(
+        b.get_bearer(PATH, &token).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn sec37_after_flushall_a_revoked_sessionless_token_stays_refused_on_running_and_new_instances()
+ {
+    let server = RedisServer::start();
+    let key = TestKey::generate(jsonwebtoken::Algorithm::EdDSA, "k-ed");
+    let (b_key, c_key) = (same_key(&key), same_key(&key));
+    // A is the deployment's first start: tokens minted before its epoch are accepted.
+    let a = gateway_with(&server.url(), "flush", key, ", first_start: true", true).await;
+    let revoked = a.token(json!({ "sid": null }));
+    let kept = a.token(json!({ "sid": null, "sub": "bob" }));
+    assert_eq!(a.get_bearer(PATH, &revoked).await.status, StatusCode::OK);
+    assert_eq!(a.get_bearer(PATH, &kept).await.status, StatusCode::OK);
+    let claims = decode_claims(&revoked);
+    a.store()
+        .deny_jti(
+            ISSUER,
+            claims["jti"].as_str().unwrap(),
+            claims["exp"].as_i64().unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        a.get_bearer(PATH, &revoked).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let before = redis_of(&a).epoch().expect("A knows the epoch");
+
+    // The store loses everything, the denylist entry included.
+    assert_eq!(server.cli(&["FLUSHALL"]).trim(), "OK");
+    let detected = eventually(Duration::from_secs(5), || async {
+        redis_of(&a).epoch().is_some_and(|e| e.id != before.id)
+    })
+    .await;
+    eprintln!("FLUSHALL detected by the running instance after {detected:?}");
+    assert!(
+        detected.is_some(),
+        "the running instance never saw the reset"
+    );
+    eventually(Duration::from_secs(5), || async {
+        !audit_events(&a, "store.reset_detected").is_empty()
+    })
+    .await;
+    let events = audit_events(&a, "store.reset_detected");
+    assert_eq!(
+        events.len(),
+        1,
+        "one store.reset_detected event: {events:?}"
+    );
+    assert_eq!(events[0]["reason_id"], "store.epoch_changed");
+
+    // The revoked token stays refused on A, and the never-revoked one that A had cached as
+    // alive is refused too: its cached verdict did not outlive the detection.
+    assert_eq!(
+        a.get_bearer(PATH, &revoked).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let r = a.get_bearer(PATH, &kept).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+
+    // An instance started after the loss refuses the revoked token at once — even one that
+    // says first_start, because the epoch it finds was made by A at detection.
+    for (name, extra, key) in [("B", "", b_key), ("C", ", first_start: true", c_key)] {
+        let late = gateway_with(&server.url(), "flush", key, extra, true).await;
+        for token in [&revoked, &kept] {
+            assert_eq!(
+                late.get_bearer(PATH, token).await.status,
+                StatusCode::UNAUTHORIZED,
+                "instance {name} accepted a token issued before the store lost its data"
+            );
+        }
+        assert_eq!(late.upstream.count(), 0);
+        // A token issued after the reset is served.
+        let fresh = a.token(json!({ "sid": null, "iat": now() + 2 }));
+        assert_eq!(late.get_bearer(PATH, &fresh).await.status, StatusCode::OK);
+    }
+    assert_eq!(
+        a.upstream.count(),
+        2,
+        "A's upstream saw only the two first requests"
+    );
+}
+
+#[tokio::test]
+async fn sec37_after_a_restart_without_persistence_earlier_sessionless_tokens_are_refused_everywhere()
+ {
+    let mut server = RedisServer::start_on(free_port());
+    let key = TestKey::generate(jsonwebtoken::Algorithm::EdDSA, "k-ed");
+    let b_key = same_key(&key);
+    let a = gateway_with(&server.url(), "restart", key, ", first_start: true", true).await;
+    let b = gateway_with(&server.url(), "restart", b_key, "", true).await;
+    let token = a.token(json!({ "sid": null }));
+    assert_eq!(a.get_bearer(PATH, &token).await.status, StatusCode::OK);
+    assert_eq!(b.get_bearer(PATH, &token).await.status, StatusCode::OK);
+    let before = redis_of(&a).epoch().unwrap();
+    assert_eq!(redis_of(&b).epoch().unwrap().id, before.id);
+
+    server.restart();
+    for gw in [&a, &b] {
+        let detected = eventually(Duration::from_secs(15), || async {
+            redis_of(gw).epoch().is_some_and(|e| e.id != before.id)
+        })
+        .await;
+        assert!(detected.is_some(), "an instance never saw the reset");
+        assert_eq!(
+            gw.get_bearer(PATH, &token).await.status,
+            StatusCode::UNAUTHORIZED
+        );
+        // The audit file is written by a thread of its own: give it a moment.
+        let audited = eventually(Duration::from_secs(5), || async {
+            audit_events(gw, "store.reset_detected").len() == 1
+        })
+        .await;
+        assert!(
+            audited.is_some(),
+            "one store.reset_detected event per instance"
+        );
+    }
+    // Both agree on one new epoch.
+    assert_eq!(
+        redis_of(&a).epoch().unwrap().id,
+        redis_of(&b).epoch().unwrap().id
+    );
+}
+
+#[tokio::test]
+async fn sec37_with_on_data_loss_unavailable_every_instance_answers_503_until_an_operator_resumes()
+{
+    let server = RedisServer::start();
+    let key = TestKey::generate(jsonwebtoken::Algorithm::EdDSA, "k-ed");
+    let b_key = same_key(&key);
+    let mode = ", on_data_loss: unavailable";
+    let a = gateway_with(
+        &server.url(),
+        "halt",
+        key,
+        &format!("{mode}, first_start: true"),
+        true,
+    )
+    .await;
+    let token = a.token(json!({ "sid": null }));
+    assert_eq!(a.get_bearer(PATH, &token).await.status, StatusCode::OK);
+
+    assert_eq!(server.cli(&["FLUSHALL"]).trim(), "OK");
+    let halted = eventually(Duration::from_secs(5), || async {
+        a.get_bearer(PATH, &token).await.status == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    assert!(halted.is_some(), "A kept answering after the loss");
+    assert!(redis_of(&a).is_halted());
+    // A new instance finds the halted epoch and refuses as well.
+    let b = gateway_with(&server.url(), "halt", b_key, mode, true).await;
+    let fresh = a.token(json!({ "sid": null, "iat": now() + 2 }));
+    assert_eq!(
+        b.get_bearer(PATH, &fresh).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert!(!b.store().is_healthy(), "a halted instance is not ready");
+
+    // The operator resumes through one instance; both serve tokens issued after the loss.
+    assert!(redis_of(&a).resume().await.unwrap(), "it was halted");
+    for gw in [&a, &b] {
+        let resumed = eventually(Duration::from_secs(5), || async {
+            gw.get_bearer(PATH, &fresh).await.status == StatusCode::OK
+        })
+        .await;
+        assert!(
+            resumed.is_some(),
+            "an instance stayed halted after the resume"
+        );
+        assert_eq!(
+            gw.get_bearer(PATH, &token).await.status,
+            StatusCode::UNAUTHORIZED,
+            "tokens from before the loss stay refused"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_new_deployment_refuses_sessionless_tokens_minted_before_its_epoch_unless_first_start() {
+    let server = RedisServer::start();
+    let token_key = TestKey::generate(jsonwebtoken::Algorithm::EdDSA, "k-ed");
+    let first_key = same_key(&token_key);
+    let strict = gateway_with(&server.url(), "new", token_key, "", true).await;
+    // Minted 10 s ago, before the epoch this instance created at its start.
+    let old = strict.token(json!({ "sid": null }));
+    let r = strict.get_bearer(PATH, &old).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(strict.upstream.count(), 0);
+    let newer = strict.token(json!({ "sid": null, "iat": now() + 2 }));
+    assert_eq!(strict.get_bearer(PATH, &newer).await.status, StatusCode::OK);
+
+    let other = RedisServer::start();
+    let relaxed = gateway_with(&other.url(), "new", first_key, ", first_start: true", true).await;
+    let old = relaxed.token(json!({ "sid": null }));
+    assert_eq!(relaxed.get_bearer(PATH, &old).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn after_an_idle_redis_restart_the_first_request_is_answered_and_readyz_proves_the_store_answers()
+ {
+    let mut server = RedisServer::start_on(free_port());
+    let gw = Setup {
+        extra: format!(
+            "{}\nadmin: {{ bind: 127.0.0.1:0 }}",
+            store_yaml(&server.url(), "idle")
+        ),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    wait_subscribed(&gw).await;
+    let admin = gw.running.admin_addr().expect("admin listener");
+    let readyz = || async move {
+        send(
+            http::Request::get(format!("http://{admin}/readyz"))
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .status
+    };
+    assert_eq!(readyz().await, StatusCode::OK);
+
+    server.kill();
+    assert_eq!(
+        readyz().await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "readyz asks the store, it does not trust the last answer"
+    );
+    server.restart();
+    // The very first operations after the restart run on connections that died: they are
+    // replaced and the command sent once more, so neither the store write nor the request
+    // gets a 503.
+    gw.create_session("s-idle", "alice").await;
+    assert_eq!(
+        gw.get_bearer(PATH, &gw.token(json!({ "sid": "s-idle" })))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(readyz().await, StatusCode::OK);
+}
+
+/// The payload of a compact JWS, unverified (the test minted it).
+fn decode_claims(token: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+#[tokio::test]
+async fn sec37_an_admin_revocation_no_replica_acknowledges_is_answered_503_and_audited_not_reported_done()
+ {
+    let master = RedisServer::start();
+    let port = master.port.to_string();
+    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            replica
+                .cli(&["INFO", "replication"])
+                .contains("master_link_status:up")
+        })
+        .await
+        .is_some(),
+        "the replica never synced"
+    );
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = write(secrets.path(), "admin.token", &"a".repeat(40));
+    let gw = Setup {
+        extra: format!(
+            "store: {{ kind: redis, url: \"{}\", key_prefix: acks, timeout: 500ms, \
+             min_replicas_acks: 1, replica_ack_timeout: 300ms }}\n\
+             audit: {{ file: audit.jsonl }}\n\
+             admin: {{ bind: 127.0.0.1:0, token_file: \"{}\" }}",
+            master.url(),
+            token_file.display()
+        ),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    wait_subscribed(&gw).await;
+    gw.create_session("s-ok", "alice").await;
+    gw.create_session("s-lost", "alice").await;
+    let admin = gw.running.admin_addr().unwrap();
+    let revoke = |sid: &'static str| async move {
+        send(
+            http::Request::post(format!("http://{admin}/admin/sessions/revoke"))
+                .header("authorization", format!("Bearer {}", "a".repeat(40)))
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(bytes::Bytes::from(
+                    json!({ "user": "alice", "session": sid }).to_string(),
+                )))
+                .unwrap(),
+        )
+        .await
+    };
+    assert_eq!(revoke("s-ok").await.status, StatusCode::OK);
+
+    let pid = replica.pid().unwrap();
+    signal(pid, "STOP");
+    // While the revocation waits for a replica, a check that must read Redis is answered: the
+    // request path never shares the connection WAIT blocks.
+    let uncached = gw.token(json!({ "sid": "sid-alice" }));
+    let (r, during) = tokio::join!(revoke("s-lost"), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = Instant::now();
+        let status = gw.get_bearer(PATH, &uncached).await.status;
+        (status, started.elapsed())
+    });
+    signal(pid, "CONT");
+    eprintln!("an uncached check during a 300 ms WAIT took {:?}", during.1);
+    assert_eq!(during.0, StatusCode::OK);
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    assert!(!r.text().contains("revoked\":true"));
+    let audited = eventually(Duration::from_secs(5), || async {
+        audit_events(&gw, "admin.session_revoked")
+            .iter()
+            .any(|e| e["reason_id"] == "admin.store_unavailable" && e["session"] == "s-lost")
+    })
+    .await;
+    assert!(audited.is_some(), "the refused revocation was not audited");
+}

@@ -97,6 +97,11 @@ fn start_group() -> (RedisServer, RedisServer, RedisSentinel) {
 }
 
 async fn sentinel_store(sentinel: &RedisSentinel) -> RedisStore {
+    sentinel_store_acked(sentinel, 0).await
+}
+
+/// A store on the sentinel's master whose revoking writes wait for `acks` replicas.
+async fn sentinel_store_acked(sentinel: &RedisSentinel, acks: u32) -> RedisStore {
     let store = RedisStore::connect(&RedisSettings {
         topology: Topology::Sentinel {
             master: MASTER.into(),
@@ -107,6 +112,9 @@ async fn sentinel_store(sentinel: &RedisSentinel) -> RedisStore {
         cache_capacity: 10_000,
         cache_ttl: Duration::from_secs(30),
         password: None,
+        min_replicas_acks: acks,
+        replica_ack_timeout: Duration::from_millis(300),
+        ..RedisSettings::new(Topology::Single(String::new()))
     })
     .await
     .unwrap();
@@ -355,4 +363,37 @@ async fn after_a_planned_failover_no_revocation_is_lost_and_both_instances_use_t
         started.elapsed(),
         old_role.lines().next().unwrap_or_default()
     );
+}
+
+#[tokio::test]
+async fn sec37_with_min_replicas_acks_a_revocation_is_done_only_once_the_replica_has_it() {
+    let (master, replica, sentinel) = start_group();
+    let store = sentinel_store_acked(&sentinel, 1).await;
+    for sid in ["s1", "s2", "s3"] {
+        store
+            .create_session(record(sid, "alice"), None)
+            .await
+            .unwrap();
+    }
+    assert!(store.revoke_session("alice", "s1").await.unwrap());
+    // Acknowledged means the replica — the server a failover promotes — has it already.
+    let left = replica.cli(&["--scan", "--pattern", "sen:*:s:s1"]);
+    assert!(left.trim().is_empty(), "the replica still holds {left}");
+    let t2 = Tok::new(2, "alice", "s2");
+    assert_eq!(store.check(&t2.r(), now()).await.unwrap(), Verdict::Alive);
+
+    // The replica hangs: the write reaches the master, but it is not reported done.
+    let pid = replica.pid().unwrap();
+    signal(pid, "STOP");
+    let refused = store.revoke_session("alice", "s2").await;
+    let denied = store.deny_jti(ISS, "jti-2", now() + 60).await;
+    signal(pid, "CONT");
+    assert!(
+        refused.is_err() && denied.is_err(),
+        "a revocation no replica acknowledged was reported done"
+    );
+    // Once the replica is back, revocations are acknowledged again; the request path never
+    // waited on any of this (its connection is not the one WAIT blocks).
+    assert!(store.revoke_session("alice", "s3").await.unwrap());
+    drop(master);
 }

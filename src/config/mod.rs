@@ -1068,6 +1068,17 @@ fn redis_settings(
             "must be non-empty, without braces or spaces",
         ));
     }
+    let max_staleness = duration(
+        "store.max_staleness",
+        r.max_staleness.as_ref(),
+        crate::store::redis::DEFAULT_MAX_STALENESS,
+    )?;
+    if max_staleness < Duration::from_millis(50) {
+        return Err(invalid(
+            "store.max_staleness",
+            "must be at least 50ms (heartbeats run five times per max_staleness)",
+        ));
+    }
     Ok(RedisSettings {
         topology,
         key_prefix,
@@ -1083,6 +1094,20 @@ fn redis_settings(
             Duration::from_secs(30),
         )?,
         password,
+        max_staleness,
+        on_data_loss: match r.on_data_loss {
+            None | Some(raw::RawOnDataLoss::RefuseEarlierTokens) => {
+                crate::store::epoch::OnDataLoss::RefuseEarlierTokens
+            }
+            Some(raw::RawOnDataLoss::Unavailable) => crate::store::epoch::OnDataLoss::Unavailable,
+        },
+        first_start: r.first_start,
+        min_replicas_acks: r.min_replicas_acks,
+        replica_ack_timeout: duration(
+            "store.replica_ack_timeout",
+            r.replica_ack_timeout.as_ref(),
+            Duration::from_millis(500),
+        )?,
     })
 }
 

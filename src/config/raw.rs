@@ -229,6 +229,31 @@ pub struct RawRedis {
     /// Longest a positive verdict is kept locally (the safety net behind invalidation).
     #[serde(default)]
     pub cache_ttl: Option<String>,
+    /// Longest a cached verdict is served after the invalidation channel was last heard from.
+    #[serde(default)]
+    pub max_staleness: Option<String>,
+    /// What a detected loss of the store's data does: `refuse_earlier_tokens` or `unavailable`.
+    #[serde(default)]
+    pub on_data_loss: Option<RawOnDataLoss>,
+    /// The deployment's first start: an epoch created at start cuts off no earlier token.
+    #[serde(default)]
+    pub first_start: bool,
+    /// Replicas that must acknowledge each revoking write (`WAIT`); 0 waits for none.
+    #[serde(default)]
+    pub min_replicas_acks: u32,
+    /// Longest a revoking write waits for those acknowledgements.
+    #[serde(default)]
+    pub replica_ack_timeout: Option<String>,
+}
+
+/// `store.on_data_loss`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawOnDataLoss {
+    /// Refuse every sessionless token issued before the loss; keep serving.
+    RefuseEarlierTokens,
+    /// Answer 503 to store checks until an operator resumes.
+    Unavailable,
 }
 
 /// Sentinel settings.

@@ -30,6 +30,7 @@ pub async fn session<S: SessionStore>(
         refused @ (Verdict::JtiDenied
         | Verdict::SessionUnknown
         | Verdict::SessionMismatch
-        | Verdict::UserRevoked) => Err(GatewayError::Session(refused)),
+        | Verdict::UserRevoked
+        | Verdict::IssuedBeforeStoreReset) => Err(GatewayError::Session(refused)),
     }
 }

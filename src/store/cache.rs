@@ -8,6 +8,14 @@
 //!   after the call), they live at most `ttl` (a second safety net) and never past the token's
 //!   `exp`, and they are neither read nor written while the instance is not subscribed to
 //!   invalidations — then every request reads through to the store.
+//! - **Staleness is bounded in time, not only by the connection's state.** A subscription whose
+//!   socket goes silent (packets dropped, the socket still open) delivers nothing and reports
+//!   no error. So a positive verdict is served only while the invalidation channel has been
+//!   *heard from* within `max_staleness`: every instance publishes a heartbeat on the channel
+//!   several times per `max_staleness` (see the Redis store), and every message received —
+//!   heartbeat or invalidation — counts. Past the bound the cache serves and keeps no positive
+//!   verdict (requests read through to the store, or get 503 when it cannot answer), and the
+//!   first message heard again empties it: anything published meanwhile may have been lost.
 //! - **Negative facts** (a denied `jti`, a revoked session, a user's "revoked before" instant).
 //!   Revocation is monotonic — a denied `jti` is never un-denied, a deleted session never comes
 //!   back, the "revoked before" instant only moves forward — so these never become wrong. They
@@ -141,6 +149,12 @@ const NEGATIVE_TTL: Duration = Duration::from_secs(15 * 60);
 /// The local cache of one instance.
 pub struct LocalCache {
     alive: Cache<[u8; 32], Arc<Alive>>,
+    /// The instant `heard_at` counts from.
+    base: Instant,
+    /// Milliseconds after `base` when the invalidation channel was last heard from.
+    heard_at: AtomicU64,
+    /// Longest a positive verdict is served after the channel was last heard from, in ms.
+    max_staleness_ms: u64,
     denied_jti: Cache<[u8; 32], ()>,
     dead_sessions: Cache<Box<str>, ()>,
     revoked_before: Cache<Box<str>, i64>,
@@ -172,9 +186,17 @@ pub enum Known {
 }
 
 impl LocalCache {
-    /// A cache holding at most `capacity` positive verdicts, each for at most `ttl`.
-    pub fn new(capacity: u64, ttl: Duration) -> Self {
+    /// A cache holding at most `capacity` positive verdicts, each for at most `ttl`, served
+    /// only while the invalidation channel was heard from within `max_staleness`.
+    pub fn new(capacity: u64, ttl: Duration, max_staleness: Duration) -> Self {
+        let now = Instant::now();
         Self {
+            // Backdated so that "long ago" is representable from the first moment on.
+            base: now.checked_sub(Duration::from_secs(3600)).unwrap_or(now),
+            heard_at: AtomicU64::new(0),
+            max_staleness_ms: u64::try_from(max_staleness.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
             alive: Cache::builder()
                 .max_capacity(capacity)
                 .expire_after(AliveExpiry { ttl })
@@ -199,10 +221,55 @@ impl LocalCache {
 
     /// A positive verdict for the token with hash `token_key`, if one may be served.
     pub fn alive(&self, token_key: &[u8; 32]) -> Option<Arc<Alive>> {
-        if !self.subscribed.load(Ordering::Acquire) {
+        if !self.fresh() {
             return None;
         }
         self.alive.get(token_key)
+    }
+
+    /// Whether positive verdicts may be served now: subscribed, and the channel heard from
+    /// within `max_staleness`.
+    pub fn fresh(&self) -> bool {
+        self.subscribed.load(Ordering::Acquire)
+            && self
+                .millis_now()
+                .saturating_sub(self.heard_at.load(Ordering::Acquire))
+                <= self.max_staleness_ms
+    }
+
+    fn millis_now(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The invalidation channel delivered a message (a heartbeat or an invalidation). When it
+    /// had been silent for longer than `max_staleness`, the cache is emptied first: events
+    /// published during the silence may never arrive.
+    pub fn heard(&self) {
+        let now = self.millis_now();
+        let last = self.heard_at.load(Ordering::Acquire);
+        if now.saturating_sub(last) > self.max_staleness_ms {
+            // Emptied before the channel counts as fresh again, so no verdict cached before the
+            // silence is served after it (the sequence bump also drops read-throughs that
+            // began during it).
+            self.sequence.fetch_add(1, Ordering::SeqCst);
+            self.alive.invalidate_all();
+        }
+        self.heard_at.store(now, Ordering::Release);
+    }
+
+    /// How long ago the invalidation channel was last heard from.
+    pub fn silent_for(&self) -> Duration {
+        Duration::from_millis(
+            self.millis_now()
+                .saturating_sub(self.heard_at.load(Ordering::Acquire)),
+        )
+    }
+
+    /// Drops every positive verdict at once (the store lost its data, see the Redis store's
+    /// epoch); negative facts are kept.
+    pub fn forget_alive(&self) {
+        self.sequence.fetch_add(1, Ordering::SeqCst);
+        self.alive.invalidate_all();
     }
 
     /// What the negative facts already say about a token.
@@ -237,7 +304,7 @@ impl LocalCache {
     /// Stores a positive verdict read from the store when `sequence` was current, unless an
     /// invalidation has happened since or the instance is not subscribed.
     pub fn remember_alive(&self, token_key: [u8; 32], alive: Alive, sequence: u64) {
-        if !self.subscribed.load(Ordering::Acquire) || self.sequence() != sequence {
+        if !self.fresh() || self.sequence() != sequence {
             return;
         }
         self.alive.insert(token_key, Arc::new(alive));
@@ -312,6 +379,8 @@ impl LocalCache {
         // Anything cached before the gap may have missed an event.
         self.sequence.fetch_add(1, Ordering::SeqCst);
         self.alive.invalidate_all();
+        // Confirming the subscription is hearing from the channel.
+        self.heard_at.store(self.millis_now(), Ordering::Release);
         self.subscribed.store(true, Ordering::Release);
     }
 
@@ -320,6 +389,15 @@ impl LocalCache {
         self.subscribed.store(false, Ordering::Release);
         self.sequence.fetch_add(1, Ordering::SeqCst);
         self.alive.invalidate_all();
+    }
+
+    /// Moves the last message heard `silence` into the past, as if the channel had been
+    /// silent since (tests advance time instead of sleeping).
+    #[cfg(test)]
+    fn pretend_silent_for(&self, silence: Duration) {
+        let silence = u64::try_from(silence.as_millis()).unwrap_or(u64::MAX);
+        self.heard_at
+            .store(self.millis_now().saturating_sub(silence), Ordering::Release);
     }
 
     /// Whether invalidation events are being received.
@@ -348,7 +426,7 @@ mod tests {
     }
 
     fn cache() -> LocalCache {
-        let c = LocalCache::new(1000, Duration::from_secs(60));
+        let c = LocalCache::new(1000, Duration::from_secs(60), Duration::from_secs(60));
         c.subscribed();
         c
     }
@@ -438,6 +516,52 @@ mod tests {
         assert!(
             c.alive(&[1; 32]).is_none(),
             "verdicts from before the gap are gone"
+        );
+    }
+
+    #[test]
+    fn verdicts_are_served_only_while_the_channel_was_heard_from_within_max_staleness() {
+        let c = LocalCache::new(1000, Duration::from_secs(60), Duration::from_millis(300));
+        c.subscribed();
+        let seq = c.sequence();
+        c.remember_alive([1; 32], alive(1, "s1", "alice"), seq);
+        c.pretend_silent_for(Duration::from_millis(250));
+        assert!(c.alive(&[1; 32]).is_some(), "within the bound");
+        c.pretend_silent_for(Duration::from_millis(301));
+        assert!(!c.fresh());
+        assert!(
+            c.alive(&[1; 32]).is_none(),
+            "past the bound nothing is served"
+        );
+        let seq = c.sequence();
+        c.remember_alive([2; 32], alive(2, "s2", "alice"), seq);
+        c.heard();
+        assert!(c.fresh());
+        assert!(
+            c.alive(&[1; 32]).is_none() && c.alive(&[2; 32]).is_none(),
+            "what was cached before or during the silence is gone once the channel is heard again"
+        );
+        let seq = c.sequence();
+        c.remember_alive([3; 32], alive(3, "s3", "alice"), seq);
+        c.pretend_silent_for(Duration::from_millis(100));
+        c.heard();
+        assert!(
+            c.alive(&[3; 32]).is_some(),
+            "a message heard within the bound keeps the cache"
+        );
+    }
+
+    #[test]
+    fn forgetting_alive_verdicts_keeps_negative_facts() {
+        let c = cache();
+        let seq = c.sequence();
+        c.remember_alive([1; 32], alive(1, "s1", "alice"), seq);
+        c.apply(&Invalidation::Session("s0".into()));
+        c.forget_alive();
+        assert!(c.alive(&[1; 32]).is_none());
+        assert_eq!(
+            c.known_revoked(&[0; 32], Some("s0"), "alice", 0),
+            Some(Known::SessionRevoked)
         );
     }
 }

@@ -14,6 +14,7 @@
 use std::future::Future;
 
 pub mod cache;
+pub mod epoch;
 pub mod memory;
 pub mod redis;
 
@@ -103,6 +104,9 @@ pub enum Verdict {
     SessionMismatch,
     /// Its user was revoked after the token was issued (logout-all, disable, role change).
     UserRevoked,
+    /// It has no session and was issued before the store's epoch began: a revocation of it
+    /// may have been lost with the store's data (see [`epoch`]).
+    IssuedBeforeStoreReset,
 }
 
 impl Verdict {
@@ -114,6 +118,7 @@ impl Verdict {
             Verdict::SessionUnknown => "session.unknown",
             Verdict::SessionMismatch => "session.subject_mismatch",
             Verdict::UserRevoked => "session.user_revoked",
+            Verdict::IssuedBeforeStoreReset => "session.store_reset",
         }
     }
 }
@@ -295,7 +300,8 @@ pub enum Store {
 
 impl Store {
     /// Whether the store can answer (for readiness): always for memory; for Redis, the last
-    /// operation succeeded and invalidations are being received.
+    /// operation succeeded, the epoch is known and not halted, and invalidations are being
+    /// received within the staleness bound.
     pub fn is_healthy(&self) -> bool {
         match self {
             Store::Memory(_) => true,

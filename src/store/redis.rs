@@ -20,6 +20,21 @@
 //! [`LocalCache`]. The hot path reads the cache; a miss reads Redis in one round trip per slot.
 //! Any Redis error or timeout is [`StoreError::Unavailable`]: the request gets 503, never a
 //! guessed "alive".
+//!
+//! | `P:{epoch}` | string | the store's [`Epoch`] (data-loss detection) | never |
+//!
+//! Faults, and what bounds them:
+//! - **Partition.** Every instance runs a heartbeat: every `max_staleness / 5` it reads (or, if
+//!   missing, creates) the epoch and publishes it on the invalidation channel, on the data
+//!   connection. A cached "alive" verdict is served only while the channel was heard from within
+//!   `max_staleness` ([`LocalCache::fresh`]); an instance whose subscription goes silent reads
+//!   through (and gets 503 when the store cannot answer) at most `max_staleness` later.
+//! - **Data loss.** The epoch changes or disappears; see [`super::epoch`]. It is read on every
+//!   heartbeat, in every other instance's heartbeat, and with every read-through.
+//! - **Failover.** With `min_replicas_acks > 0`, every revoking write is followed by `WAIT` on
+//!   its own connection (a `WAIT` blocks the connection it runs on, so it never shares the
+//!   request path's connection); too few acknowledgements within `replica_ack_timeout` is an
+//!   error the caller reports (503), not a success.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +49,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 
 use super::cache::{Alive, Invalidation, Known, LocalCache, hex};
+use super::epoch::{Epoch, EpochWatch, Observation, OnDataLoss};
 use super::{
     Attempts, RefreshGrant, RotateOutcome, Rotation, SessionRecord, SessionStore, StoreError,
     TokenRef, Verdict, jti_key, throttle_digest,
@@ -70,7 +86,44 @@ pub struct RedisSettings {
     pub cache_ttl: Duration,
     /// Password for Redis (and the sentinels' masters), read from a file.
     pub password: Option<String>,
+    /// Longest a cached positive verdict is served after the invalidation channel was last
+    /// heard from.
+    pub max_staleness: Duration,
+    /// What a detected data loss does.
+    pub on_data_loss: OnDataLoss,
+    /// This deployment's first start: an epoch created at start cuts off no earlier token.
+    pub first_start: bool,
+    /// Replicas that must acknowledge a revoking write (`WAIT`); 0 waits for none.
+    pub min_replicas_acks: u32,
+    /// Longest a revoking write waits for those acknowledgements.
+    pub replica_ack_timeout: Duration,
 }
+
+impl RedisSettings {
+    /// The defaults for everything but where Redis is.
+    pub fn new(topology: Topology) -> Self {
+        Self {
+            topology,
+            key_prefix: "portcullis".to_owned(),
+            timeout: Duration::from_millis(500),
+            cache_capacity: 100_000,
+            cache_ttl: Duration::from_secs(30),
+            password: None,
+            max_staleness: DEFAULT_MAX_STALENESS,
+            on_data_loss: OnDataLoss::RefuseEarlierTokens,
+            first_start: false,
+            min_replicas_acks: 0,
+            replica_ack_timeout: Duration::from_millis(500),
+        }
+    }
+}
+
+/// The default bound on how stale a cached verdict may be under a partition. It is the
+/// longest a revoked token can still pass on an instance cut off from the invalidation
+/// channel; 500 ms keeps that below what a person notices, while heartbeats every 100 ms let
+/// four in a row be late (a busy host, a slow scheduler) before the instance falls back to
+/// reading through.
+pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_millis(500);
 
 impl std::fmt::Debug for RedisSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -81,6 +134,11 @@ impl std::fmt::Debug for RedisSettings {
             .field("cache_capacity", &self.cache_capacity)
             .field("cache_ttl", &self.cache_ttl)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("max_staleness", &self.max_staleness)
+            .field("on_data_loss", &self.on_data_loss)
+            .field("first_start", &self.first_start)
+            .field("min_replicas_acks", &self.min_replicas_acks)
+            .field("replica_ack_timeout", &self.replica_ack_timeout)
             .finish()
     }
 }
@@ -98,6 +156,21 @@ struct Timeout(Duration);
 #[derive(Debug, thiserror::Error)]
 #[error("redis answered a script with an unexpected shape")]
 struct Protocol;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{acked} of {wanted} replicas acknowledged the write in time")]
+struct NotReplicated {
+    acked: i64,
+    wanted: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the store's data was lost and checks are halted until an operator resumes them")]
+struct Halted;
+
+#[derive(Debug, thiserror::Error)]
+#[error("the store's epoch marker holds an unreadable value")]
+struct BadEpoch;
 
 /// Key names.
 #[derive(Debug, Clone)]
@@ -132,6 +205,9 @@ impl Keys {
     }
     fn channel(&self) -> String {
         format!("{}:invalidate", self.prefix)
+    }
+    fn epoch(&self) -> String {
+        format!("{}:{{epoch}}", self.prefix)
     }
 }
 
@@ -189,6 +265,29 @@ if old_expiry > keep then keep = old_expiry end
 redis.call('EXPIREAT', KEYS[2], keep)
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 return #members
+";
+
+// The heartbeat: the epoch, created when missing, published on the invalidation channel so
+// that every instance hears from it (and from the channel) several times per max_staleness.
+// KEYS: the epoch. ARGV: the epoch to create if there is none, the channel.
+const HEARTBEAT: &str = r"
+local e = redis.call('GET', KEYS[1])
+if not e then
+  redis.call('SET', KEYS[1], ARGV[1])
+  e = ARGV[1]
+end
+redis.call('PUBLISH', ARGV[2], 'h ' .. e)
+return e
+";
+
+// Rewrites the epoch's state if it is still the epoch the caller means, and announces it.
+// KEYS: the epoch. ARGV: its id, the new value, the channel.
+const SET_EPOCH_STATE: &str = r"
+local e = redis.call('GET', KEYS[1])
+if (not e) or string.sub(e, 3, 34) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('PUBLISH', ARGV[3], 'h ' .. ARGV[2])
+return 1
 ";
 
 const DENY_JTI: &str = r"
@@ -274,12 +373,20 @@ fn attempts(count: i64, ttl_ms: i64, now: i64) -> Attempts {
     }
 }
 
-/// The data connection, whichever the topology.
+/// A connection to the data, whichever the topology.
 #[derive(Clone)]
 enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
-    Sentinel(Arc<SentinelConn>),
+    Sentinel(Arc<SentinelConn>, Lane),
+}
+
+/// Which of a store's two connections: the one every request shares, or the one revoking
+/// writes use when they wait for replicas (`WAIT` blocks the connection it is sent on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    Data = 0,
+    Durable = 1,
 }
 
 /// A connection to whichever server the sentinels say is the master. It asks the sentinels
@@ -293,7 +400,8 @@ struct SentinelConn {
     password: Option<String>,
     /// Longest a sentinel may take to connect or answer.
     timeout: Duration,
-    current: ArcSwap<Option<ConnectionManager>>,
+    /// The master's connection for each [`Lane`].
+    current: [ArcSwap<Option<ConnectionManager>>; 2],
     config: ConnectionManagerConfig,
     /// Bumped on every announced switch: the invalidation subscriber re-subscribes on the new
     /// master, and a resolution that began before the bump is not kept.
@@ -327,7 +435,7 @@ impl SentinelConn {
         client(&format!("redis://{host}:{port}"), self.password.as_deref())
     }
 
-    async fn resolve(&self) -> redis::RedisResult<ConnectionManager> {
+    async fn resolve(&self, lane: Lane) -> redis::RedisResult<ConnectionManager> {
         let generation = *self.switches.borrow();
         let client = self.master_client().await?;
         let mut manager = ConnectionManager::new_with_config(client, self.config.clone()).await?;
@@ -346,44 +454,72 @@ impl SentinelConn {
         // The sentinels may have answered just before a switch: use that answer for this one
         // operation, but do not keep it.
         if *self.switches.borrow() == generation {
-            self.current.store(Arc::new(Some(manager.clone())));
+            self.current[lane as usize].store(Arc::new(Some(manager.clone())));
         }
         Ok(manager)
     }
 
     /// The sentinels named a new master: stop using the old one, for data and invalidations.
     fn master_switched(&self) {
-        self.current.store(Arc::new(None));
+        for current in &self.current {
+            current.store(Arc::new(None));
+        }
         self.switches.send_modify(|g| *g = g.wrapping_add(1));
     }
 
-    async fn connection(&self) -> redis::RedisResult<ConnectionManager> {
-        match &**self.current.load() {
+    async fn connection(&self, lane: Lane) -> redis::RedisResult<ConnectionManager> {
+        match &**self.current[lane as usize].load() {
             Some(manager) => Ok(manager.clone()),
-            None => self.resolve().await,
+            None => self.resolve(lane).await,
         }
     }
 
-    fn after_error(&self, e: &redis::RedisError) {
-        let read_only = e.to_string().contains("READONLY");
+    fn after_error(&self, lane: Lane, e: &redis::RedisError) {
+        let read_only = e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly);
         if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() || read_only {
-            self.current.store(Arc::new(None));
+            self.current[lane as usize].store(Arc::new(None));
         }
     }
+}
+
+/// Whether a failed command may be sent once more: the connection had died (typically while
+/// idle, e.g. Redis restarted) and has been replaced by the manager. Every store operation is
+/// idempotent or harmless to repeat: reads, `SET`s, the revoking scripts (a repeated
+/// session revoke that had in fact run reports "not found" — the session is revoked all the
+/// same), a rotation (a repeat finds the token just used: "concurrent", within the grace).
+fn retry_once(e: &redis::RedisError) -> bool {
+    e.is_connection_dropped()
 }
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Single(c) => Box::pin(async move {
+                match c.req_packed_command(cmd).await {
+                    Err(e) if retry_once(&e) => c.req_packed_command(cmd).await,
+                    result => result,
+                }
+            }),
             Conn::Cluster(c) => c.req_packed_command(cmd),
-            Conn::Sentinel(s) => {
-                let s = Arc::clone(s);
+            Conn::Sentinel(s, lane) => {
+                let (s, lane) = (Arc::clone(s), *lane);
                 Box::pin(async move {
-                    let mut c = s.connection().await?;
-                    let result = c.req_packed_command(cmd).await;
-                    if let Err(e) = &result {
-                        s.after_error(e);
+                    let mut result = Err(redis::RedisError::from((
+                        redis::ErrorKind::Client,
+                        "not sent",
+                    )));
+                    for attempt in 0..2 {
+                        let mut c = s.connection(lane).await?;
+                        result = c.req_packed_command(cmd).await;
+                        match &result {
+                            Err(e) => {
+                                s.after_error(lane, e);
+                                if attempt > 0 || !retry_once(e) {
+                                    break;
+                                }
+                            }
+                            Ok(_) => break,
+                        }
                     }
                     result
                 })
@@ -398,15 +534,34 @@ impl ConnectionLike for Conn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Single(c) => Box::pin(async move {
+                match c.req_packed_commands(pipeline, offset, count).await {
+                    Err(e) if retry_once(&e) => {
+                        c.req_packed_commands(pipeline, offset, count).await
+                    }
+                    result => result,
+                }
+            }),
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Sentinel(s) => {
-                let s = Arc::clone(s);
+            Conn::Sentinel(s, lane) => {
+                let (s, lane) = (Arc::clone(s), *lane);
                 Box::pin(async move {
-                    let mut c = s.connection().await?;
-                    let result = c.req_packed_commands(pipeline, offset, count).await;
-                    if let Err(e) = &result {
-                        s.after_error(e);
+                    let mut result = Err(redis::RedisError::from((
+                        redis::ErrorKind::Client,
+                        "not sent",
+                    )));
+                    for attempt in 0..2 {
+                        let mut c = s.connection(lane).await?;
+                        result = c.req_packed_commands(pipeline, offset, count).await;
+                        match &result {
+                            Err(e) => {
+                                s.after_error(lane, e);
+                                if attempt > 0 || !retry_once(e) {
+                                    break;
+                                }
+                            }
+                            Ok(_) => break,
+                        }
                     }
                     result
                 })
@@ -418,7 +573,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
-            Conn::Sentinel(_) => 0,
+            Conn::Sentinel(..) => 0,
         }
     }
 }
@@ -442,12 +597,18 @@ impl PubSubSource {
 /// The Redis [`SessionStore`].
 pub struct RedisStore {
     conn: Conn,
+    /// Revoking writes that wait for replicas; `None` when `min_replicas_acks` is 0.
+    durable: Option<Conn>,
     keys: Keys,
     cache: Arc<LocalCache>,
+    guard: Arc<Guard>,
     timeout: Duration,
-    /// Whether the last store operation succeeded (for readiness).
-    last_ok: Arc<AtomicBool>,
+    min_replicas_acks: u32,
+    replica_ack_timeout: Duration,
+    /// Whether cross-slot reads must be separate commands (Cluster) or may share a pipeline.
+    cluster: bool,
     subscriber: tokio::task::JoinHandle<()>,
+    heartbeat: tokio::task::JoinHandle<()>,
     create_session: Script,
     revoke_session: Script,
     revoke_user: Script,
@@ -470,6 +631,181 @@ impl std::fmt::Debug for RedisStore {
 impl Drop for RedisStore {
     fn drop(&mut self) {
         self.subscriber.abort();
+        self.heartbeat.abort();
+    }
+}
+
+/// What the heartbeat, the subscriber and the request path share about the store's health and
+/// epoch.
+struct Guard {
+    conn: Conn,
+    keys: Keys,
+    cache: Arc<LocalCache>,
+    epoch: EpochWatch,
+    on_data_loss: OnDataLoss,
+    first_start: bool,
+    timeout: Duration,
+    /// Whether the last store operation succeeded (for readiness).
+    last_ok: AtomicBool,
+    /// Where a detected reset is recorded; set once the gateway's audit trail exists.
+    audit: std::sync::OnceLock<crate::audit::Audit>,
+    heartbeat: Script,
+    set_epoch_state: Script,
+}
+
+impl Guard {
+    /// Runs one store operation under `timeout`, recording health.
+    async fn run<T>(
+        &self,
+        timeout: Duration,
+        op: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        let result = match tokio::time::timeout(timeout, op).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(unavailable(e)),
+            Err(_) => Err(unavailable(Timeout(timeout))),
+        };
+        self.last_ok.store(result.is_ok(), Ordering::Relaxed);
+        if result.is_err() {
+            crate::metrics::global()
+                .store_errors
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// One heartbeat: reads the epoch (creating it when there is none), publishes it on the
+    /// invalidation channel, and takes in what it says.
+    async fn beat(&self) -> Result<(), StoreError> {
+        let now = crate::pipeline::verify::unix_now();
+        // The epoch this instance would create. Before it knew any, it is starting: `now` is
+        // the cutoff unless this is the deployment's first start. After, a missing epoch is a
+        // reset this instance detects.
+        let starting = !self.epoch.has_seen();
+        let cutoff = if starting && self.first_start { 0 } else { now };
+        let halted =
+            self.on_data_loss == OnDataLoss::Unavailable && !(starting && self.first_start);
+        let candidate = Epoch::new(now, cutoff, halted);
+        let mut conn = self.conn.clone();
+        let value: String = self
+            .run(
+                self.timeout,
+                self.heartbeat
+                    .key(self.keys.epoch())
+                    .arg(candidate.encode())
+                    .arg(self.keys.channel())
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        self.take_in(&value);
+        if self.epoch.current().is_none() {
+            return Err(unavailable(BadEpoch));
+        }
+        Ok(())
+    }
+
+    /// Takes in an epoch read from the store or heard on the channel.
+    fn take_in(&self, value: &str) {
+        let Some(seen) = Epoch::decode(value) else {
+            tracing::error!(
+                "the store's epoch marker is unreadable; store checks fail until it is"
+            );
+            return;
+        };
+        if let Observation::Reset { previous } = self.epoch.observe(&seen, self.on_data_loss) {
+            self.reset_detected(&previous, &seen);
+        }
+    }
+
+    /// The store lost its data: drop every cached verdict, record it, and (in `unavailable`
+    /// mode) mark the epoch halted so that every instance, including those started later,
+    /// refuses until an operator resumes.
+    fn reset_detected(&self, previous: &Epoch, seen: &Epoch) {
+        self.cache.forget_alive();
+        crate::metrics::global()
+            .store_resets_detected
+            .fetch_add(1, Ordering::Relaxed);
+        let detail = format!(
+            "epoch {} (created {}) replaced by {} (created {}); tokens without a session issued \
+             at or before {} are refused{}",
+            previous.id,
+            previous.created,
+            seen.id,
+            seen.created,
+            self.epoch.cutoff(),
+            if self.on_data_loss == OnDataLoss::Unavailable {
+                "; store checks are halted until POST /admin/store/resume"
+            } else {
+                ""
+            }
+        );
+        tracing::error!(%detail, "the session store lost its data");
+        if let Some(audit) = self.audit.get() {
+            audit.emit(&crate::audit::AuditEvent {
+                event: "store.reset_detected",
+                reason_id: "store.epoch_changed",
+                subject: None,
+                session: None,
+                client_ip: None,
+                user_agent: None,
+                route: None,
+                method: None,
+                path: None,
+                request_id: None,
+                detail: Some(&detail),
+            });
+        }
+        if self.on_data_loss == OnDataLoss::Unavailable && !seen.halted {
+            let halted = Epoch {
+                halted: true,
+                ..seen.clone()
+            };
+            let (mut conn, script, keys) = (
+                self.conn.clone(),
+                self.set_epoch_state.clone(),
+                self.keys.clone(),
+            );
+            tokio::spawn(async move {
+                let marked = script
+                    .key(keys.epoch())
+                    .arg(&halted.id)
+                    .arg(halted.encode())
+                    .arg(keys.channel())
+                    .invoke_async::<i64>(&mut conn)
+                    .await;
+                if let Err(e) = marked {
+                    tracing::warn!(error = %e, "could not mark the store's epoch halted; this instance stays halted");
+                }
+            });
+        }
+    }
+
+    /// Takes in the epoch read with a read-through (`None`: the store holds none, and the
+    /// heartbeat creates it now), then says whether checks may be answered.
+    async fn check_epoch(&self, value: Option<&str>) -> Result<(), StoreError> {
+        match value {
+            Some(v) => self.take_in(v),
+            None => self.beat().await?,
+        }
+        if !self.epoch.has_seen() {
+            return Err(unavailable(BadEpoch));
+        }
+        if self.epoch.is_halted() {
+            return Err(unavailable(Halted));
+        }
+        Ok(())
+    }
+}
+
+/// Beats every `every` until aborted (when the store is dropped).
+async fn heartbeat(guard: Arc<Guard>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = guard.beat().await {
+            tracing::debug!(error = %e, "store heartbeat failed");
+        }
     }
 }
 
@@ -496,12 +832,29 @@ impl RedisStore {
             .set_min_delay(Duration::from_millis(20))
             .set_max_delay(Duration::from_secs(1));
         let password = settings.password.as_deref();
-        let (conn, source) = match &settings.topology {
+        let waits = settings.min_replicas_acks > 0;
+        // The durable lane's commands include a `WAIT` of up to replica_ack_timeout.
+        let durable_config = manager_config
+            .clone()
+            .set_response_timeout(Some(settings.timeout + settings.replica_ack_timeout));
+        let (conn, durable, source) = match &settings.topology {
             Topology::Single(url) => {
                 let c = client(url, password).map_err(unavailable)?;
                 let manager = ConnectionManager::new_lazy_with_config(c.clone(), manager_config)
                     .map_err(unavailable)?;
-                (Conn::Single(manager), PubSubSource::Clients(vec![c]))
+                let durable = if waits {
+                    Some(Conn::Single(
+                        ConnectionManager::new_lazy_with_config(c.clone(), durable_config)
+                            .map_err(unavailable)?,
+                    ))
+                } else {
+                    None
+                };
+                (
+                    Conn::Single(manager),
+                    durable,
+                    PubSubSource::Clients(vec![c]),
+                )
             }
             Topology::Cluster(nodes) => {
                 let mut builder = redis::cluster::ClusterClientBuilder::new(nodes.clone())
@@ -512,17 +865,24 @@ impl RedisStore {
                     builder = builder.password(p);
                 }
                 let cluster = builder.build().map_err(unavailable)?;
-                let conn =
+                let connect = || async {
                     tokio::time::timeout(settings.timeout * 4, cluster.get_async_connection())
                         .await
                         .map_err(|_| unavailable(Timeout(settings.timeout * 4)))?
-                        .map_err(unavailable)?;
+                        .map_err(unavailable)
+                };
+                let conn = connect().await?;
+                let durable = if waits {
+                    Some(Conn::Cluster(connect().await?))
+                } else {
+                    None
+                };
                 let clients = nodes
                     .iter()
                     .map(|n| client(n, password))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(unavailable)?;
-                (Conn::Cluster(conn), PubSubSource::Clients(clients))
+                (Conn::Cluster(conn), durable, PubSubSource::Clients(clients))
             }
             Topology::Sentinel { master, nodes } => {
                 let node_info = password.map(|p| {
@@ -543,18 +903,46 @@ impl RedisStore {
                     master: master.clone(),
                     password: password.map(str::to_owned),
                     timeout: settings.timeout,
-                    current: ArcSwap::from_pointee(None),
-                    config: manager_config,
+                    current: [ArcSwap::from_pointee(None), ArcSwap::from_pointee(None)],
+                    // The durable lane's config differs only in its response timeout; it is
+                    // used for both lanes' reconnects, so it is the longer one.
+                    config: if waits {
+                        durable_config
+                    } else {
+                        manager_config
+                    },
                     switches: tokio::sync::watch::Sender::new(0),
                 });
-                (Conn::Sentinel(Arc::clone(&s)), PubSubSource::Sentinel(s))
+                let durable = waits.then(|| Conn::Sentinel(Arc::clone(&s), Lane::Durable));
+                (
+                    Conn::Sentinel(Arc::clone(&s), Lane::Data),
+                    durable,
+                    PubSubSource::Sentinel(s),
+                )
             }
         };
-        let cache = Arc::new(LocalCache::new(settings.cache_capacity, settings.cache_ttl));
-        let invalidations = subscribe(source, keys.channel(), Arc::clone(&cache));
+        let cache = Arc::new(LocalCache::new(
+            settings.cache_capacity,
+            settings.cache_ttl,
+            settings.max_staleness,
+        ));
+        let guard = Arc::new(Guard {
+            conn: conn.clone(),
+            keys: keys.clone(),
+            cache: Arc::clone(&cache),
+            epoch: EpochWatch::new(),
+            on_data_loss: settings.on_data_loss,
+            first_start: settings.first_start,
+            timeout: settings.timeout,
+            last_ok: AtomicBool::new(true),
+            audit: std::sync::OnceLock::new(),
+            heartbeat: Script::new(HEARTBEAT),
+            set_epoch_state: Script::new(SET_EPOCH_STATE),
+        });
+        let invalidations = subscribe(source, keys.channel(), Arc::clone(&guard));
         // One task, aborted on drop, runs both loops (each runs forever).
         let subscriber = match &conn {
-            Conn::Sentinel(s) => {
+            Conn::Sentinel(s, _) => {
                 let s = Arc::clone(s);
                 tokio::spawn(async move {
                     tokio::join!(invalidations, watch_sentinels(s));
@@ -562,13 +950,22 @@ impl RedisStore {
             }
             Conn::Single(_) | Conn::Cluster(_) => tokio::spawn(invalidations),
         };
+        let heartbeat = tokio::spawn(heartbeat(
+            Arc::clone(&guard),
+            heartbeat_interval(settings.max_staleness),
+        ));
         Ok(Self {
+            cluster: matches!(conn, Conn::Cluster(_)),
             conn,
+            durable,
             keys,
             cache,
+            guard,
             timeout: settings.timeout,
-            last_ok: Arc::new(AtomicBool::new(true)),
+            min_replicas_acks: settings.min_replicas_acks,
+            replica_ack_timeout: settings.replica_ack_timeout,
             subscriber,
+            heartbeat,
             create_session: Script::new(CREATE_SESSION),
             revoke_session: Script::new(REVOKE_SESSION),
             revoke_user: Script::new(REVOKE_USER),
@@ -584,13 +981,21 @@ impl RedisStore {
         &self.cache
     }
 
-    /// One `PING` on the data connection, under the store timeout: refreshes the health flag
-    /// when no request has (a readiness probe after an outage).
+    /// Records detected store resets to `audit` from now on (set once; later calls are
+    /// ignored).
+    pub fn audit_to(&self, audit: crate::audit::Audit) {
+        let _ = self.guard.audit.set(audit);
+    }
+
+    /// The epoch this instance knows, if any.
+    pub fn epoch(&self) -> Option<Epoch> {
+        self.guard.epoch.current()
+    }
+
+    /// One heartbeat on the data connection, under the store timeout: reads the epoch (creating
+    /// it when missing) and refreshes the health flag (a readiness probe after an outage).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        self.run(async move { redis::cmd("PING").query_async::<String>(&mut conn).await })
-            .await
-            .map(|_| ())
+        self.guard.beat().await
     }
 
     /// Whether this instance is subscribed to invalidations.
@@ -598,9 +1003,58 @@ impl RedisStore {
         self.cache.is_subscribed()
     }
 
-    /// Whether the store answers and invalidations are being received.
+    /// Whether the store answers, its epoch is known and not halted, and invalidations are
+    /// being received within the staleness bound.
     pub fn is_healthy(&self) -> bool {
-        self.last_ok.load(Ordering::Relaxed) && self.cache.is_subscribed()
+        self.guard.last_ok.load(Ordering::Relaxed)
+            && self.cache.fresh()
+            && self.guard.epoch.has_seen()
+            && !self.guard.epoch.is_halted()
+    }
+
+    /// Whether store checks are halted after a detected data loss (`on_data_loss: unavailable`).
+    pub fn is_halted(&self) -> bool {
+        self.guard.epoch.is_halted()
+    }
+
+    /// Ends a halt after a detected data loss, on every instance (`POST /admin/store/resume`).
+    /// Returns whether the epoch was halted.
+    pub async fn resume(&self) -> Result<bool, StoreError> {
+        self.guard.beat().await?;
+        let Some(current) = self.guard.epoch.current() else {
+            return Err(unavailable(BadEpoch));
+        };
+        let was_halted = current.halted || self.guard.epoch.is_halted();
+        let resumed = Epoch {
+            halted: false,
+            ..current
+        };
+        let mut conn = self.conn.clone();
+        let changed: i64 = self
+            .run(
+                self.guard
+                    .set_epoch_state
+                    .key(self.keys.epoch())
+                    .arg(&resumed.id)
+                    .arg(resumed.encode())
+                    .arg(self.keys.channel())
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        if changed == 0 {
+            // The epoch changed under us: another reset. Nothing is resumed.
+            return Err(unavailable(BadEpoch));
+        }
+        // Seen through our own eyes at once: the store now says "ok" after "halted".
+        self.guard.take_in(
+            &Epoch {
+                halted: true,
+                ..resumed.clone()
+            }
+            .encode(),
+        );
+        self.guard.take_in(&resumed.encode());
+        Ok(was_halted)
     }
 
     /// Runs one store operation under the timeout, recording health.
@@ -608,58 +1062,92 @@ impl RedisStore {
         &self,
         op: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        let result = match tokio::time::timeout(self.timeout, op).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(unavailable(e)),
-            Err(_) => Err(unavailable(Timeout(self.timeout))),
-        };
-        self.last_ok.store(result.is_ok(), Ordering::Relaxed);
-        if result.is_err() {
-            crate::metrics::global()
-                .store_errors
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        result
+        self.guard.run(self.timeout, op).await
     }
 
-    /// Reads the three facts a verdict needs: two round trips at most (the `jti` key lives in
-    /// its own slot), issued concurrently.
+    /// Runs a revoking write. With `min_replicas_acks` it runs on the durable lane and is
+    /// followed there by `WAIT`: fewer acknowledgements than asked is an error, so a caller
+    /// never reports a revocation as done that a failover could undo.
+    async fn revoking<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        let Some(durable) = &self.durable else {
+            let mut conn = self.conn.clone();
+            return self.run(invocation.invoke_async(&mut conn)).await;
+        };
+        let mut conn = durable.clone();
+        let wanted = self.min_replicas_acks;
+        let wait_ms = u64::try_from(self.replica_ack_timeout.as_millis()).unwrap_or(u64::MAX);
+        let (value, acked) = self
+            .guard
+            .run(self.timeout + self.replica_ack_timeout, async {
+                let value: T = invocation.invoke_async(&mut conn).await?;
+                let acked: i64 = redis::cmd("WAIT")
+                    .arg(wanted)
+                    .arg(wait_ms.max(1))
+                    .query_async(&mut conn)
+                    .await?;
+                Ok((value, acked))
+            })
+            .await?;
+        if acked < i64::from(wanted) {
+            crate::metrics::global()
+                .store_unreplicated_writes
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(unavailable(NotReplicated { acked, wanted }));
+        }
+        Ok(value)
+    }
+
+    /// Reads the three facts a verdict needs and the epoch, read after them (so that a reset
+    /// that happened before the facts were read cannot go unseen). Single server and Sentinel:
+    /// one pipeline, in that order. Cluster: the keys live in different slots, so the commands
+    /// are issued concurrently, one round trip in all (per-node data loss in a Cluster is
+    /// detected only for the node that holds the epoch: see the README).
     async fn read_verdict(
         &self,
         token: &TokenRef<'_>,
         now: i64,
     ) -> Result<(Verdict, Option<i64>), StoreError> {
-        let mut jti_conn = self.conn.clone();
-        let mut user_conn = self.conn.clone();
         let jti_key = self.keys.jti(token.jti_key);
-        let denied = async move {
-            redis::cmd("EXISTS")
-                .arg(jti_key)
-                .query_async::<bool>(&mut jti_conn)
-                .await
-        };
-        let mut pipe = redis::pipe();
-        pipe.get(self.keys.revoked_before(token.subject));
+        let rb_key = self.keys.revoked_before(token.subject);
         let check_session = token.require_session;
-        if check_session {
+        let session_key = check_session.then(|| {
             let sid = token.session.filter(|s| plausible_sid(s)).unwrap_or("-");
-            pipe.cmd("HMGET")
-                .arg(self.keys.session(token.subject, sid))
-                .arg("abs")
-                .arg("idle");
-        }
-        let user = async move {
-            if check_session {
-                pipe.query_async::<(Option<i64>, (Option<i64>, Option<i64>))>(&mut user_conn)
-                    .await
-            } else {
-                pipe.query_async::<(Option<i64>,)>(&mut user_conn)
-                    .await
-                    .map(|(rb,)| (rb, (None, None)))
+            self.keys.session(token.subject, sid)
+        });
+        let epoch_key = self.keys.epoch();
+        let facts = if self.cluster {
+            self.read_facts_apart(jti_key, rb_key, session_key, epoch_key)
+                .await
+        } else {
+            let mut pipe = redis::pipe();
+            pipe.exists(jti_key).get(rb_key);
+            if let Some(key) = &session_key {
+                pipe.cmd("HMGET").arg(key).arg("abs").arg("idle");
             }
+            pipe.get(epoch_key);
+            let mut conn = self.conn.clone();
+            self.run(async move {
+                if check_session {
+                    pipe.query_async::<(
+                        bool,
+                        Option<i64>,
+                        (Option<i64>, Option<i64>),
+                        Option<String>,
+                    )>(&mut conn)
+                        .await
+                } else {
+                    pipe.query_async::<(bool, Option<i64>, Option<String>)>(&mut conn)
+                        .await
+                        .map(|(denied, rb, epoch)| (denied, rb, (None, None), epoch))
+                }
+            })
+            .await
         };
-        let (denied, (revoked_before, (abs, idle))) =
-            self.run(async { tokio::try_join!(denied, user) }).await?;
+        let (denied, revoked_before, (abs, idle), epoch) = facts?;
+        self.guard.check_epoch(epoch.as_deref()).await?;
         let verdict = if denied {
             Verdict::JtiDenied
         } else if revoked_before.is_some_and(|before| token.issued_at <= before) {
@@ -670,10 +1158,66 @@ impl RedisStore {
                 // Unknown, expired, or (the key is under `sub`) another user's session.
                 _ => Verdict::SessionUnknown,
             }
+        } else if self.guard.epoch.refuses(token.issued_at) {
+            // No session vouches for it, and it predates the store's epoch: a revocation of
+            // it may have been lost with the store's data.
+            Verdict::IssuedBeforeStoreReset
         } else {
             Verdict::Alive
         };
         Ok((verdict, revoked_before))
+    }
+
+    /// [`Self::read_verdict`]'s reads for a Cluster, where every key may live on another node.
+    async fn read_facts_apart(
+        &self,
+        jti_key: String,
+        rb_key: String,
+        session_key: Option<String>,
+        epoch_key: String,
+    ) -> Result<
+        (
+            bool,
+            Option<i64>,
+            (Option<i64>, Option<i64>),
+            Option<String>,
+        ),
+        StoreError,
+    > {
+        let (mut jti_conn, mut user_conn, mut epoch_conn) =
+            (self.conn.clone(), self.conn.clone(), self.conn.clone());
+        let denied = async move {
+            redis::cmd("EXISTS")
+                .arg(jti_key)
+                .query_async::<bool>(&mut jti_conn)
+                .await
+        };
+        let user = async move {
+            let mut pipe = redis::pipe();
+            pipe.get(rb_key);
+            match session_key {
+                Some(key) => {
+                    pipe.cmd("HMGET").arg(key).arg("abs").arg("idle");
+                    pipe.query_async::<(Option<i64>, (Option<i64>, Option<i64>))>(&mut user_conn)
+                        .await
+                }
+                None => pipe
+                    .query_async::<(Option<i64>,)>(&mut user_conn)
+                    .await
+                    .map(|(rb,)| (rb, (None, None))),
+            }
+        };
+        // Concurrently with the facts: on other nodes, an order would not order anything.
+        let epoch = async move {
+            redis::cmd("GET")
+                .arg(epoch_key)
+                .query_async::<Option<String>>(&mut epoch_conn)
+                .await
+        };
+        let (denied, (rb, session), epoch) = self
+            .run(async { tokio::try_join!(denied, user, epoch) })
+            .await?;
+        Ok((denied, rb, session, epoch))
     }
 
     fn apply_locally(&self, event: Invalidation) {
@@ -730,8 +1274,11 @@ impl SessionStore for RedisStore {
                 revoked_before,
             ),
             // A session that is merely absent might be one whose creation has not reached this
-            // replica yet; only revocation events (which name it) make it a negative fact.
-            Verdict::SessionUnknown | Verdict::SessionMismatch => {}
+            // replica yet; only revocation events (which name it) make it a negative fact. The
+            // epoch's cutoff is already held in memory.
+            Verdict::SessionUnknown
+            | Verdict::SessionMismatch
+            | Verdict::IssuedBeforeStoreReset => {}
         }
         Ok(verdict)
     }
@@ -833,18 +1380,14 @@ impl SessionStore for RedisStore {
             return Ok(false);
         }
         let event = Invalidation::Session(id.to_owned());
-        let mut conn = self.conn.clone();
-        let existed: i64 = self
-            .run(
-                self.revoke_session
-                    .key(self.keys.session(subject, id))
-                    .key(self.keys.sessions(subject))
-                    .arg(id)
-                    .arg(self.keys.channel())
-                    .arg(event.encode())
-                    .invoke_async(&mut conn),
-            )
-            .await?;
+        let mut invocation = self.revoke_session.prepare_invoke();
+        invocation
+            .key(self.keys.session(subject, id))
+            .key(self.keys.sessions(subject))
+            .arg(id)
+            .arg(self.keys.channel())
+            .arg(event.encode());
+        let existed: i64 = self.revoking(&invocation).await?;
         if existed > 0 {
             self.apply_locally(event);
         }
@@ -861,19 +1404,16 @@ impl SessionStore for RedisStore {
             subject: subject.to_owned(),
             before,
         };
-        let mut conn = self.conn.clone();
-        self.run(
-            self.revoke_user
-                .key(self.keys.sessions(subject))
-                .key(self.keys.revoked_before(subject))
-                .arg(self.keys.session_prefix(subject))
-                .arg(before)
-                .arg(keep_until)
-                .arg(self.keys.channel())
-                .arg(event.encode())
-                .invoke_async::<i64>(&mut conn),
-        )
-        .await?;
+        let mut invocation = self.revoke_user.prepare_invoke();
+        invocation
+            .key(self.keys.sessions(subject))
+            .key(self.keys.revoked_before(subject))
+            .arg(self.keys.session_prefix(subject))
+            .arg(before)
+            .arg(keep_until)
+            .arg(self.keys.channel())
+            .arg(event.encode());
+        self.revoking::<i64>(&invocation).await?;
         self.apply_locally(event);
         Ok(())
     }
@@ -881,17 +1421,14 @@ impl SessionStore for RedisStore {
     async fn deny_jti(&self, issuer: &str, jti: &str, until: i64) -> Result<(), StoreError> {
         let key = jti_key(issuer, jti);
         let event = Invalidation::Jti { key, until };
-        let mut conn = self.conn.clone();
-        self.run(
-            self.deny_jti
-                .key(self.keys.jti(&key))
-                .arg(until)
-                .arg(crate::pipeline::verify::unix_now())
-                .arg(self.keys.channel())
-                .arg(event.encode())
-                .invoke_async::<i64>(&mut conn),
-        )
-        .await?;
+        let mut invocation = self.deny_jti.prepare_invoke();
+        invocation
+            .key(self.keys.jti(&key))
+            .arg(until)
+            .arg(crate::pipeline::verify::unix_now())
+            .arg(self.keys.channel())
+            .arg(event.encode());
+        self.revoking::<i64>(&invocation).await?;
         self.apply_locally(event);
         Ok(())
     }
@@ -999,11 +1536,12 @@ fn parse_session(id: &str, f: &[Option<String>]) -> Option<SessionRecord> {
 
 /// Keeps this instance subscribed to invalidations, forever: on any loss the cache stops
 /// serving positive verdicts until the subscription is confirmed again.
-async fn subscribe(source: PubSubSource, channel: String, cache: Arc<LocalCache>) {
+async fn subscribe(source: PubSubSource, channel: String, guard: Arc<Guard>) {
+    let cache = &guard.cache;
     let mut attempt = 0usize;
     let mut backoff = Duration::from_millis(25);
     loop {
-        match listen(&source, attempt, &channel, &cache).await {
+        match listen(&source, attempt, &channel, &guard).await {
             Ok(()) => backoff = Duration::from_millis(25),
             Err(e) => {
                 tracing::warn!(error = %e, "invalidation subscription failed; reading through to redis")
@@ -1021,8 +1559,9 @@ async fn listen(
     source: &PubSubSource,
     attempt: usize,
     channel: &str,
-    cache: &LocalCache,
+    guard: &Guard,
 ) -> redis::RedisResult<()> {
+    let cache = &guard.cache;
     // Taken before asking the sentinels for the master, so that a switch announced from here
     // on ends this subscription.
     let mut switches = match source {
@@ -1046,6 +1585,8 @@ async fn listen(
         tokio::select! {
             message = stream.next() => {
                 let Some(message) = message else { return Ok(()) };
+                // Anything received proves the channel delivers: the staleness clock restarts.
+                cache.heard();
                 let payload: String = match message.get_payload() {
                     Ok(p) => p,
                     Err(e) => {
@@ -1053,6 +1594,12 @@ async fn listen(
                         continue;
                     }
                 };
+                // A heartbeat carries the epoch its sender read: a reset seen by any instance
+                // is seen by all within one heartbeat.
+                if let Some(epoch) = payload.strip_prefix("h ") {
+                    guard.take_in(epoch);
+                    continue;
+                }
                 match Invalidation::decode(&payload) {
                     Some(event) => cache.apply(&event),
                     None => tracing::warn!("unknown invalidation message ignored"),
@@ -1075,6 +1622,12 @@ async fn listen(
 
 /// How often an idle subscription is pinged, and how long the answer may take.
 const PING_EVERY: Duration = Duration::from_secs(2);
+
+/// Heartbeats come five times per `max_staleness`, so that four can be late before cached
+/// verdicts stop being served (and never more often than every 10 ms).
+fn heartbeat_interval(max_staleness: Duration) -> Duration {
+    (max_staleness / 5).max(Duration::from_millis(10))
+}
 
 /// Resolves when a master switch is announced; never without a sentinel.
 async fn switched(switches: &mut Option<tokio::sync::watch::Receiver<u64>>) {

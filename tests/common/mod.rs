@@ -672,8 +672,14 @@ impl RedisCluster {
     /// Starts `masters` (≥ 3) nodes, joins them and waits until every node says
     /// `cluster_state:ok`.
     pub fn start(masters: usize) -> Self {
+        Self::start_with_replicas(masters, 0)
+    }
+
+    /// Starts `masters` (≥ 3) masters with `replicas` replicas each, joins them and waits until
+    /// every node says `cluster_state:ok` and every replica is in sync.
+    pub fn start_with_replicas(masters: usize, replicas: usize) -> Self {
         // Each server has its own --dir, so one relative file name is unique per node.
-        let nodes: Vec<RedisServer> = (0..masters)
+        let nodes: Vec<RedisServer> = (0..masters * (1 + replicas))
             .map(|_| {
                 RedisServer::start_with(&[
                     "--cluster-enabled",
@@ -695,7 +701,7 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli");
         assert!(
@@ -710,7 +716,11 @@ impl RedisCluster {
                 .nodes
                 .iter()
                 .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"));
-            if ok {
+            let synced = cluster.replicas().iter().all(|r| {
+                r.cli(&["INFO", "replication"])
+                    .contains("master_link_status:up")
+            });
+            if ok && synced && cluster.replicas().len() == masters * replicas {
                 break;
             }
             assert!(
@@ -720,6 +730,14 @@ impl RedisCluster {
             std::thread::sleep(Duration::from_millis(50));
         }
         cluster
+    }
+
+    /// The nodes that are replicas now.
+    pub fn replicas(&self) -> Vec<&RedisServer> {
+        self.nodes
+            .iter()
+            .filter(|n| n.cli(&["ROLE"]).starts_with("slave"))
+            .collect()
     }
 
     /// `redis://127.0.0.1:<port>` of every node (the seed list).
@@ -818,3 +836,78 @@ pub fn signal(pid: u32, signal: &str) {
     assert!(status.success(), "kill -{signal} {pid} failed");
 }
 pub mod auth;
+
+/// A TCP proxy on a free loopback port in front of `target`, that can **freeze**: stop
+/// forwarding in both directions while every socket stays open, as a network that drops
+/// packets does. No error reaches either side; only silence. Thawing forwards what was held.
+pub struct FreezingProxy {
+    pub port: u16,
+    frozen: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FreezingProxy {
+    pub async fn start(target: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (frozen, rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let rx = rx.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(("127.0.0.1", target)).await else {
+                        return;
+                    };
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    tokio::join!(pump(cr, sw, rx.clone()), pump(sr, cw, rx));
+                });
+            }
+        });
+        Self { port, frozen, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// From now on nothing is forwarded (bytes already in flight included).
+    pub fn freeze(&self) {
+        self.frozen.send_replace(true);
+    }
+
+    pub fn thaw(&self) {
+        self.frozen.send_replace(false);
+    }
+}
+
+impl Drop for FreezingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies `from` to `to`, holding every chunk while the proxy is frozen.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut frozen: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        // Held, not dropped: the sender's socket stays open and sees no error.
+        if frozen.wait_for(|f| !*f).await.is_err() {
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
