@@ -21,6 +21,13 @@
 //!    one first sight of a valid token (EdDSA and RS256), and the hit rate of 1,000 cached valid
 //!    tokens after a flood of 100,000 forged ones into a cache of 10,000 entries.
 //!
+//! 6. **Partition** (issue 10 item 2): instance B reaches Redis through a TCP proxy that freezes
+//!    (sockets open, nothing forwarded); A revokes a session B holds cached; the clock runs
+//!    until B stops serving the cached verdict — bounded by `store.max_staleness`.
+//! 7. **Cluster propagation** (issue 10 item 4): as part 1, over a 3-master Redis Cluster, with
+//!    users spread over every master (so most revocations are published on another node than
+//!    the one B listens on).
+//!
 //! Bounded: every wait has a deadline; parts 1–3 take seconds, parts 4 and 5 about a minute
 //! (mostly filling the memory store and Redis with a million sessions each).
 
@@ -28,6 +35,10 @@ use std::future::Future;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
+
+#[allow(dead_code, unreachable_pub, unused_imports)]
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 use portcullis::store::{
     MemoryStore, RedisSettings, RedisStore, SessionRecord, SessionStore, TokenRef, Topology,
@@ -181,7 +192,12 @@ async fn store_with(port: u16, cache_capacity: u64) -> RedisStore {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    // `cargo bench` passes `--bench`; nothing here takes arguments.
+    // `cargo bench` passes `--bench`; `cargo bench --bench revocation -- faults` runs parts 6
+    // and 7 only.
+    if std::env::args().any(|a| a == "faults") {
+        faults().await;
+        return;
+    }
     let redis = Redis::start();
     let a = store(redis.port).await;
     let b = store(redis.port).await;
@@ -340,6 +356,7 @@ tokens: { cache_capacity: 200000 }
     // below is fresh memory, not memory freed by an earlier part and reused.
     let _kept = sessions_scale().await;
     forged_tokens();
+    faults().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -844,5 +861,108 @@ tokens: {{ cache_capacity: 10000 }}
         flood_time / FLOOD as u32,
         hit as f64 * 100.0 / VALID as f64,
         checks() - checks_before
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Partition, 7. Cluster propagation
+
+async fn faults() {
+    // 6. A frozen link between B and Redis: how long B keeps serving a revoked verdict.
+    let redis = Redis::start();
+    let proxy = common::FreezingProxy::start(redis.port).await;
+    let a = store(redis.port).await;
+    let b = store(proxy.port).await;
+    const TRIALS: u64 = 30;
+    let mut stale = Vec::with_capacity(TRIALS as usize);
+    for i in 0..TRIALS {
+        let (sub, sid) = (format!("frozen{i}"), format!("f{i}"));
+        a.create_session(record(&sid, &sub), None).await.unwrap();
+        let t = Tok::new(2_000_000 + i, &sub, &sid);
+        // Fresh again after the previous trial's thaw.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while b.check(&t.r(), now()).await.ok() != Some(Verdict::Alive)
+            || b.cache().alive(&t.token_key).is_none()
+        {
+            assert!(Instant::now() < deadline, "B never recovered");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        proxy.freeze();
+        let started = Instant::now();
+        a.revoke_session(&sub, &sid).await.unwrap();
+        let deadline = started + Duration::from_secs(5);
+        while b.cache().alive(&t.token_key).is_some() {
+            assert!(
+                Instant::now() < deadline,
+                "B served a revoked verdict for 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        stale.push(started.elapsed());
+        proxy.thaw();
+    }
+    stale.sort();
+    println!(
+        "revocation under a frozen link to B ({TRIALS} trials, store.max_staleness {:?}): \
+         B stopped serving the cached verdict after p50 {:?}  p99 {:?}  max {:?}",
+        portcullis::store::redis::DEFAULT_MAX_STALENESS,
+        percentile(&stale, 0.50),
+        percentile(&stale, 0.99),
+        stale.last().copied().unwrap_or_default()
+    );
+    drop((a, b, proxy, redis));
+
+    // 7. Cluster: propagation across nodes.
+    let cluster = common::RedisCluster::start(3);
+    let cluster_store = || async {
+        let s = RedisStore::connect(&RedisSettings {
+            key_prefix: "bench".into(),
+            timeout: Duration::from_secs(1),
+            cache_capacity: 200_000,
+            cache_ttl: Duration::from_secs(300),
+            first_start: true,
+            ..RedisSettings::new(Topology::Cluster(cluster.urls()))
+        })
+        .await
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !s.cache().is_subscribed() {
+            assert!(Instant::now() < deadline, "never subscribed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        s
+    };
+    let (a, b) = (cluster_store().await, cluster_store().await);
+    const N: u64 = 1_000;
+    let mut delays = Vec::with_capacity(N as usize);
+    let mut missed = 0;
+    for i in 0..N {
+        let (sub, sid) = (format!("cluser{i}"), format!("c{i}"));
+        a.create_session(record(&sid, &sub), None).await.unwrap();
+        let t = Tok::new(3_000_000 + i, &sub, &sid);
+        assert_eq!(b.check(&t.r(), now()).await.unwrap(), Verdict::Alive);
+        let started = Instant::now();
+        a.revoke_session(&sub, &sid).await.unwrap();
+        let deadline = started + Duration::from_secs(1);
+        loop {
+            if b.cache().alive(&t.token_key).is_none() {
+                delays.push(started.elapsed());
+                break;
+            }
+            if Instant::now() > deadline {
+                missed += 1;
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+    delays.sort();
+    println!("revocation propagation A -> B over a 3-master Redis Cluster ({N} revocations):");
+    println!(
+        "  p50 {:?}  p90 {:?}  p99 {:?}  max {:?}  not propagated within 1s: {missed}",
+        percentile(&delays, 0.50),
+        percentile(&delays, 0.90),
+        percentile(&delays, 0.99),
+        delays.last().copied().unwrap_or_default()
     );
 }

@@ -643,6 +643,14 @@ fn store_config_errors_name_the_store_key() {
             "store: { kind: redis, url: \"redis://127.0.0.1:1\", cache_ttl: 1y }",
             "store.cache_ttl:",
         ),
+        (
+            "store: { kind: redis, url: \"redis://127.0.0.1:1\", max_staleness: 10ms }",
+            "store.max_staleness:",
+        ),
+        (
+            "store: { kind: redis, url: \"redis://127.0.0.1:1\", replica_ack_timeout: soon }",
+            "store.replica_ack_timeout:",
+        ),
     ];
     for (store, expected) in cases {
         let setup = Setup {
@@ -666,12 +674,24 @@ fn store_config_errors_name_the_store_key() {
     let yaml = setup.yaml(dir.path(), "http://127.0.0.1:9");
     let e = Config::from_yaml(&yaml, dir.path()).expect_err("a typo was accepted");
     assert!(e.to_string().contains("passwd_file"), "{e}");
+    // An unknown on_data_loss mode names its key, like every bad value.
+    let setup = Setup {
+        extra: "store:\n  kind: redis\n  url: \"redis://127.0.0.1:1\"\n  on_data_loss: shrug\n"
+            .into(),
+        ..Setup::default()
+    };
+    let yaml = setup.yaml(dir.path(), "http://127.0.0.1:9");
+    let e = Config::from_yaml(&yaml, dir.path())
+        .expect_err("an unknown mode was accepted")
+        .to_string();
+    assert!(e.starts_with("store.on_data_loss:"), "{e}");
     // And the good forms compile.
     for store in [
         "store: { kind: redis, url: \"redis://127.0.0.1:1/2\" }",
         "store: { kind: redis, url: \"rediss://127.0.0.1:1\" }",
         "store: { kind: redis, cluster: [\"redis://127.0.0.1:1\", \"redis://127.0.0.1:2\"] }",
         "store: { kind: redis, sentinel: { master: m, nodes: [\"redis://127.0.0.1:1\"] } }",
+        "store: { kind: redis, url: \"redis://127.0.0.1:1\", max_staleness: 250ms, on_data_loss: unavailable, first_start: true, min_replicas_acks: 1, replica_ack_timeout: 1s }",
         "store: { kind: memory }",
     ] {
         let setup = Setup {

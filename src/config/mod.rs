@@ -1058,10 +1058,11 @@ fn redis_settings(
             Some(text.trim_end_matches(['\r', '\n']).to_owned())
         }
     };
+    let defaults = RedisSettings::new(topology);
     let key_prefix = r
         .key_prefix
         .clone()
-        .unwrap_or_else(|| "portcullis".to_owned());
+        .unwrap_or_else(|| defaults.key_prefix.clone());
     if key_prefix.is_empty() || key_prefix.contains(['{', '}', ' ']) {
         return Err(invalid(
             "store.key_prefix",
@@ -1071,7 +1072,7 @@ fn redis_settings(
     let max_staleness = duration(
         "store.max_staleness",
         r.max_staleness.as_ref(),
-        crate::store::redis::DEFAULT_MAX_STALENESS,
+        defaults.max_staleness,
     )?;
     if max_staleness < Duration::from_millis(50) {
         return Err(invalid(
@@ -1080,34 +1081,31 @@ fn redis_settings(
         ));
     }
     Ok(RedisSettings {
-        topology,
         key_prefix,
-        timeout: duration(
-            "store.timeout",
-            r.timeout.as_ref(),
-            Duration::from_millis(500),
-        )?,
-        cache_capacity: r.cache_capacity.unwrap_or(100_000),
-        cache_ttl: duration(
-            "store.cache_ttl",
-            r.cache_ttl.as_ref(),
-            Duration::from_secs(30),
-        )?,
+        timeout: duration("store.timeout", r.timeout.as_ref(), defaults.timeout)?,
+        cache_capacity: r.cache_capacity.unwrap_or(defaults.cache_capacity),
+        cache_ttl: duration("store.cache_ttl", r.cache_ttl.as_ref(), defaults.cache_ttl)?,
         password,
         max_staleness,
-        on_data_loss: match r.on_data_loss {
-            None | Some(raw::RawOnDataLoss::RefuseEarlierTokens) => {
-                crate::store::epoch::OnDataLoss::RefuseEarlierTokens
+        on_data_loss: match r.on_data_loss.as_deref() {
+            None => defaults.on_data_loss,
+            Some("refuse_earlier_tokens") => crate::store::epoch::OnDataLoss::RefuseEarlierTokens,
+            Some("unavailable") => crate::store::epoch::OnDataLoss::Unavailable,
+            Some(other) => {
+                return Err(invalid(
+                    "store.on_data_loss",
+                    format!("`{other}` is neither `refuse_earlier_tokens` nor `unavailable`"),
+                ));
             }
-            Some(raw::RawOnDataLoss::Unavailable) => crate::store::epoch::OnDataLoss::Unavailable,
         },
         first_start: r.first_start,
         min_replicas_acks: r.min_replicas_acks,
         replica_ack_timeout: duration(
             "store.replica_ack_timeout",
             r.replica_ack_timeout.as_ref(),
-            Duration::from_millis(500),
+            defaults.replica_ack_timeout,
         )?,
+        ..defaults
     })
 }
 

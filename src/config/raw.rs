@@ -234,7 +234,7 @@ pub struct RawRedis {
     pub max_staleness: Option<String>,
     /// What a detected loss of the store's data does: `refuse_earlier_tokens` or `unavailable`.
     #[serde(default)]
-    pub on_data_loss: Option<RawOnDataLoss>,
+    pub on_data_loss: Option<String>,
     /// The deployment's first start: an epoch created at start cuts off no earlier token.
     #[serde(default)]
     pub first_start: bool,
@@ -244,16 +244,6 @@ pub struct RawRedis {
     /// Longest a revoking write waits for those acknowledgements.
     #[serde(default)]
     pub replica_ack_timeout: Option<String>,
-}
-
-/// `store.on_data_loss`.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RawOnDataLoss {
-    /// Refuse every sessionless token issued before the loss; keep serving.
-    RefuseEarlierTokens,
-    /// Answer 503 to store checks until an operator resumes.
-    Unavailable,
 }
 
 /// Sentinel settings.

@@ -11,6 +11,7 @@
 //! | `P:{u:<sub>}:rb` | string | tokens issued at or before this instant are revoked | when they have all expired |
 //! | `P:{j:<sha256(iss, jti)>}` | string | a denylisted access token | at the token's `exp` |
 //! | `P:{t:<sha256(key)>}` | string | failed logins counted under a throttle key | at the end of its window |
+//! | `P:{epoch}` | string | the store's [`Epoch`] (data-loss detection) | never |
 //!
 //! `<sub>` is the subject in base64url, so no subject can forge another's key names; a throttle
 //! key (`ip:…`, `user:…`, anything a client sent) appears only as its SHA-256. Refresh
@@ -20,8 +21,6 @@
 //! [`LocalCache`]. The hot path reads the cache; a miss reads Redis in one round trip per slot.
 //! Any Redis error or timeout is [`StoreError::Unavailable`]: the request gets 503, never a
 //! guessed "alive".
-//!
-//! | `P:{epoch}` | string | the store's [`Epoch`] (data-loss detection) | never |
 //!
 //! Faults, and what bounds them:
 //! - **Partition.** Every instance runs a heartbeat: every `max_staleness / 5` it reads (or, if
