@@ -783,3 +783,24 @@ async fn sec29_look_alike_slashes_and_double_encodings_are_data_and_never_change
     }
     assert_eq!(gw.upstream.count(), before);
 }
+
+#[tokio::test]
+async fn sec34_connect_never_opens_a_tunnel() {
+    // A 2xx to CONNECT switches both hyper ends to a raw tunnel: the gateway never forwards
+    // one, in authority form or (malformed) origin form, on any route.
+    let gw = TestGateway::start().await;
+    for request in [
+        &b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n"[..],
+        b"CONNECT /public/x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        b"CONNECT /auth/login HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    ] {
+        let reply = gw.raw(request).await;
+        assert_eq!(statuses(&reply), [405], "{reply}");
+    }
+    assert_eq!(gw.upstream.count(), 0);
+    // Control: the same route forwards other methods.
+    let reply = gw
+        .raw(b"OPTIONS /public/x HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await;
+    assert_eq!(statuses(&reply), [200], "{reply}");
+}

@@ -210,6 +210,11 @@ async fn run<'rt>(
 ) -> Result<Response<GatewayBody>, GatewayError> {
     let (conn, store, request_id) = (env.conn, env.store, env.request_id);
     check_framing(request.headers())?;
+    if request.method() == Method::CONNECT {
+        // A 2xx to CONNECT turns both connections into a raw tunnel past every check; a
+        // reverse proxy has no use for it, on any route (docs/security.md 34).
+        return Err(route::RouteError::MethodNotAllowed.into());
+    }
 
     // 1. route
     let path = normalize::normalize(request.uri().path()).map_err(BadRequest::Path)?;
