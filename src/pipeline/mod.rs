@@ -15,7 +15,7 @@
 //! ```
 //! Public routes skip 2–5 but still go through 6, so spoofed identity headers are stripped
 //! there too. Only a well-formed WebSocket handshake on a route with `websocket: true` keeps
-//! its `Upgrade` ([`websocket_handshake`]); every other `Upgrade` (`h2c` above all) is removed
+//! its `Upgrade` (`websocket_handshake`); every other `Upgrade` (`h2c` above all) is removed
 //! in 6 and the request forwarded as a plain one, and forward refuses a `101` to anything but
 //! that handshake (docs/security.md 34). Every refusal goes through [`crate::error::error_response`], and every 401 and
 //! 403 is audited. With `auth:` configured, `/auth/*` and the JWKS document are answered by

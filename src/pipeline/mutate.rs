@@ -3,7 +3,7 @@
 //! Runs after authorization (or after routing, for public routes), immediately before
 //! forwarding; it cannot fail. It removes, in any case and with `_` spelled for `-`:
 //! every client-sent identity header (`X-Auth-*` and the configured names), the identity and
-//! client-address headers other gateways and platforms inject ([`foreign_identity`]:
+//! client-address headers other gateways and platforms inject (`foreign_identity`:
 //! `Remote-User`, `X-Forwarded-User`, `X-WEBAUTH-USER`, `True-Client-IP`, `X-Pomerium-*`, …)
 //! plus the operator's `identity_headers.strip` list, `X-Forwarded-*`, `Forwarded`,
 //! `X-Real-IP`, `X-Request-Id`, path and method overrides (`X-Original-URL`,
@@ -11,7 +11,7 @@
 //! `HTTP2-Settings`, framing headers spelled with `_` (`Content_Length`, `Transfer_Encoding`),
 //! the gateway's own cookies, and `Authorization` unless the route forwards it. Then it injects
 //! the verified identity, the request id and `X-Forwarded-For/-Proto/-Host` — keeping a client's
-//! forwarding chain only when the peer is a configured trusted proxy (docs/security.md 28).
+//! forwarding chain only when the peer is a configured trusted proxy (SECURITY.md 28).
 //!
 //! On the way back, [`protect_response`] runs on every forwarded response (HTTP/1, h2, and the
 //! `101` of a WebSocket handshake): it drops any `Set-Cookie` for the gateway's own cookies, in
