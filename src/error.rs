@@ -6,7 +6,7 @@
 //! pipeline writes with [`GatewayError::reason_id`]. Every match here is exhaustive, so a new
 //! variant cannot silently become a 500.
 
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
+use http::header::{CACHE_CONTROL, CONNECTION, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 
 use crate::auth_flow::csrf::CsrfError;
@@ -24,9 +24,12 @@ pub enum BadRequest {
     /// The path cannot be normalized unambiguously.
     #[error(transparent)]
     Path(#[from] PathError),
-    /// The `Host` header (or authority) is missing where needed, malformed, or disagrees.
+    /// The `Host` header (or authority) is malformed, repeated, or disagrees with the URI.
     #[error("invalid host")]
     Host,
+    /// An HTTP/1.1 request without `Host` (RFC 9112 §3.2).
+    #[error("missing host")]
+    MissingHost,
     /// Both `Content-Length` and `Transfer-Encoding`, or a `Transfer-Encoding` other than chunked.
     #[error("ambiguous message framing")]
     Framing,
@@ -154,6 +157,11 @@ pub enum GatewayError {
     /// The upstream did not answer in time.
     #[error("upstream timed out")]
     UpstreamTimeout,
+    /// The upstream answered `101 Switching Protocols` to a request that was not a WebSocket
+    /// handshake the gateway forwarded, or switched to something other than `websocket`
+    /// (an `h2c` upgrade would let later requests bypass every check; docs/security.md 34).
+    #[error("upstream switched protocols unasked")]
+    UpstreamUpgrade,
     /// The user of a gateway-issued token no longer exists or is disabled (SECURITY.md 11).
     #[error("user unknown or disabled")]
     UserDisabled,
@@ -188,6 +196,7 @@ impl GatewayError {
             GatewayError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::UpstreamUpgrade => StatusCode::BAD_GATEWAY,
             GatewayError::UserDisabled => StatusCode::UNAUTHORIZED,
             GatewayError::Auth(e) => e.status(),
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -199,6 +208,7 @@ impl GatewayError {
         match self {
             GatewayError::BadRequest(BadRequest::Path(_)) => "request.path",
             GatewayError::BadRequest(BadRequest::Host) => "request.host",
+            GatewayError::BadRequest(BadRequest::MissingHost) => "request.host_missing",
             GatewayError::BadRequest(BadRequest::Framing) => "request.framing",
             GatewayError::Route(RouteError::NotFound) => "route.not_found",
             GatewayError::Route(RouteError::MethodNotAllowed) => "route.method_not_allowed",
@@ -212,6 +222,7 @@ impl GatewayError {
             GatewayError::Store(_) => "store.unavailable",
             GatewayError::UpstreamUnavailable(_) => "upstream.unavailable",
             GatewayError::UpstreamTimeout => "upstream.timeout",
+            GatewayError::UpstreamUpgrade => "upstream.unexpected_upgrade",
             GatewayError::UserDisabled => "user.disabled",
             GatewayError::Auth(e) => e.reason_id(),
             GatewayError::Internal(_) => "internal",
@@ -238,6 +249,7 @@ impl GatewayError {
             GatewayError::Store(_) => "temporarily_unavailable",
             GatewayError::UpstreamUnavailable(_) => "bad_gateway",
             GatewayError::UpstreamTimeout => "gateway_timeout",
+            GatewayError::UpstreamUpgrade => "bad_gateway",
             GatewayError::UserDisabled => "invalid_token",
             GatewayError::Auth(e) => e.code(),
             GatewayError::Internal(_) => "internal_error",
@@ -264,6 +276,33 @@ impl GatewayError {
             | GatewayError::Store(_)
             | GatewayError::UpstreamUnavailable(_)
             | GatewayError::UpstreamTimeout
+            | GatewayError::UpstreamUpgrade
+            | GatewayError::Auth(_)
+            | GatewayError::Internal(_) => false,
+        }
+    }
+
+    /// Whether the client connection is closed after this refusal: when the rest of its byte
+    /// stream cannot be trusted to be what the client meant (ambiguous framing), or the
+    /// client asked to switch protocols and whatever it sends next must not be read as HTTP/1.
+    pub fn closes_connection(&self) -> bool {
+        match self {
+            GatewayError::BadRequest(BadRequest::Framing) | GatewayError::UpstreamUpgrade => true,
+            GatewayError::BadRequest(
+                BadRequest::Path(_) | BadRequest::Host | BadRequest::MissingHost,
+            )
+            | GatewayError::Route(_)
+            | GatewayError::MissingCredential
+            | GatewayError::Credential(_)
+            | GatewayError::Token(_)
+            | GatewayError::Session(_)
+            | GatewayError::Forbidden(_)
+            | GatewayError::PayloadTooLarge
+            | GatewayError::BodyStalled
+            | GatewayError::Store(_)
+            | GatewayError::UpstreamUnavailable(_)
+            | GatewayError::UpstreamTimeout
+            | GatewayError::UserDisabled
             | GatewayError::Auth(_)
             | GatewayError::Internal(_) => false,
         }
@@ -327,6 +366,9 @@ pub fn error_response(err: &GatewayError, ctx: &ErrorContext<'_>) -> Response<Ga
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     harden(headers);
     headers.insert("x-request-id", ctx.request_id.clone());
+    if err.closes_connection() {
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     if status == StatusCode::UNAUTHORIZED {
         let challenge = if matches!(err, GatewayError::MissingCredential | GatewayError::Auth(_)) {
             "Bearer realm=\"portcullis\""
@@ -404,6 +446,8 @@ mod tests {
     fn each_error_has_its_status() {
         let cases: Vec<(GatewayError, u16)> = vec![
             (BadRequest::Host.into(), 400),
+            (BadRequest::MissingHost.into(), 400),
+            (BadRequest::Path(PathError::NotUtf8).into(), 400),
             (BadRequest::Framing.into(), 400),
             (BadRequest::Path(PathError::Ambiguous).into(), 400),
             (RouteError::NotFound.into(), 404),
@@ -428,6 +472,7 @@ mod tests {
             ),
             (GatewayError::UpstreamUnavailable("refused".into()), 502),
             (GatewayError::UpstreamTimeout, 504),
+            (GatewayError::UpstreamUpgrade, 502),
             (GatewayError::UserDisabled, 401),
             (AuthError::Csrf(CsrfError::CrossSite).into(), 403),
             (AuthError::Csrf(CsrfError::Token).into(), 403),
@@ -448,6 +493,19 @@ mod tests {
             assert_eq!(response.status().as_u16(), status, "{err:?}");
             assert_eq!(response.headers()["cache-control"], "no-store");
         }
+    }
+
+    #[test]
+    fn refusals_that_poison_the_stream_close_the_connection() {
+        let rid = HeaderValue::from_static("r1");
+        for err in [BadRequest::Framing.into(), GatewayError::UpstreamUpgrade] {
+            assert_eq!(
+                error_response(&err, &ctx(&rid)).headers()["connection"],
+                "close"
+            );
+        }
+        let kept = error_response(&BadRequest::MissingHost.into(), &ctx(&rid));
+        assert!(kept.headers().get("connection").is_none());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::auth_flow::AuthSettings;
 use crate::keys::{self, Issuer, KeySet, VerificationKey};
 use crate::pipeline::authorize::{PermissionTable, Policy};
 use crate::pipeline::forward::{HttpUpstream, Upstream, UpstreamSettings};
-use crate::pipeline::mutate::{IdentityHeaders, MutateConfig};
+use crate::pipeline::mutate::{IdentityHeaders, MutateConfig, StripRule};
 use crate::pipeline::normalize::normalize;
 use crate::pipeline::route::{HostPattern, Route, Router};
 use crate::pipeline::verify::{TokenCache, Verifier};
@@ -569,6 +569,7 @@ fn compile(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
                 default_body,
             )?,
             forward_authorization: r.forward_authorization.unwrap_or(false),
+            websocket: r.websocket.unwrap_or(true),
             audit: r.audit.unwrap_or(false),
         };
         router.add(host, route).map_err(|m| invalid(&key, m))?;
@@ -620,6 +621,15 @@ fn compile(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
             "x-auth-permissions",
         )?,
     };
+
+    let strip = ih
+        .strip
+        .iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            StripRule::parse(entry).map_err(|m| invalid(format!("identity_headers.strip[{i}]"), m))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
 
     let trusted_proxies = raw
         .trusted_proxies
@@ -680,6 +690,22 @@ fn compile(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         gateway_cookies.push(crate::auth_flow::cookies::REFRESH_COOKIE.to_owned());
         gateway_cookies.push(crate::auth_flow::cookies::CSRF_COOKIE.to_owned());
     }
+    // What a backend may not `Set-Cookie`: the gateway's cookies, and the auth flow's even
+    // while it is off, each in every case and prefix.
+    let mut protected_cookies: Vec<String> = gateway_cookies
+        .iter()
+        .map(String::as_str)
+        .chain([
+            crate::auth_flow::cookies::REFRESH_COOKIE,
+            crate::auth_flow::cookies::CSRF_COOKIE,
+        ])
+        .map(|name| {
+            String::from_utf8_lossy(crate::pipeline::mutate::bare_cookie_name(name.as_bytes()))
+                .to_ascii_lowercase()
+        })
+        .collect();
+    protected_cookies.sort();
+    protected_cookies.dedup();
     let redis_stream = match raw.audit.as_ref().and_then(|a| a.redis_stream.as_ref()) {
         None => None,
         Some(r) => {
@@ -725,6 +751,8 @@ fn compile(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         mutate: MutateConfig {
             identity,
             gateway_cookies,
+            protected_cookies,
+            strip,
             trusted_proxies,
         },
         cookie_name,

@@ -381,6 +381,9 @@ pub struct RawRoute {
     /// Pass the client's `Authorization` header to the upstream (off by default).
     #[serde(default)]
     pub forward_authorization: Option<bool>,
+    /// Forward well-formed WebSocket handshakes (on by default).
+    #[serde(default)]
+    pub websocket: Option<bool>,
     /// Write an `access.granted` audit event for every request this route lets through.
     #[serde(default)]
     pub audit: Option<bool>,
@@ -460,6 +463,10 @@ pub struct RawIdentityHeaders {
     /// Comma-separated permissions.
     #[serde(default)]
     pub permissions: Option<String>,
+    /// More client-sent headers to remove, besides the built-in list: names, or prefixes
+    /// ending in `*`; any case, `_` for `-`.
+    #[serde(default)]
+    pub strip: Vec<String>,
 }
 
 /// Resource limits.

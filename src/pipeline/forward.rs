@@ -4,8 +4,13 @@
 //! (hop-by-hop headers removed, body streamed unbuffered); `Err` is 502 (refused, reset,
 //! protocol error), 504 (no response head within `response_timeout`) or 413 (the body grew past
 //! the route's limit while streaming). Connections are pooled and kept alive per upstream.
-//! WebSocket (HTTP/1.1 `Upgrade`) handshakes are passed through and, on `101`, the two
-//! connections are spliced together until either side closes.
+//! A WebSocket handshake (the only `Upgrade` the pipeline lets through, see
+//! [`crate::pipeline`]) is passed on and, on a `101` that switches to `websocket`, the two
+//! connections are spliced together until either side closes. Any other `101` — to a request
+//! that was no WebSocket handshake, or switching to another protocol such as `h2c` — is
+//! [`GatewayError::UpstreamUpgrade`]: 502, the upstream connection dropped unjoined and the
+//! client's closed, so nothing either side sends next is read as a request
+//! (docs/security.md 34).
 //!
 //! The built-in `echo` upstream answers in-process with what it received, as JSON, so the
 //! example config works with no other service and tests can see what a backend would see.
@@ -161,7 +166,7 @@ pub struct Outgoing {
     pub query: Option<String>,
     /// The client's `Host`, for `preserve_host`.
     pub client_host: Option<HeaderValue>,
-    /// A WebSocket handshake.
+    /// A well-formed WebSocket handshake, on a route that allows them.
     pub upgrade: bool,
 }
 
@@ -226,6 +231,11 @@ async fn forward_http(
     }
     if let Some(pool) = pooled {
         let (response, mut checkout) = exchange(up, pool.send(request)).await?;
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // Nothing was asked to switch. Dropping the checkout unfinished closes the
+            // connection (hyper hands a 101 connection to nobody without `with_upgrades`).
+            return Err(GatewayError::UpstreamUpgrade);
+        }
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         if body.is_end_stream() {
@@ -242,14 +252,27 @@ async fn forward_http(
 
     let response = exchange(up, up.client.request(request)).await?;
 
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS
-        && let Some(client_upgrade) = client_upgrade
-    {
-        return Ok(splice(response, client_upgrade));
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // Dropping the response drops its pending upgrade, which closes the connection.
+        return match client_upgrade {
+            Some(client_upgrade) if switches_to_websocket(response.headers()) => {
+                Ok(splice(response, client_upgrade))
+            }
+            Some(_) | None => Err(GatewayError::UpstreamUpgrade),
+        };
     }
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, GatewayBody::stream(body)))
+}
+
+/// Whether a `101`'s `Upgrade` is exactly `websocket` (RFC 6455 §4.2.2).
+fn switches_to_websocket(headers: &HeaderMap) -> bool {
+    let mut upgrades = headers.get_all(http::header::UPGRADE).iter();
+    matches!(
+        (upgrades.next(), upgrades.next()),
+        (Some(only), None) if only.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket")
+    )
 }
 
 /// Answers the client's upgrade with the upstream's `101` and joins the two connections.

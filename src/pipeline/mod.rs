@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!   0 framing     refuse ambiguous Content-Length / Transfer-Encoding      (400, connection closed)
-//!                 (hyper itself already reads CL+TE as chunked and closes after the response)
+//!                 and an HTTP/1.1 request without `Host`                    (400)
 //!   1 route       normalize the path; host + path + method → Route         (400, 404, 405)
 //!   2 credential  cookie or bearer → Option<token>; absent ≠ invalid       (401, 400)
 //!   3 verify      kid → pinned key → signature → typ/crit/claims           (401)
@@ -11,9 +11,13 @@
 //!   5 authorize   the route's policy against the token's permissions       (403)
 //!   6 mutate      strip client identity/forwarding headers, inject verified ones
 //!   7 forward     pooled upstream client, streamed bodies, upgrades        (502, 504, 413)
+//!   6' protect    the response: no `Set-Cookie` for the gateway's cookies, no `Clear-Site-Data`
 //! ```
 //! Public routes skip 2–5 but still go through 6, so spoofed identity headers are stripped
-//! there too. Every refusal goes through [`crate::error::error_response`], and every 401 and
+//! there too. Only a well-formed WebSocket handshake on a route with `websocket: true` keeps
+//! its `Upgrade` (`websocket_handshake`); every other `Upgrade` (`h2c` above all) is removed
+//! in 6 and the request forwarded as a plain one, and forward refuses a `101` to anything but
+//! that handshake (docs/security.md 34). Every refusal goes through [`crate::error::error_response`], and every 401 and
 //! 403 is audited. With `auth:` configured, `/auth/*` and the JWKS document are answered by
 //! [`crate::auth_flow`] right after the path is normalized, before routing; tokens the gateway
 //! issued itself take their permissions from the users file as it is now (4b below), so a
@@ -154,14 +158,7 @@ pub async fn handle(
                     login_url: runtime.login_url.as_deref(),
                     return_to: return_to.as_deref(),
                 };
-                let mut response = error_response(&err, &ctx);
-                if matches!(err, GatewayError::BadRequest(BadRequest::Framing)) {
-                    // The rest of the stream cannot be trusted to be framed as the client meant.
-                    response
-                        .headers_mut()
-                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-                }
-                response
+                error_response(&err, &ctx)
             }
         };
     if let Some(hsts) = &conn.hsts {
@@ -213,6 +210,11 @@ async fn run<'rt>(
 ) -> Result<Response<GatewayBody>, GatewayError> {
     let (conn, store, request_id) = (env.conn, env.store, env.request_id);
     check_framing(request.headers())?;
+    if request.method() == Method::CONNECT {
+        // A 2xx to CONNECT turns both connections into a raw tunnel past every check; a
+        // reverse proxy has no use for it, on any route (docs/security.md 34).
+        return Err(route::RouteError::MethodNotAllowed.into());
+    }
 
     // 1. route
     let path = normalize::normalize(request.uri().path()).map_err(BadRequest::Path)?;
@@ -321,8 +323,8 @@ async fn run<'rt>(
         return Err(GatewayError::PayloadTooLarge);
     }
 
-    // 6. mutate
-    let upgrade = is_upgrade(&request);
+    // 6. mutate. Decided here, before mutate, because mutate keeps `Upgrade` only for it.
+    let upgrade = route.websocket && websocket_handshake(&request);
     let client_host = request.headers().get(HOST).cloned().or_else(|| {
         request
             .uri()
@@ -365,6 +367,8 @@ async fn run<'rt>(
         .upstream_latency
         .observe(t.elapsed());
     let mut response = forwarded?;
+    // 6'. Whatever the upstream says, it cannot set the gateway's cookies.
+    mutate::protect_response(response.headers_mut(), &rt.mutate);
     tracing::debug!(
         request_id = request_id.to_str().unwrap_or(""),
         route.id = &*route.id,
@@ -433,12 +437,17 @@ fn check_framing(headers: &HeaderMap) -> Result<(), BadRequest> {
 }
 
 /// The canonical request host: the absolute-form authority or `Host` (which must agree when
-/// both are present), lower-cased and without port.
-fn request_host(request: &Request<Incoming>) -> Result<Option<String>, BadRequest> {
+/// both are present), lower-cased and without port. An HTTP/1.1 request must carry `Host`
+/// (RFC 9112 §3.2), even in absolute form; HTTP/1.0 predates it and may omit it, and then only
+/// routes without a `host` match; HTTP/2 names the host in `:authority`.
+fn request_host<B>(request: &Request<B>) -> Result<Option<String>, BadRequest> {
     let from_uri = request.uri().authority().map(|a| a.as_str());
     let mut hosts = request.headers().get_all(HOST).iter();
     let from_header = match (hosts.next(), hosts.next()) {
         (Some(h), None) => Some(h.to_str().map_err(|_| BadRequest::Host)?),
+        (None, _) if request.version() == http::Version::HTTP_11 => {
+            return Err(BadRequest::MissingHost);
+        }
         (None, _) => None,
         (Some(_), Some(_)) => return Err(BadRequest::Host),
     };
@@ -456,16 +465,39 @@ fn request_host(request: &Request<Incoming>) -> Result<Option<String>, BadReques
     route::canonical_host(raw).map(Some).ok_or(BadRequest::Host)
 }
 
-fn is_upgrade(request: &Request<Incoming>) -> bool {
-    request.version() == http::Version::HTTP_11
-        && request.headers().contains_key(http::header::UPGRADE)
-        && request
-            .headers()
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+/// Whether `request` is a WebSocket opening handshake as RFC 6455 §4.1 shapes it: HTTP/1.1
+/// `GET`, `Connection` listing `upgrade`, exactly one `Upgrade: websocket`, one
+/// `Sec-WebSocket-Key` that is base64 for 16 bytes, and `Sec-WebSocket-Version: 13`. Only such
+/// a request keeps its `Upgrade` on the way upstream; `h2c` (whose requests after the switch
+/// would bypass every check), other tokens and malformed handshakes never do.
+fn websocket_handshake<B>(request: &Request<B>) -> bool {
+    use base64::Engine as _;
+    fn one<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
+        let mut all = headers.get_all(name).iter();
+        match (all.next(), all.next()) {
+            (Some(v), None) => Some(v.as_bytes().trim_ascii()),
+            _ => None,
+        }
+    }
+    let headers = request.headers();
+    if request.version() != http::Version::HTTP_11 || request.method() != Method::GET {
+        return false;
+    }
+    let connection_upgrade = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"));
+    let websocket = one(headers, "upgrade").is_some_and(|v| v.eq_ignore_ascii_case(b"websocket"));
+    let version = one(headers, "sec-websocket-version") == Some(b"13");
+    let key = one(headers, "sec-websocket-key").is_some_and(|k| {
+        // 16 bytes are 24 base64 characters, the last two `==`.
+        k.len() == 24
+            && base64::engine::general_purpose::STANDARD
+                .decode(k)
+                .is_ok_and(|raw| raw.len() == 16)
+    });
+    connection_upgrade && websocket && version && key
 }
 
 /// A top-level navigation by a browser, which is better served by the login page than by JSON.
@@ -543,6 +575,76 @@ mod tests {
         assert_eq!(check_framing(&h), Err(BadRequest::Framing));
         h.insert(TRANSFER_ENCODING, HeaderValue::from_static("gzip, chunked"));
         assert_eq!(check_framing(&h), Err(BadRequest::Framing));
+    }
+
+    fn handshake() -> Request<()> {
+        Request::get("/ws")
+            .version(http::Version::HTTP_11)
+            .header("host", "gw")
+            .header("connection", "keep-alive, Upgrade")
+            .header("upgrade", "WebSocket")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("sec-websocket-version", "13")
+            .body(())
+            .unwrap()
+    }
+
+    #[test]
+    fn only_a_well_formed_websocket_handshake_is_an_upgrade() {
+        assert!(websocket_handshake(&handshake()));
+        let refused: [(&str, &str, &str); 8] = [
+            ("upgrade", "h2c", "another protocol"),
+            ("upgrade", "websocket, h2c", "two protocols"),
+            ("upgrade", "websocket", "two Upgrade headers"),
+            ("sec-websocket-version", "8", "an old version"),
+            ("sec-websocket-key", "c2hvcnQ=", "a key of 5 bytes"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==", "two keys"),
+            (
+                "sec-websocket-key",
+                "!!!!!!!!!!!!!!!!!!!!!!==",
+                "a key that is not base64",
+            ),
+            ("x-unused", "", "no Connection: upgrade"),
+        ];
+        for (name, value, why) in refused {
+            let mut request = handshake();
+            let headers = request.headers_mut();
+            match why {
+                "two Upgrade headers" | "two keys" => {
+                    headers.append(name, HeaderValue::from_static(value));
+                }
+                "no Connection: upgrade" => {
+                    headers.insert("connection", HeaderValue::from_static("keep-alive"));
+                }
+                _ => {
+                    headers.insert(name, HeaderValue::from_static(value));
+                }
+            }
+            assert!(!websocket_handshake(&request), "{why}");
+        }
+        let mut post = handshake();
+        *post.method_mut() = Method::POST;
+        assert!(!websocket_handshake(&post), "POST");
+        let mut old = handshake();
+        *old.version_mut() = http::Version::HTTP_10;
+        assert!(!websocket_handshake(&old), "HTTP/1.0");
+    }
+
+    #[test]
+    fn http_1_1_needs_a_host_and_http_1_0_may_omit_it() {
+        let mut request = Request::get("/").body(()).unwrap();
+        assert_eq!(request_host(&request), Err(BadRequest::MissingHost));
+        *request.version_mut() = http::Version::HTTP_10;
+        assert_eq!(request_host(&request), Ok(None));
+        *request.version_mut() = http::Version::HTTP_2;
+        assert_eq!(request_host(&request), Ok(None));
+        let absolute = Request::get("http://Example.com:80/").body(()).unwrap();
+        assert_eq!(request_host(&absolute), Err(BadRequest::MissingHost));
+        let mut request = Request::get("/").body(()).unwrap();
+        request
+            .headers_mut()
+            .insert(HOST, HeaderValue::from_static("Example.COM:8080"));
+        assert_eq!(request_host(&request), Ok(Some("example.com".into())));
     }
 
     #[test]

@@ -2,13 +2,21 @@
 //!
 //! Runs after authorization (or after routing, for public routes), immediately before
 //! forwarding; it cannot fail. It removes, in any case and with `_` spelled for `-`:
-//! every client-sent identity header (`X-Auth-*` and the configured names), `X-Forwarded-*`,
-//! `Forwarded`, `X-Real-IP`, `X-Request-Id`, path and method overrides (`X-Original-URL`,
+//! every client-sent identity header (`X-Auth-*` and the configured names), the identity and
+//! client-address headers other gateways and platforms inject (`foreign_identity`:
+//! `Remote-User`, `X-Forwarded-User`, `X-WEBAUTH-USER`, `True-Client-IP`, `X-Pomerium-*`, …)
+//! plus the operator's `identity_headers.strip` list, `X-Forwarded-*`, `Forwarded`,
+//! `X-Real-IP`, `X-Request-Id`, path and method overrides (`X-Original-URL`,
 //! `X-HTTP-Method-Override`, …), hop-by-hop headers (and those `Connection` names),
+//! `HTTP2-Settings`, framing headers spelled with `_` (`Content_Length`, `Transfer_Encoding`),
 //! the gateway's own cookies, and `Authorization` unless the route forwards it. Then it injects
 //! the verified identity, the request id and `X-Forwarded-For/-Proto/-Host` — keeping a client's
 //! forwarding chain only when the peer is a configured trusted proxy (SECURITY.md 28).
-//! On the way back, [`protect_response`] drops any `Set-Cookie` for the gateway's own cookies.
+//!
+//! On the way back, [`protect_response`] runs on every forwarded response (HTTP/1, h2, and the
+//! `101` of a WebSocket handshake): it drops any `Set-Cookie` for the gateway's own cookies, in
+//! any case and with or without a `__Host-`/`__Secure-` prefix, and `Clear-Site-Data`
+//! (docs/security.md 35).
 
 use std::net::IpAddr;
 
@@ -36,8 +44,50 @@ pub struct MutateConfig {
     pub identity: IdentityHeaders,
     /// Cookie names the gateway owns; removed before forwarding.
     pub gateway_cookies: Vec<String>,
+    /// The gateway's cookie names as [`protect_response`] compares them: lower-case, without
+    /// a `__Host-`/`__Secure-` prefix (see [`bare_cookie_name`]). Always includes the refresh
+    /// and CSRF cookies, so a backend cannot plant them before `auth:` is turned on either.
+    pub protected_cookies: Vec<String>,
+    /// Further request headers to remove (`identity_headers.strip`).
+    pub strip: Vec<StripRule>,
     /// Peers whose forwarding headers are believed.
     pub trusted_proxies: Vec<IpNet>,
+}
+
+/// One entry of `identity_headers.strip`: a header name, or a prefix when written with a
+/// trailing `*` (`X-Corp-*`). Matched in any case and with `_` for `-`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StripRule {
+    /// Lower-case name or prefix.
+    name: Box<str>,
+    prefix: bool,
+}
+
+impl StripRule {
+    /// Parses `X-Legacy-User` or `X-Corp-*`; the error says why the entry is not a header name.
+    pub fn parse(entry: &str) -> Result<Self, String> {
+        let (name, prefix) = match entry.strip_suffix('*') {
+            Some(p) => (p, true),
+            None => (entry, false),
+        };
+        if name.is_empty() || HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(format!(
+                "`{entry}` is not a header name (or a prefix ending in `*`)"
+            ));
+        }
+        Ok(Self {
+            name: name.to_ascii_lowercase().into(),
+            prefix,
+        })
+    }
+
+    fn matches(&self, name: &str) -> bool {
+        if self.prefix {
+            starts_with_name(name, &self.name)
+        } else {
+            same_name(name, &self.name)
+        }
+    }
 }
 
 impl MutateConfig {
@@ -99,7 +149,8 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection and are never forwarded,
 /// in either direction.
-pub const HOP_BY_HOP: [&str; 8] = [
+/// `HTTP2-Settings` belongs to an `Upgrade: h2c` (RFC 7540 §3.2), which is never forwarded.
+pub const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -108,6 +159,7 @@ pub const HOP_BY_HOP: [&str; 8] = [
     "transfer-encoding",
     "upgrade",
     "proxy-authorization",
+    "http2-settings",
 ];
 
 /// `a` equals `b` with `_` and `-` treated alike (names are already lower-case).
@@ -119,23 +171,99 @@ fn same_name(a: &str, b: &str) -> bool {
 }
 
 fn starts_with_name(name: &str, prefix: &str) -> bool {
-    name.len() >= prefix.len() && same_name(&name[..prefix.len()], prefix)
+    name.len() >= prefix.len()
+        && name.is_char_boundary(prefix.len())
+        && same_name(&name[..prefix.len()], prefix)
 }
 
 /// Headers some backends obey to serve another path or method than the request line names
 /// (IIS and Symfony read `X-Original-URL`/`X-Rewrite-URL`, many frameworks a method override).
 /// Forwarded, they would let a client reach a resource or method other than the one the route
 /// authorized, e.g. `GET /public` with `X-Original-URL: /admin` (SECURITY.md 31).
-const OVERRIDES: [&str; 6] = [
+const OVERRIDES: [&str; 7] = [
     "x-original-url",
     "x-original-uri",
     "x-rewrite-url",
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
+    "x-http-host-override",
 ];
 
-fn spoofable(name: &str, identity: &IdentityHeaders) -> bool {
+/// Names other gateways, identity-aware proxies and CDNs inject (Authelia and Caddy
+/// `Remote-*`, oauth2-proxy `X-Forwarded-User`/`X-Auth-Request-*`, Grafana `X-WEBAUTH-USER`,
+/// Apache `X-Remote-User`, Akamai and Cloudflare client addresses, Pomerium, authentik,
+/// Azure Easy Auth, Google IAP, AWS ALB, Kong, vouch, client-certificate headers, Envoy). A
+/// backend that once sat behind one of them may still believe them, so a client must not be
+/// able to send them through the gateway (docs/security.md 28). Exact names and prefixes,
+/// grouped by first byte so that most headers are ruled out by one comparison.
+const FOREIGN_X_EXACT: [&str; 15] = [
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "x-user",
+    "x-username",
+    "x-user-id",
+    "x-email",
+    "x-proxy-user",
+    "x-host",
+    "x-originating-ip",
+    "x-anonymous-consumer",
+    "x-credential-identifier",
+    "x-client-cert",
+    "x-client-verify",
+    "x-client-dn",
+    "x-goog-iap-jwt-assertion",
+];
+const FOREIGN_X_PREFIX: [&str; 15] = [
+    "x-remote-",
+    "x-webauth-",
+    "x-pomerium-",
+    "x-authentik-",
+    "x-ms-client-principal",
+    "x-ms-token-",
+    "x-goog-authenticated-user-",
+    "x-amzn-oidc-",
+    "x-vouch-",
+    "x-consumer-",
+    "x-authenticated-",
+    "x-ssl-client-",
+    "x-envoy-",
+    "x-original-",
+    "x-forwarded-",
+];
+
+/// Whether `name` (lower-case) is an identity or client-address header another gateway uses.
+/// `X-Auth-*` (oauth2-proxy's `X-Auth-Request-*` included) is the gateway's own prefix and
+/// is checked by [`spoofable`].
+fn foreign_identity(name: &str) -> bool {
+    let (exact, prefixes): (&[&str], &[&str]) = match name.as_bytes().first() {
+        Some(b'r') => (&[], &["remote-"]),
+        Some(b't') => (&["true-client-ip"], &[]),
+        Some(b'c') => (&["cf-connecting-ip", "cf-connecting-ipv6"], &["cf-access-"]),
+        Some(b'f') => (&["fastly-client-ip"], &[]),
+        Some(b's') => (&[], &["ssl-client-"]),
+        Some(b'x') => (&FOREIGN_X_EXACT, &FOREIGN_X_PREFIX),
+        _ => return false,
+    };
+    exact.iter().any(|e| same_name(name, e)) || prefixes.iter().any(|p| starts_with_name(name, p))
+}
+
+/// Framing headers that a backend which folds `_` into `-` (CGI, WSGI, PHP) would read as
+/// framing. hyper does not, so the gateway frames the body by the real `Content-Length` while
+/// such a backend could believe `Content_Length` (docs/security.md 30). The hop-by-hop names,
+/// `Transfer_Encoding` among them, are caught by [`HOP_BY_HOP`] in every spelling.
+fn underscore_framing(name: &str) -> bool {
+    name.as_bytes().contains(&b'_') && same_name(name, "content-length")
+}
+
+fn spoofable(name: &str, config: &MutateConfig) -> bool {
+    let identity = &config.identity;
+    if foreign_identity(name)
+        || underscore_framing(name)
+        || config.strip.iter().any(|r| r.matches(name))
+    {
+        return true;
+    }
     // Every fixed name below starts with `x` or `f`; most real headers are ruled out by their
     // first byte before any comparison.
     if !matches!(name.as_bytes().first(), Some(b'x' | b'f')) {
@@ -144,7 +272,6 @@ fn spoofable(name: &str, identity: &IdentityHeaders) -> bool {
             || same_name(name, identity.permissions.as_str());
     }
     starts_with_name(name, "x-auth-")
-        || starts_with_name(name, "x-forwarded-")
         || same_name(name, "forwarded")
         || same_name(name, "x-real-ip")
         || same_name(name, "x-request-id")
@@ -231,7 +358,7 @@ pub fn mutate(
         // `Transfer_Encoding` as framing.
         let hop = HOP_BY_HOP.iter().any(|h| same_name(n, h))
             && !(facts.upgrade && (n == "upgrade" || n == "connection"));
-        if hop || spoofable(n, &config.identity) || n == HOST {
+        if hop || spoofable(n, config) || n == HOST {
             doomed.push(name.clone());
         }
     }
@@ -280,28 +407,74 @@ pub fn mutate(
     }
 }
 
-/// Response side: an upstream may not set (or clear) the gateway's own cookies — a backend bug
-/// or compromise must not be able to plant an access token in the browser.
+/// Response side, on every forwarded response: an upstream may not set, delete or shadow the
+/// gateway's own cookies — a backend bug or compromise must not be able to pin a browser to an
+/// attacker's token, plant a known CSRF value, or sign the user out — and may not send
+/// `Clear-Site-Data`, which would wipe the gateway's cookies too (docs/security.md 35).
 pub fn protect_response(headers: &mut HeaderMap, config: &MutateConfig) {
+    if headers.remove(CLEAR_SITE_DATA).is_some() {
+        tracing::debug!("removed Clear-Site-Data from an upstream response");
+    }
     if !headers.contains_key(SET_COOKIE) {
+        return;
+    }
+    let ours = |value: &HeaderValue| {
+        let name = bare_cookie_name(set_cookie_name(value.as_bytes()));
+        config
+            .protected_cookies
+            .iter()
+            .any(|p| name.eq_ignore_ascii_case(p.as_bytes()))
+    };
+    if !headers.get_all(SET_COOKIE).iter().any(ours) {
         return;
     }
     let kept: Vec<HeaderValue> = headers
         .get_all(SET_COOKIE)
         .iter()
-        .filter(|v| {
-            let name = v
-                .to_str()
-                .ok()
-                .and_then(|v| v.split('=').next())
-                .map(str::trim);
-            !name.is_some_and(|n| config.gateway_cookies.iter().any(|o| o == n))
-        })
+        .filter(|v| !ours(v))
         .cloned()
         .collect();
     headers.remove(SET_COOKIE);
     for value in kept {
         headers.append(SET_COOKIE, value);
+    }
+    tracing::warn!("removed an upstream Set-Cookie for one of the gateway's cookies");
+}
+
+/// `Clear-Site-Data` (W3C): `"cookies"` clears every cookie of the origin.
+const CLEAR_SITE_DATA: HeaderName = HeaderName::from_static("clear-site-data");
+
+/// The name a browser gives the cookie a `Set-Cookie` value sets: the text before the first
+/// `=` of the part before the first `;`, trimmed. A name-less cookie (`=__Host-at=x`) is sent
+/// back as just its value, `__Host-at=x`, so its name is read from the value instead; a value
+/// without `=` is taken whole.
+fn set_cookie_name(value: &[u8]) -> &[u8] {
+    let pair = value.split(|b| *b == b';').next().unwrap_or_default();
+    let mut parts = pair.splitn(2, |b| *b == b'=');
+    let name = parts.next().unwrap_or_default().trim_ascii();
+    match parts.next() {
+        Some(rest) if name.is_empty() => rest
+            .split(|b| *b == b'=')
+            .next()
+            .unwrap_or_default()
+            .trim_ascii(),
+        _ => name,
+    }
+}
+
+/// A cookie name without its `__Host-`/`__Secure-` prefixes (in any case, as browsers
+/// compare them): `__secure-PORTCULLIS-rt` and `portcullis-rt` are both `PORTCULLIS-rt`,
+/// to be compared case-insensitively.
+pub fn bare_cookie_name(mut name: &[u8]) -> &[u8] {
+    loop {
+        let rest = [&b"__host-"[..], b"__secure-"].iter().find_map(|p| {
+            (name.len() >= p.len() && name[..p.len()].eq_ignore_ascii_case(p))
+                .then(|| &name[p.len()..])
+        });
+        match rest {
+            Some(rest) => name = rest,
+            None => return name,
+        }
     }
 }
 
@@ -363,6 +536,11 @@ mod tests {
                 permissions: HeaderName::from_static("x-user-perms"),
             },
             gateway_cookies: vec!["__Host-at".into()],
+            protected_cookies: vec!["at".into(), "portcullis-rt".into()],
+            strip: vec![
+                StripRule::parse("X-Legacy-Login").unwrap(),
+                StripRule::parse("X-Corp-*").unwrap(),
+            ],
             trusted_proxies: trusted.iter().map(|t| IpNet::parse(t).unwrap()).collect(),
         }
     }
@@ -464,16 +642,93 @@ mod tests {
     }
 
     #[test]
-    fn upstreams_cannot_set_the_gateway_cookies() {
+    fn upstreams_cannot_set_the_gateway_cookies_in_any_case_or_prefix() {
         let mut h = HeaderMap::new();
-        h.append(
-            SET_COOKIE,
-            HeaderValue::from_static("__Host-at=planted; Path=/; Secure"),
-        );
+        for planted in [
+            "__Host-at=planted; Path=/; Secure",
+            "AT=planted",
+            "__secure-AT=planted",
+            "__HOST-__Secure-at=planted",
+            " at =planted",
+            "=__Host-at=planted",
+            "__Secure-PORTCULLIS-rt=planted; Max-Age=0",
+            "portcullis-rt",
+        ] {
+            h.append(SET_COOKIE, HeaderValue::from_str(planted).unwrap());
+        }
         h.append(SET_COOKIE, HeaderValue::from_static("theme=dark"));
+        h.append(SET_COOKIE, HeaderValue::from_static("attic=1"));
+        h.insert(CLEAR_SITE_DATA, HeaderValue::from_static("\"cookies\""));
         protect_response(&mut h, &config(&[]));
         let left: Vec<_> = h.get_all(SET_COOKIE).iter().collect();
-        assert_eq!(left, ["theme=dark"]);
+        assert_eq!(left, ["theme=dark", "attic=1"]);
+        assert!(h.get(CLEAR_SITE_DATA).is_none());
+    }
+
+    #[test]
+    fn cookie_names_are_compared_without_prefix() {
+        assert_eq!(bare_cookie_name(b"__Host-portcullis-at"), b"portcullis-at");
+        assert_eq!(bare_cookie_name(b"__SECURE-rt"), b"rt");
+        assert_eq!(bare_cookie_name(b"__Hostile"), b"__Hostile");
+        assert_eq!(set_cookie_name(b"a=b=c; Path=/"), b"a");
+        assert_eq!(set_cookie_name(b"=a=b"), b"a");
+        assert_eq!(set_cookie_name(b"lonely"), b"lonely");
+    }
+
+    #[test]
+    fn other_gateways_identity_headers_and_underscore_framing_are_removed() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "remote-user",
+            "remote_groups",
+            "x-forwarded-user",
+            "x-forwarded-preferred-username",
+            "x-auth-request-email",
+            "x-webauth-user",
+            "x-remote-user",
+            "true-client-ip",
+            "x-client-ip",
+            "x_cluster_client_ip",
+            "cf-connecting-ip",
+            "fastly-client-ip",
+            "x-original-url",
+            "x-rewrite-url",
+            "x-pomerium-claim-email",
+            "x-authentik-username",
+            "x-ms-client-principal-name",
+            "content_length",
+            "transfer_encoding",
+            "http2-settings",
+            "x-legacy-login",
+            "x_legacy_login",
+            "x-corp-user",
+        ] {
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("evil"),
+            );
+        }
+        // Look-alikes that are not on any list stay.
+        h.insert("x-userland", HeaderValue::from_static("kept"));
+        h.insert("remotely", HeaderValue::from_static("kept"));
+        h.insert("content-length", HeaderValue::from_static("0"));
+        let rid = HeaderValue::from_static("rid");
+        mutate(&mut h, None, &config(&[]), &facts("192.0.2.1", &rid));
+        for (name, value) in &h {
+            assert_ne!(value, "evil", "{name} survived");
+        }
+        assert_eq!(h["x-userland"], "kept");
+        assert_eq!(h["remotely"], "kept");
+        assert_eq!(h["content-length"], "0");
+    }
+
+    #[test]
+    fn strip_rules_are_header_names_or_prefixes() {
+        assert!(StripRule::parse("X-Ok").is_ok());
+        assert!(StripRule::parse("X-Ok-*").unwrap().matches("x_ok_user"));
+        assert!(!StripRule::parse("X-Ok").unwrap().matches("x-ok-user"));
+        assert!(StripRule::parse("bad name").is_err());
+        assert!(StripRule::parse("*").is_err());
     }
 
     #[test]

@@ -7,7 +7,15 @@
 //! percent-encoding is upper-cased. Encodings whose meaning differs between servers are refused
 //! rather than guessed at: an encoded `/`, `\` or `#`, NUL and other control characters, a raw
 //! backslash, and `;` path parameters (Tomcat-style servers strip them; we will not route on a
-//! spelling the backend reads differently).
+//! spelling the backend reads differently). A path whose decoded bytes are not UTF-8 is refused
+//! too (overlong `%c0%ae`, `%e0%80%ae`, a lone continuation byte `%80`, surrogates): a decoder
+//! that accepts an overlong form reads `%c0%ae` as `.`.
+//!
+//! What stays data: characters outside ASCII remain percent-encoded (upper-cased) and are
+//! matched as they are, so a look-alike such as `%ef%bc%8f` (U+FF0F, fullwidth solidus) is
+//! part of its segment, never a `/`; and `%25` is decoded to nothing but itself, so a double
+//! encoding such as `%252e` reaches the upstream as `%252e` and is never a dot segment here.
+//! A backend that decodes twice or folds Unicode look-alikes must not serve paths from them.
 
 /// Why a path was refused (400).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -21,6 +29,9 @@ pub enum PathError {
     /// An encoding that servers disagree about: `%2F`, `%5C`, `%00`, `%23`, `;`, `\`, controls.
     #[error("ambiguous path encoding")]
     Ambiguous,
+    /// Percent-encoded bytes that are not UTF-8: overlong forms, lone continuation bytes.
+    #[error("path is not UTF-8")]
+    NotUtf8,
 }
 
 /// A normalized path: the form forwarded upstream, and its lower-cased segments for matching.
@@ -52,12 +63,17 @@ fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
-/// Normalizes one segment into `out`; returns an error for refused encodings.
-fn push_segment(raw: &str, out: &mut String) -> Result<(), PathError> {
+/// Normalizes one segment into `out`; returns an error for refused encodings. `high` collects
+/// a run of consecutive encoded bytes above 0x7f: such a run must be UTF-8 by itself, since an
+/// ASCII byte can never continue a multi-byte character.
+fn push_segment(raw: &str, out: &mut String, high: &mut Vec<u8>) -> Result<(), PathError> {
     let bytes = raw.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
+        if b != b'%' {
+            utf8_run(high)?;
+        }
         match b {
             b'%' => {
                 let (Some(hi), Some(lo)) = (
@@ -72,6 +88,11 @@ fn push_segment(raw: &str, out: &mut String) -> Result<(), PathError> {
                     || matches!(decoded, b'/' | b'\\' | b'#' | b';')
                 {
                     return Err(PathError::Ambiguous);
+                }
+                if decoded >= 0x80 {
+                    high.push(decoded);
+                } else {
+                    utf8_run(high)?;
                 }
                 if is_unreserved(decoded) {
                     out.push(decoded as char);
@@ -90,7 +111,22 @@ fn push_segment(raw: &str, out: &mut String) -> Result<(), PathError> {
             }
         }
     }
-    Ok(())
+    utf8_run(high)
+}
+
+/// Checks (and empties) a run of decoded bytes above 0x7f: it must be whole UTF-8 characters.
+/// `from_utf8` refuses overlong forms, surrogates and stray continuation bytes.
+fn utf8_run(high: &mut Vec<u8>) -> Result<(), PathError> {
+    if high.is_empty() {
+        return Ok(());
+    }
+    let valid = std::str::from_utf8(high).is_ok();
+    high.clear();
+    if valid {
+        Ok(())
+    } else {
+        Err(PathError::NotUtf8)
+    }
 }
 
 /// Normalizes a request path (without its query).
@@ -100,9 +136,11 @@ pub fn normalize(raw: &str) -> Result<NormalizedPath, PathError> {
     }
     let mut segments: Vec<String> = Vec::new();
     let mut trailing_slash = false;
+    // Allocates only for a path with encoded bytes above 0x7f.
+    let mut high = Vec::new();
     for raw_segment in raw.split('/').skip(1) {
         let mut segment = String::with_capacity(raw_segment.len());
-        push_segment(raw_segment, &mut segment)?;
+        push_segment(raw_segment, &mut segment, &mut high)?;
         trailing_slash = false;
         match segment.as_str() {
             "" => trailing_slash = true,
@@ -175,6 +213,36 @@ mod tests {
         assert_eq!(n("/a/b/..").unwrap(), "/a/");
         assert_eq!(n("/").unwrap(), "/");
         assert_eq!(n("/a/").unwrap(), "/a/");
+    }
+
+    #[test]
+    fn encoded_bytes_that_are_not_utf8_are_refused() {
+        for p in [
+            "/%c0%ae%c0%ae/admin",
+            "/pub/%e0%80%ae%e0%80%ae/admin",
+            "/a%80",
+            "/a%c3",
+            "/a%c3x%a9",
+            "/a%c3/%a9",
+            "/%ed%a0%80",
+            "/%f8%88%80%80%80",
+            "/%fe",
+        ] {
+            assert_eq!(n(p), Err(PathError::NotUtf8), "{p}");
+        }
+        assert_eq!(
+            n("/caf%C3%A9/%E2%82%AC%F0%9F%98%80").unwrap(),
+            "/caf%C3%A9/%E2%82%AC%F0%9F%98%80"
+        );
+    }
+
+    #[test]
+    fn look_alike_slashes_and_double_encodings_stay_data() {
+        let fullwidth = normalize("/admin%ef%bc%8fx").unwrap();
+        assert_eq!(fullwidth.path, "/admin%EF%BC%8Fx");
+        assert_eq!(fullwidth.segments().count(), 1);
+        assert_eq!(n("/pub/%252e%252e/admin").unwrap(), "/pub/%252e%252e/admin");
+        assert_eq!(n("/pub/%252fadmin").unwrap(), "/pub/%252fadmin");
     }
 
     #[test]

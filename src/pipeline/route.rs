@@ -36,6 +36,9 @@ pub struct Route {
     pub max_body: u64,
     /// Whether the client's `Authorization` header is passed on.
     pub forward_authorization: bool,
+    /// Whether a well-formed WebSocket handshake is forwarded as one (`websocket`, default
+    /// on); off, its `Upgrade` is removed and it goes upstream as a plain request.
+    pub websocket: bool,
     /// Audit every request let through (`access.granted`).
     pub audit: bool,
     /// This route's response counters (shared by every config generation with this id).
@@ -266,6 +269,7 @@ mod tests {
             policy: Policy::Public,
             max_body: 0,
             forward_authorization: false,
+            websocket: true,
             audit: false,
         }
     }
