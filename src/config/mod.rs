@@ -677,8 +677,7 @@ fn compile(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
     });
     let mut gateway_cookies = vec![cookie_name.clone()];
     if auth.is_some() {
-        gateway_cookies.push(crate::auth_flow::cookies::REFRESH_COOKIE.to_owned());
-        gateway_cookies.push(crate::auth_flow::cookies::CSRF_COOKIE.to_owned());
+        gateway_cookies.extend(crate::auth_flow::cookies::FLOW_COOKIES.map(str::to_owned));
     }
     let redis_stream = match raw.audit.as_ref().and_then(|a| a.redis_stream.as_ref()) {
         None => None,
