@@ -160,7 +160,8 @@ impl Key {
             URL_SAFE_NO_PAD.encode(claims.to_string())
         );
         let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &self.encoding, self.alg).unwrap();
-        format!("{message}.{sig}")
+        // The gateway accepts ES256 signatures in low-S form only.
+        portcullis::keys::ecdsa::low_s_token(self.alg, format!("{message}.{sig}"))
     }
 }
 

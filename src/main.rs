@@ -305,7 +305,9 @@ fn mint(args: &TokenArgs) -> anyhow::Result<String> {
     let mut header = Header::new(alg);
     header.kid = Some(args.kid.clone());
     header.typ = Some("at+jwt".into());
-    Ok(jsonwebtoken::encode(&header, &claims, &key)?)
+    // The gateway accepts ES256 signatures in low-S form only.
+    let token = jsonwebtoken::encode(&header, &claims, &key)?;
+    Ok(portcullis::keys::ecdsa::low_s_token(alg, token))
 }
 
 fn hash_password(from_stdin: bool) -> anyhow::Result<String> {

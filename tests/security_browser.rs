@@ -21,6 +21,8 @@ use serde_json::{Value, json};
 const AT: &str = "__Host-portcullis-at";
 const RT: &str = "__Secure-portcullis-rt";
 const CSRF: &str = "__Host-portcullis-csrf";
+/// The refresh cookie's binding (docs/security.md 36).
+const RB: &str = "__Host-portcullis-rb";
 /// The user agent [`Browser`] sends.
 const UA: &str = "Mozilla/5.0 (X11; Linux x86_64) Chrome/126.0 Safari/537.36";
 const WRONG_PASSWORD: &str = "not-the-password-2f9c";
@@ -387,7 +389,7 @@ async fn sec9_a_refresh_token_used_as_an_access_token_is_refused_by_the_proxy() 
 fn assert_auth_cookie(c: &SetCookie, persistent: bool) {
     let raw = &c.raw;
     assert!(
-        [AT, RT, CSRF].contains(&c.name.as_str()),
+        [AT, RT, RB, CSRF].contains(&c.name.as_str()),
         "an unexpected cookie: {raw}"
     );
     assert!(c.has("secure"), "not Secure: {raw}");
@@ -404,7 +406,7 @@ fn assert_auth_cookie(c: &SetCookie, persistent: bool) {
         c.name.len() + c.value.len()
     );
     match c.name.as_str() {
-        AT | CSRF => {
+        AT | RB | CSRF => {
             assert!(c.name.starts_with("__Host-"), "{raw}");
             assert_eq!(c.attr("path"), Some("/"), "{raw}");
         }
@@ -425,10 +427,11 @@ fn assert_auth_cookie(c: &SetCookie, persistent: bool) {
     }
 }
 
-/// Checks every cookie of a response that must set the access and refresh cookies.
+/// Checks every cookie of a response that must set the access and refresh cookies (and the
+/// binding cookie, which comes with every refresh cookie).
 fn assert_token_cookies(r: &TestResponse, persistent: bool, what: &str) {
     let cookies = set_cookies(r);
-    for name in [AT, RT] {
+    for name in [AT, RT, RB] {
         assert!(
             cookies.iter().any(|c| c.name == name && !c.expires_now()),
             "{what}: {name} not set: {cookies:#?}"
@@ -481,7 +484,7 @@ async fn sec22_auth_cookies_are_prefixed_secure_httponly_samesite_without_domain
         let r = form_post(&mut b, "/auth/logout", &[], "logout").await;
         assert_eq!(r.status, StatusCode::SEE_OTHER);
         let expired = set_cookies(&r);
-        for name in [AT, RT, CSRF] {
+        for name in [AT, RT, RB, CSRF] {
             let c = expired
                 .iter()
                 .find(|c| c.name == name)
@@ -522,7 +525,7 @@ fn assert_no_secret(text: &str, secrets: &[String], what: &str) {
             "{what} contains a secret: {text}"
         );
     }
-    for shape in ["eyJ", "prt1."] {
+    for shape in ["eyJ", "prt1.", "prt2."] {
         assert!(!text.contains(shape), "{what} contains {shape}: {text}");
     }
 }
@@ -535,7 +538,7 @@ async fn sec23_no_token_appears_in_a_location_or_in_the_body_sent_to_a_cookie_cl
     let mut locations: Vec<String> = Vec::new();
     let mut cookie_bodies: Vec<(String, String)> = Vec::new();
     let mut record = |r: &TestResponse, what: &str, secrets: &mut Vec<String>| {
-        for name in [AT, RT, CSRF] {
+        for name in [AT, RT, RB, CSRF] {
             if let Some(v) = cookie_set(r, name) {
                 secrets.push(v);
             }
@@ -1325,7 +1328,7 @@ fn assert_see_other(r: &TestResponse, expected: &str, what: &str) {
     assert!(
         set_cookies(r)
             .iter()
-            .all(|c| [AT, RT, CSRF].contains(&c.name.as_str())),
+            .all(|c| [AT, RT, RB, CSRF].contains(&c.name.as_str())),
         "{what} injected a cookie"
     );
 }
@@ -1835,6 +1838,7 @@ async fn sec33_each_auth_flow_decision_writes_exactly_one_complete_audit_event()
         WRONG_PASSWORD,
         "eyJ",
         "prt1.",
+        "prt2.",
     ]) {
         assert!(
             !audit.contains(secret),
@@ -2005,4 +2009,183 @@ async fn sec33_every_401_and_403_of_the_auth_flow_writes_exactly_one_event() {
         assert_eq!(e["request_id"], rid.as_str(), "{e}");
         assert_eq!(e["path"], path, "{method} {path}: {e}");
     }
+}
+
+// ---- 36: planted refresh cookies --------------------------------------------------------
+
+/// A same-origin `fetch` POST to `/auth/refresh` as the refresh page's script makes it, with
+/// exactly the `Cookie` header given (a real browser may send two cookies of one name, which
+/// [`Browser`]'s jar cannot hold) and the extra labels (`host`, `origin`) given.
+async fn refresh_with_cookies(
+    gw: &AuthGateway,
+    cookie: &str,
+    csrf: &str,
+    labels: &[(&str, &str)],
+) -> TestResponse {
+    let origin = gw.origin();
+    let mut headers = vec![
+        ("cookie", cookie),
+        ("x-csrf-token", csrf),
+        ("sec-fetch-site", "same-origin"),
+        ("user-agent", UA),
+    ];
+    if !labels.iter().any(|(k, _)| *k == "origin") {
+        headers.push(("origin", &origin));
+    }
+    headers.extend_from_slice(labels);
+    call(gw, "POST", "/auth/refresh", &headers, "").await
+}
+
+#[tokio::test]
+async fn sec36_a_refresh_cookie_planted_by_a_sibling_subdomain_cannot_sign_a_browser_in() {
+    let gw = AuthSetup::default().start().await;
+    // The attacker signs in to their own account and keeps their refresh cookie.
+    let mut attacker = gw.browser();
+    assert_eq!(
+        attacker.login("bob", BOB_PASSWORD, false).await.status,
+        StatusCode::SEE_OTHER
+    );
+    let planted = attacker.cookie(RT).unwrap();
+    assert!(
+        attacker.cookie(RB).is_some(),
+        "login sets the binding cookie"
+    );
+
+    // `evil.example.com` sets it with `Domain=example.com`: the victim's browser (never signed
+    // in here) now sends it to the gateway's /auth paths, without the attacker's binding.
+    let mut victim = gw.browser();
+    victim.set_cookie(RT, &planted, "/auth");
+    // The login page offers the sign-in form, not the refresh page.
+    let page = victim.navigate("/auth/login?return_to=/app").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        page.text().contains(r#"name="password""#),
+        "the login page offered a refresh for a planted cookie"
+    );
+    // The refresh the page would have posted: refused, audited, cookies expired.
+    let before = gw.audit_events().await.len();
+    let upstream_before = gw.upstream.count();
+    let r = victim.refresh("/app").await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert!(
+        r.headers["location"]
+            .to_str()
+            .unwrap()
+            .starts_with("/auth/login"),
+        "{:?}",
+        r.headers
+    );
+    assert!(cookie_set(&r, AT).is_none(), "an access cookie was set");
+    let expired: Vec<String> = set_cookies(&r)
+        .into_iter()
+        .filter(|c| c.expires_now())
+        .map(|c| c.name)
+        .collect();
+    assert!(
+        expired.contains(&RT.to_owned()) && expired.contains(&RB.to_owned()),
+        "{expired:?}"
+    );
+    let events = new_events(&gw, before).await;
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0]["event"], "refresh.failure");
+    assert_eq!(events[0]["reason_id"], "refresh.unbound");
+    assert_eq!(
+        events[0]["subject"], "bob",
+        "the audit names whose cookie it was"
+    );
+    // The victim is not signed in as anyone: the app sends it to the login page.
+    assert_eq!(victim.cookie(AT), None);
+    assert_eq!(victim.navigate("/app").await.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        gw.upstream.count(),
+        upstream_before,
+        "the upstream saw a request"
+    );
+
+    // Nor with a binding cookie of its own (a victim with a session of its own whose refresh
+    // cookie is gone), nor with an unbound refresh token of the API kind.
+    let mut alice = gw.browser();
+    assert_eq!(
+        alice.login("alice", ALICE_PASSWORD, false).await.status,
+        StatusCode::SEE_OTHER
+    );
+    let (alice_rt, alice_rb) = (alice.cookie(RT).unwrap(), alice.cookie(RB).unwrap());
+    let csrf = alice.cookie(CSRF).unwrap();
+    let (_, api_refresh, _) = gw.api_login("bob", BOB_PASSWORD).await;
+    for (what, cookie) in [
+        (
+            "the attacker's cookie with the victim's binding",
+            format!("{RT}={planted}; {RB}={alice_rb}; {CSRF}={csrf}"),
+        ),
+        (
+            "an API refresh token as a cookie",
+            format!("{RT}={api_refresh}; {RB}={alice_rb}; {CSRF}={csrf}"),
+        ),
+        (
+            "the attacker's cookie alone",
+            format!("{RT}={planted}; {CSRF}={csrf}"),
+        ),
+    ] {
+        let r = refresh_with_cookies(&gw, &cookie, &csrf, &[]).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{what}: {}", r.text());
+        assert!(cookie_set(&r, AT).is_none(), "{what}");
+    }
+
+    // Planted next to the browser's own: whatever the order, the browser's own is the one
+    // used — the planted cookie can neither sign it in as the attacker nor sign it out.
+    let mut own_rt = alice_rt;
+    let mut own_rb = alice_rb;
+    for order in ["planted first", "own first"] {
+        let cookie = if order == "planted first" {
+            format!("{RT}={planted}; {RT}={own_rt}; {RB}={own_rb}; {CSRF}={csrf}")
+        } else {
+            format!("{RT}={own_rt}; {RT}={planted}; {RB}={own_rb}; {CSRF}={csrf}")
+        };
+        let r = refresh_with_cookies(&gw, &cookie, &csrf, &[]).await;
+        assert_eq!(r.status, StatusCode::OK, "{order}: {}", r.text());
+        let access = cookie_set(&r, AT).expect("a new access cookie");
+        assert_eq!(jwt_claims(&access)["sub"], "alice", "{order}");
+        // Rotated, with a new binding.
+        let (rt, rb) = (cookie_set(&r, RT).unwrap(), cookie_set(&r, RB).unwrap());
+        assert_ne!(rt, own_rt, "{order}");
+        assert_ne!(rb, own_rb, "{order}");
+        (own_rt, own_rb) = (rt, rb);
+    }
+
+    // The gateway behind a DNS name: the planted cookie is also expired on the parent domain
+    // it was planted for (a host-only expiry cannot remove a `Domain=` cookie).
+    let r = refresh_with_cookies(
+        &gw,
+        &format!("{RT}={planted}; {CSRF}={csrf}"),
+        &csrf,
+        &[
+            ("host", "gw.example.test"),
+            ("origin", "http://gw.example.test"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+    let parent: Vec<SetCookie> = set_cookies(&r)
+        .into_iter()
+        .filter(|c| c.name == RT && c.attr("domain").is_some())
+        .collect();
+    assert_eq!(parent.len(), 1, "{:?}", set_cookies(&r));
+    assert_eq!(parent[0].attr("domain"), Some("example.test"));
+    assert_eq!(parent[0].attr("path"), Some("/auth"));
+    assert!(parent[0].expires_now(), "{}", parent[0].raw);
+
+    // A planted cookie does not stand in for the caller of logout either: the attacker's
+    // session is not touched, and it still refreshes for the attacker (with its binding).
+    let r = refresh_with_cookies(&gw, &format!("{RT}={planted}; {CSRF}={csrf}"), &csrf, &[]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let mut stranger = gw.browser();
+    stranger.set_cookie(RT, &planted, "/auth");
+    stranger.set_cookie(CSRF, &csrf, "/");
+    let r = stranger.post_form("/auth/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let r = attacker.refresh("/app").await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let access = attacker.cookie(AT).unwrap();
+    assert_eq!(jwt_claims(&access)["sub"], "bob");
+    assert_ne!(attacker.cookie(RT).unwrap(), planted, "rotated");
 }

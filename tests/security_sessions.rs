@@ -31,6 +31,8 @@ use serde_json::{Value, json};
 /// The cookies the gateway sets, with the path each is scoped to.
 const ACCESS_COOKIE: &str = "__Host-portcullis-at";
 const REFRESH_COOKIE: &str = "__Secure-portcullis-rt";
+/// The refresh cookie's binding (docs/security.md 36).
+const BINDING_COOKIE: &str = "__Host-portcullis-rb";
 const CSRF_COOKIE: &str = "__Host-portcullis-csrf";
 
 /// An authenticated route (any signed-in user).
@@ -167,7 +169,8 @@ fn assert_refresh_refused(r: &TestResponse, what: &str) {
     assert!(
         !body.contains("access_token")
             && !body.contains("refresh_token")
-            && !body.contains("prt1."),
+            && !body.contains("prt1.")
+            && !body.contains("prt2."),
         "{what}: the refusal carries a token: {body}"
     );
     for c in r.headers.get_all("set-cookie") {
@@ -183,10 +186,16 @@ fn jwt_claims(token: &str) -> Value {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
 }
 
-/// `prt1.<b64 subject>.<sid>.<secret>`, split.
+/// `prt1.<b64 subject>.<sid>.<secret>` or `prt2.<b64 subject>.<sid>.<secret>.<binding hash>`
+/// (a cookie's), split into its first four parts.
 fn refresh_parts(token: &str) -> [String; 4] {
     let parts: Vec<&str> = token.split('.').collect();
-    assert_eq!(parts.len(), 4, "not a gateway refresh token: {token}");
+    let expected = if parts[0] == "prt2" { 5 } else { 4 };
+    assert_eq!(
+        parts.len(),
+        expected,
+        "not a gateway refresh token: {token}"
+    );
     [0, 1, 2, 3].map(|i| parts[i].to_owned())
 }
 
@@ -532,7 +541,6 @@ async fn sec14_session_ids_refresh_tokens_and_csrf_tokens_are_long_random_and_di
     let mut csrf = Vec::new();
     let mut jtis = Vec::new();
     let mut texts = HashSet::new();
-    let mut last_refresh = String::new();
     for _ in 0..logins {
         let r = gw
             .post_json(
@@ -547,7 +555,11 @@ async fn sec14_session_ids_refresh_tokens_and_csrf_tokens_are_long_random_and_di
         let (at, _) = set_cookie(&r, ACCESS_COOKIE);
         let (token, _) = set_cookie(&r, CSRF_COOKIE);
         let [prefix, _, rt_sid, secret] = refresh_parts(&rt);
-        assert_eq!(prefix, "prt1");
+        // A cookie's refresh token is bound to the browser's binding cookie (256 bits).
+        assert_eq!(prefix, "prt2");
+        let (binding, _) = set_cookie(&r, BINDING_COOKIE);
+        assert_eq!(URL_SAFE_NO_PAD.decode(&binding).unwrap().len(), 32);
+        assert!(texts.insert(binding), "a binding value repeats");
         assert_eq!(rt_sid, sid, "the refresh token names its session");
         sids.push(decoded("session id", &sid));
         refresh_secrets.push(decoded("refresh secret", &secret));
@@ -556,14 +568,15 @@ async fn sec14_session_ids_refresh_tokens_and_csrf_tokens_are_long_random_and_di
         for t in [sid, rt.clone(), at, token] {
             assert!(texts.insert(t), "an identifier repeats");
         }
-        last_refresh = rt;
     }
     eprintln!(
         "sec14: {logins} logins took {:?} ({:?} each)",
         started.elapsed(),
         started.elapsed() / logins
     );
-    let mut current = last_refresh;
+    // Rotations as an API client does them: a browser's (bound) token is good in its cookie only.
+    let mut current = login(&gw, "alice").await.refresh;
+    assert_eq!(refresh_parts(&current)[0], "prt1");
     for _ in 0..40 {
         let (at, next) = refreshed(&refresh(&gw, &current).await);
         current = next.expect("a rotated refresh token");
@@ -773,6 +786,7 @@ fn assert_expires_every_cookie(r: &TestResponse) {
     for (name, path) in [
         (ACCESS_COOKIE, "/"),
         (REFRESH_COOKIE, "/auth"),
+        (BINDING_COOKIE, "/"),
         (CSRF_COOKIE, "/"),
     ] {
         let (value, attrs) = set_cookie(r, name);
@@ -1111,7 +1125,7 @@ async fn sec20_reuse_outside_the_grace_window_revokes_the_whole_session_and_is_a
     assert_eq!(reuse[0]["session"], s.sid.as_str());
     let line = serde_json::to_string(reuse[0]).unwrap();
     assert!(
-        !line.contains("prt1."),
+        !line.contains("prt1.") && !line.contains("prt2."),
         "the audit line carries a token: {line}"
     );
 }
@@ -1292,16 +1306,20 @@ async fn sec21_a_refresh_token_with_another_users_expired_access_cookie_is_refus
     .await;
     assert_refresh_refused(&r, "alice's refresh token with bob's expired bearer token");
 
-    // Positive control: the victim's own refresh cookie next to the same expired cookie works.
+    // Positive control: the victim's own refresh cookie (a browser's, with its binding cookie)
+    // next to the same expired access cookie works.
     let mut own = gw.browser();
+    assert_eq!(
+        own.login("bob", BOB_PASSWORD, false).await.status,
+        StatusCode::SEE_OTHER
+    );
+    let own_sid = refresh_parts(&own.cookie(REFRESH_COOKIE).unwrap())[2].clone();
     own.set_cookie(ACCESS_COOKIE, &victim.access, "/");
-    own.set_cookie(REFRESH_COOKIE, &victim.refresh, "/auth");
-    own.set_cookie(CSRF_COOKIE, csrf, "/");
     let r = own.refresh(APP).await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
     assert_eq!(r.headers["location"], APP);
     assert_eq!(own.navigate(APP).await.status, StatusCode::OK);
-    assert_eq!(forwarded_session(&gw), ("bob".into(), victim.sid.clone()));
+    assert_eq!(forwarded_session(&gw), ("bob".into(), own_sid));
 }
 
 async fn sec21_a_tampered_refresh_token_or_an_access_token_sent_as_one_is_refused(

@@ -55,7 +55,7 @@ fn enc(value: &Value) -> String {
 fn sign_segments_as(key: &EncodingKey, alg: Algorithm, h: &str, p: &str) -> String {
     let message = format!("{h}.{p}");
     let sig = jsonwebtoken::crypto::sign(message.as_bytes(), key, alg).unwrap();
-    format!("{message}.{sig}")
+    portcullis::keys::ecdsa::low_s_token(alg, format!("{message}.{sig}"))
 }
 
 /// Signs `header.payload` with `key` under `alg`.
@@ -1220,6 +1220,55 @@ async fn sec08_iss_must_be_the_issuer_the_signing_key_belongs_to() {
 }
 
 #[tokio::test]
+async fn sec08_identity_claims_a_backend_could_read_two_ways_are_rejected() {
+    // `sub` and `sid` become X-Auth-Subject and X-Auth-Session: a value with edge whitespace
+    // reached a backend as `" alice"` before, which a trimming backend reads as `alice`.
+    let gw = gateway_with(TestKey::generate(Algorithm::EdDSA, "k-ed")).await;
+    let shapes = [
+        ("leading space", " alice"),
+        ("trailing space", "alice "),
+        ("leading tab", "\talice"),
+        ("trailing newline", "alice\n"),
+        ("CR LF inside", "alice\r\nX-Auth-Permissions: admin"),
+        ("NUL inside", "ali\u{0}ce"),
+        ("DEL", "alice\u{7f}"),
+        ("C1 control (NEL)", "alice\u{85}"),
+        ("no-break space", "al\u{a0}ice"),
+        ("line separator", "alice\u{2028}"),
+        ("ideographic space", "\u{3000}alice"),
+        ("zero-width space", "al\u{200b}ice"),
+        ("right-to-left override", "\u{202e}ecila"),
+        ("byte-order mark", "\u{feff}alice"),
+        ("empty", ""),
+    ];
+    for (what, value) in shapes {
+        for claim in ["sub", "sid", "jti"] {
+            let token = gw.token(json!({ claim: value }));
+            assert_rejected(&gw, &token, &format!("{claim}: {what}")).await;
+        }
+    }
+    // Role names pick permissions from the config, but a role of that shape is a malformed
+    // token, not an unknown role.
+    for (what, role) in [
+        ("leading space", " reader"),
+        ("CR LF", "reader\r\n"),
+        ("zero-width", "read\u{200b}er"),
+    ] {
+        let token = gw.token(json!({ "roles": ["reader", role] }));
+        assert_rejected(&gw, &token, &format!("role: {what}")).await;
+    }
+    // Controls: a plain inner space is a legal subject, and passes through exactly.
+    gw.create_session("sid with space", "alice smith").await;
+    let token = gw.token(json!({ "sub": "alice smith", "sid": "sid with space" }));
+    assert_accepted_as(&gw, &token, "alice smith", "an inner space").await;
+    assert_eq!(
+        gw.upstream.last().headers["x-auth-session"],
+        "sid with space"
+    );
+    assert_accepted(&gw, &gw.token(json!({})), "control").await;
+}
+
+#[tokio::test]
 async fn sec08_aud_is_required_and_must_contain_the_configured_audience() {
     let gw = TestGateway::start().await;
     let cases = [
@@ -1668,4 +1717,57 @@ async fn sec12_psychic_ecdsa_signatures_are_rejected() {
         assert_rejected(&gw, &format!("{h}.{p}.{sig}"), what).await;
     }
     assert_accepted(&gw, &gw.token(json!({})), "control").await;
+}
+
+/// `n − s` for a big-endian 32-byte `s < n` (P-256 order), by schoolbook subtraction: the
+/// test's own arithmetic, independent of the gateway's.
+fn p256_n_minus(s: &[u8]) -> Vec<u8> {
+    let n_hex = "FFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551";
+    let n: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(&n_hex[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let mut out = vec![0u8; 32];
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let mut d = i16::from(n[i]) - i16::from(s[i]) - borrow;
+        borrow = i16::from(d < 0);
+        if d < 0 {
+            d += 256;
+        }
+        out[i] = d as u8;
+    }
+    assert_eq!(borrow, 0);
+    out
+}
+
+#[tokio::test]
+async fn sec12_a_high_s_twin_of_a_valid_es256_signature_is_rejected() {
+    let key = TestKey::generate(Algorithm::ES256, "k-es");
+    let raw_key = twin(&key);
+    let gw = gateway_with(key).await;
+    for i in 0..8 {
+        // Straight from the crypto library: random S, so high about half the time.
+        let payload = claims(json!({ "jti": format!("malleable-{i}") }));
+        let (h, p) = (enc(&raw_key.header()), enc(&payload));
+        let message = format!("{h}.{p}");
+        let sig =
+            jsonwebtoken::crypto::sign(message.as_bytes(), &raw_key.encoding, Algorithm::ES256)
+                .unwrap();
+        let raw = URL_SAFE_NO_PAD.decode(&sig).unwrap();
+        assert_eq!(raw.len(), 64);
+        let flipped = [&raw[..32], &p256_n_minus(&raw[32..])[..]].concat();
+        // Of (r, s) and (r, n − s), exactly one is low: that one is accepted, the other —
+        // which verifies just as well — is refused, before anything reaches the upstream.
+        let (low, high) = if raw[32..] <= flipped[32..] {
+            (raw, flipped)
+        } else {
+            (flipped, raw)
+        };
+        let high_token = format!("{message}.{}", b64(&high));
+        let low_token = format!("{message}.{}", b64(&low));
+        assert_rejected(&gw, &high_token, &format!("high-S twin {i}")).await;
+        assert_accepted(&gw, &low_token, &format!("low-S original {i}")).await;
+        // Once the low-S token is cached, its high-S twin is still refused.
+        assert_rejected(&gw, &high_token, &format!("high-S twin {i}, after")).await;
+    }
 }

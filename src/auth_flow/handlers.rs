@@ -122,9 +122,15 @@ struct LoginInput {
 fn login_page(headers: &HeaderMap, query: Option<&str>, env: &Env<'_>) -> Response<GatewayBody> {
     let return_to = query.and_then(|q| form_field(q, "return_to"));
     let (csrf_token, fresh) = page_csrf_token(headers);
-    // A refresh cookie means this browser has a session whose access token expired: offer the
-    // refresh (a POST) instead of the form. Reading this page changes nothing.
-    let body = if cookies::read(headers, cookies::REFRESH_COOKIE).is_some() {
+    // A refresh cookie bound to this browser means it has a session whose access token
+    // expired: offer the refresh (a POST) instead of the form. A planted refresh cookie (not
+    // bound to this browser) gets the form, so it cannot trap the browser in a refresh that
+    // fails. Reading this page changes nothing.
+    let bound = matches!(
+        cookies::bound_refresh(headers),
+        cookies::RefreshCookies::Bound { .. }
+    );
+    let body = if bound {
         let target = env.auth.redirect.target(return_to.as_deref());
         pages::refresh(&csrf_token, &target)
     } else {
@@ -262,7 +268,10 @@ async fn login(
     // A new session with new identifiers, whatever the browser sent (SECURITY.md 15).
     let subject = user.username.clone();
     let sid = tokens::new_session_id();
-    let refresh_token = tokens::new_refresh_token(&subject, &sid);
+    // A refresh token for a cookie is bound to this browser's new binding cookie
+    // (docs/security.md 36); one handed to an API client in the body is not.
+    let binding = (!input.return_tokens).then(tokens::Binding::new);
+    let refresh_token = tokens::new_refresh_token(&subject, &sid, binding.as_ref());
     let (idle, absolute) = auth.lifetimes.of(input.remember_me);
     let record = SessionRecord {
         id: sid.clone(),
@@ -323,7 +332,7 @@ async fn login(
         response.headers_mut(),
         auth,
         &access,
-        Some(&refresh_token),
+        binding.as_ref().map(|b| (refresh_token.as_str(), b)),
         input.remember_me.then_some(absolute),
     );
     // A new CSRF token too: one planted before login is useless after it.
@@ -428,11 +437,13 @@ fn mint(
         .map_err(|e| GatewayError::Internal(Box::new(e)))
 }
 
+/// Sets the access cookie and, with `refresh`, the refresh cookie and the binding cookie it is
+/// bound to: always together, with one lifetime.
 fn set_token_cookies(
     headers: &mut HeaderMap,
     auth: &AuthSettings,
     access: &str,
-    refresh: Option<&str>,
+    refresh: Option<(&str, &tokens::Binding)>,
     persistent: Option<std::time::Duration>,
 ) {
     headers.append(
@@ -443,8 +454,9 @@ fn set_token_cookies(
             persistent.map(|_| auth.access_ttl),
         ),
     );
-    if let Some(refresh) = refresh {
+    if let Some((refresh, binding)) = refresh {
         headers.append(SET_COOKIE, cookies::refresh(refresh, persistent));
+        headers.append(SET_COOKIE, cookies::binding(binding.value(), persistent));
     }
 }
 
@@ -485,17 +497,32 @@ async fn refresh(
     let form = kind == Some(BodyKind::Form);
     // An API client sends its token in the body; a browser's comes in the cookie, which makes
     // it an ambient credential, so the CSRF token must come with it.
+    // A refresh cookie counts only with the binding cookie it was issued with: a planted one
+    // (docs/security.md 36) is ignored next to the browser's own, refused without it.
+    let mut planted = false;
     let (presented, from_cookie) = match input.refresh_token.as_deref() {
         Some(t) => (t.to_owned(), false),
         None => {
-            let Some(cookie) = cookies::read(&headers, cookies::REFRESH_COOKIE) else {
-                return refresh_failed(
-                    env,
-                    form,
-                    input.return_to.as_deref(),
-                    "refresh.missing",
-                    None,
-                );
+            let cookie = match cookies::bound_refresh(&headers) {
+                cookies::RefreshCookies::Bound {
+                    token,
+                    planted: others,
+                } => {
+                    planted = others;
+                    token
+                }
+                cookies::RefreshCookies::Absent => {
+                    return refresh_failed(
+                        env,
+                        form,
+                        input.return_to.as_deref(),
+                        "refresh.missing",
+                        None,
+                    );
+                }
+                cookies::RefreshCookies::Unbound { subject } => {
+                    return refresh_unbound(env, form, input.return_to.as_deref(), subject);
+                }
             };
             check_csrf_token(
                 env,
@@ -507,7 +534,7 @@ async fn refresh(
             (cookie.to_owned(), true)
         }
     };
-    let Some((subject, sid)) = tokens::parse_refresh_token(&presented) else {
+    let Some(parsed) = tokens::parse_refresh_token(&presented) else {
         return refresh_failed(
             env,
             form,
@@ -516,6 +543,18 @@ async fn refresh(
             None,
         );
     };
+    // Cookie ⇔ bound: a browser's (bound) refresh token is good in its cookie only, next to
+    // its binding — never in a body, where its successor's binding would have nowhere to go.
+    if !from_cookie && parsed.is_bound() {
+        return refresh_failed(
+            env,
+            form,
+            input.return_to.as_deref(),
+            "refresh.bound_in_body",
+            Some(&parsed.subject),
+        );
+    }
+    let (subject, sid) = (parsed.subject.clone(), parsed.session);
     let now = verify::unix_now();
 
     // An access token of another user next to this refresh token: someone mixed credentials
@@ -554,7 +593,7 @@ async fn refresh(
         );
     }
 
-    let rotated = match rotate(env, &subject, sid, &presented, now).await? {
+    let rotated = match rotate(env, &parsed, &presented, now).await? {
         Ok(rotated) => rotated,
         Err(RotateRefusal::UserDisabled) => {
             // The user was deleted or disabled: the session ends here (SECURITY.md 11).
@@ -625,9 +664,31 @@ async fn refresh(
         response.headers_mut(),
         auth,
         &access,
-        rotated.successor.as_deref(),
+        rotated.cookie(),
         rotated.remember_me.then_some(absolute),
     );
+    if planted {
+        for c in cookies::expire_planted(&env.client.origin) {
+            response.headers_mut().append(SET_COOKIE, c);
+        }
+    }
+    Ok(response)
+}
+
+/// A refresh cookie that is not bound to this browser (docs/security.md 36): planted by a
+/// sibling subdomain, or left from before binding. Refused and audited as
+/// `refresh.unbound`, with the subject it names; the token and binding cookies are expired,
+/// and so is the planted cookie on every parent domain it can have been planted for.
+fn refresh_unbound(
+    env: &Env<'_>,
+    form: bool,
+    return_to: Option<&str>,
+    subject: Option<String>,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    let mut response = refresh_failed(env, form, return_to, "refresh.unbound", subject.as_deref())?;
+    for c in cookies::expire_planted(&env.client.origin) {
+        response.headers_mut().append(SET_COOKIE, c);
+    }
     Ok(response)
 }
 
@@ -698,8 +759,17 @@ struct Signed {
 #[derive(Debug)]
 struct Rotated {
     successor: Option<String>,
+    /// The successor's new binding, when the rotated token was bound (a cookie's).
+    binding: Option<tokens::Binding>,
     remember_me: bool,
     roles: Vec<String>,
+}
+
+impl Rotated {
+    /// The refresh and binding cookies to set: a bound successor, if there is one.
+    fn cookie(&self) -> Option<(&str, &tokens::Binding)> {
+        self.successor.as_deref().zip(self.binding.as_ref())
+    }
 }
 
 /// The caller of a state-changing endpoint: its access token if that is usable, else — a page
@@ -713,19 +783,22 @@ async fn caller(headers: &HeaderMap, env: &Env<'_>) -> Result<Option<Signed>, Ga
     if headers.contains_key(http::header::AUTHORIZATION) {
         return Ok(None);
     }
-    let Some(cookie) = cookies::read(headers, cookies::REFRESH_COOKIE) else {
+    // Only the refresh cookie bound to this browser proves anything: a planted one
+    // (docs/security.md 36) must not sign the browser in, nor out of the attacker's session.
+    let cookies::RefreshCookies::Bound { token: cookie, .. } = cookies::bound_refresh(headers)
+    else {
         return Ok(None);
     };
-    let Some((subject, sid)) = tokens::parse_refresh_token(cookie) else {
+    let Some(parsed) = tokens::parse_refresh_token(cookie) else {
         return Ok(None);
     };
     let now = verify::unix_now();
-    let Ok(rotated) = rotate(env, &subject, sid, cookie, now).await? else {
+    let Ok(rotated) = rotate(env, &parsed, cookie, now).await? else {
         return Ok(None);
     };
     Ok(Some(Signed {
-        subject: subject.clone(),
-        session: sid.to_owned(),
+        subject: parsed.subject.clone(),
+        session: parsed.session.to_owned(),
         jti: None,
         expires_at: now,
         rotated: Some(rotated),
@@ -743,16 +816,17 @@ enum RotateRefusal {
     Reuse,
 }
 
-/// Exchanges the refresh token `presented` of `subject`'s session `sid` for its successor —
-/// the one place a refresh token is rotated, for `/auth/refresh` and for a caller proving
-/// itself with its refresh cookie. Reuse outside the grace window is audited here.
+/// Exchanges the refresh token `presented` (which names `token`'s subject and session) for its
+/// successor — the one place a refresh token is rotated, for `/auth/refresh` and for a caller
+/// proving itself with its refresh cookie. A bound token's successor is bound to a new binding
+/// value. Reuse outside the grace window is audited here.
 async fn rotate(
     env: &Env<'_>,
-    subject: &str,
-    sid: &str,
+    token: &tokens::RefreshToken<'_>,
     presented: &str,
     now: i64,
 ) -> Result<Result<Rotated, RotateRefusal>, GatewayError> {
+    let (subject, sid) = (token.subject.as_str(), token.session);
     let users = env.auth.users.current();
     let Some(user) = users.get(subject).filter(|u| !u.disabled) else {
         return Ok(Err(RotateRefusal::UserDisabled));
@@ -761,7 +835,8 @@ async fn rotate(
         return Ok(Err(RotateRefusal::Invalid));
     };
     let (idle, _) = env.auth.lifetimes.of(record.remember_me);
-    let successor = tokens::new_refresh_token(subject, sid);
+    let binding = token.is_bound().then(tokens::Binding::new);
+    let successor = tokens::new_refresh_token(subject, sid, binding.as_ref());
     let rotation = Rotation {
         subject,
         session: sid,
@@ -793,6 +868,7 @@ async fn rotate(
     };
     Ok(Ok(Rotated {
         successor,
+        binding,
         remember_me: record.remember_me,
         roles: user.roles.clone(),
     }))
@@ -918,12 +994,17 @@ async fn logout(
     } else {
         empty(StatusCode::NO_CONTENT)
     };
-    expire_everything(response.headers_mut(), auth);
+    expire_everything(response.headers_mut(), env);
     Ok(response)
 }
 
-fn expire_everything(headers: &mut HeaderMap, auth: &AuthSettings) {
-    for c in cookies::expire_all(&auth.access_cookie) {
+/// Logout's cookies: every auth cookie expired, a refresh cookie planted for a parent domain
+/// too (docs/security.md 36), and `Clear-Site-Data`.
+fn expire_everything(headers: &mut HeaderMap, env: &Env<'_>) {
+    for c in cookies::expire_all(&env.auth.access_cookie) {
+        headers.append(SET_COOKIE, c);
+    }
+    for c in cookies::expire_planted(&env.client.origin) {
         headers.append(SET_COOKIE, c);
     }
     headers.insert("clear-site-data", HeaderValue::from_static("\"cookies\""));
@@ -975,7 +1056,7 @@ async fn logout_all(
     } else {
         empty(StatusCode::NO_CONTENT)
     };
-    expire_everything(response.headers_mut(), auth);
+    expire_everything(response.headers_mut(), env);
     Ok(response)
 }
 
@@ -1120,7 +1201,7 @@ async fn revoke(
             response.headers_mut(),
             env.auth,
             &access,
-            rotated.successor.as_deref(),
+            rotated.cookie(),
             rotated.remember_me.then_some(absolute),
         );
     }

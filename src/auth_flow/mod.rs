@@ -3,7 +3,7 @@
 //!
 //! | endpoint | does |
 //! |---|---|
-//! | `GET /auth/login` | the login form; with a refresh cookie, the refresh page instead |
+//! | `GET /auth/login` | the login form; with a refresh cookie bound to this browser, the refresh page instead |
 //! | `POST /auth/login` | form or JSON login: new session, cookies (or tokens in the body) |
 //! | `POST /auth/refresh` | rotates the refresh token (cookie or JSON body), new access token |
 //! | `POST /auth/logout` | ends this session, denylists the access token, expires the cookies |
@@ -21,6 +21,12 @@
 //! cross-site page cannot make a browser refresh (or learn anything from a refresh), and the
 //! POST passes the same CSRF checks as every other state change. Without JavaScript the page
 //! shows a "Continue" button.
+//!
+//! **Planted refresh cookies.** A sibling subdomain can plant a `__Secure-` refresh cookie
+//! (`Domain=` the parent), so a refresh cookie counts only next to the `__Host-` binding cookie
+//! it was issued with (docs/security.md 36; [`cookies`] says how, [`tokens`] what a bound
+//! refresh token carries). Refresh tokens in JSON bodies (API clients) are not bound, and are
+//! refused in a cookie; bound ones are refused in a body.
 //!
 //! Every handler returns `Err` for refusals; [`crate::error::error_response`] turns them into
 //! responses, except where a browser is better served by the form again (a failed login).

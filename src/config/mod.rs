@@ -687,8 +687,7 @@ fn compile(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
     });
     let mut gateway_cookies = vec![cookie_name.clone()];
     if auth.is_some() {
-        gateway_cookies.push(crate::auth_flow::cookies::REFRESH_COOKIE.to_owned());
-        gateway_cookies.push(crate::auth_flow::cookies::CSRF_COOKIE.to_owned());
+        gateway_cookies.extend(crate::auth_flow::cookies::FLOW_COOKIES.map(str::to_owned));
     }
     // What a backend may not `Set-Cookie`: the gateway's cookies, and the auth flow's even
     // while it is off, each in every case and prefix.

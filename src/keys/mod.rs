@@ -1,6 +1,7 @@
 //! Verification keys: every key is bound to one algorithm and one issuer when the config is
 //! compiled, and is found by `kid` alone. Nothing about a key is ever read from a token.
 
+pub mod ecdsa;
 pub mod signing;
 
 use std::collections::HashMap;

@@ -250,7 +250,7 @@ impl SigningKey {
     }
 
     /// Signs `claims` (which should serialize to a JSON object) into a compact JWT whose header
-    /// is exactly `{"typ":"at+jwt","alg":…,"kid":…}`.
+    /// is exactly `{"typ":"at+jwt","alg":…,"kid":…}`. An ES256 signature is always low-S.
     pub fn sign<T: Serialize>(&self, claims: &T) -> Result<String, jsonwebtoken::errors::Error> {
         let claims = serde_json::to_vec(claims)?;
         let mut token = String::with_capacity(self.header.len() + claims.len() * 4 / 3 + 400);
@@ -259,7 +259,13 @@ impl SigningKey {
         URL_SAFE_NO_PAD.encode_string(&claims, &mut token);
         let signature = jsonwebtoken::crypto::sign(token.as_bytes(), &self.encoding, self.alg)?;
         token.push('.');
-        token.push_str(&signature);
+        if self.alg == Algorithm::ES256 {
+            // The verify stage accepts only low-S ECDSA signatures (see `super::ecdsa`), and
+            // aws-lc's S is uniformly random: half of its signatures need rewriting.
+            token.push_str(&super::ecdsa::normalize_p256_jws(&signature));
+        } else {
+            token.push_str(&signature);
+        }
         Ok(token)
     }
 }
@@ -555,6 +561,28 @@ mod tests {
             assert_eq!(data.claims, claims, "{alg:?}");
             assert_eq!(data.header.alg, alg);
             assert_eq!(data.header.kid.as_deref(), Some(keys.current().kid()));
+        }
+    }
+
+    #[test]
+    fn every_es256_token_the_gateway_signs_is_low_s_and_verifies() {
+        let (key, _) = SigningKey::generate(Algorithm::ES256).unwrap();
+        // 64 tokens: were S left as aws-lc makes it, the chance that all are low is 2^-64.
+        for i in 0..64 {
+            let token = key.sign(&serde_json::json!({ "n": i })).unwrap();
+            let (signed, signature) = token.rsplit_once('.').unwrap();
+            let raw = URL_SAFE_NO_PAD.decode(signature).unwrap();
+            assert_eq!(super::super::ecdsa::check_p256(&raw), Ok(()), "token {i}");
+            assert!(
+                jsonwebtoken::crypto::verify(
+                    signature,
+                    signed.as_bytes(),
+                    key.decoding_key(),
+                    Algorithm::ES256
+                )
+                .unwrap(),
+                "token {i}"
+            );
         }
     }
 

@@ -28,7 +28,7 @@ use http::HeaderValue;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
-use crate::keys::{KeySet, algorithm_name};
+use crate::keys::{KeySet, VerificationKey, algorithm_name};
 use crate::metrics::Metrics;
 use crate::pipeline::authorize::{PermissionSet, PermissionTable};
 
@@ -62,6 +62,10 @@ pub enum TokenError {
     /// The signature does not verify.
     #[error("token signature is invalid")]
     BadSignature,
+    /// An ES256 signature with `s > n/2`: the second, malleated spelling of a signature
+    /// (docs/security.md 12). Refused whether or not it verifies.
+    #[error("token signature is not in low-S form")]
+    HighS,
     /// A required claim is missing or has the wrong type.
     #[error("token claim is missing or malformed")]
     MissingClaim,
@@ -95,6 +99,7 @@ impl TokenError {
             TokenError::UnknownKey => "token.unknown_kid",
             TokenError::AlgorithmMismatch => "token.alg_mismatch",
             TokenError::BadSignature => "token.bad_signature",
+            TokenError::HighS => "token.ecdsa_high_s",
             TokenError::MissingClaim => "token.claim_missing",
             TokenError::WrongIssuer => "token.issuer",
             TokenError::WrongAudience => "token.audience",
@@ -321,19 +326,9 @@ fn verify_inner(
         // Exact comparison: `none`, `NONE`, `rs256`, or an HS256 token aimed at an RSA key.
         return Err(TokenError::AlgorithmMismatch);
     }
-    decode_segment(signature_b64)?; // canonical base64url before the crate sees it
     let message_len = header_b64.len() + 1 + payload_b64.len();
     signature_checks.fetch_add(1, Ordering::Relaxed);
-    let signed = jsonwebtoken::crypto::verify(
-        signature_b64,
-        &token.as_bytes()[..message_len],
-        &key.key,
-        key.alg,
-    )
-    .map_err(|_| TokenError::BadSignature)?;
-    if !signed {
-        return Err(TokenError::BadSignature);
-    }
+    check_signature(signature_b64, &token.as_bytes()[..message_len], key)?;
 
     // Only now, with the signature verified, is the payload read.
     let payload_json = decode_segment(payload_b64)?;
@@ -378,11 +373,18 @@ fn verify_inner(
         None => None,
         Some(_) => Some(identifier(&claims, "sid", 256)?),
     };
+    // Role names only select permissions from the config (the permissions header is built
+    // from the config's names, never from the token's text), but a role that could not be an
+    // identifier is a malformed token, not an unknown role.
     let roles: Vec<&str> = match claims.get("roles") {
         None => Vec::new(),
         Some(Value::Array(items)) => items
             .iter()
-            .map(|r| r.as_str().ok_or(TokenError::MissingClaim))
+            .map(|r| {
+                r.as_str()
+                    .filter(|r| is_plain_identifier(r))
+                    .ok_or(TokenError::MissingClaim)
+            })
             .collect::<Result<_, _>>()?,
         Some(_) => return Err(TokenError::MissingClaim),
     };
@@ -405,6 +407,36 @@ fn verify_inner(
         permissions: granted,
         permissions_header,
     })
+}
+
+/// The signature check of this stage, alone: `signature_b64` (the third segment of a compact
+/// JWS) over `message` (the first two segments and their dot) with `key`, under the one
+/// algorithm the key is pinned to. `Ok` only when the signature verifies.
+///
+/// Before any crypto: the segment must be canonical base64url, and an ES256 signature must be
+/// 64 bytes with `1 ≤ r < n` and `1 ≤ s ≤ n/2` ([`crate::keys::ecdsa::check_p256`]; high S is
+/// [`TokenError::HighS`]). Then `jsonwebtoken::crypto::verify`, which hands the raw bytes to
+/// aws-lc. Public so that known-answer vectors (tests/wycheproof.rs) run through exactly this.
+pub fn check_signature(
+    signature_b64: &str,
+    message: &[u8],
+    key: &VerificationKey,
+) -> Result<(), TokenError> {
+    let raw = decode_segment(signature_b64)?; // canonical base64url before the crate sees it
+    if key.alg == jsonwebtoken::Algorithm::ES256 {
+        use crate::keys::ecdsa::{ShapeError, check_p256};
+        match check_p256(&raw) {
+            Ok(()) => {}
+            Err(ShapeError::HighS) => return Err(TokenError::HighS),
+            Err(ShapeError::Length | ShapeError::OutOfRange) => {
+                return Err(TokenError::BadSignature);
+            }
+        }
+    }
+    match jsonwebtoken::crypto::verify(signature_b64, message, &key.key, key.alg) {
+        Ok(true) => Ok(()),
+        Ok(false) | Err(_) => Err(TokenError::BadSignature),
+    }
 }
 
 fn check_time(exp: i64, nbf: Option<i64>, leeway: i64, now: i64) -> Result<(), TokenError> {
@@ -514,17 +546,40 @@ fn claim_str<'a>(claims: &'a Map<String, Value>, name: &str) -> Result<&'a str, 
         .ok_or(TokenError::MissingClaim)
 }
 
-/// A non-empty string claim without control characters, short enough for a header.
+/// A string claim that becomes an identity header (`sub`, `sid`) or a key (`jti`), checked
+/// with [`is_plain_identifier`] and at most `max` bytes long.
 fn identifier<'a>(
     claims: &'a Map<String, Value>,
     name: &str,
     max: usize,
 ) -> Result<&'a str, TokenError> {
     let value = claim_str(claims, name)?;
-    if value.is_empty() || value.len() > max || value.chars().any(char::is_control) {
+    if value.len() > max || !is_plain_identifier(value) {
         return Err(TokenError::MissingClaim);
     }
     Ok(value)
+}
+
+/// Whether `value` reads the same to every parser downstream (docs/security.md 8): not empty,
+/// no leading or trailing whitespace (a backend that trims would see `" alice"` as `alice`,
+/// one that does not as someone else), no control character (CR, LF, NUL, tab, DEL, C1), no
+/// whitespace but the plain space (no NBSP, line separators, ideographic space), and none of
+/// the invisible formatting characters that make two strings look alike (zero-width, bidi
+/// overrides and isolates, word joiner, BOM, soft hyphen). Other non-ASCII text is allowed:
+/// subjects may be e-mail addresses or names in any script.
+pub fn is_plain_identifier(value: &str) -> bool {
+    let invisible = |c: char| {
+        matches!(c,
+            '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
+    };
+    !value.is_empty()
+        && !value.starts_with(char::is_whitespace)
+        && !value.ends_with(char::is_whitespace)
+        && !value
+            .chars()
+            .any(|c| c.is_control() || (c.is_whitespace() && c != ' ') || invisible(c))
 }
 
 /// A NumericDate: a JSON number (fractions truncated), non-negative and finite.
@@ -640,6 +695,40 @@ mod tests {
     }
 
     #[test]
+    fn identifiers_read_the_same_to_every_parser() {
+        for ok in [
+            "alice",
+            "alice smith",
+            "ålice@example.com",
+            "用户",
+            "a.b-c_d:e/f",
+        ] {
+            assert!(is_plain_identifier(ok), "{ok:?}");
+        }
+        for bad in [
+            "",
+            " alice",
+            "alice ",
+            "\talice",
+            "alice\n",
+            "al\rice",
+            "ali\0ce",
+            "alice\u{7f}",
+            "alice\u{85}",
+            "al\u{a0}ice",
+            "alice\u{2028}",
+            "\u{3000}alice",
+            "al\u{200b}ice",
+            "\u{202e}ecila",
+            "alice\u{feff}",
+            "al\u{ad}ice",
+            "\u{2066}alice\u{2069}",
+        ] {
+            assert!(!is_plain_identifier(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn numeric_dates_must_be_non_negative_numbers() {
         assert_eq!(numeric_date(Some(&serde_json::json!(5))), Ok(Some(5)));
         assert_eq!(numeric_date(Some(&serde_json::json!(5.9))), Ok(Some(5)));
@@ -650,8 +739,8 @@ mod tests {
 
     // --- The verified-token cache under a flood, and on first sight ---------------------------
 
+    use crate::keys::Issuer;
     use crate::keys::signing::SigningKey;
-    use crate::keys::{Issuer, VerificationKey};
     use jsonwebtoken::{Algorithm, EncodingKey};
     use serde_json::json;
 

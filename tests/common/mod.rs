@@ -241,7 +241,8 @@ impl TestKey {
     pub fn sign_segments(&self, h: &str, p: &str) -> String {
         let message = format!("{h}.{p}");
         let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &self.encoding, self.alg).unwrap();
-        format!("{message}.{sig}")
+        // The gateway accepts ES256 signatures in low-S form only, as a careful issuer signs.
+        portcullis::keys::ecdsa::low_s_token(self.alg, format!("{message}.{sig}"))
     }
 
     /// A well-formed access-token header for this key.

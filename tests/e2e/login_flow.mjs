@@ -31,6 +31,8 @@ const PASSWORD = need('PORTCULLIS_E2E_PASSWORD');
 const SCREENSHOTS = need('PORTCULLIS_E2E_SCREENSHOTS');
 const ACCESS_COOKIE = '__Host-portcullis-at';
 const REFRESH_COOKIE = '__Secure-portcullis-rt';
+// The refresh cookie's binding: a refresh cookie counts only next to it (docs/security.md 36).
+const BINDING_COOKIE = '__Host-portcullis-rb';
 const CSRF_COOKIE = '__Host-portcullis-csrf';
 // The second device's user agent, and what the sessions page calls that device.
 const OTHER_UA =
@@ -350,6 +352,7 @@ try {
   for (const [name, path] of [
     [ACCESS_COOKIE, '/'],
     [REFRESH_COOKIE, '/auth'],
+    [BINDING_COOKIE, '/'],
     [CSRF_COOKIE, '/'],
   ]) {
     const c = jar[name];
@@ -386,6 +389,9 @@ try {
   );
   const refreshed = await accessToken(laptop.context);
   assert.notEqual(refreshed.value, issued.value, 'a new access token');
+  const rotated = await cookies(laptop.context);
+  assert.notEqual(rotated[REFRESH_COOKIE].value, jar[REFRESH_COOKIE].value, 'a new refresh token');
+  assert.notEqual(rotated[BINDING_COOKIE].value, jar[BINDING_COOKIE].value, 'and a new binding');
   log('refresh page passed: its script POSTed /auth/refresh and the page came back');
 
   begin('a second device signs in');
@@ -433,6 +439,7 @@ try {
   const left = await cookies(laptop.context);
   assert.ok(!left[ACCESS_COOKIE], 'the access cookie is gone');
   assert.ok(!left[REFRESH_COOKIE], 'the refresh cookie is gone');
+  assert.ok(!left[BINDING_COOKIE], 'the binding cookie is gone');
   await open(page, '/docs/x');
   await expectLoginForm(page, '/docs/x');
 
