@@ -1197,3 +1197,54 @@ async fn sec37_an_admin_revocation_no_replica_acknowledges_is_answered_503_and_a
     .await;
     assert!(audited.is_some(), "the refused revocation was not audited");
 }
+
+#[tokio::test]
+async fn sec37_a_logout_no_replica_acknowledges_is_answered_503_and_audited() {
+    use common::auth::{ALICE_PASSWORD, AuthSetup, StoreChoice};
+    let master = RedisServer::start();
+    let port = master.port.to_string();
+    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            replica
+                .cli(&["INFO", "replication"])
+                .contains("master_link_status:up")
+        })
+        .await
+        .is_some(),
+        "the replica never synced"
+    );
+    let gw = AuthSetup {
+        store: StoreChoice::RedisWith(
+            master.url(),
+            ", min_replicas_acks: 1, replica_ack_timeout: 300ms".into(),
+        ),
+        ..AuthSetup::default()
+    }
+    .start()
+    .await;
+    let (access, _refresh, sid) = gw.api_login("alice", ALICE_PASSWORD).await;
+    assert_eq!(gw.get_bearer("/app", &access).await.status, StatusCode::OK);
+
+    let pid = replica.pid().unwrap();
+    signal(pid, "STOP");
+    let auth = format!("Bearer {access}");
+    let r = gw
+        .post_json("/auth/logout", &json!({}), &[("authorization", &auth)])
+        .await;
+    signal(pid, "CONT");
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    let events = gw.audit_events().await;
+    assert!(
+        events.iter().any(|e| e["event"] == "logout"
+            && e["reason_id"] == "store.unavailable"
+            && e["session"] == sid.as_str()),
+        "the unacknowledged logout was not audited: {events:?}"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["event"] == "logout" && e["reason_id"] == "logout.ok"),
+        "a logout no replica acknowledged was reported done"
+    );
+}

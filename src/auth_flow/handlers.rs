@@ -972,9 +972,16 @@ async fn logout(
     let signed = caller(&headers, env).await?;
     let (subject, sid, reason) = match &signed {
         Some(s) => {
-            env.store.revoke_session(&s.subject, &s.session).await?;
+            let unrevoked = |e| store_refused(env, "logout", audit_path, &s.subject, &s.session, e);
+            env.store
+                .revoke_session(&s.subject, &s.session)
+                .await
+                .map_err(unrevoked)?;
             if let Some(jti) = &s.jti {
-                env.store.deny_jti(&auth.issuer, jti, s.expires_at).await?;
+                env.store
+                    .deny_jti(&auth.issuer, jti, s.expires_at)
+                    .await
+                    .map_err(unrevoked)?;
             }
             (
                 Some(s.subject.clone()),
@@ -1038,13 +1045,25 @@ async fn logout_all(
     // this very second name a session, and every session ends here. A new login a moment
     // later (its tokens issued after the mark) works.
     let keep_until = now + auth.access_ttl.as_secs() as i64 + env.rt.verifier.leeway;
+    let unrevoked = |e| {
+        store_refused(
+            env,
+            "logout_all",
+            "/auth/logout-all",
+            &signed.subject,
+            &signed.session,
+            e,
+        )
+    };
     env.store
         .revoke_user(&signed.subject, now - 1, keep_until)
-        .await?;
+        .await
+        .map_err(unrevoked)?;
     if let Some(jti) = &signed.jti {
         env.store
             .deny_jti(&auth.issuer, jti, signed.expires_at)
-            .await?;
+            .await
+            .map_err(unrevoked)?;
     }
     env.audit.emit(&AuditEvent {
         subject: Some(&signed.subject),
@@ -1161,7 +1180,21 @@ async fn revoke(
         }
     };
     // Scoped to the caller: another user's session id is simply not found (SECURITY.md 19).
-    let revoked = !target.is_empty() && env.store.revoke_session(&signed.subject, &target).await?;
+    let revoked = !target.is_empty()
+        && env
+            .store
+            .revoke_session(&signed.subject, &target)
+            .await
+            .map_err(|e| {
+                store_refused(
+                    env,
+                    "session.revoke",
+                    "/auth/sessions/revoke",
+                    &signed.subject,
+                    &target,
+                    e,
+                )
+            })?;
     env.audit.emit(&AuditEvent {
         subject: Some(&signed.subject),
         session: Some(&target),
@@ -1213,6 +1246,25 @@ async fn revoke(
 fn refused(env: &Env<'_>, event: &'static str, path: &str, err: CsrfError) -> GatewayError {
     env.audit.emit(&env.event(event, err.reason_id(), path));
     AuthError::Csrf(err).into()
+}
+
+/// A revocation the store could not make (it did not answer, or too few replicas acknowledged
+/// it): the caller gets 503 and the audit trail says so under the endpoint's event — it is
+/// never reported done.
+fn store_refused(
+    env: &Env<'_>,
+    event: &'static str,
+    path: &str,
+    subject: &str,
+    session: &str,
+    err: crate::store::StoreError,
+) -> GatewayError {
+    env.audit.emit(&AuditEvent {
+        subject: Some(subject),
+        session: Some(session),
+        ..env.event(event, "store.unavailable", path)
+    });
+    err.into()
 }
 
 /// An endpoint that needs a signed-in user, and the request has none: audited like the proxy's

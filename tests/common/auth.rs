@@ -32,6 +32,8 @@ pub enum StoreChoice {
     Memory,
     /// A `redis://` URL (a test's own redis-server).
     Redis(String),
+    /// A `redis://` URL and more keys for the `store:` mapping (`, min_replicas_acks: 1`).
+    RedisWith(String, String),
 }
 
 /// Builder for an auth-enabled gateway.
@@ -93,6 +95,10 @@ impl AuthSetup {
             StoreChoice::Memory => "store: { kind: memory }".to_owned(),
             StoreChoice::Redis(url) => format!(
                 "store: {{ kind: redis, url: \"{url}\", key_prefix: t{} }}",
+                std::process::id()
+            ),
+            StoreChoice::RedisWith(url, extra) => format!(
+                "store: {{ kind: redis, url: \"{url}\", key_prefix: t{}{extra} }}",
                 std::process::id()
             ),
         };
