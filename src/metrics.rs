@@ -125,12 +125,18 @@ pub struct Metrics {
     /// Token signature verifications performed, passed or failed: one per first sight of a
     /// token (concurrent first sights share one), none for a cache hit.
     pub token_signature_checks: AtomicU64,
+    /// Requests refused from the failed-token cache: a token whose signature check (or the
+    /// claims after it) failed within the last 30 s, refused again without a check.
+    pub token_cache_failed_hits: AtomicU64,
     /// Session checks answered from the Redis store's local cache.
     pub store_cache_hits: AtomicU64,
     /// Session checks that went to Redis.
     pub store_cache_misses: AtomicU64,
     /// Store operations that failed (timeouts, connection errors).
     pub store_errors: AtomicU64,
+    /// Client connections closed at accept because their address had
+    /// `limits.max_connections_per_ip` open already.
+    pub connections_refused_per_ip: AtomicU64,
     /// Config reloads applied.
     pub reloads_applied: AtomicU64,
     /// Config reloads refused (the old config kept serving).
@@ -233,7 +239,7 @@ impl Metrics {
             "Upstream time to response head.",
         );
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let counters: [(&str, &str, u64); 9] = [
+        let counters: [(&str, &str, u64); 11] = [
             (
                 "portcullis_token_cache_hits_total",
                 "Verified-token cache hits.",
@@ -248,6 +254,16 @@ impl Metrics {
                 "portcullis_token_signature_checks_total",
                 "Token signature verifications performed, passed or failed.",
                 load(&self.token_signature_checks),
+            ),
+            (
+                "portcullis_connections_refused_per_ip_total",
+                "Connections closed at accept: their client address had max_connections_per_ip open.",
+                load(&self.connections_refused_per_ip),
+            ),
+            (
+                "portcullis_token_cache_failed_hits_total",
+                "Tokens refused again from the failed-token cache, without a signature check.",
+                load(&self.token_cache_failed_hits),
             ),
             (
                 "portcullis_store_cache_hits_total",
