@@ -49,6 +49,8 @@ const MAX_USER_AGENT: usize = 256;
 pub const MAX_WINDOWS: usize = 4096;
 /// The default `audit.aggregate_window`.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
+/// The longest [`Audit::flush`] waits for the file writer.
+pub const FLUSH_WAIT: Duration = Duration::from_secs(2);
 
 /// Whether repeats of `event` are aggregated: the refusals a client can make the proxy write
 /// as fast as it can send requests. Logins, refreshes and admin calls are throttled or
@@ -141,6 +143,8 @@ enum ToWriter {
     Line(String),
     /// Look at `reopen` now (it may already have been seen).
     Wake,
+    /// Say so once every line before this one is written.
+    Flushed(mpsc::SyncSender<()>),
 }
 
 #[derive(Debug)]
@@ -219,7 +223,9 @@ impl Audit {
     }
 
     fn emit_at(&self, event: &AuditEvent<'_>, now: Instant) {
-        let time = rfc3339_now();
+        // Read the clock as text only for a line that is written: a counted refusal costs a
+        // lock and an addition, no allocation.
+        let mut time = None;
         if let Some(ip) = event.client_ip
             && !self.inner.window.is_zero()
             && aggregated(event.event)
@@ -227,7 +233,11 @@ impl Audit {
             let mut closed = None;
             {
                 let mut windows = self.inner.windows.lock().unwrap_or_else(|e| e.into_inner());
-                let mut key = (Some(client_key(ip)), event.event, event.reason_id);
+                let mut key = (
+                    Some(crate::config::units::client_network(ip)),
+                    event.event,
+                    event.reason_id,
+                );
                 if !windows.contains_key(&key) && windows.len() >= MAX_WINDOWS {
                     let window = self.inner.window;
                     windows.retain(|k, w| {
@@ -255,7 +265,7 @@ impl Audit {
                         }
                         *w = Window {
                             opened: now,
-                            first_time: time.clone(),
+                            first_time: time.get_or_insert_with(rfc3339_now).clone(),
                             count: 0,
                         };
                     }
@@ -264,7 +274,7 @@ impl Audit {
                             key,
                             Window {
                                 opened: now,
-                                first_time: time.clone(),
+                                first_time: time.get_or_insert_with(rfc3339_now).clone(),
                                 count: 0,
                             },
                         );
@@ -275,7 +285,7 @@ impl Audit {
         }
         let user_agent = event.user_agent.map(|ua| truncate(ua, MAX_USER_AGENT));
         self.write(&Line {
-            time,
+            time: time.unwrap_or_else(rfc3339_now),
             event: event.event,
             reason_id: event.reason_id,
             subject: event.subject,
@@ -299,10 +309,18 @@ impl Audit {
         self.flush_where(|w| now >= w.opened + window);
     }
 
-    /// Writes the summary of every open aggregation window now, closing them all: at shutdown,
-    /// so that no count is lost.
+    /// Writes the summary of every open aggregation window now, closing them all, and waits
+    /// (at most [`FLUSH_WAIT`]) until the file writer has written every line queued so far: at
+    /// shutdown, so that no count is lost when the process exits. Blocks: call it off the async
+    /// runtime's threads.
     pub fn flush(&self) {
         self.flush_where(|_| true);
+        if let Some(sink) = &self.inner.file {
+            let (done, written) = mpsc::sync_channel(1);
+            if sink.tx.send(ToWriter::Flushed(done)).is_ok() {
+                let _ = written.recv_timeout(FLUSH_WAIT);
+            }
+        }
     }
 
     fn flush_where(&self, closed: impl Fn(&Window) -> bool) {
@@ -412,18 +430,6 @@ fn summary(key: &WindowKey, w: &Window) -> Summary {
     }
 }
 
-/// The address refusals are aggregated under: IPv4 as is (IPv4-mapped IPv6 too), IPv6 by its
-/// /64, which one client usually holds whole.
-fn client_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
-        },
-    }
-}
-
 /// Writes the summaries of closed windows without waiting for a next event: wakes every half
 /// window (10 ms to 1 s) and ends once the audit trail has been dropped.
 fn spawn_flusher(inner: Weak<Inner>, window: Duration) {
@@ -497,8 +503,13 @@ fn file_sink(path: &Path) -> Result<FileSink, AuditError> {
                         ),
                     }
                 }
-                let ToWriter::Line(line) = message else {
-                    continue;
+                let line = match message {
+                    ToWriter::Line(line) => line,
+                    ToWriter::Wake => continue,
+                    ToWriter::Flushed(done) => {
+                        let _ = done.try_send(());
+                        continue;
+                    }
                 };
                 if let Err(e) = file.write_all(line.as_bytes()).and_then(|()| file.flush()) {
                     tracing::error!(file = %shown, error = %e, "audit write failed");

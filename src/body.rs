@@ -79,7 +79,7 @@ pub enum GatewayBody {
         /// Remaining allowance; `u64::MAX` for no limit.
         remaining: u64,
         /// How fast the client must send it (request bodies).
-        stall: Option<Stall>,
+        pacer: Option<Pacer>,
     },
     /// A response from a pooled upstream connection, which goes back to its pool once this
     /// body has been read to the end and dropped.
@@ -103,7 +103,7 @@ impl GatewayBody {
         GatewayBody::Stream {
             inner,
             remaining: limit,
-            stall: Some(Stall {
+            pacer: Some(Pacer {
                 pace,
                 timer: None,
                 waiting_since: None,
@@ -118,7 +118,7 @@ impl GatewayBody {
         GatewayBody::Stream {
             inner,
             remaining: u64::MAX,
-            stall: None,
+            pacer: None,
         }
     }
 }
@@ -129,7 +129,7 @@ impl GatewayBody {
 /// the first wait: a body already complete when read (every `GET`, most small `POST`s) arms
 /// none, and a frame that arrives without a wait costs no clock read.
 #[derive(Debug)]
-pub struct Stall {
+pub struct Pacer {
     pace: Pace,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// When the current wait began; `None` between waits.
@@ -140,7 +140,7 @@ pub struct Stall {
     received: u64,
 }
 
-impl Stall {
+impl Pacer {
     /// `Ready` once the client has been too slow by any of the pace's limits.
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         // A new wait (re)arms the clock, once, not on every poll of the same wait.
@@ -181,11 +181,11 @@ impl Body for GatewayBody {
             GatewayBody::Stream {
                 inner,
                 remaining,
-                stall,
+                pacer,
             } => match Pin::new(inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(stall) = stall {
-                        stall.frame_arrived(frame.data_ref().map_or(0, Bytes::len));
+                    if let Some(pacer) = pacer {
+                        pacer.frame_arrived(frame.data_ref().map_or(0, Bytes::len));
                     }
                     if let Some(data) = frame.data_ref() {
                         let len = data.len() as u64;
@@ -198,9 +198,9 @@ impl Body for GatewayBody {
                 }
                 Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Stream(e)))),
                 Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => match stall.as_mut().map(|s| s.poll_expired(cx)) {
+                Poll::Pending => match pacer.as_mut().map(|p| p.poll_expired(cx)) {
                     Some(Poll::Ready(())) => {
-                        if let Some(s) = stall {
+                        if let Some(s) = pacer {
                             tracing::debug!(
                                 received = s.received,
                                 waited_ms = (s.waited

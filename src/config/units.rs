@@ -249,6 +249,19 @@ pub fn parse_size(size: &RawSize) -> Result<u64, String> {
         .ok_or_else(|| format!("`{text}` is too large"))
 }
 
+/// The address one client is counted under, for per-client limits and aggregation: IPv4 as is
+/// (IPv4-mapped IPv6 too), IPv6 by its /64, the block one subscriber usually holds whole
+/// (counting single IPv6 addresses would let one client be 2^64 clients).
+pub fn client_network(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+    }
+}
+
 /// An IP network: `10.0.0.0/8`, `::1/128`, or a single address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IpNet {
@@ -352,6 +365,16 @@ limits: { max_connections: lots }
         assert_eq!(line_of(yaml, "store.cache_ttl"), Some(5));
         assert_eq!(line_of(yaml, "listeners[5]"), Some(1));
         assert_eq!(line_of(yaml, "admin.bind"), None);
+    }
+
+    #[test]
+    fn ipv6_clients_count_by_their_64_and_mapped_ipv4_as_ipv4() {
+        let key = |s: &str| client_network(s.parse().unwrap());
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), key("2001:db8:1:2:ffff::9"));
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), key("2001:db8:1:2::"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:192.0.2.1"), key("192.0.2.1"));
+        assert_eq!(key("192.0.2.1"), "192.0.2.1".parse::<IpAddr>().unwrap());
     }
 
     #[test]
