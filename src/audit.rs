@@ -14,10 +14,11 @@
 //!
 //! **Refusal floods are aggregated** so that they cannot fill the disk: the proxy's refusals
 //! (`access.unauthorized`, `access.forbidden`) from one client address (an IPv6 /64 counts as
-//! one) with one reason id open a window of `audit.aggregate_window`. The first event of a
-//! window is written in full; the others in it are only counted, and one summary event — the
-//! same `event`, `reason_id` and `client.ip`, with `count` (how many were not written) and
-//! `since` (the first one's time) — is written when the window closes, by the flusher thread
+//! one) with one reason id open a window of `audit.aggregate_window`. The first [`BURST`]
+//! events of a window are written in full (so a client's few refusals read as before, one event
+//! each); the others in it are only counted, and one summary event — the same `event`,
+//! `reason_id` and `client.ip`, with `count` (how many were not written) and `since` (the
+//! window's first event's time) — is written when the window closes, by the flusher thread
 //! at most half a window later, or before the next such event, or at shutdown
 //! ([`Audit::flush`]). Every other event is always written. At most [`MAX_WINDOWS`] windows
 //! are open; beyond that, refusals from further addresses share one window per event and reason
@@ -47,6 +48,8 @@ const QUEUE: usize = 65_536;
 const MAX_USER_AGENT: usize = 256;
 /// Aggregation windows open at once (one per address, event and reason); ~100 bytes each.
 pub const MAX_WINDOWS: usize = 4096;
+/// Refusals written in full per window before the rest are counted.
+pub const BURST: u64 = 10;
 /// The default `audit.aggregate_window`.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
 /// The longest [`Audit::flush`] waits for the file writer.
@@ -163,6 +166,8 @@ struct Window {
     opened: Instant,
     /// The first event's timestamp, as written.
     first_time: String,
+    /// Events written in full in this window (at most [`BURST`]).
+    written: u64,
     /// Events counted since the first.
     count: u64,
 }
@@ -252,6 +257,9 @@ impl Audit {
                     }
                 }
                 match windows.get_mut(&key) {
+                    Some(w) if now < w.opened + self.inner.window && w.written < BURST => {
+                        w.written += 1;
+                    }
                     Some(w) if now < w.opened + self.inner.window => {
                         w.count += 1;
                         self.inner.suppressed.fetch_add(1, Ordering::Relaxed);
@@ -266,6 +274,7 @@ impl Audit {
                         *w = Window {
                             opened: now,
                             first_time: time.get_or_insert_with(rfc3339_now).clone(),
+                            written: 1,
                             count: 0,
                         };
                     }
@@ -275,6 +284,7 @@ impl Audit {
                             Window {
                                 opened: now,
                                 first_time: time.get_or_insert_with(rfc3339_now).clone(),
+                                written: 1,
                                 count: 0,
                             },
                         );
@@ -687,7 +697,7 @@ mod tests {
     const HOUR: Duration = Duration::from_secs(3600);
 
     #[test]
-    fn repeated_refusals_within_the_window_are_one_event_and_one_summary_with_their_count() {
+    fn past_a_burst_repeated_refusals_within_the_window_are_counted_into_one_summary() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let audit = Audit::with_window(Some(&path), None, HOUR).unwrap();
@@ -698,13 +708,18 @@ mod tests {
                 t0 + Duration::from_millis(i),
             );
         }
-        // Another reason, another address, another /64 are windows of their own; another kind
-        // of event is never aggregated.
+        // Another reason is a window of its own; two addresses of one IPv6 /64 share one.
         audit.emit_at(&refusal("203.0.113.9", "token.expired"), t0);
-        audit.emit_at(&refusal("2001:db8:0:1::1", "token.expired"), t0);
-        audit.emit_at(&refusal("2001:db8:0:1::2", "token.expired"), t0);
-        audit.emit_at(&refusal("2001:db8:0:2::1", "token.expired"), t0);
-        for _ in 0..3 {
+        for i in 0..=BURST {
+            let ip = if i % 2 == 0 {
+                "2001:db8:0:1::1"
+            } else {
+                "2001:db8:0:1::2"
+            };
+            audit.emit_at(&refusal(ip, "token.expired"), t0);
+        }
+        // Another kind of event is never aggregated.
+        for _ in 0..(BURST + 3) {
             audit.emit_at(
                 &AuditEvent {
                     event: "login.failure",
@@ -715,25 +730,29 @@ mod tests {
                 t0,
             );
         }
-        assert_eq!(audit.suppressed(), 999 + 1);
-        let written = lines_once(&path, 1 + 3 + 3);
-        assert_eq!(written.len(), 1 + 3 + 3, "{written:#?}");
-        assert_eq!(written[0]["reason_id"], "token.bad_signature");
-        assert_eq!(written[0]["path"], "/api/x");
+        assert_eq!(audit.suppressed(), (1000 - BURST) + 1);
+        let full = (BURST + 1 + BURST + BURST + 3) as usize;
+        let written = lines_once(&path, full);
+        assert_eq!(written.len(), full, "{written:#?}");
         assert!(written.iter().all(|l| l.get("count").is_none()));
+        assert!(
+            written[..BURST as usize]
+                .iter()
+                .all(|l| l["path"] == "/api/x")
+        );
 
-        // Still open at t0 + 999 ms + a bit: nothing more.
+        // Still open a second later: nothing more.
         audit.flush_closed(t0 + Duration::from_secs(1));
         // Closed: one summary per window that counted something.
         audit.flush_closed(t0 + HOUR + Duration::from_secs(1));
-        let all = lines_once(&path, 9);
-        assert_eq!(all.len(), 9, "{all:#?}");
-        let summaries: Vec<_> = all[7..].iter().collect();
+        let all = lines_once(&path, full + 2);
+        assert_eq!(all.len(), full + 2, "{all:#?}");
+        let summaries = &all[full..];
         let bad = summaries
             .iter()
             .find(|l| l["reason_id"] == "token.bad_signature")
             .unwrap();
-        assert_eq!(bad["count"], 999);
+        assert_eq!(bad["count"], 1000 - BURST);
         assert_eq!(bad["event"], "access.unauthorized");
         assert_eq!(bad["client.ip"], "203.0.113.9");
         assert_eq!(bad["since"], written[0]["time"]);
@@ -754,27 +773,28 @@ mod tests {
         let path = dir.path().join("audit.jsonl");
         let audit = Audit::with_window(Some(&path), None, HOUR).unwrap();
         let t0 = Instant::now();
-        for i in 0..5 {
+        for i in 0..(BURST + 4) {
             audit.emit_at(
                 &refusal("192.0.2.1", "credential.missing"),
                 t0 + Duration::from_secs(i),
             );
         }
         audit.emit_at(&refusal("192.0.2.1", "credential.missing"), t0 + HOUR);
-        let lines = lines_once(&path, 3);
-        assert_eq!(lines.len(), 3, "{lines:#?}");
-        assert!(lines[0].get("count").is_none());
-        assert_eq!(lines[1]["count"], 4);
-        assert!(lines[2].get("count").is_none());
-        assert_eq!(lines[2]["path"], "/api/x");
+        let burst = BURST as usize;
+        let lines = lines_once(&path, burst + 2);
+        assert_eq!(lines.len(), burst + 2, "{lines:#?}");
+        assert_eq!(lines[burst]["count"], 4);
+        assert!(lines[burst + 1].get("count").is_none());
+        assert_eq!(lines[burst + 1]["path"], "/api/x");
         // Shutdown writes what the open window counted: here, nothing yet.
         audit.flush();
-        audit.emit_at(&refusal("192.0.2.1", "credential.missing"), t0 + HOUR);
-        audit.emit_at(&refusal("192.0.2.1", "credential.missing"), t0 + HOUR);
+        for _ in 0..(BURST + 1) {
+            audit.emit_at(&refusal("192.0.2.1", "credential.missing"), t0 + HOUR);
+        }
         audit.flush();
-        let lines = lines_once(&path, 5);
-        assert_eq!(lines.len(), 5, "{lines:#?}");
-        assert_eq!(lines[4]["count"], 1);
+        let lines = lines_once(&path, 2 * burst + 3);
+        assert_eq!(lines.len(), 2 * burst + 3, "{lines:#?}");
+        assert_eq!(lines[2 * burst + 2]["count"], 1);
     }
 
     #[test]
@@ -796,8 +816,9 @@ mod tests {
         let windows = audit.inner.windows.lock().unwrap();
         assert_eq!(windows.len(), MAX_WINDOWS + 1);
         let overflow = &windows[&(None, "access.unauthorized", "token.bad_signature")];
-        // The overflow window's first event was written; 199 more were counted into it.
-        assert_eq!(overflow.count, 199);
+        // 200 refusals from the addresses past the limit: a burst written, the rest counted.
+        assert_eq!(overflow.written, BURST);
+        assert_eq!(overflow.count, 200 - BURST);
     }
 
     #[test]

@@ -77,8 +77,8 @@ pub struct RawAudit {
     /// Also add every event to a Redis stream.
     #[serde(default)]
     pub redis_stream: Option<RawAuditStream>,
-    /// Repeated refusals from one client with one reason within this window are written once,
-    /// then counted (`0s`: every one written).
+    /// Repeated refusals from one client with one reason within this window are written for a
+    /// burst, then counted (`0s`: every one written).
     #[serde(default)]
     pub aggregate_window: Option<String>,
 }
