@@ -33,6 +33,10 @@ pub enum BadRequest {
     /// Both `Content-Length` and `Transfer-Encoding`, or a `Transfer-Encoding` other than chunked.
     #[error("ambiguous message framing")]
     Framing,
+    /// The request body ended before its declared length, or its chunked encoding is broken:
+    /// the client's fault, not the upstream's.
+    #[error("request body incomplete or malformed")]
+    Body,
 }
 
 /// A refusal by the auth flow (`/auth/*`).
@@ -210,6 +214,7 @@ impl GatewayError {
             GatewayError::BadRequest(BadRequest::Host) => "request.host",
             GatewayError::BadRequest(BadRequest::MissingHost) => "request.host_missing",
             GatewayError::BadRequest(BadRequest::Framing) => "request.framing",
+            GatewayError::BadRequest(BadRequest::Body) => "request.body_incomplete",
             GatewayError::Route(RouteError::NotFound) => "route.not_found",
             GatewayError::Route(RouteError::MethodNotAllowed) => "route.method_not_allowed",
             GatewayError::MissingCredential => "credential.missing",
@@ -449,6 +454,7 @@ mod tests {
             (BadRequest::MissingHost.into(), 400),
             (BadRequest::Path(PathError::NotUtf8).into(), 400),
             (BadRequest::Framing.into(), 400),
+            (BadRequest::Body.into(), 400),
             (BadRequest::Path(PathError::Ambiguous).into(), 400),
             (RouteError::NotFound.into(), 404),
             (RouteError::MethodNotAllowed.into(), 405),

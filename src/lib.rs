@@ -179,7 +179,11 @@ pub async fn start_from(
         runtime,
         watched,
     } = config;
-    let audit = Audit::new(audit.file.as_deref(), audit.redis_stream.as_ref())?;
+    let audit = Audit::with_window(
+        audit.file.as_deref(),
+        audit.redis_stream.as_ref(),
+        audit.aggregate_window,
+    )?;
     let store = build_store(&store).await?;
     if let Store::Redis(redis) = &store {
         redis.audit_to(audit.clone());

@@ -263,7 +263,11 @@ fn main() -> ExitCode {
         Command::Run { config, log_format } => {
             init_logging(log_format);
             match run(config) {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(Drain::Complete) => ExitCode::SUCCESS,
+                Ok(Drain::Cut) => {
+                    eprintln!("portcullis: shutdown grace period ended: open requests were cut");
+                    ExitCode::from(EXIT_CUT)
+                }
                 Err(e) => {
                     tracing::error!("{e:#}");
                     eprintln!("portcullis: {e:#}");
@@ -431,8 +435,21 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// The exit code of `portcullis run` when the shutdown grace period ended with requests still
+/// in flight (they were cut). 1 is a failure to start or serve, 2 a command-line error (clap).
+const EXIT_CUT: u8 = 3;
+
+/// How a shutdown ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drain {
+    /// Every connection finished within `limits.shutdown_grace`.
+    Complete,
+    /// The grace period ended first; what was still open was cut.
+    Cut,
+}
+
 #[tokio::main]
-async fn run(path: PathBuf) -> anyhow::Result<()> {
+async fn run(path: PathBuf) -> anyhow::Result<Drain> {
     let config = portcullis::config::Config::load(&path)
         .with_context(|| format!("loading {}", path.display()))?;
     let running = portcullis::start_from(config, Some(path))
@@ -451,14 +468,32 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
             }
         });
     }
+    // SIGUSR1 reopens the audit file (log rotation: `mv` it, then signal).
+    #[cfg(unix)]
+    if let Ok(mut usr1) =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+    {
+        let gateway = std::sync::Arc::clone(running.gateway());
+        tokio::spawn(async move {
+            while usr1.recv().await.is_some() {
+                tracing::info!("SIGUSR1: reopening the audit file");
+                gateway.audit().reopen();
+            }
+        });
+    }
     shutdown_signal().await;
     tracing::info!("shutting down: draining in-flight requests");
     if running.shutdown().await {
         tracing::info!("drained");
+        Ok(Drain::Complete)
     } else {
-        tracing::warn!("grace period ended with requests still in flight");
+        // `shutdown` logged how many connections were still open.
+        tracing::error!(
+            exit_code = EXIT_CUT,
+            "grace period ended with requests still in flight: they were cut"
+        );
+        Ok(Drain::Cut)
     }
-    Ok(())
 }
 
 async fn shutdown_signal() {

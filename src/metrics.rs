@@ -125,6 +125,9 @@ pub struct Metrics {
     /// Token signature verifications performed, passed or failed: one per first sight of a
     /// token (concurrent first sights share one), none for a cache hit.
     pub token_signature_checks: AtomicU64,
+    /// Requests refused from the failed-token cache: a token whose signature check (or the
+    /// claims after it) failed within the last 30 s, refused again without a check.
+    pub token_cache_failed_hits: AtomicU64,
     /// Session checks answered from the Redis store's local cache.
     pub store_cache_hits: AtomicU64,
     /// Session checks that went to Redis.
@@ -135,6 +138,9 @@ pub struct Metrics {
     pub store_resets_detected: AtomicU64,
     /// Revoking writes that too few replicas acknowledged in time (answered 503).
     pub store_unreplicated_writes: AtomicU64,
+    /// Client connections closed at accept because their address had
+    /// `limits.max_connections_per_ip` open already.
+    pub connections_refused_per_ip: AtomicU64,
     /// Config reloads applied.
     pub reloads_applied: AtomicU64,
     /// Config reloads refused (the old config kept serving).
@@ -237,7 +243,7 @@ impl Metrics {
             "Upstream time to response head.",
         );
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let counters: [(&str, &str, u64); 11] = [
+        let counters: [(&str, &str, u64); 13] = [
             (
                 "portcullis_token_cache_hits_total",
                 "Verified-token cache hits.",
@@ -252,6 +258,16 @@ impl Metrics {
                 "portcullis_token_signature_checks_total",
                 "Token signature verifications performed, passed or failed.",
                 load(&self.token_signature_checks),
+            ),
+            (
+                "portcullis_connections_refused_per_ip_total",
+                "Connections closed at accept: their client address had max_connections_per_ip open.",
+                load(&self.connections_refused_per_ip),
+            ),
+            (
+                "portcullis_token_cache_failed_hits_total",
+                "Tokens refused again from the failed-token cache, without a signature check.",
+                load(&self.token_cache_failed_hits),
             ),
             (
                 "portcullis_store_cache_hits_total",

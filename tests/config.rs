@@ -426,3 +426,57 @@ fn the_example_gateway_yaml_passes_check() {
     );
     assert!(stdout.contains("ok"), "{stdout}");
 }
+
+#[test]
+fn a_bare_number_for_a_store_duration_names_the_key_and_its_line() {
+    // Inside `store:` (read after its `kind`), a bare number used to be refused as "invalid
+    // type: integer `500`, expected a string", with neither key nor line.
+    for (key, value) in [("timeout", "500"), ("cache_ttl", "30")] {
+        let yaml = format!(
+            "{VALID}store:\n  kind: redis\n  url: redis://127.0.0.1:6390\n  {key}: {value}\n"
+        );
+        refused(
+            &yaml,
+            &[
+                &format!("store.{key}"),
+                &format!("`{value}` has no unit"),
+                "line 19",
+            ],
+        );
+    }
+}
+
+#[test]
+fn an_invalid_limit_names_the_key_and_its_line() {
+    let yaml = format!("{VALID}limits:\n  max_connections: 100\n  body_deadline: 0s\n");
+    refused(
+        &yaml,
+        &["limits.body_deadline", "must be above zero", "line 18"],
+    );
+    let yaml = format!("{VALID}limits: {{ body_min_rate: fast }}\n");
+    refused(&yaml, &["limits.body_min_rate", "line 16"]);
+}
+
+#[test]
+fn the_slow_client_limits_have_their_documented_defaults() {
+    let dir = dir();
+    let config = Config::from_yaml(VALID, dir.path()).unwrap();
+    assert_eq!(config.limits.max_connections, 10_000);
+    assert_eq!(config.limits.max_connections_per_ip, 1_000);
+    let pace = config.runtime.body_pace;
+    assert_eq!(pace.stall_after, std::time::Duration::from_secs(30));
+    assert_eq!(pace.min_rate, 500);
+    assert_eq!(pace.grace, std::time::Duration::from_secs(20));
+    assert_eq!(pace.deadline, None);
+    assert_eq!(
+        config.audit.aggregate_window,
+        std::time::Duration::from_secs(10)
+    );
+    // A small max_connections still allows 64 per address; 0 turns the cap off.
+    let small = format!("{VALID}limits: {{ max_connections: 200 }}\n");
+    let config = Config::from_yaml(&small, dir.path()).unwrap();
+    assert_eq!(config.limits.max_connections_per_ip, 64);
+    let off = format!("{VALID}limits: {{ max_connections_per_ip: 0 }}\n");
+    let config = Config::from_yaml(&off, dir.path()).unwrap();
+    assert_eq!(config.limits.max_connections_per_ip, 0);
+}

@@ -1627,3 +1627,137 @@ async fn sigterm_lets_an_in_flight_request_finish_then_the_binary_exits_0_and_re
     let logs = gateway.logs();
     assert!(logs.contains("draining"), "{logs}");
 }
+
+/// An upstream that holds every request for a minute, telling `arrived` when one comes in.
+async fn hanging_upstream(arrived: tokio::sync::mpsc::Sender<()>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let arrived = arrived.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+                        let arrived = arrived.clone();
+                        async move {
+                            let _ = arrived.send(()).await;
+                            tokio::time::sleep(Duration::from_secs(60)).await;
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                                b"late",
+                            ))))
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn when_the_shutdown_grace_runs_out_with_a_request_in_flight_the_binary_logs_it_and_exits_3()
+{
+    let (arrived_tx, mut arrived_rx) = tokio::sync::mpsc::channel::<()>(4);
+    let upstream = hanging_upstream(arrived_tx).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listeners:\n  - bind: 127.0.0.1:{port}\nupstreams:\n  app: {{ url: \"http://{upstream}\", response_timeout: 60s }}\n  \
+             ok: {{ echo: true }}\nroutes:\n  - {{ id: ops-cut, path: /, upstream: app, policy: public }}\n  \
+             - {{ id: ops-cut-ready, path: /ready, upstream: ok, policy: public }}\n\
+             limits: {{ shutdown_grace: 200ms }}\n"
+        ),
+    )
+    .unwrap();
+    let mut gateway = Binary::spawn(dir.path(), &config);
+    let base = format!("http://127.0.0.1:{port}");
+    gateway.wait_ready(&format!("{base}/ready")).await;
+    let url = format!("{base}/hang");
+    let hanging = tokio::spawn(async move {
+        let req = Request::get(url).body(Full::new(Bytes::new())).unwrap();
+        match timeout(Duration::from_secs(60), common::client().request(req)).await {
+            Ok(Ok(r)) => Some(r.status()),
+            _ => None,
+        }
+    });
+    timeout(BOUND, arrived_rx.recv())
+        .await
+        .expect("the request never reached the upstream");
+    gateway.terminate();
+    let status = gateway.wait_exit(BOUND).await;
+    let logs = gateway.logs();
+    assert_eq!(status.code(), Some(3), "{logs}");
+    assert!(
+        logs.contains("shutdown grace period ended with connections still open"),
+        "{logs}"
+    );
+    assert!(logs.contains("connections=1"), "{logs}");
+    // The client was cut off, not answered.
+    let answer = timeout(BOUND, hanging)
+        .await
+        .expect("the client hung")
+        .unwrap();
+    assert_ne!(answer, Some(StatusCode::OK));
+}
+
+#[tokio::test]
+async fn sigusr1_makes_the_binary_reopen_its_audit_file_so_a_rotated_file_stops_growing() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("gateway.yaml");
+    let audit = dir.path().join("audit.jsonl");
+    let rotated = dir.path().join("audit.jsonl.1");
+    std::fs::write(
+        &config,
+        format!(
+            "listeners:\n  - bind: 127.0.0.1:{port}\nupstreams:\n  ok: {{ echo: true }}\n\
+             routes:\n  - {{ id: ops-rotate, path: /, upstream: ok, policy: public }}\n  \
+             - {{ id: ops-rotate-auth, path: /private, upstream: ok, policy: authenticated }}\n\
+             issuers:\n  - issuer: https://issuer.test\n    audiences: [ops]\n    keys:\n      - {key}\n\
+             audit: {{ file: audit.jsonl, aggregate_window: 0s }}\n",
+            key = common::TestKey::generate(jsonwebtoken::Algorithm::EdDSA, "k-ops").yaml_entry(dir.path()),
+        ),
+    )
+    .unwrap();
+    let mut gateway = Binary::spawn(dir.path(), &config);
+    let base = format!("http://127.0.0.1:{port}");
+    gateway.wait_ready(&format!("{base}/")).await;
+    assert_eq!(
+        try_get(&format!("{base}/private/1")).await,
+        Some(StatusCode::UNAUTHORIZED)
+    );
+    let written = eventually(BOUND, || async { read_audit(&audit).len() == 1 }).await;
+    assert!(written.is_some(), "{:#?}", read_audit(&audit));
+
+    std::fs::rename(&audit, &rotated).unwrap();
+    common::signal(gateway.pid(), "USR1");
+    // The writer reopens as soon as the signal is handled, and says so.
+    let reopened = eventually(BOUND, || async {
+        gateway.logs().contains("audit file reopened")
+    })
+    .await;
+    assert!(reopened.is_some(), "{}", gateway.logs());
+    assert!(audit.exists(), "no new audit file");
+    assert_eq!(
+        try_get(&format!("{base}/private/2")).await,
+        Some(StatusCode::UNAUTHORIZED)
+    );
+    let fresh = eventually(BOUND, || async { read_audit(&audit).len() == 1 }).await;
+    assert!(fresh.is_some(), "{:#?}", read_audit(&audit));
+    assert_eq!(read_audit(&audit)[0]["path"], "/private/2");
+    let old = read_audit(&rotated);
+    assert_eq!(old.len(), 1, "{old:#?}");
+    assert_eq!(old[0]["path"], "/private/1");
+    gateway.terminate();
+    assert_eq!(
+        gateway.wait_exit(BOUND).await.code(),
+        Some(0),
+        "{}",
+        gateway.logs()
+    );
+}

@@ -258,3 +258,45 @@ async fn thirty_two_concurrent_requests_with_a_never_seen_token_cost_one_signatu
     assert_eq!(after.entries - before.entries, ROUNDS as f64);
     assert_eq!(gw.upstream.count(), ROUNDS * REQUESTS);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_forged_token_sent_ten_thousand_times_costs_one_signature_check() {
+    const REQUESTS: usize = 10_000;
+    let _serial = SERIAL.lock().await;
+    let gw = gateway().await;
+    let valid = gw.token(json!({}));
+    assert_eq!(gw.get_bearer(PATH, &valid).await.status, StatusCode::OK);
+    let served = gw.upstream.count();
+    // The valid token's real signature over other claims: it reaches the signature check.
+    let header = b64(gw.key.header().to_string());
+    let payload = b64(claims(json!({ "jti": "forged-once" })).to_string());
+    let signature = valid.rsplit('.').next().unwrap();
+    let forged = format!("{header}.{payload}.{signature}");
+    let before = figures(&gw).await;
+
+    let statuses = flood(&gw, &vec![forged; REQUESTS]).await;
+    assert_eq!(statuses.len(), REQUESTS);
+    assert!(statuses.iter().all(|s| *s == StatusCode::UNAUTHORIZED));
+    assert_eq!(
+        gw.upstream.count(),
+        served,
+        "a forged token reached the upstream"
+    );
+
+    let after = figures(&gw).await;
+    let checks = after.signature_checks - before.signature_checks;
+    eprintln!("{REQUESTS} requests with one forged token: {checks} signature checks");
+    assert_eq!(
+        checks, 1.0,
+        "one check for the forged token, however often it comes"
+    );
+    // The remembered failure sits beside the verified tokens, never among them.
+    assert_eq!(after.entries, before.entries);
+    assert_eq!(after.hits, before.hits);
+
+    // The valid token is still a hit.
+    assert_eq!(gw.get_bearer(PATH, &valid).await.status, StatusCode::OK);
+    let last = figures(&gw).await;
+    assert_eq!(last.hits - after.hits, 1.0);
+    assert_eq!(last.signature_checks, after.signature_checks);
+}

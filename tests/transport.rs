@@ -412,6 +412,7 @@ async fn a_websocket_upgrade_without_a_token_on_a_protected_route_is_401_and_the
 
 #[tokio::test]
 async fn an_upstream_that_refuses_connections_is_502() {
+    let _counted = UPSTREAM_FAILURES.lock().await;
     let closed = {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         listener.local_addr().unwrap()
@@ -868,6 +869,269 @@ async fn max_connections_holds_a_third_connection_until_one_of_two_closes() {
         .await
         .expect("the third connection was never served");
     assert_eq!(status_of(&head), 200, "{head}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Slow clients: the per-address cap and the body pace (docs/security.md 38)
+//
+// Every test client shares 127.0.0.1 unless it binds another loopback address: Linux routes
+// all of 127.0.0.0/8 to `lo`, so a flood can come from 127.0.0.2 and the normal client from
+// 127.0.0.3, as two hosts would.
+// ---------------------------------------------------------------------------------------------
+
+const FLOOD_IP: [u8; 4] = [127, 0, 0, 2];
+const NORMAL_IP: [u8; 4] = [127, 0, 0, 3];
+
+/// A TCP connection to `addr` from the loopback address `ip`.
+async fn connect_from(ip: [u8; 4], addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((ip, 0)))?;
+    let stream = socket.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// `GET path` on a new connection from `ip`; the status, or `None` if the connection was
+/// closed without an answer.
+async fn get_from(ip: [u8; 4], addr: SocketAddr, path: &str) -> Option<u16> {
+    let mut stream = connect_from(ip, addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    read_head(&mut stream, BOUND).await.map(|h| status_of(&h))
+}
+
+/// One slow upload from `ip`: the head of a 100,000-byte POST, then one byte every 50 ms
+/// until the gateway answers or closes. Returns what the gateway sent.
+async fn trickle(ip: [u8; 4], addr: SocketAddr) -> String {
+    let Ok(mut stream) = connect_from(ip, addr).await else {
+        return String::new();
+    };
+    let (mut reader, mut writer) = stream.split();
+    let head = b"POST /public/upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n";
+    if writer.write_all(head).await.is_err() {
+        return String::new();
+    }
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        tokio::select! {
+            read = reader.read(&mut buf) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            },
+            () = tokio::time::sleep(Duration::from_millis(50)) => {
+                if writer.write_all(b"x").await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// `clients` slow uploads from [`FLOOD_IP`], each reconnecting as soon as it is cut off, until
+/// the returned flag is set. The counter is how many were cut off with a 408.
+fn flood(
+    addr: SocketAddr,
+    clients: usize,
+) -> (Arc<std::sync::atomic::AtomicBool>, Arc<AtomicUsize>) {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cut = Arc::new(AtomicUsize::new(0));
+    for _ in 0..clients {
+        let (stop, cut) = (Arc::clone(&stop), Arc::clone(&cut));
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let answer = trickle(FLOOD_IP, addr).await;
+                if answer.starts_with("HTTP/1.1 408 ") {
+                    cut.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    // Closed at accept (the address's cap): do not spin.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        });
+    }
+    (stop, cut)
+}
+
+#[tokio::test]
+async fn sec38_one_client_address_holds_at_most_max_connections_per_ip_while_others_are_served() {
+    let gw = gateway_with_limits("max_connections: 20, max_connections_per_ip: 5").await;
+    // Five connections from one address, each proven served, then held open (keep-alive).
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        let mut stream = connect_from(FLOOD_IP, gw.addr).await.unwrap();
+        stream
+            .write_all(b"GET /public/held HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let head = read_head(&mut stream, BOUND)
+            .await
+            .expect("a connection within the cap is served");
+        assert_eq!(status_of(&head), 200, "{head}");
+        held.push(stream);
+    }
+    // Fifteen more from that address are closed at accept, without an answer.
+    for i in 0..15 {
+        let mut stream = connect_from(FLOOD_IP, gw.addr).await.unwrap();
+        let _ = stream
+            .write_all(b"GET /public/over HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await;
+        let answer = until_closed(&mut stream, BOUND)
+            .await
+            .unwrap_or_else(|| panic!("connection {} over the cap was left open", i + 6));
+        assert!(answer.is_empty(), "over the cap, yet answered: {answer}");
+    }
+    // Another address is served at once: 15 of the 20 connection permits are free.
+    assert_eq!(
+        get_from(NORMAL_IP, gw.addr, "/public/normal").await,
+        Some(200)
+    );
+    assert!(
+        gw.upstream
+            .requests()
+            .iter()
+            .all(|r| r.uri != "/public/over"),
+        "a request over the cap reached the upstream"
+    );
+    // A closed connection frees its place.
+    drop(held.remove(0));
+    let freed = eventually(BOUND, || async {
+        get_from(FLOOD_IP, gw.addr, "/public/again").await == Some(200)
+    })
+    .await;
+    assert!(freed.is_some(), "the address never got its place back");
+}
+
+#[tokio::test]
+async fn sec38_a_normal_client_is_served_while_slow_uploads_from_one_address_flood_the_gateway() {
+    // Small figures for a test: twenty connections, eight per address; a body must keep up
+    // 1,000 bytes per second after 200 ms of waiting. The flood sends a byte every 50 ms, far
+    // inside `body_read_timeout`, which alone would let it hold its connections for ever.
+    let gw = gateway_with_limits(
+        "max_connections: 20, max_connections_per_ip: 8, body_min_rate: 1000, \
+         body_min_rate_grace: 200ms",
+    )
+    .await;
+    let (stop, cut) = flood(gw.addr, 20);
+    let cycling = eventually(BOUND, || async { cut.load(Ordering::SeqCst) >= 8 }).await;
+    assert!(cycling.is_some(), "the slow uploads were never cut off");
+
+    // While it runs: a request, and an upload of normal speed, from another address.
+    assert_eq!(
+        get_from(NORMAL_IP, gw.addr, "/public/normal").await,
+        Some(200)
+    );
+    let body = vec![b'n'; 64 * 1024];
+    let stream = connect_from(NORMAL_IP, gw.addr).await.unwrap();
+    let request = Request::post("/public/upload-normal")
+        .header("host", "localhost")
+        .body(Full::new(Bytes::from(body.clone())))
+        .unwrap();
+    let response = http1_request(stream, request).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    stop.store(true, Ordering::SeqCst);
+    let seen = gw.upstream.requests();
+    assert!(
+        seen.iter()
+            .any(|r| r.uri == "/public/upload-normal" && r.body == body),
+        "the normal upload did not arrive whole"
+    );
+    assert!(
+        seen.iter()
+            .filter(|r| r.uri == "/public/upload")
+            .all(|r| r.body.len() < 100_000),
+        "a slow upload was forwarded whole"
+    );
+}
+
+#[tokio::test]
+async fn sec38_slow_uploads_holding_every_connection_are_cut_by_body_min_rate_and_a_waiting_client_gets_in()
+ {
+    // No per-address cap: six slow uploads hold all six connections. The seventh client waits
+    // in the backlog until the minimum rate frees a connection.
+    let gw = gateway_with_limits(
+        "max_connections: 6, max_connections_per_ip: 0, body_min_rate: 1000, \
+         body_min_rate_grace: 200ms",
+    )
+    .await;
+    let (stop, cut) = flood(gw.addr, 6);
+    let cycling = eventually(BOUND, || async { cut.load(Ordering::SeqCst) >= 6 }).await;
+    assert!(cycling.is_some(), "the slow uploads were never cut off");
+    let status = timeout(BOUND, get_from(NORMAL_IP, gw.addr, "/public/waited"))
+        .await
+        .expect("the waiting client was never served");
+    assert_eq!(status, Some(200));
+    stop.store(true, Ordering::SeqCst);
+}
+
+#[tokio::test]
+async fn a_body_sent_slower_than_body_min_rate_gets_408_and_a_body_past_body_deadline_too() {
+    for limits in [
+        "body_min_rate: 1000, body_min_rate_grace: 200ms",
+        "body_min_rate: 0, body_deadline: 300ms",
+    ] {
+        let gw = gateway_with_limits(limits).await;
+        let answer = timeout(BOUND, trickle(FLOOD_IP, gw.addr))
+            .await
+            .unwrap_or_else(|_| panic!("with {limits}, a slow upload was never cut"));
+        assert!(answer.starts_with("HTTP/1.1 408 "), "{limits}: {answer}");
+        assert!(answer.contains("request_timeout"), "{limits}: {answer}");
+    }
+}
+
+#[tokio::test]
+async fn a_request_body_the_client_cuts_short_or_chunks_badly_is_400_and_not_an_upstream_failure() {
+    let _counting = UPSTREAM_FAILURES.lock().await;
+    let gw = Setup {
+        extra: "admin: { bind: 127.0.0.1:0 }".into(),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let before = (
+        decisions(&gw, "request.body_incomplete").await,
+        decisions(&gw, "upstream.unavailable").await,
+    );
+    // Content-Length 100, ten bytes, then the client shuts its sending side.
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(b"POST /public/cut HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    stream.shutdown().await.unwrap();
+    let answer = until_closed(&mut stream, BOUND).await.expect("left open");
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(answer.contains("invalid_request"), "{answer}");
+    // A chunk size that is not hexadecimal.
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(b"POST /public/chunks HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n")
+        .await
+        .unwrap();
+    let answer = until_closed(&mut stream, BOUND).await.expect("left open");
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+
+    let after = (
+        decisions(&gw, "request.body_incomplete").await,
+        decisions(&gw, "upstream.unavailable").await,
+    );
+    // The registry is the process's: other tests may add to it, never take away.
+    assert!(after.0 >= before.0 + 2.0, "{before:?} → {after:?}");
+    assert_eq!(after.1, before.1, "counted as an upstream failure");
+}
+
+/// Held by the tests that count `upstream.unavailable` refusals or cause them.
+static UPSTREAM_FAILURES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// `portcullis_auth_decisions_total{reason="…"}` from the gateway's `/metrics` (0 if absent).
+async fn decisions(gw: &TestGateway, reason: &str) -> f64 {
+    let admin = gw.running.admin_addr().expect("an admin listener");
+    let text = send(get(admin, "/metrics")).await.text();
+    let prefix = format!("portcullis_auth_decisions_total{{reason=\"{reason}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0.0, |v| v.parse().unwrap())
 }
 
 // ---------------------------------------------------------------------------------------------

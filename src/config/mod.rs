@@ -98,6 +98,9 @@ pub struct ServerLimits {
     pub max_headers: usize,
     /// Concurrent connections across listeners.
     pub max_connections: usize,
+    /// Concurrent connections from one client address (an IPv6 /64 counts as one); 0: no cap.
+    /// Peers in `trusted_proxies` are not capped.
+    pub max_connections_per_ip: usize,
     /// Time to send the request head and finish the TLS handshake.
     pub header_read_timeout: Duration,
     /// A client connection with no new request for this long is closed gracefully.
@@ -143,6 +146,9 @@ pub struct Runtime {
     /// Longest wait for the next part of a request body (a client that stalls mid-body holds
     /// a connection to the upstream; past this it gets 408).
     pub body_read_timeout: Duration,
+    /// How fast a streamed request body must arrive: `body_read_timeout` between parts, plus
+    /// the minimum rate and the total deadline.
+    pub body_pace: crate::body::Pace,
 }
 
 /// The admin listener.
@@ -178,6 +184,9 @@ pub struct AuditSettings {
     pub file: Option<PathBuf>,
     /// Also add events to this Redis stream.
     pub redis_stream: Option<crate::audit::AuditStream>,
+    /// Repeated refusals (same client, event and reason) within this window become one event
+    /// and a count; zero: none aggregated.
+    pub aggregate_window: Duration,
 }
 
 /// A compiled, validated config.
@@ -216,7 +225,17 @@ impl Config {
     /// Compiles YAML text; relative paths in it are resolved against `base`.
     pub fn from_yaml(text: &str, base: &Path) -> Result<Self, ConfigError> {
         let raw: RawConfig = serde_yaml::from_str(text)?;
-        compile(raw, base)
+        // The checks after parsing know the key; the text knows its line.
+        compile(raw, base).map_err(|e| match e {
+            ConfigError::Invalid { key, message } => {
+                let message = match units::line_of(text, &key) {
+                    Some(line) => format!("{message} at line {line}"),
+                    None => message,
+                };
+                ConfigError::Invalid { key, message }
+            }
+            other => other,
+        })
     }
 }
 
@@ -250,6 +269,11 @@ fn compile(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         max_header_bytes: max_header_bytes as usize,
         max_headers: l.max_headers.unwrap_or(100),
         max_connections: l.max_connections.unwrap_or(10_000),
+        // A tenth of all connections, at least 64: one address cannot take them all, while a
+        // NAT full of browsers (6 connections each over HTTP/1.1) still fits.
+        max_connections_per_ip: l
+            .max_connections_per_ip
+            .unwrap_or((l.max_connections.unwrap_or(10_000) / 10).max(64)),
         header_read_timeout: duration(
             "limits.header_read_timeout",
             l.header_read_timeout.as_ref(),
@@ -279,6 +303,28 @@ fn compile(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
     if body_read_timeout.is_zero() {
         return Err(invalid("limits.body_read_timeout", "must be above zero"));
     }
+    let body_pace = crate::body::Pace {
+        stall_after: body_read_timeout,
+        min_rate: size("limits.body_min_rate", l.body_min_rate.as_ref(), 500)?,
+        grace: duration(
+            "limits.body_min_rate_grace",
+            l.body_min_rate_grace.as_ref(),
+            Duration::from_secs(20),
+        )?,
+        deadline: match &l.body_deadline {
+            None => None,
+            Some(text) => match parse_duration(text) {
+                Ok(d) if d.is_zero() => {
+                    return Err(invalid(
+                        "limits.body_deadline",
+                        "must be above zero (or unset)",
+                    ));
+                }
+                Ok(d) => Some(d),
+                Err(m) => return Err(invalid("limits.body_deadline", m)),
+            },
+        },
+    };
 
     // Listeners.
     if raw.listeners.is_empty() {
@@ -735,6 +781,11 @@ fn compile(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
             .and_then(|a| a.file.as_deref())
             .map(&resolve),
         redis_stream,
+        aggregate_window: duration(
+            "audit.aggregate_window",
+            raw.audit.as_ref().and_then(|a| a.aggregate_window.as_ref()),
+            crate::audit::DEFAULT_WINDOW,
+        )?,
     };
 
     let runtime = Runtime {
@@ -758,6 +809,7 @@ fn compile(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         login_url,
         auth,
         body_read_timeout,
+        body_pace,
     };
     let admin = match &raw.admin {
         None => None,

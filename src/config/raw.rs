@@ -77,6 +77,10 @@ pub struct RawAudit {
     /// Also add every event to a Redis stream.
     #[serde(default)]
     pub redis_stream: Option<RawAuditStream>,
+    /// Repeated refusals from one client with one reason within this window are written for a
+    /// burst, then counted (`0s`: every one written).
+    #[serde(default)]
+    pub aggregate_window: Option<String>,
 }
 
 /// A Redis stream for audit events.
@@ -221,16 +225,16 @@ pub struct RawRedis {
     #[serde(default)]
     pub key_prefix: Option<String>,
     /// Longest a store operation may take before the request gets 503.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::units::scalar_text")]
     pub timeout: Option<String>,
     /// Positive verdicts kept in the local cache.
     #[serde(default)]
     pub cache_capacity: Option<u64>,
     /// Longest a positive verdict is kept locally (the safety net behind invalidation).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::units::scalar_text")]
     pub cache_ttl: Option<String>,
     /// Longest a cached verdict is served after the invalidation channel was last heard from.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::units::scalar_text")]
     pub max_staleness: Option<String>,
     /// What a detected loss of the store's data does: `refuse_earlier_tokens` or `unavailable`.
     #[serde(default)]
@@ -242,7 +246,7 @@ pub struct RawRedis {
     #[serde(default)]
     pub min_replicas_acks: u32,
     /// Longest a revoking write waits for those acknowledgements.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::units::scalar_text")]
     pub replica_ack_timeout: Option<String>,
 }
 
@@ -485,6 +489,9 @@ pub struct RawLimits {
     /// Concurrent client connections across all listeners.
     #[serde(default)]
     pub max_connections: Option<usize>,
+    /// Concurrent client connections from one client address (0: no cap).
+    #[serde(default)]
+    pub max_connections_per_ip: Option<usize>,
     /// Time allowed to send the request head (and the TLS handshake).
     #[serde(default)]
     pub header_read_timeout: Option<String>,
@@ -494,6 +501,15 @@ pub struct RawLimits {
     /// Longest wait for the next part of a request body.
     #[serde(default)]
     pub body_read_timeout: Option<String>,
+    /// Slowest accepted request body, in bytes per second of waiting for it (0: no minimum).
+    #[serde(default)]
+    pub body_min_rate: Option<RawSize>,
+    /// Waiting allowed before `body_min_rate` applies.
+    #[serde(default)]
+    pub body_min_rate_grace: Option<String>,
+    /// Longest total wait for a whole request body (unset: none).
+    #[serde(default)]
+    pub body_deadline: Option<String>,
     /// Concurrent HTTP/2 streams per connection.
     #[serde(default)]
     pub h2_max_concurrent_streams: Option<u32>,

@@ -31,7 +31,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::body::{BodyError, GatewayBody};
-use crate::error::GatewayError;
+use crate::error::{BadRequest, GatewayError};
 use crate::pipeline::mutate;
 use crate::pipeline::pool::H1Pool;
 
@@ -319,14 +319,16 @@ where
 }
 
 /// The client's refusal behind an upstream exchange that failed while sending the request
-/// body: the body grew past the route's limit (413), or the client stalled (408).
+/// body: the body grew past the route's limit (413), the client stalled (408), or the client's
+/// body broke off or was badly chunked (400, not an upstream failure).
 fn body_refusal(e: &(dyn std::error::Error + 'static)) -> Option<GatewayError> {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cause {
         match err.downcast_ref::<BodyError>() {
             Some(BodyError::TooLarge) => return Some(GatewayError::PayloadTooLarge),
             Some(BodyError::Stalled) => return Some(GatewayError::BodyStalled),
-            _ => cause = err.source(),
+            Some(BodyError::Stream(_)) => return Some(BadRequest::Body.into()),
+            None => cause = err.source(),
         }
     }
     None
@@ -355,7 +357,7 @@ async fn echo(out: Outgoing) -> Result<Response<GatewayBody>, GatewayError> {
         Ok(collected) => collected.to_bytes().len(),
         Err(BodyError::TooLarge) => return Err(GatewayError::PayloadTooLarge),
         Err(BodyError::Stalled) => return Err(GatewayError::BodyStalled),
-        Err(BodyError::Stream(_)) => 0,
+        Err(BodyError::Stream(_)) => return Err(BadRequest::Body.into()),
     };
     let mut headers: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (name, value) in &parts.headers {

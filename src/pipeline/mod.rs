@@ -104,7 +104,7 @@ pub async fn handle(
         user_agent,
     };
     // Every line logged while handling the request carries its id (at debug level, where the
-    // per-request lines are; the info-level refusal line below names it itself). Disabled
+    // per-request lines are; the refusal line below names it itself). Disabled
     // spans cost a level check, so the hot path pays nothing at the default level.
     let span = tracing::debug_span!("request", request_id = request_id.to_str().unwrap_or(""));
     let mut response =
@@ -138,17 +138,30 @@ pub async fn handle(
                         });
                     }
                 }
-                tracing::info!(
-                    request_id = request_id.to_str().unwrap_or(""),
-                    client.ip = %conn.peer.ip(),
-                    method = %method,
-                    route.id = trace.route,
-                    subject = trace.token.as_ref().map(|t| &*t.subject),
-                    status = err.status().as_u16(),
-                    reason_id = err.reason_id(),
-                    error = %err,
-                    "request refused"
-                );
+                // A client's refusal (4xx) is logged at debug: a client chooses how many it
+                // causes, and the audit trail already aggregates them. The gateway's own
+                // failures (5xx: store, upstream) stay at info.
+                macro_rules! refused {
+                    ($level:expr) => {
+                        tracing::event!(
+                            $level,
+                            request_id = request_id.to_str().unwrap_or(""),
+                            client.ip = %conn.peer.ip(),
+                            method = %method,
+                            route.id = trace.route,
+                            subject = trace.token.as_ref().map(|t| &*t.subject),
+                            status = status.as_u16(),
+                            reason_id = err.reason_id(),
+                            error = %err,
+                            "request refused"
+                        )
+                    };
+                }
+                if status.is_server_error() {
+                    refused!(tracing::Level::INFO);
+                } else {
+                    refused!(tracing::Level::DEBUG);
+                }
                 let return_to = (browser && runtime.login_url.is_some())
                     .then(|| target.as_ref().and_then(return_path))
                     .flatten();
@@ -354,7 +367,7 @@ async fn run<'rt>(
     let outgoing = Outgoing {
         request: Request::from_parts(
             parts,
-            GatewayBody::limited(body, route.max_body, rt.body_read_timeout),
+            GatewayBody::limited(body, route.max_body, rt.body_pace),
         ),
         path: path.path,
         query,

@@ -13,9 +13,11 @@
 //!
 //! A token's signature is checked once: [`TokenCache`] keeps verified tokens (keyed by the
 //! SHA-256 of the token, so a re-encoded signature is a different, unverified entry) until
-//! their `exp`, and concurrent first sights of one token share one verification. Invalid tokens
-//! are never cached: a flood of forged or expired tokens evicts nothing and costs at most one
-//! failed signature check each (`portcullis_token_signature_checks_total` counts them all).
+//! their `exp`, and concurrent first sights of one token share one verification. A token whose
+//! refusal cost a signature check is remembered as failed for [`FAILED_TTL`] in a separate,
+//! smaller cache, so the same forged token sent again costs no second check, and a flood of
+//! forged or expired tokens evicts no verified one: each distinct forgery costs at most one
+//! failed signature check (`portcullis_token_signature_checks_total` counts them all).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -167,9 +169,12 @@ pub fn unix_now() -> i64 {
 ///
 /// A token's first sight costs one signature check, however many requests carry it at once:
 /// concurrent misses on one token share a single verification (moka's `try_get_with`). A token
-/// that fails verification is never cached, so a flood of forged or expired tokens cannot evict
-/// verified ones nor grow the cache, and costs at most one failed signature check each (none for
-/// a token refused before its signature is looked at: malformed, unknown `kid`, wrong `alg`).
+/// that fails verification never enters the verified-token cache, so a flood of forged or
+/// expired tokens cannot evict verified ones nor grow that cache. A failure that cost a
+/// signature check is remembered for [`FAILED_TTL`] in the failed-token cache, so each distinct
+/// forged token costs at most one failed signature check however often it is sent (and none
+/// for a token refused before its signature is looked at: malformed, unknown `kid`, wrong
+/// `alg`).
 pub fn verify(
     token: &str,
     verifier: &Verifier,
@@ -209,24 +214,39 @@ fn verify_counted(
         check_time(hit.expires_at, hit.not_before, verifier.leeway, now)?;
         return Ok(hit);
     }
+    if let Some(failed) = cache.failed.get(&key) {
+        metrics
+            .token_cache_failed_hits
+            .fetch_add(1, Ordering::Relaxed);
+        return Err(failed);
+    }
     metrics.token_cache_misses.fetch_add(1, Ordering::Relaxed);
     // moka runs at most one `init` per key at a time: concurrent first sights of this token wait
     // for it (blocking their threads for one signature check at most, ≤ 70 µs; `init` never
     // awaits, so it always finishes) and share its outcome — the inserted token, or the same
-    // error. An `Err` is never inserted, and moka does not remember it once the callers have it.
+    // error. An `Err` is never inserted here, and moka does not remember it once the callers
+    // have it: `init` itself records it in `failed` before returning, and looks there first, so
+    // a caller that missed `failed` just before another's `init` finished costs no second check.
     let verified = cache
         .inner
         .try_get_with(key, || {
-            verify_inner(
-                token,
-                verifier,
-                permissions,
-                now,
-                false,
-                Some(key),
-                &metrics.token_signature_checks,
-            )
-            .map(Arc::new)
+            if let Some(failed) = cache.failed.get(&key) {
+                return Err(failed);
+            }
+            let checks = AtomicU64::new(0);
+            let outcome =
+                verify_inner(token, verifier, permissions, now, false, Some(key), &checks);
+            let checked = checks.load(Ordering::Relaxed);
+            metrics
+                .token_signature_checks
+                .fetch_add(checked, Ordering::Relaxed);
+            if let Err(e) = outcome
+                && checked > 0
+                && remember_failure(e)
+            {
+                cache.failed.insert(key, e);
+            }
+            outcome.map(Arc::new)
         })
         .map_err(|e| *e)?;
     // A caller that waited got a token verified at another caller's `now`.
@@ -237,6 +257,31 @@ fn verify_counted(
         now,
     )?;
     Ok(verified)
+}
+
+/// Whether a refusal that cost a signature check may be answered again from the failed-token
+/// cache. Every refusal of a token's bytes under one runtime is final, except those a later
+/// clock could lift: `nbf` still ahead, or `iat` in the future (one [`TokenError`] covers that
+/// and an overlong lifetime). Those come from tokens a trusted key signed, so re-checking them
+/// is not a forger's lever. `Expired` stays expired. Exhaustive on purpose: a new error must
+/// say whether it depends on the time.
+fn remember_failure(e: TokenError) -> bool {
+    match e {
+        TokenError::NotYetValid | TokenError::BadIssuedAt => false,
+        TokenError::TooLarge
+        | TokenError::Malformed
+        | TokenError::DuplicateMember
+        | TokenError::CriticalHeader
+        | TokenError::Nested
+        | TokenError::WrongType
+        | TokenError::UnknownKey
+        | TokenError::AlgorithmMismatch
+        | TokenError::BadSignature
+        | TokenError::MissingClaim
+        | TokenError::WrongIssuer
+        | TokenError::WrongAudience
+        | TokenError::Expired => true,
+    }
 }
 
 fn cache_key(token: &str) -> [u8; 32] {
@@ -607,16 +652,28 @@ fn header_value(text: &str) -> Result<HeaderValue, TokenError> {
     HeaderValue::from_str(text).map_err(|_| TokenError::MissingClaim)
 }
 
+/// How long a token whose refusal cost a signature check is answered from the failed-token
+/// cache. Short: the entry only saves work, and a reload starts a new cache anyway.
+pub const FAILED_TTL: Duration = Duration::from_secs(30);
+/// How many failed tokens are remembered. Its own bound, so no number of forgeries can push a
+/// verified token out; at ~100 bytes an entry, about 1.6 MB when full.
+pub const FAILED_CAPACITY: u64 = 16_384;
+
 /// The verified-token cache: bounded, and no entry outlives its token's `exp`. Only verified
 /// tokens are inserted, so its size and its entries are out of reach of anyone without a key.
+/// Beside it, and never sharing its capacity, the failed-token cache: the refusal of each token
+/// whose signature was checked in vain (or whose claims failed after it), for [`FAILED_TTL`].
 pub struct TokenCache {
     inner: moka::sync::Cache<[u8; 32], Arc<VerifiedToken>>,
+    /// Keyed like `inner`, by the SHA-256 of the token: a re-encoded token is a new entry.
+    failed: moka::sync::Cache<[u8; 32], TokenError>,
 }
 
 impl std::fmt::Debug for TokenCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenCache")
             .field("entries", &self.inner.entry_count())
+            .field("failed", &self.failed.entry_count())
             .finish()
     }
 }
@@ -636,12 +693,17 @@ impl moka::Expiry<[u8; 32], Arc<VerifiedToken>> for UntilExp {
 }
 
 impl TokenCache {
-    /// A cache holding at most `capacity` verified tokens.
+    /// A cache holding at most `capacity` verified tokens (and, apart, [`FAILED_CAPACITY`]
+    /// failed ones).
     pub fn new(capacity: u64) -> Self {
         Self {
             inner: moka::sync::Cache::builder()
                 .max_capacity(capacity)
                 .expire_after(UntilExp)
+                .build(),
+            failed: moka::sync::Cache::builder()
+                .max_capacity(FAILED_CAPACITY)
+                .time_to_live(FAILED_TTL)
                 .build(),
         }
     }
@@ -904,6 +966,51 @@ mod tests {
         assert!(Arc::ptr_eq(&first, &again));
         assert_eq!(count(&metrics.token_cache_hits), hits + 1);
         assert_eq!(count(&metrics.token_signature_checks), checks);
+    }
+
+    #[test]
+    fn a_refusal_that_cost_a_signature_check_is_remembered_unless_a_later_clock_could_lift_it() {
+        let f = Fixture::new();
+        let cache = TokenCache::new(64);
+        let metrics = Metrics::default();
+        let now = unix_now();
+        let valid = f.token("valid", now - 10, now + 600);
+        f.verify(&valid, &cache, &metrics, now).unwrap();
+        let forged = f.forged(&Fixture::claims("forged", now, now + 600));
+        let expired = f.token("expired", now - 1200, now - 600);
+        let mut early = Fixture::claims("early", now, now + 600);
+        early["nbf"] = json!(now + 60);
+        let early = f.trusted.sign(&early).unwrap();
+        let unknown_kid = {
+            let h = URL_SAFE_NO_PAD.encode(r#"{"alg":"EdDSA","typ":"at+jwt","kid":"nope"}"#);
+            format!("{h}.{}", forged.split_once('.').unwrap().1)
+        };
+        for (token, error, checks_per_sight) in [
+            (&forged, TokenError::BadSignature, 0),
+            (&expired, TokenError::Expired, 0),
+            // Valid a minute from now: checked every time, never remembered.
+            (&early, TokenError::NotYetValid, 1),
+            // Refused before any signature check: nothing to save, nothing remembered.
+            (&unknown_kid, TokenError::UnknownKey, 0),
+        ] {
+            let checks = count(&metrics.token_signature_checks);
+            let first = f.verify(token, &cache, &metrics, now).unwrap_err();
+            assert_eq!(first, error);
+            let first_cost = count(&metrics.token_signature_checks) - checks;
+            for _ in 0..100 {
+                assert_eq!(f.verify(token, &cache, &metrics, now).unwrap_err(), error);
+            }
+            let repeat_cost = count(&metrics.token_signature_checks) - checks - first_cost;
+            assert_eq!(repeat_cost, 100 * checks_per_sight, "{error:?}");
+        }
+        // forged and expired: 1 check each, then 200 answers from the failed-token cache.
+        assert_eq!(count(&metrics.token_cache_failed_hits), 200);
+        assert!(cache.failed.contains_key(&cache_key(&forged)));
+        assert!(!cache.failed.contains_key(&cache_key(&early)));
+        assert!(!cache.failed.contains_key(&cache_key(&unknown_kid)));
+        // None of it touched the verified tokens.
+        assert_eq!(cache.entry_count(), 1);
+        assert!(f.verify(&valid, &cache, &metrics, now).is_ok());
     }
 
     #[test]

@@ -5,6 +5,12 @@
 //!   shared by all listeners; the permit lives as long as the connection, so at most
 //!   `limits.max_connections` connections are open and excess clients wait in the kernel's
 //!   backlog instead of costing memory here.
+//! - Before serving, a connection also takes a slot of its client address in a table shared by
+//!   all listeners (a `std` mutex around a map: held for one lookup at accept and one at close,
+//!   never across an await). At most `limits.max_connections_per_ip` connections per address
+//!   (an IPv6 /64 counts as one address); one more is closed at accept, before a byte is read,
+//!   so one client cannot hold every connection permit. Peers in `trusted_proxies` carry many
+//!   clients and are not capped. The slot, like the permit, lives as long as the connection.
 //! - Each connection is a task. The TLS handshake and the request head each have
 //!   `limits.header_read_timeout` to arrive (slowloris); HTTP/2 streams per connection and
 //!   header sizes are bounded too. hyper bounds an HTTP/1 head once it has started, but not the
@@ -16,10 +22,11 @@
 //!   that it never sends on; when the last one is dropped the receiver sees the channel close,
 //!   which is how [`Running::shutdown`] knows the drain is complete (as in mini-redis).
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -42,6 +49,9 @@ pub struct Running {
     drained: mpsc::Receiver<()>,
     accept_loops: Vec<JoinHandle<()>>,
     grace: std::time::Duration,
+    /// The connection permits, to tell at the end of the grace period how many are still held.
+    permits: Arc<Semaphore>,
+    max_connections: usize,
 }
 
 impl Running {
@@ -71,16 +81,33 @@ impl Running {
     }
 
     /// Stops accepting, lets in-flight requests finish for up to the configured grace period,
-    /// then returns. Returns whether every connection drained in time.
+    /// then returns. Returns whether every connection drained in time; when not, the
+    /// connections still open are logged (they are cut when the runtime stops).
     pub async fn shutdown(mut self) -> bool {
         let _ = self.shutdown.send(true);
         for task in self.accept_loops.drain(..) {
             let _ = task.await;
         }
         // `recv` returns `None` once every connection task has dropped its sender.
-        tokio::time::timeout(self.grace, self.drained.recv())
+        let drained = tokio::time::timeout(self.grace, self.drained.recv())
             .await
-            .is_ok()
+            .is_ok();
+        if !drained {
+            // The accept loops have stopped, so every permit not available is an open connection.
+            let open = self
+                .max_connections
+                .saturating_sub(self.permits.available_permits());
+            tracing::error!(
+                connections = open,
+                grace_ms = self.grace.as_millis() as u64,
+                "shutdown grace period ended with connections still open: cutting them"
+            );
+        }
+        // Counts of refusals still being aggregated are written now, not lost; `flush` waits
+        // for the file writer, so off the runtime's threads.
+        let audit = self.gateway.audit().clone();
+        let _ = tokio::task::spawn_blocking(move || audit.flush()).await;
+        drained
     }
 }
 
@@ -93,6 +120,7 @@ pub async fn start(
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (drain_tx, drained) = mpsc::channel::<()>(1);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let per_ip = Arc::new(PerIp::new(limits.max_connections_per_ip));
     let builder = Arc::new(http_builder(limits));
     let mut addrs = Vec::with_capacity(listeners.len());
     let mut bound = Vec::with_capacity(listeners.len());
@@ -116,6 +144,7 @@ pub async fn start(
             limits: limits.clone(),
             gateway: Arc::clone(&gateway),
             permits: Arc::clone(&permits),
+            per_ip: Arc::clone(&per_ip),
             builder: Arc::clone(&builder),
             shutdown: shutdown_rx.clone(),
             drain: drain_tx.clone(),
@@ -131,6 +160,8 @@ pub async fn start(
         drained,
         accept_loops,
         grace: limits.shutdown_grace,
+        permits,
+        max_connections: limits.max_connections,
     })
 }
 
@@ -142,6 +173,9 @@ fn http_builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes)
         .max_headers(limits.max_headers)
+        // A client that shuts down its sending side mid-body still reads its 400: without
+        // this, hyper closes the connection on that EOF and the client learns nothing.
+        .half_close(true)
         .keep_alive(true);
     builder
         .http2()
@@ -161,9 +195,62 @@ struct AcceptContext {
     limits: ServerLimits,
     gateway: Arc<Gateway>,
     permits: Arc<Semaphore>,
+    per_ip: Arc<PerIp>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     shutdown: watch::Receiver<bool>,
     drain: mpsc::Sender<()>,
+}
+
+/// Open connections by client address: the `limits.max_connections_per_ip` cap.
+#[derive(Debug)]
+struct PerIp {
+    /// 0: no cap (and no bookkeeping).
+    limit: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PerIp {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A slot for one more connection from `ip`, or `None` when it has `limit` open already.
+    /// Without a cap, an empty slot that counts nothing.
+    fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        if self.limit == 0 {
+            return Some(IpSlot(None));
+        }
+        let key = crate::config::units::client_network(ip);
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(key).or_insert(0);
+        if *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot(Some((Arc::clone(self), key))))
+    }
+}
+
+/// One connection's place in [`PerIp`]; dropping it frees the place.
+struct IpSlot(Option<(Arc<PerIp>, IpAddr)>);
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if let Some((table, key)) = self.0.take() {
+            let mut open = table.open.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = open.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    // Only addresses with open connections are kept: the map stays as small as
+                    // the number of connections.
+                    open.remove(&key);
+                }
+            }
+        }
+    }
 }
 
 async fn accept_loop(listener: TcpListener, mut ctx: AcceptContext) {
@@ -187,6 +274,24 @@ async fn accept_loop(listener: TcpListener, mut ctx: AcceptContext) {
             },
             _ = ctx.shutdown.changed() => return,
         };
+        // Trusted proxies speak for many clients; everyone else is capped per address.
+        let trusted = ctx.gateway.runtime().mutate.is_trusted(peer.ip());
+        let slot = if trusted {
+            IpSlot(None)
+        } else {
+            match ctx.per_ip.acquire(peer.ip()) {
+                Some(slot) => slot,
+                None => {
+                    // Closed before a byte is read; the permit goes back with `permit`.
+                    crate::metrics::global()
+                        .connections_refused_per_ip
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::debug!(client.ip = %peer.ip(), "max_connections_per_ip reached: connection closed");
+                    drop(stream);
+                    continue;
+                }
+            }
+        };
         let _ = stream.set_nodelay(true);
         let tls = ctx
             .tls
@@ -205,6 +310,7 @@ async fn accept_loop(listener: TcpListener, mut ctx: AcceptContext) {
             first_request_timeout: ctx.limits.header_read_timeout,
             idle_timeout: ctx.limits.idle_timeout,
             _drain: ctx.drain.clone(),
+            _slot: slot,
             _permit: permit,
         };
         let handshake_timeout = ctx.limits.header_read_timeout;
@@ -237,6 +343,7 @@ struct ConnectionTask {
     /// Time without a new request after which the connection is wound down gracefully.
     idle_timeout: std::time::Duration,
     _drain: mpsc::Sender<()>,
+    _slot: IpSlot,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
@@ -322,5 +429,51 @@ impl ConnectionTask {
         if let Err(e) = result {
             tracing::debug!(client.ip = %peer.ip(), error = %e, "connection ended with an error");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_gets_at_most_limit_slots_and_a_dropped_slot_is_free_again() {
+        let table = Arc::new(PerIp::new(2));
+        let a: IpAddr = "203.0.113.7".parse().unwrap();
+        let b: IpAddr = "203.0.113.8".parse().unwrap();
+        let first = table.acquire(a).unwrap();
+        let _second = table.acquire(a).unwrap();
+        assert!(table.acquire(a).is_none());
+        let _other = table.acquire(b).unwrap();
+        drop(first);
+        let _again = table.acquire(a).unwrap();
+        assert!(table.acquire(a).is_none());
+    }
+
+    #[test]
+    fn closed_connections_leave_nothing_in_the_table() {
+        let table = Arc::new(PerIp::new(8));
+        let slots: Vec<IpSlot> = (1..=50u8)
+            .map(|i| table.acquire(IpAddr::from([198, 51, 100, i])).unwrap())
+            .collect();
+        assert_eq!(table.open.lock().unwrap().len(), 50);
+        drop(slots);
+        assert!(table.open.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn two_addresses_of_one_ipv6_64_share_one_cap() {
+        let table = Arc::new(PerIp::new(1));
+        let _held = table.acquire("2001:db8::1".parse().unwrap()).unwrap();
+        assert!(table.acquire("2001:db8::2".parse().unwrap()).is_none());
+        assert!(table.acquire("2001:db8:0:1::1".parse().unwrap()).is_some());
+    }
+
+    #[test]
+    fn without_a_cap_nothing_is_counted() {
+        let table = Arc::new(PerIp::new(0));
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let _slots: Vec<IpSlot> = (0..1000).map(|_| table.acquire(ip).unwrap()).collect();
+        assert!(table.open.lock().unwrap().is_empty());
     }
 }
