@@ -292,7 +292,10 @@ impl GatewayError {
     /// client asked to switch protocols and whatever it sends next must not be read as HTTP/1.
     pub fn closes_connection(&self) -> bool {
         match self {
-            GatewayError::BadRequest(BadRequest::Framing) | GatewayError::UpstreamUpgrade => true,
+            // A body cut short or badly chunked: where the next request would start is
+            // unknown too.
+            GatewayError::BadRequest(BadRequest::Framing | BadRequest::Body)
+            | GatewayError::UpstreamUpgrade => true,
             GatewayError::BadRequest(
                 BadRequest::Path(_) | BadRequest::Host | BadRequest::MissingHost,
             )

@@ -277,6 +277,7 @@ fn remember_failure(e: TokenError) -> bool {
         | TokenError::UnknownKey
         | TokenError::AlgorithmMismatch
         | TokenError::BadSignature
+        | TokenError::HighS
         | TokenError::MissingClaim
         | TokenError::WrongIssuer
         | TokenError::WrongAudience
