@@ -2,7 +2,7 @@
 //!
 //! It is a separate socket (plain HTTP; bind it to loopback or a management network), so the
 //! proxy listener never serves any of this: no path, header or user agent on the proxy
-//! reaches health or admin endpoints (SECURITY.md 31).
+//! reaches health or admin endpoints (docs/security.md 31).
 //!
 //! | endpoint | auth | does |
 //! |---|---|---|
@@ -95,7 +95,7 @@ async fn handle(
 ) -> AdminResponse {
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
-    // Who made an admin call is part of its audit event (SECURITY.md 33), refusals included.
+    // Who made an admin call is part of its audit event (docs/security.md 33), refusals included.
     let user_agent = request
         .headers()
         .get(http::header::USER_AGENT)

@@ -1,5 +1,5 @@
 //! The audit trail: one structured event per security decision, from one function
-//! ([`Audit::emit`]), with a stable reason id (SECURITY.md 33).
+//! ([`Audit::emit`]), with a stable reason id (docs/security.md 33).
 //!
 //! Events are JSON lines. Every event also goes to the log under the `audit` target; with
 //! `audit.file` set, a dedicated writer thread appends each line to that file and flushes it to

@@ -166,7 +166,7 @@ pub enum GatewayError {
     /// (an `h2c` upgrade would let later requests bypass every check; docs/security.md 34).
     #[error("upstream switched protocols unasked")]
     UpstreamUpgrade,
-    /// The user of a gateway-issued token no longer exists or is disabled (SECURITY.md 11).
+    /// The user of a gateway-issued token no longer exists or is disabled (docs/security.md 11).
     #[error("user unknown or disabled")]
     UserDisabled,
     /// A refusal by the auth flow.

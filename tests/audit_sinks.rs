@@ -1,5 +1,5 @@
 //! Audit sinks and opt-in events: a route with `audit: true` records every request it lets
-//! through, and events reach a Redis stream as well as the file (SECURITY.md 33).
+//! through, and events reach a Redis stream as well as the file (docs/security.md 33).
 
 mod common;
 

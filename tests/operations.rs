@@ -2,7 +2,7 @@
 //! (with a Redis store that dies and comes back), the admin API and its audit trail, hot reload
 //! of `gateway.yaml` and of the users file, a TLS certificate swap, secrets kept out of the audit
 //! file and the logs of the real binary (and its CLI against the admin API), and SIGTERM
-//! draining in-flight requests (issue 5, SECURITY.md 33).
+//! draining in-flight requests (issue 5, docs/security.md 33).
 //!
 //! Metrics are process-wide and several gateways run in this test binary at once: tests read
 //! differences, and route ids are unique to the test that counts them.

@@ -2,7 +2,7 @@
 //! upstream, sharing a private `redis-server` on a free port (one per test, stopped by its pid).
 //!
 //! Two gateways on one Redis stand for two instances behind a load balancer: a revocation made
-//! through A must be refused by B even though B had the token's verdict cached (SECURITY.md 13,
+//! through A must be refused by B even though B had the token's verdict cached (docs/security.md 13,
 //! 18). Then the failure behaviour: Redis killed, restarted empty, down at start, and the
 //! invalidation subscription killed — never a 200 that the store could not vouch for.
 
@@ -22,7 +22,7 @@ use serde_json::json;
 const PATH: &str = "/api/check";
 
 /// How long a revocation may take to reach another instance before the test fails. The target
-/// (SECURITY.md 13) is milliseconds; the measured delay is printed and put in every message.
+/// (docs/security.md 13) is milliseconds; the measured delay is printed and put in every message.
 const PROPAGATION: Duration = Duration::from_secs(2);
 
 /// How long the gateway may take to recover once Redis is back (reconnect backoff ≤ 2 s).
@@ -160,7 +160,7 @@ async fn stays_refused(gw: &TestGateway, token: &str) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// SECURITY.md 13 and 18 across instances
+// docs/security.md 13 and 18 across instances
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]

@@ -1,7 +1,7 @@
-//! Black-box tests of the browser flow against SECURITY.md 9, 22–27, 32 and 33: a real gateway
+//! Black-box tests of the browser flow against docs/security.md 9, 22–27, 32 and 33: a real gateway
 //! on `127.0.0.1:0` with an echo upstream, driven by a cookie-keeping [`Browser`] (or by an
 //! attacker's page, through `post_form_with`) and by plain HTTP clients. Each test is named
-//! after the SECURITY.md line it shows. No test asserts a timing.
+//! after the docs/security.md line it shows. No test asserts a timing.
 
 mod common;
 
@@ -251,7 +251,7 @@ fn rfc3339_utc(text: &str) -> Option<i64> {
     Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
 }
 
-/// Asserts one audit event has every field SECURITY.md 33 asks for.
+/// Asserts one audit event has every field docs/security.md 33 asks for.
 fn assert_complete_event(
     e: &Value,
     event: &str,
@@ -385,7 +385,7 @@ async fn sec9_a_refresh_token_used_as_an_access_token_is_refused_by_the_proxy() 
 
 // ---- 22: cookies ------------------------------------------------------------------------
 
-/// Checks one auth cookie against SECURITY.md 22 and DESIGN.md "Browser flow".
+/// Checks one auth cookie against docs/security.md 22 and the cookie attributes the README's browser flow names.
 fn assert_auth_cookie(c: &SetCookie, persistent: bool) {
     let raw = &c.raw;
     assert!(
@@ -1304,7 +1304,7 @@ async fn sec25_get_and_head_of_every_auth_endpoint_change_no_state() {
 
 // ---- 26: redirects ------------------------------------------------------------------------
 
-/// The return paths of SECURITY.md 26 that must end at the default page.
+/// The return paths of docs/security.md 26 that must end at the default page.
 const OPEN_REDIRECTS: &[&str] = &[
     "https://evil",
     "//evil",

@@ -1,4 +1,4 @@
-//! SECURITY.md 24 and 28–31, black-box: token sources, header spoofing, path normalization,
+//! docs/security.md 24 and 28–31, black-box: token sources, header spoofing, path normalization,
 //! request smuggling and default-deny routing, against a real gateway on 127.0.0.1:0 in front of
 //! the recording echo upstream. "Rejected" means a 4xx and an upstream that received nothing.
 //! Every refusal test has a positive control (the same request made valid gets through), so a

@@ -1,4 +1,4 @@
-//! SECURITY.md requirements 13 to 21 (sessions and refresh), black-box: a real gateway issuing
+//! docs/security.md requirements 13 to 21 (sessions and refresh), black-box: a real gateway issuing
 //! its own tokens on 127.0.0.1:0, driven through `/auth/*` and a protected route, once with the
 //! memory store and once with a private `redis-server` (two gateway instances on it where a
 //! requirement says "every instance").
@@ -1390,7 +1390,7 @@ async fn sec21_a_tampered_refresh_token_or_an_access_token_sent_as_one_is_refuse
         assert_refresh_refused(&refresh(&gw, token).await, what);
     }
 
-    // An access token is not a refresh token (SECURITY.md 9), in the body or in the cookie…
+    // An access token is not a refresh token (docs/security.md 9), in the body or in the cookie…
     assert_refresh_refused(
         &refresh(&gw, &alice.access).await,
         "an access token as refresh token",

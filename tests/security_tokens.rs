@@ -1,4 +1,4 @@
-//! SECURITY.md requirements 1 to 12 (tokens), black-box: a real gateway on 127.0.0.1:0 in front
+//! docs/security.md requirements 1 to 12 (tokens), black-box: a real gateway on 127.0.0.1:0 in front
 //! of the recording echo upstream. Every test is named after its requirement line.
 //!
 //! "Rejected" means: a 401 (400/431 where the request itself is malformed or oversized), the

@@ -1,4 +1,4 @@
-//! Every cookie the gateway sets, with its name and attributes, in one place (SECURITY.md 22).
+//! Every cookie the gateway sets, with its name and attributes, in one place (docs/security.md 22).
 //!
 //! | cookie | carries | attributes |
 //! |---|---|---|
@@ -47,7 +47,7 @@ const MAX_REFRESH_COOKIES: usize = 8;
 /// At most this many parent domains get a planted cookie expired.
 const MAX_PARENT_DOMAINS: usize = 4;
 
-/// Browsers refuse a cookie whose name and value exceed 4096 bytes (SECURITY.md 22).
+/// Browsers refuse a cookie whose name and value exceed 4096 bytes (docs/security.md 22).
 pub const MAX_COOKIE_BYTES: usize = 4096;
 
 fn build(name: &str, value: &str, path: &'static str, max_age: Option<Duration>) -> HeaderValue {

@@ -1,4 +1,4 @@
-//! Cross-site request defence for every state-changing auth endpoint (SECURITY.md 25).
+//! Cross-site request defence for every state-changing auth endpoint (docs/security.md 25).
 //!
 //! Two independent checks, both required where they apply:
 //! 1. **Fetch metadata and `Origin`.** A browser labels every request: `Sec-Fetch-Site` must be

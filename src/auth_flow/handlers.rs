@@ -265,7 +265,7 @@ async fn login(
     // `iat`/`exp` start now, when the session is created, not when the request arrived.
     let now = verify::unix_now();
 
-    // A new session with new identifiers, whatever the browser sent (SECURITY.md 15).
+    // A new session with new identifiers, whatever the browser sent (docs/security.md 15).
     let subject = user.username.clone();
     let sid = tokens::new_session_id();
     // A refresh token for a cookie is bound to this browser's new binding cookie
@@ -558,8 +558,8 @@ async fn refresh(
     let now = verify::unix_now();
 
     // An access token of another user next to this refresh token: someone mixed credentials
-    // (SECURITY.md 21). Refuse rather than pick one. Cookie and bearer that disagree, or a
-    // doubled cookie or header, are such a mix too (SECURITY.md 24).
+    // (docs/security.md 21). Refuse rather than pick one. Cookie and bearer that disagree, or a
+    // doubled cookie or header, are such a mix too (docs/security.md 24).
     let presented_access = match credential::credential(&headers, &auth.access_cookie) {
         Ok(token) => token,
         Err(
@@ -596,7 +596,7 @@ async fn refresh(
     let rotated = match rotate(env, &parsed, &presented, now).await? {
         Ok(rotated) => rotated,
         Err(RotateRefusal::UserDisabled) => {
-            // The user was deleted or disabled: the session ends here (SECURITY.md 11).
+            // The user was deleted or disabled: the session ends here (docs/security.md 11).
             env.store.revoke_session(&subject, sid).await?;
             return refresh_failed(
                 env,
@@ -1179,7 +1179,7 @@ async fn revoke(
                 .session
         }
     };
-    // Scoped to the caller: another user's session id is simply not found (SECURITY.md 19).
+    // Scoped to the caller: another user's session id is simply not found (docs/security.md 19).
     let revoked = !target.is_empty()
         && env
             .store
@@ -1268,7 +1268,7 @@ fn store_refused(
 }
 
 /// An endpoint that needs a signed-in user, and the request has none: audited like the proxy's
-/// 401s (SECURITY.md 33), since the pipeline leaves the auth flow's refusals to it.
+/// 401s (docs/security.md 33), since the pipeline leaves the auth flow's refusals to it.
 fn not_signed_in(env: &Env<'_>, method: &str, path: &str) -> GatewayError {
     env.audit.emit(&AuditEvent {
         method: Some(method),
@@ -1353,7 +1353,7 @@ fn empty(status: StatusCode) -> Response<GatewayBody> {
     response
 }
 
-/// 303 See Other: after a POST the browser GETs the target (SECURITY.md 26).
+/// 303 See Other: after a POST the browser GETs the target (docs/security.md 26).
 fn see_other(location: &str) -> Response<GatewayBody> {
     let mut response = empty(StatusCode::SEE_OTHER);
     if let Ok(v) = HeaderValue::from_str(location) {

@@ -1,5 +1,5 @@
 //! The browser login flow and the gateway as a token issuer: `/auth/*` and
-//! `/.well-known/jwks.json` (DESIGN.md "Browser flow", SECURITY.md 13–27).
+//! `/.well-known/jwks.json` (docs/security.md 13–27).
 //!
 //! | endpoint | does |
 //! |---|---|
@@ -160,7 +160,7 @@ impl std::fmt::Debug for AuthSettings {
 
 impl AuthSettings {
     /// The current permissions of `subject`, from the users file as it is now: `None` when the
-    /// user no longer exists or is disabled (SECURITY.md 11). A change to the users file or to
+    /// user no longer exists or is disabled (docs/security.md 11). A change to the users file or to
     /// `roles:` applies from the next request on.
     pub fn grant(&self, subject: &str, table: &PermissionTable) -> Option<Arc<Grant>> {
         let users = self.users.current();

@@ -1,4 +1,4 @@
-//! Where a browser may be sent after logging in (SECURITY.md 26).
+//! Where a browser may be sent after logging in (docs/security.md 26).
 //!
 //! A return path is accepted only when it is plainly a path on this origin — it starts with one
 //! `/`, contains no backslash, no control character or whitespace, no encoded slash, backslash
@@ -77,7 +77,7 @@ fn safe_path(requested: &str) -> Option<String> {
             return None;
         }
         // A token put in a URL by mistake (or by a crafted link) is not copied into the
-        // `Location` of the post-login redirect (SECURITY.md 23).
+        // `Location` of the post-login redirect (docs/security.md 23).
         let kept: Vec<&str> = q
             .split('&')
             .filter(|p| !p.is_empty())

@@ -4,10 +4,10 @@
 //! A refresh token is `prt1.<base64url(sub)>.<sid>.<secret>` (API clients, tokens in JSON
 //! bodies) or `prt2.<base64url(sub)>.<sid>.<secret>.<binding>` (browsers, tokens in cookies).
 //! The subject and session say where the store keeps its hash, the secret is 256 bits from the
-//! OS CSPRNG (SECURITY.md 14), and the store knows only the SHA-256 of the whole string, so
+//! OS CSPRNG (docs/security.md 14), and the store knows only the SHA-256 of the whole string, so
 //! changing any part of it (another user's name, another session, another binding) yields a
-//! hash nobody holds (SECURITY.md 21). The `prt` prefix keeps it from being mistaken for a JWT,
-//! and a JWT from being taken for it (SECURITY.md 9).
+//! hash nobody holds (docs/security.md 21). The `prt` prefix keeps it from being mistaken for a JWT,
+//! and a JWT from being taken for it (docs/security.md 9).
 //!
 //! `<binding>` is base64url(SHA-256) of the value of the browser's `__Host-portcullis-rb`
 //! cookie ([`Binding`]), set together with the refresh cookie; a cookie-borne refresh token

@@ -15,7 +15,7 @@
 //!   OWASP's minimum are errors. Nothing is parsed per login.
 //! - [`authenticate`] runs exactly one argon2id verification per attempt, on the blocking
 //!   pool, whatever the outcome: an unknown user, a disabled user and an over-long password all
-//!   cost the same as a wrong password for a real user (SECURITY.md 27: no enumeration by timing).
+//!   cost the same as a wrong password for a real user (docs/security.md 27: no enumeration by timing).
 //!   Its error, [`LoginFailure`], is for the audit trail only; the client must get one answer
 //!   for all of them.
 //! - [`UsersHandle`] holds the current [`Users`] behind an `ArcSwap`: a reload builds the new
@@ -134,7 +134,7 @@ pub struct User {
     pub display_name: String,
     /// Role names, mapped to permissions by `gateway.yaml`.
     pub roles: Vec<String>,
-    /// A disabled account cannot log in (its tokens are refused elsewhere: SECURITY.md 11).
+    /// A disabled account cannot log in (its tokens are refused elsewhere: docs/security.md 11).
     pub disabled: bool,
     hash: PasswordHash,
 }

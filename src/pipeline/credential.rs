@@ -4,7 +4,7 @@
 //! 401 asking for one, or a login redirect for a browser); `Ok(Some(token))` is the token to
 //! verify; `Err` means a credential was presented but cannot be used — it never falls through to
 //! another source. Tokens come only from the configured cookie and the `Authorization` header,
-//! never from the query string (SECURITY.md 24). Precedence, documented:
+//! never from the query string (docs/security.md 24). Precedence, documented:
 //! - two `Authorization` headers, or the cookie twice → refused (400);
 //! - cookie and bearer both present: accepted only when they carry the same token (400 otherwise),
 //!   so the forwarded identity is always the one verified.

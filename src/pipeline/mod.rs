@@ -432,7 +432,7 @@ fn return_path(target: &http::uri::PathAndQuery) -> Option<String> {
     })
 }
 
-/// Refuses requests whose body framing two parsers could read differently (SECURITY.md 30).
+/// Refuses requests whose body framing two parsers could read differently (docs/security.md 30).
 /// Defence in depth: hyper's HTTP/1 parser already rejects conflicting lengths and drops
 /// `Content-Length` when `Transfer-Encoding` is present (reading chunked, then closing), so
 /// the first two checks mostly guard other transports and future parser changes.

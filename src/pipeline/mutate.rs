@@ -11,7 +11,7 @@
 //! `HTTP2-Settings`, framing headers spelled with `_` (`Content_Length`, `Transfer_Encoding`),
 //! the gateway's own cookies, and `Authorization` unless the route forwards it. Then it injects
 //! the verified identity, the request id and `X-Forwarded-For/-Proto/-Host` — keeping a client's
-//! forwarding chain only when the peer is a configured trusted proxy (SECURITY.md 28).
+//! forwarding chain only when the peer is a configured trusted proxy (docs/security.md 28).
 //!
 //! On the way back, [`protect_response`] runs on every forwarded response (HTTP/1, h2, and the
 //! `101` of a WebSocket handshake): it drops any `Set-Cookie` for the gateway's own cookies, in
@@ -179,7 +179,7 @@ fn starts_with_name(name: &str, prefix: &str) -> bool {
 /// Headers some backends obey to serve another path or method than the request line names
 /// (IIS and Symfony read `X-Original-URL`/`X-Rewrite-URL`, many frameworks a method override).
 /// Forwarded, they would let a client reach a resource or method other than the one the route
-/// authorized, e.g. `GET /public` with `X-Original-URL: /admin` (SECURITY.md 31).
+/// authorized, e.g. `GET /public` with `X-Original-URL: /admin` (docs/security.md 31).
 const OVERRIDES: [&str; 7] = [
     "x-original-url",
     "x-original-uri",

@@ -1,4 +1,4 @@
-//! Path normalization, run before routing (SECURITY.md 29).
+//! Path normalization, run before routing (docs/security.md 29).
 //!
 //! The path that is matched is the path the upstream receives, so a rule can never be dodged by
 //! spelling the same resource differently. Unreserved characters that were percent-encoded are

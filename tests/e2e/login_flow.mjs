@@ -3,7 +3,7 @@
 // 3 s, no leeway); not meant to be run on its own.
 //
 // One browser context is one device. The script walks the flow a user walks and fails (exit
-// code 1, with the step and the evidence) at the first thing that is not as DESIGN.md
+// code 1, with the step and the evidence) at the first thing that is not as the README
 // "Browser flow" says:
 //
 //   1. a protected page without a session → the login form; no inline script, no CSP report
@@ -347,7 +347,7 @@ try {
   assert.deepEqual(first.headers['x-auth-permissions'], ['docs:read,docs:write']);
   assert.deepEqual(page.hops, ['POST /auth/login → 303', 'GET /docs/x → 200']);
   // Chromium stored the Secure / __Host- cookies over plain http://localhost (a secure
-  // context), with the attributes DESIGN.md asks for.
+  // context), with the attributes docs/security.md 22 asks for.
   const jar = await cookies(laptop.context);
   for (const [name, path] of [
     [ACCESS_COOKIE, '/'],
