@@ -16,7 +16,10 @@
 //!    cached verdict with its local cache holding 1 verdict and 1,000,000; and the Redis store's
 //!    uncached check (a round trip) against a `redis-server` holding 1 session and one holding
 //!    1,000,000 (filled through `RedisStore::create_session`, so in exactly its format). Memory
-//!    per session: the memory store's resident-set growth, Redis's `used_memory` growth.
+//!    per session: the memory store's resident-set growth, Redis's `used_memory` growth. While
+//!    the memory store fills, another thread checks the sessions created so far; for both series
+//!    (issue 10 item 8) it prints the worst calls and how many took 1 ms or more and 5 ms or
+//!    more, next to the same checks with nothing writing (what the machine itself adds).
 //! 5. **Forged tokens** (issue 6 item 4): the cost of refusing a forged or expired token next to
 //!    one first sight of a valid token (EdDSA and RS256), and the hit rate of 1,000 cached valid
 //!    tokens after a flood of 100,000 forged ones into a cache of 10,000 entries.
@@ -33,6 +36,7 @@
 
 use std::future::Future;
 use std::pin::pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -462,6 +466,124 @@ fn one_vs_many<S: SessionStore>(
     (same, spread_out)
 }
 
+/// Latencies of a series of calls: how many, their mean, the slowest three, and how many took
+/// 1 ms or more and 5 ms or more (a call that long is a request held up that long).
+#[derive(Default)]
+struct Calls {
+    count: u64,
+    total: Duration,
+    /// (duration, index of the call), slowest first.
+    slowest: Vec<(Duration, u64)>,
+    over_1ms: (u64, Duration),
+    over_5ms: u64,
+}
+
+impl Calls {
+    fn add(&mut self, took: Duration, at: u64) {
+        self.count += 1;
+        self.total += took;
+        if took >= Duration::from_millis(1) {
+            self.over_1ms.0 += 1;
+            self.over_1ms.1 += took;
+        }
+        if took >= Duration::from_millis(5) {
+            self.over_5ms += 1;
+        }
+        if self.slowest.len() < 3 || took > self.slowest[2].0 {
+            self.slowest.push((took, at));
+            self.slowest
+                .sort_by_key(|&(took, _)| std::cmp::Reverse(took));
+            self.slowest.truncate(3);
+        }
+    }
+
+    fn summary(&self) -> String {
+        let slowest: Vec<String> = self
+            .slowest
+            .iter()
+            .map(|(d, i)| format!("#{i} {d:.1?}"))
+            .collect();
+        format!(
+            "{} calls, mean {:.1?}; worst {}; {} took 1 ms or more ({:.1?} each), {} took 5 ms \
+             or more",
+            self.count,
+            self.total / self.count.max(1) as u32,
+            slowest.join(", "),
+            self.over_1ms.0,
+            self.over_1ms.1 / self.over_1ms.0.max(1) as u32,
+            self.over_5ms
+        )
+    }
+}
+
+/// Checks, one after another, sessions `0..upto` (read before each call: a fill moves it) in a
+/// scattered order, until `stop(calls made)`; times each `check` alone.
+fn checks(store: &MemoryStore, upto: &AtomicU64, stop: impl Fn(u64) -> bool, n: i64) -> Calls {
+    let mut calls = Calls::default();
+    let mut k = 0u64;
+    while !stop(k) {
+        let upto = upto.load(Ordering::Acquire);
+        if upto == 0 {
+            std::thread::yield_now();
+            continue;
+        }
+        let i = k.wrapping_mul(2_654_435_761) % upto;
+        let tok = Tok::new(i, &sub(i), &sid(i));
+        let r = tok.r();
+        let t = Instant::now();
+        let verdict = ready(store.check(&r, n)).unwrap();
+        calls.add(t.elapsed(), k);
+        assert_eq!(verdict, Verdict::Alive);
+        k += 1;
+    }
+    calls
+}
+
+/// What [`fill_while_checking`] measured.
+struct Fill {
+    time: Duration,
+    writes: Calls,
+    /// The mean of the writes under 1 ms over the last 100,000: the cost of a write that
+    /// neither sweeps nor grows a map.
+    plain: Duration,
+    checks: Calls,
+}
+
+/// Creates sessions `0..SESSIONS` one by one, as logins create them, while another thread
+/// checks the sessions created so far, as requests do meanwhile: a call that holds a lock long
+/// (a sweep, a map growing) shows up in both series. Calls are told apart by what they took,
+/// not by their position: the store decides when it sweeps and when a map grows.
+fn fill_while_checking(store: &MemoryStore, n: i64) -> Fill {
+    let filled = AtomicU64::new(0);
+    let done = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let checker = scope.spawn(|| checks(store, &filled, |_| done.load(Ordering::Acquire), n));
+        let mut writes = Calls::default();
+        let mut plain = (Duration::ZERO, 0u32);
+        let started = Instant::now();
+        for i in 0..SESSIONS {
+            let record = record(&sid(i), &sub(i));
+            let t = Instant::now();
+            ready(store.create_session(record, None)).unwrap();
+            let took = t.elapsed();
+            writes.add(took, i);
+            if took < Duration::from_millis(1) && i >= SESSIONS - 100_000 {
+                plain.0 += took;
+                plain.1 += 1;
+            }
+            filled.store(i + 1, Ordering::Release);
+        }
+        let time = started.elapsed();
+        done.store(true, Ordering::Release);
+        Fill {
+            time,
+            writes,
+            plain: plain.0 / plain.1.max(1),
+            checks: checker.join().unwrap(),
+        }
+    })
+}
+
 async fn sessions_scale() -> Vec<Box<dyn std::any::Any>> {
     let mut kept: Vec<Box<dyn std::any::Any>> = Vec::new();
     println!();
@@ -488,47 +610,46 @@ async fn sessions_scale() -> Vec<Box<dyn std::any::Any>> {
     }
     let big = MemoryStore::new();
     let before = rss_kib();
-    let started = Instant::now();
-    let mut slowest: Vec<(Duration, u64)> = Vec::new();
-    // Calls of 1 ms or more over the whole fill (a sweep of expired sessions, spaced by an
-    // eighth of what the store holds, or a map growing), and the others over the last 100,000.
-    // Told apart by what they took, not by their position: the store decides when it sweeps.
-    let (mut stalls, mut plain) = ((Duration::ZERO, 0u32), (Duration::ZERO, 0u32));
-    for i in 0..SESSIONS {
-        let t = Instant::now();
-        ready(big.create_session(record(&sid(i), &sub(i)), None)).unwrap();
-        let took = t.elapsed();
-        if took >= Duration::from_millis(1) {
-            stalls.0 += took;
-            stalls.1 += 1;
-        } else if i >= SESSIONS - 100_000 {
-            plain.0 += took;
-            plain.1 += 1;
-        }
-        if slowest.len() < 3 || took > slowest[2].0 {
-            slowest.push((took, i));
-            slowest.sort_by_key(|&(took, _)| std::cmp::Reverse(took));
-            slowest.truncate(3);
-        }
-    }
-    let fill = started.elapsed();
+    let filled = fill_while_checking(&big, n);
     let grown = rss_kib().saturating_sub(before);
-    let slowest: Vec<String> = slowest
-        .iter()
-        .map(|(d, i)| format!("#{i} {d:.1?}"))
-        .collect();
     println!(
-        "  memory store: {SESSIONS} create_session calls in {fill:.1?} ({:.1?} each); {} calls \
-         took 1 ms or more ({:.1?} each); the others over the last 100,000: {:.1?}; slowest: {}; \
-         RSS +{} MiB = {} bytes per session",
-        fill / SESSIONS as u32,
-        stalls.1,
-        stalls.0 / stalls.1.max(1),
-        plain.0 / plain.1.max(1),
-        slowest.join(", "),
+        "  memory store fill: {SESSIONS} create_session calls in {:.1?} ({:.1?} each); calls \
+         under 1 ms over the last 100,000: {:.1?} each; RSS +{} MiB = {} bytes per session",
+        filled.time,
+        filled.time / SESSIONS as u32,
+        filled.plain,
         grown / 1024,
         grown * 1024 / SESSIONS
     );
+    println!(
+        "    create_session during the fill: {}",
+        filled.writes.summary()
+    );
+    println!(
+        "    check during the fill (another thread, sessions created so far): {}",
+        filled.checks.summary()
+    );
+    // The same checks with nothing writing: what the machine alone (other processes, the
+    // scheduler) puts into the series above.
+    let count = filled.checks.count.max(1);
+    let full = AtomicU64::new(SESSIONS);
+    let alone = checks(&big, &full, |k| k >= count, n);
+    println!(
+        "    check after the fill, nothing writing (the machine's own stalls): {}",
+        alone.summary()
+    );
+    // How the shard count was chosen: the same fill into stores of other counts, each dropped
+    // before the next. One shard is the store as it was before it was sharded (one lock).
+    for shards in [1, 16, 128, 256] {
+        let store = MemoryStore::with_shards(shards);
+        let filled = fill_while_checking(&store, n);
+        println!(
+            "    {shards} shard(s): fill {:.1?}; create_session: {}; check: {}",
+            filled.time,
+            filled.writes.summary(),
+            filled.checks.summary()
+        );
+    }
     let (same, spread_out) = one_vs_many([&one, &mid, &big], &hot, &rotating, ITER, n);
     side_by_side(
         "memory store check, one session again and again",

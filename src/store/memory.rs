@@ -1,23 +1,59 @@
 //! The embedded store: everything in one process, lost on restart. The default, for a single
 //! instance and for trying Portcullis out. It follows exactly the contract the Redis store
 //! follows (one behavioural suite runs against both).
+//!
+//! # Locking
+//!
+//! The session state is split into `SHARDS` (64) shards, each behind its own `RwLock`:
+//!
+//! - **Everything about one subject** (its sessions, the index of its session ids, their refresh
+//!   tokens, its revoke-before mark) lives in the shard picked by a keyed hash of the subject.
+//!   Every method that touches this state names the subject (`check` has `sub`, a session record
+//!   has its subject, a rotation names its user), so each write is one critical section on one
+//!   shard: concurrent rotations of one token still see each other in order (exactly one
+//!   rotates), and `revoke_user` removes every session and sets the mark at once. A session id
+//!   presented with another subject is looked up in that subject's shard and found unknown, as
+//!   in the Redis store, where sessions are keyed under their subject.
+//! - **A denylisted `jti`** lives in the shard picked by its key (a SHA-256 digest, so its first
+//!   bytes already spread keys evenly). `check` reads the `jti`'s shard, lets it go, then reads
+//!   the subject's shard. The two facts are independent, and every revocation is complete under
+//!   its lock before it returns, so a check that starts after a revocation returned sees it.
+//! - **No call holds two shard locks**, so there is no lock order to keep; no lock is held across
+//!   an `.await` (every method is synchronous inside).
+//!
+//! Why shards: a write-locked call holds up every check that needs the same lock. With one lock
+//! for all the state, a sweep (a scan of every entry) held it for 13 ms at 1,000,000 sessions,
+//! and a map's growth (a rehash of every entry into a table twice the size) for up to 1 s at
+//! 917,504 sessions, and every request waited. A shard holds a `1/SHARDS` share of the entries,
+//! so its sweep and its growth cost that share, hold up only the checks that fall in that shard,
+//! and the shards grow on different calls (docs/PERFORMANCE.md, "Memory store at a million
+//! sessions", has the figures). Sweeps are counted per shard, so a sweep scans one shard.
+//!
+//! The login-throttling counters have their own `Mutex` (see [`MemoryStore`]).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, RwLock};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::{
     Attempts, RefreshGrant, RotateOutcome, Rotation, SessionRecord, SessionStore, StoreError,
     TokenRef, Verdict, jti_key, throttle_digest,
 };
 
-/// The fewest writes between sweeps of expired entries. Sweeps keep every map bounded by what
-/// is live; the interval keeps their cost off individual requests.
-const SWEEP_EVERY: u64 = 256;
+/// How many shards the session state is split into. At 1,000,000 sessions a shard holds about
+/// 15,600, so its sweep and its growth cost a 64th of the whole store's. Chosen by measurement
+/// (docs/PERFORMANCE.md compares 1, 16, 64, 128 and 256); each shard costs a lock and a few
+/// empty maps, and no call touches more than two.
+const SHARDS: usize = 64;
 
-/// A sweep scans every entry, so sweeps are spaced by a share of the entries held: each write
-/// pays a constant amortized share (at a million sessions a sweep takes ~13 ms under the lock,
-/// and ran every 256 writes), and dead entries never exceed an eighth of the live ones plus
-/// [`SWEEP_EVERY`].
+/// The fewest writes to a shard between its sweeps of expired entries. Sweeps keep every map
+/// bounded by what is live; the interval keeps their cost off individual requests.
+const SWEEP_EVERY: u64 = 64;
+
+/// A sweep scans every entry of its shard, so a shard's sweeps are spaced by a share of the
+/// entries it holds: each write pays a constant amortized share, and a shard's dead entries never
+/// exceed an eighth of its live ones plus [`SWEEP_EVERY`] (in the whole store: an eighth plus
+/// `SHARDS * SWEEP_EVERY`).
 const SWEEP_SHARE: u64 = 8;
 
 #[derive(Debug, Clone)]
@@ -27,8 +63,9 @@ struct RefreshState {
     expires_at: i64,
 }
 
+/// One shard's share of the state (see the module docs for what lands in which shard).
 #[derive(Debug, Default)]
-struct State {
+struct Shard {
     sessions: HashMap<String, SessionRecord>,
     by_user: HashMap<String, HashSet<String>>,
     /// SHA-256(refresh token) → its state.
@@ -37,11 +74,11 @@ struct State {
     denied: HashMap<[u8; 32], i64>,
     /// subject → (tokens issued at or before this instant are refused, mark kept until).
     revoked_before: HashMap<String, (i64, i64)>,
-    /// Writes since the last sweep.
+    /// Writes to this shard since its last sweep.
     writes: u64,
 }
 
-impl State {
+impl Shard {
     fn remove_session(&mut self, id: &str) -> Option<SessionRecord> {
         let record = self.sessions.remove(id)?;
         if let Some(ids) = self.by_user.get_mut(&record.subject) {
@@ -170,17 +207,38 @@ fn alive(s: &SessionRecord, now: i64) -> bool {
 
 /// The in-process [`SessionStore`].
 ///
-/// One `RwLock` guards all maps: every check is a handful of hash lookups under a read lock,
-/// writes are rare (login, refresh, logout, revoke), each write is one critical section (so
-/// rotation and reuse detection are atomic), and the lock is never held across an `.await`.
+/// The session state is sharded (see the module docs): every check is a handful of hash lookups
+/// under two short read locks, writes are rare (login, refresh, logout, revoke), each write is
+/// one critical section on one shard (so rotation and reuse detection are atomic), and no lock
+/// is held across an `.await`.
 ///
 /// The throttle counters have their own `Mutex`: they share no invariant with the session
 /// maps, and a burst of failed logins (each one a write) must not queue the hot path's reads
 /// behind it. Each counter operation is one short critical section, so a hit is atomic.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryStore {
-    state: RwLock<State>,
+    shards: Box<[RwLock<Shard>]>,
+    /// Picks a subject's shard. Keyed per process, so that nobody can choose subjects that all
+    /// land in one shard; independent of the maps' own hashers, so that the keys of one shard
+    /// still spread over that shard's tables.
+    placement: RandomState,
     throttle: Mutex<Throttle>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::with_shards(SHARDS)
+    }
+}
+
+// A panic while holding a shard's lock cannot leave its maps half-updated in a way that lets a
+// token through (revocations are single removals or inserts), so poison is ignored.
+fn read(shard: &RwLock<Shard>) -> RwLockReadGuard<'_, Shard> {
+    shard.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write(shard: &RwLock<Shard>) -> RwLockWriteGuard<'_, Shard> {
+    shard.write().unwrap_or_else(|e| e.into_inner())
 }
 
 impl MemoryStore {
@@ -189,14 +247,31 @@ impl MemoryStore {
         Self::default()
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
-        // A panic while holding the lock cannot leave these maps half-updated in a way that
-        // lets a token through (revocations are single removals or inserts), so poison is ignored.
-        self.state.read().unwrap_or_else(|e| e.into_inner())
+    /// An empty store split into `shards` shards (at least one) instead of 64. For
+    /// measurement: `benches/revocation.rs` fills stores of several shard counts to show the
+    /// choice. The gateway uses [`MemoryStore::new`].
+    pub fn with_shards(shards: usize) -> Self {
+        Self {
+            shards: (0..shards.max(1)).map(|_| RwLock::default()).collect(),
+            placement: RandomState::new(),
+            throttle: Mutex::default(),
+        }
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
-        self.state.write().unwrap_or_else(|e| e.into_inner())
+    /// The shard of everything about `subject`.
+    fn subject_shard(&self, subject: &str) -> &RwLock<Shard> {
+        self.shard(self.placement.hash_one(subject))
+    }
+
+    /// The shard of a denylisted `jti`.
+    fn jti_shard(&self, key: &[u8; 32]) -> &RwLock<Shard> {
+        let mut head = [0u8; 8];
+        head.copy_from_slice(&key[..8]);
+        self.shard(u64::from_le_bytes(head))
+    }
+
+    fn shard(&self, hash: u64) -> &RwLock<Shard> {
+        &self.shards[(hash % self.shards.len() as u64) as usize]
     }
 
     fn throttle(&self) -> std::sync::MutexGuard<'_, Throttle> {
@@ -205,29 +280,30 @@ impl MemoryStore {
     }
 
     fn check_now(&self, token: &TokenRef<'_>, now: i64) -> Verdict {
-        let state = self.read();
-        if state
+        // The jti's shard is let go before the subject's is taken (see the module docs).
+        let denied = read(self.jti_shard(token.jti_key))
             .denied
             .get(token.jti_key)
-            .is_some_and(|until| *until > now)
-        {
+            .is_some_and(|until| *until > now);
+        if denied {
             return Verdict::JtiDenied;
         }
-        if let Some((before, keep)) = state.revoked_before.get(token.subject)
+        let shard = read(self.subject_shard(token.subject));
+        if let Some((before, keep)) = shard.revoked_before.get(token.subject)
             && *keep > now
             && token.issued_at <= *before
         {
             return Verdict::UserRevoked;
         }
         if token.require_session {
-            let Some(record) = token.session.and_then(|sid| state.sessions.get(sid)) else {
+            // Another subject's session may live in another shard, so it is unknown here
+            // whichever shard it is in, never sometimes a mismatch.
+            let live = token
+                .session
+                .and_then(|sid| shard.sessions.get(sid))
+                .is_some_and(|s| s.subject == token.subject && alive(s, now));
+            if !live {
                 return Verdict::SessionUnknown;
-            };
-            if !alive(record, now) {
-                return Verdict::SessionUnknown;
-            }
-            if record.subject != token.subject {
-                return Verdict::SessionMismatch;
             }
         }
         Verdict::Alive
@@ -248,9 +324,9 @@ impl SessionStore for MemoryStore {
         record: SessionRecord,
         refresh: Option<RefreshGrant>,
     ) -> Result<(), StoreError> {
-        let mut state = self.write();
+        let mut shard = write(self.subject_shard(&record.subject));
         if let Some(grant) = refresh {
-            state.refresh.insert(
+            shard.refresh.insert(
                 grant.hash,
                 RefreshState {
                     session: record.id.clone(),
@@ -259,13 +335,13 @@ impl SessionStore for MemoryStore {
                 },
             );
         }
-        state
+        shard
             .by_user
             .entry(record.subject.clone())
             .or_default()
             .insert(record.id.clone());
-        state.sessions.insert(record.id.clone(), record);
-        state.after_write(now_for_sweep());
+        shard.sessions.insert(record.id.clone(), record);
+        shard.after_write(now_for_sweep());
         Ok(())
     }
 
@@ -275,8 +351,7 @@ impl SessionStore for MemoryStore {
         id: &str,
         now: i64,
     ) -> Result<Option<SessionRecord>, StoreError> {
-        Ok(self
-            .read()
+        Ok(read(self.subject_shard(subject))
             .sessions
             .get(id)
             .filter(|s| s.subject == subject && alive(s, now))
@@ -284,13 +359,13 @@ impl SessionStore for MemoryStore {
     }
 
     async fn sessions_of(&self, subject: &str, now: i64) -> Result<Vec<SessionRecord>, StoreError> {
-        let state = self.read();
-        let mut out: Vec<SessionRecord> = state
+        let shard = read(self.subject_shard(subject));
+        let mut out: Vec<SessionRecord> = shard
             .by_user
             .get(subject)
             .into_iter()
             .flatten()
-            .filter_map(|id| state.sessions.get(id))
+            .filter_map(|id| shard.sessions.get(id))
             .filter(|s| alive(s, now))
             .cloned()
             .collect();
@@ -303,11 +378,11 @@ impl SessionStore for MemoryStore {
     }
 
     async fn revoke_session(&self, subject: &str, id: &str) -> Result<bool, StoreError> {
-        let mut state = self.write();
+        let mut shard = write(self.subject_shard(subject));
         // Another user's session id names nothing for this subject.
-        let owned = state.sessions.get(id).is_some_and(|s| s.subject == subject);
-        let existed = owned && state.remove_session(id).is_some();
-        state.after_write(now_for_sweep());
+        let owned = shard.sessions.get(id).is_some_and(|s| s.subject == subject);
+        let existed = owned && shard.remove_session(id).is_some();
+        shard.after_write(now_for_sweep());
         Ok(existed)
     }
 
@@ -317,60 +392,64 @@ impl SessionStore for MemoryStore {
         before: i64,
         keep_until: i64,
     ) -> Result<(), StoreError> {
-        let mut state = self.write();
-        let ids: Vec<String> = state
+        // The user's sessions and mark are in one shard: they go and it is set in one step.
+        let mut shard = write(self.subject_shard(subject));
+        let ids: Vec<String> = shard
             .by_user
             .get(subject)
             .map(|ids| ids.iter().cloned().collect())
             .unwrap_or_default();
         for id in ids {
-            state.remove_session(&id);
+            shard.remove_session(&id);
         }
-        let entry = state
+        let entry = shard
             .revoked_before
             .entry(subject.to_owned())
             .or_insert((before, keep_until));
         // A later revocation never moves the mark backwards.
         entry.0 = entry.0.max(before);
         entry.1 = entry.1.max(keep_until);
-        state.after_write(now_for_sweep());
+        shard.after_write(now_for_sweep());
         Ok(())
     }
 
     async fn deny_jti(&self, issuer: &str, jti: &str, until: i64) -> Result<(), StoreError> {
-        let mut state = self.write();
-        let slot = state.denied.entry(jti_key(issuer, jti)).or_insert(until);
+        let key = jti_key(issuer, jti);
+        let mut shard = write(self.jti_shard(&key));
+        let slot = shard.denied.entry(key).or_insert(until);
         *slot = (*slot).max(until);
-        state.after_write(now_for_sweep());
+        shard.after_write(now_for_sweep());
         Ok(())
     }
 
     async fn rotate_refresh(&self, r: &Rotation<'_>) -> Result<RotateOutcome, StoreError> {
         // One write lock for the whole decision: twenty concurrent rotations of one token see
-        // each other's writes in order, so exactly one of them rotates.
-        let mut state = self.write();
-        let Some(token) = state.refresh.get(&r.presented).cloned() else {
+        // each other's writes in order, so exactly one of them rotates. The token, its session
+        // and the session's other tokens are all in the subject's shard; a token presented with
+        // another subject is not found there, which is `Invalid` as it always was.
+        let mut shard = write(self.subject_shard(r.subject));
+        let Some(token) = shard.refresh.get(&r.presented).cloned() else {
             return Ok(RotateOutcome::Invalid);
         };
         if token.session != r.session || token.expires_at <= r.now {
             return Ok(RotateOutcome::Invalid);
         }
-        let Some(session) = state.sessions.get(r.session).cloned() else {
+        let Some(session) = shard.sessions.get(r.session).cloned() else {
             return Ok(RotateOutcome::Invalid);
         };
         if session.subject != r.subject {
             return Ok(RotateOutcome::Invalid);
         }
         if !alive(&session, r.now) {
-            state.remove_session(r.session);
+            shard.remove_session(r.session);
             return Ok(RotateOutcome::Invalid);
         }
         let outcome = match token.used_at {
             None => {
-                if let Some(t) = state.refresh.get_mut(&r.presented) {
+                if let Some(t) = shard.refresh.get_mut(&r.presented) {
                     t.used_at = Some(r.now);
                 }
-                state.refresh.insert(
+                shard.refresh.insert(
                     r.successor,
                     RefreshState {
                         session: r.session.to_owned(),
@@ -378,7 +457,7 @@ impl SessionStore for MemoryStore {
                         expires_at: r.successor_expires_at.min(session.absolute_expiry),
                     },
                 );
-                let record = state.sessions.get_mut(r.session).map(|s| {
+                let record = shard.sessions.get_mut(r.session).map(|s| {
                     s.last_seen = r.now;
                     s.idle_expiry = (r.now + r.idle).min(s.absolute_expiry);
                     s.clone()
@@ -387,13 +466,13 @@ impl SessionStore for MemoryStore {
             }
             Some(used_at) if r.now - used_at <= r.grace => RotateOutcome::Concurrent(session),
             Some(_) => {
-                state.remove_session(r.session);
+                shard.remove_session(r.session);
                 RotateOutcome::ReuseDetected {
                     subject: session.subject,
                 }
             }
         };
-        state.after_write(r.now);
+        shard.after_write(r.now);
         Ok(outcome)
     }
     async fn throttle_hit(&self, key: &str, window: i64, now: i64) -> Result<Attempts, StoreError> {
@@ -508,37 +587,98 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn sweeps_are_spaced_by_the_size_of_the_store_and_keep_dead_entries_bounded() {
+    async fn sweeps_are_spaced_by_the_size_of_the_shard_and_keep_dead_entries_bounded() {
         let store = MemoryStore::new();
         let now = now_for_sweep();
+        // One subject's sessions all live in its shard, so this is one shard filling up.
+        let of_alice = |id: String, expires: i64| SessionRecord {
+            subject: "alice".into(),
+            ..session(id, expires)
+        };
+        let shard = store.subject_shard("alice");
         for i in 0..4_000 {
-            let record = session(format!("live-{i}"), now + 3_600);
+            let record = of_alice(format!("live-{i}"), now + 3_600);
             store.create_session(record, None).await.unwrap();
         }
         // As if a sweep had just run with 4,000 held: the next waits for more than 500 writes
-        // (an eighth of what is held by then), not 256.
-        store.write().writes = 0;
+        // (an eighth of what the shard holds by then), not SWEEP_EVERY.
+        write(shard).writes = 0;
         for i in 0..400 {
-            let record = session(format!("dead-{i}"), now - 1);
+            let record = of_alice(format!("dead-{i}"), now - 1);
             store.create_session(record, None).await.unwrap();
         }
         assert_eq!(
-            store.read().sessions.len(),
+            read(shard).sessions.len(),
             4_400,
             "no sweep within 400 writes"
         );
         for i in 400..600 {
-            let record = session(format!("dead-{i}"), now - 1);
+            let record = of_alice(format!("dead-{i}"), now - 1);
             store.create_session(record, None).await.unwrap();
         }
         // The sweep ran once, and removed every dead session written before it.
-        let state = store.read();
-        let dead = state
+        let held = read(shard);
+        let dead = held
             .sessions
             .keys()
             .filter(|k| k.starts_with("dead-"))
             .count();
         assert!(dead < 600 - 400, "{dead} dead sessions left");
-        assert_eq!(state.sessions.len(), 4_000 + dead);
+        assert_eq!(held.sessions.len(), 4_000 + dead);
+        assert_eq!(held.by_user["alice"].len(), 4_000 + dead);
+    }
+
+    #[tokio::test]
+    async fn dead_entries_stay_bounded_in_every_shard() {
+        let store = MemoryStore::new();
+        let now = now_for_sweep();
+        // Expired sessions of 20,000 users and 20,000 expired denylist entries, spread over
+        // every shard: each shard sweeps on its own writes, so none keeps more than
+        // SWEEP_EVERY dead entries of either kind.
+        for i in 0..20_000 {
+            let record = session(format!("dead-{i}"), now - 1);
+            store.create_session(record, None).await.unwrap();
+            store
+                .deny_jti("https://issuer", &format!("j{i}"), now - 1)
+                .await
+                .unwrap();
+        }
+        for shard in &store.shards {
+            let shard = read(shard);
+            assert!(shard.sessions.len() + shard.denied.len() < SWEEP_EVERY as usize);
+            assert_eq!(shard.by_user.len(), shard.sessions.len());
+        }
+    }
+
+    fn token<'a>(key: &'a [u8; 32], subject: &'a str, sid: &'a str, now: i64) -> TokenRef<'a> {
+        TokenRef {
+            token_key: key,
+            jti_key: key,
+            expires_at: now + 600,
+            subject,
+            session: Some(sid),
+            issued_at: now - 1,
+            require_session: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_of_another_subject_is_unknown_whichever_shard_it_is_in() {
+        let store = MemoryStore::new();
+        let now = now_for_sweep();
+        // 500 pairs: with 64 shards, some owners share a shard with the subject presenting
+        // their session id and most do not; the verdict is the same for all.
+        for i in 0..500 {
+            let record = session(format!("s{i}"), now + 3_600);
+            store.create_session(record, None).await.unwrap();
+        }
+        for i in 0..500 {
+            let (sid, owner, other) = (format!("s{i}"), format!("user-s{i}"), format!("u{i}"));
+            let key = jti_key("https://issuer", &sid);
+            let alive = store.check_now(&token(&key, &owner, &sid, now), now);
+            assert_eq!(alive, Verdict::Alive);
+            let foreign = store.check_now(&token(&key, &other, &sid, now), now);
+            assert_eq!(foreign, Verdict::SessionUnknown);
+        }
     }
 }
