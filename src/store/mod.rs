@@ -289,7 +289,11 @@ pub trait SessionStore: Send + Sync + 'static {
 }
 
 /// The configured store. An enum rather than a trait object: the hot path dispatches with a
-/// match instead of boxing a future per request.
+/// match instead of boxing a future per request. The variants differ in size (the sharded
+/// memory store is a pointer-sized handful of fields, the Redis store holds its connections):
+/// there is one per gateway, so neither is boxed, which would add a pointer chase to every
+/// check.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Store {
     /// In-process.
