@@ -40,7 +40,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-#[allow(dead_code, unreachable_pub, unused_imports)]
 #[path = "../tests/common/mod.rs"]
 mod common;
 
