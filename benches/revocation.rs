@@ -206,39 +206,7 @@ async fn main() {
     let b = store(redis.port).await;
 
     // 1. Propagation.
-    const N: u64 = 1_000;
-    let mut delays = Vec::with_capacity(N as usize);
-    let mut missed = 0;
-    for i in 0..N {
-        let (sub, sid) = (format!("user{i}"), format!("s{i}"));
-        a.create_session(record(&sid, &sub), None).await.unwrap();
-        let t = Tok::new(i, &sub, &sid);
-        assert_eq!(b.check(&t.r(), now()).await.unwrap(), Verdict::Alive);
-        assert!(b.cache().alive(&t.token_key).is_some());
-        let started = Instant::now();
-        a.revoke_session(&sub, &sid).await.unwrap();
-        let deadline = started + Duration::from_secs(1);
-        loop {
-            if b.cache().alive(&t.token_key).is_none() {
-                delays.push(started.elapsed());
-                break;
-            }
-            if Instant::now() > deadline {
-                missed += 1;
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-    }
-    delays.sort();
-    println!("revocation propagation A -> B over {N} revocations (loopback, one redis-server):");
-    println!(
-        "  p50 {:?}  p90 {:?}  p99 {:?}  max {:?}  not propagated within 1s: {missed}",
-        percentile(&delays, 0.50),
-        percentile(&delays, 0.90),
-        percentile(&delays, 0.99),
-        delays.last().copied().unwrap_or_default()
-    );
+    propagation(&a, &b, 0, "loopback, one redis-server").await;
 
     // 2. Per-request store cost of a cached session, side by side with the memory store.
     let memory = MemoryStore::new();
@@ -1053,14 +1021,21 @@ async fn faults() {
         s
     };
     let (a, b) = (cluster_store().await, cluster_store().await);
+    propagation(&a, &b, 3_000_000, "a 3-master Redis Cluster").await;
+}
+
+/// Parts 1 and 7: 1,000 times, B caches an "alive" verdict, A revokes the session, and the
+/// clock runs until B's cache no longer holds it. `first` keeps token ids apart between runs.
+async fn propagation(a: &RedisStore, b: &RedisStore, first: u64, over: &str) {
     const N: u64 = 1_000;
     let mut delays = Vec::with_capacity(N as usize);
     let mut missed = 0;
-    for i in 0..N {
-        let (sub, sid) = (format!("cluser{i}"), format!("c{i}"));
+    for i in first..first + N {
+        let (sub, sid) = (format!("user{i}"), format!("s{i}"));
         a.create_session(record(&sid, &sub), None).await.unwrap();
-        let t = Tok::new(3_000_000 + i, &sub, &sid);
+        let t = Tok::new(i, &sub, &sid);
         assert_eq!(b.check(&t.r(), now()).await.unwrap(), Verdict::Alive);
+        assert!(b.cache().alive(&t.token_key).is_some());
         let started = Instant::now();
         a.revoke_session(&sub, &sid).await.unwrap();
         let deadline = started + Duration::from_secs(1);
@@ -1077,7 +1052,7 @@ async fn faults() {
         }
     }
     delays.sort();
-    println!("revocation propagation A -> B over a 3-master Redis Cluster ({N} revocations):");
+    println!("revocation propagation A -> B over {N} revocations ({over}):");
     println!(
         "  p50 {:?}  p90 {:?}  p99 {:?}  max {:?}  not propagated within 1s: {missed}",
         percentile(&delays, 0.50),

@@ -1114,19 +1114,8 @@ async fn after_an_idle_redis_restart_the_first_request_is_answered_and_readyz_pr
     assert_eq!(readyz().await, StatusCode::OK);
 }
 
-/// The payload of a compact JWS, unverified (the test minted it).
-fn decode_claims(token: &str) -> serde_json::Value {
-    use base64::Engine as _;
-    let payload = token.split('.').nth(1).unwrap();
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .unwrap();
-    serde_json::from_slice(&bytes).unwrap()
-}
-
-#[tokio::test]
-async fn sec37_an_admin_revocation_no_replica_acknowledges_is_answered_503_and_audited_not_reported_done()
- {
+/// A Redis master and a replica of it, in sync.
+async fn master_and_replica() -> (RedisServer, RedisServer) {
     let master = RedisServer::start();
     let port = master.port.to_string();
     let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]);
@@ -1140,6 +1129,23 @@ async fn sec37_an_admin_revocation_no_replica_acknowledges_is_answered_503_and_a
         .is_some(),
         "the replica never synced"
     );
+    (master, replica)
+}
+
+/// The payload of a compact JWS, unverified (the test minted it).
+fn decode_claims(token: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+#[tokio::test]
+async fn sec37_an_admin_revocation_no_replica_acknowledges_is_answered_503_and_audited_not_reported_done()
+ {
+    let (master, replica) = master_and_replica().await;
     let secrets = tempfile::tempdir().unwrap();
     let token_file = write(secrets.path(), "admin.token", &"a".repeat(40));
     let gw = Setup {
@@ -1201,19 +1207,7 @@ async fn sec37_an_admin_revocation_no_replica_acknowledges_is_answered_503_and_a
 #[tokio::test]
 async fn sec37_a_logout_no_replica_acknowledges_is_answered_503_and_audited() {
     use common::auth::{ALICE_PASSWORD, AuthSetup, StoreChoice};
-    let master = RedisServer::start();
-    let port = master.port.to_string();
-    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]);
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            replica
-                .cli(&["INFO", "replication"])
-                .contains("master_link_status:up")
-        })
-        .await
-        .is_some(),
-        "the replica never synced"
-    );
+    let (master, replica) = master_and_replica().await;
     let gw = AuthSetup {
         store: StoreChoice::RedisWith(
             master.url(),

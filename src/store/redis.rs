@@ -490,6 +490,29 @@ fn retry_once(e: &redis::RedisError) -> bool {
     e.is_connection_dropped()
 }
 
+/// Sends on the master's connection of `lane`; after an error the connection is dropped (the
+/// next use asks the sentinels again), and a dropped one is tried once more ([`retry_once`]).
+async fn on_master<T, F, Fut>(s: &SentinelConn, lane: Lane, send: F) -> redis::RedisResult<T>
+where
+    F: Fn(ConnectionManager) -> Fut,
+    Fut: Future<Output = redis::RedisResult<T>>,
+{
+    let mut retried = false;
+    loop {
+        let result = send(s.connection(lane).await?).await;
+        match &result {
+            Err(e) => {
+                s.after_error(lane, e);
+                if retried || !retry_once(e) {
+                    return result;
+                }
+                retried = true;
+            }
+            Ok(_) => return result,
+        }
+    }
+}
+
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
@@ -503,24 +526,12 @@ impl ConnectionLike for Conn {
             Conn::Sentinel(s, lane) => {
                 let (s, lane) = (Arc::clone(s), *lane);
                 Box::pin(async move {
-                    let mut result = Err(redis::RedisError::from((
-                        redis::ErrorKind::Client,
-                        "not sent",
-                    )));
-                    for attempt in 0..2 {
-                        let mut c = s.connection(lane).await?;
-                        result = c.req_packed_command(cmd).await;
-                        match &result {
-                            Err(e) => {
-                                s.after_error(lane, e);
-                                if attempt > 0 || !retry_once(e) {
-                                    break;
-                                }
-                            }
-                            Ok(_) => break,
-                        }
-                    }
-                    result
+                    on_master(
+                        &s,
+                        lane,
+                        |mut c| async move { c.req_packed_command(cmd).await },
+                    )
+                    .await
                 })
             }
         }
@@ -545,24 +556,10 @@ impl ConnectionLike for Conn {
             Conn::Sentinel(s, lane) => {
                 let (s, lane) = (Arc::clone(s), *lane);
                 Box::pin(async move {
-                    let mut result = Err(redis::RedisError::from((
-                        redis::ErrorKind::Client,
-                        "not sent",
-                    )));
-                    for attempt in 0..2 {
-                        let mut c = s.connection(lane).await?;
-                        result = c.req_packed_commands(pipeline, offset, count).await;
-                        match &result {
-                            Err(e) => {
-                                s.after_error(lane, e);
-                                if attempt > 0 || !retry_once(e) {
-                                    break;
-                                }
-                            }
-                            Ok(_) => break,
-                        }
-                    }
-                    result
+                    on_master(&s, lane, |mut c| async move {
+                        c.req_packed_commands(pipeline, offset, count).await
+                    })
+                    .await
                 })
             }
         }
