@@ -4,7 +4,7 @@
 //!
 //! # Locking
 //!
-//! The session state is split into `SHARDS` (64) shards, each behind its own `RwLock`:
+//! The session state is split into `SHARDS` (256) shards, each behind its own `RwLock`:
 //!
 //! - **Everything about one subject** (its sessions, the index of its session ids, their refresh
 //!   tokens, its revoke-before mark) lives in the shard picked by a keyed hash of the subject.
@@ -41,10 +41,11 @@ use super::{
 };
 
 /// How many shards the session state is split into. At 1,000,000 sessions a shard holds about
-/// 15,600, so its sweep and its growth cost a 64th of the whole store's. Chosen by measurement
-/// (docs/PERFORMANCE.md compares 1, 16, 64, 128 and 256); each shard costs a lock and a few
-/// empty maps, and no call touches more than two.
-const SHARDS: usize = 64;
+/// 3,900, so its sweep and its growth cost a 256th of the whole store's. Chosen by measurement
+/// (docs/PERFORMANCE.md compares 1, 16, 64, 128 and 256 side by side: the worst single call
+/// while filling to a million was 1.2 s, 95 ms, 25 ms, 12.9 ms and 5.9 ms, on a quiet machine
+/// in release); each shard costs a lock and a few empty maps, and no call touches more than two.
+const SHARDS: usize = 256;
 
 /// The fewest writes to a shard between its sweeps of expired entries. Sweeps keep every map
 /// bounded by what is live; the interval keeps their cost off individual requests.
@@ -247,7 +248,7 @@ impl MemoryStore {
         Self::default()
     }
 
-    /// An empty store split into `shards` shards (at least one) instead of 64. For
+    /// An empty store split into `shards` shards (at least one) instead of 256. For
     /// measurement: `benches/revocation.rs` fills stores of several shard counts to show the
     /// choice. The gateway uses [`MemoryStore::new`].
     pub fn with_shards(shards: usize) -> Self {
@@ -666,7 +667,7 @@ mod tests {
     async fn a_session_of_another_subject_is_unknown_whichever_shard_it_is_in() {
         let store = MemoryStore::new();
         let now = now_for_sweep();
-        // 500 pairs: with 64 shards, some owners share a shard with the subject presenting
+        // 500 pairs: with 256 shards, some owners share a shard with the subject presenting
         // their session id and most do not; the verdict is the same for all.
         for i in 0..500 {
             let record = session(format!("s{i}"), now + 3_600);
