@@ -222,46 +222,37 @@ pub fn bound_refresh(headers: &http::HeaderMap) -> RefreshCookies<'_> {
     }
 }
 
+/// Every value sent for cookie `name`, in the order sent, across every `Cookie` header.
+fn values<'h>(headers: &'h http::HeaderMap, name: &str) -> impl Iterator<Item = &'h str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|text| text.split(';'))
+        .filter_map(move |pair| {
+            let (n, v) = pair.trim().split_once('=')?;
+            (n.trim() == name).then(|| v.trim())
+        })
+}
+
 /// Every value of cookie `name` in the request, in the order sent (at most
 /// [`MAX_REFRESH_COOKIES`]; a request with more is treated as having none of them).
 fn read_all<'h>(headers: &'h http::HeaderMap, name: &str) -> Vec<&'h str> {
-    let mut found = Vec::new();
-    for value in headers.get_all(http::header::COOKIE) {
-        let Ok(text) = value.to_str() else { continue };
-        for pair in text.split(';') {
-            let Some((n, v)) = pair.trim().split_once('=') else {
-                continue;
-            };
-            if n.trim() == name {
-                if found.len() == MAX_REFRESH_COOKIES {
-                    return Vec::new();
-                }
-                found.push(v.trim());
-            }
-        }
+    let found: Vec<&str> = values(headers, name)
+        .take(MAX_REFRESH_COOKIES + 1)
+        .collect();
+    if found.len() > MAX_REFRESH_COOKIES {
+        return Vec::new();
     }
     found
 }
 
 /// The value of cookie `name` in the request, when it is sent exactly once.
 pub fn read<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
-    let mut found = None;
-    for value in headers.get_all(http::header::COOKIE) {
-        let Ok(text) = value.to_str() else { continue };
-        for pair in text.split(';') {
-            let Some((n, v)) = pair.trim().split_once('=') else {
-                continue;
-            };
-            if n.trim() == name {
-                if found.is_some() {
-                    // Two cookies of one name: a planted one (cookie tossing) among them.
-                    return None;
-                }
-                found = Some(v.trim());
-            }
-        }
-    }
-    found
+    let mut found = values(headers, name);
+    let first = found.next()?;
+    // Two cookies of one name: a planted one (cookie tossing) among them.
+    found.next().is_none().then_some(first)
 }
 
 #[cfg(test)]
