@@ -39,24 +39,6 @@ fn statuses(reply: &str) -> Vec<u16> {
         .collect()
 }
 
-/// Reads until the end of a response head, byte by byte so nothing after it is consumed.
-async fn read_head(stream: &mut TcpStream) -> Option<String> {
-    let mut buf = Vec::new();
-    let read = async {
-        let mut byte = [0u8; 1];
-        loop {
-            match stream.read(&mut byte).await {
-                Ok(0) | Err(_) => return None,
-                Ok(_) => buf.push(byte[0]),
-            }
-            if buf.ends_with(b"\r\n\r\n") {
-                return Some(String::from_utf8_lossy(&buf).into_owned());
-            }
-        }
-    };
-    tokio::time::timeout(BOUND, read).await.ok().flatten()
-}
-
 /// Reads whatever arrives until the peer closes; `None` if it is still open after `BOUND`.
 async fn read_until_closed(stream: &mut TcpStream) -> Option<Vec<u8>> {
     let mut out = Vec::new();
@@ -258,7 +240,7 @@ async fn sec34_an_h2c_upgrade_never_reaches_the_backend() {
     let gw = gateway_in_front_of(&backend.url()).await;
     let mut client = TcpStream::connect(gw.addr).await.unwrap();
     client.write_all(H2C_UPGRADE.as_bytes()).await.unwrap();
-    let head = read_head(&mut client)
+    let head = read_head(&mut client, BOUND)
         .await
         .expect("no answer to the upgrade");
     assert_eq!(statuses(&head), [200], "{head}");
@@ -304,7 +286,7 @@ async fn sec34_a_101_to_a_request_that_asked_no_switch_is_502_and_joins_nothing(
     ] {
         let mut client = TcpStream::connect(gw.addr).await.unwrap();
         client.write_all(request.as_bytes()).await.unwrap();
-        let head = read_head(&mut client).await.expect("no answer");
+        let head = read_head(&mut client, BOUND).await.expect("no answer");
         assert_eq!(statuses(&head), [502], "{head}");
         assert!(
             head.to_ascii_lowercase()
@@ -341,7 +323,7 @@ async fn sec34_a_websocket_handshake_answered_with_another_protocol_is_502() {
     let gw = gateway_in_front_of(&backend.url()).await;
     let mut client = TcpStream::connect(gw.addr).await.unwrap();
     client.write_all(WEBSOCKET.as_bytes()).await.unwrap();
-    let head = read_head(&mut client).await.expect("no answer");
+    let head = read_head(&mut client, BOUND).await.expect("no answer");
     assert_eq!(statuses(&head), [502], "{head}");
     let _ = client.write_all(&after_the_switch()).await;
     assert!(
@@ -375,7 +357,7 @@ async fn sec34_only_a_well_formed_websocket_handshake_on_a_websocket_route_keeps
         .write_all(ws("/public/ws", KEY, "13", "websocket").as_bytes())
         .await
         .unwrap();
-    let head = read_head(&mut client).await.expect("no answer");
+    let head = read_head(&mut client, BOUND).await.expect("no answer");
     assert_eq!(statuses(&head), [101], "{head}");
     client.write_all(b"ping").await.unwrap();
     let mut back = [0u8; 4];
@@ -436,7 +418,7 @@ async fn sec34_a_route_with_websocket_off_forwards_a_handshake_as_a_plain_reques
         .write_all(WEBSOCKET.replace("/public/ws", "/ws/x").as_bytes())
         .await
         .unwrap();
-    let head = read_head(&mut client).await.expect("no answer");
+    let head = read_head(&mut client, BOUND).await.expect("no answer");
     assert_eq!(statuses(&head), [101], "{head}");
 }
 
@@ -572,7 +554,7 @@ async fn sec35_a_backend_cannot_set_the_gateways_cookies() {
         .write_all(WEBSOCKET.replace("/public/ws", "/h1/ws").as_bytes())
         .await
         .unwrap();
-    let head = read_head(&mut client).await.expect("no answer");
+    let head = read_head(&mut client, BOUND).await.expect("no answer");
     assert_eq!(statuses(&head), [101], "{head}");
     let lower = head.to_ascii_lowercase();
     assert!(!lower.contains("portcullis"), "{head}");

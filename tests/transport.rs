@@ -101,26 +101,6 @@ fn get(addr: SocketAddr, path: &str) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
-/// Reads until the end of a response head. `None` if `within` passes first, or the
-/// connection closes or resets before a whole head arrived.
-async fn read_head<S: AsyncRead + Unpin>(stream: &mut S, within: Duration) -> Option<String> {
-    let mut buf = Vec::new();
-    let read = async {
-        let mut byte = [0u8; 1];
-        // Byte by byte, so nothing after the head (an upgraded stream's data) is consumed.
-        loop {
-            match stream.read(&mut byte).await {
-                Ok(0) | Err(_) => return None,
-                Ok(_) => buf.push(byte[0]),
-            }
-            if buf.ends_with(b"\r\n\r\n") {
-                return Some(String::from_utf8_lossy(&buf).into_owned());
-            }
-        }
-    };
-    timeout(within, read).await.ok().flatten()
-}
-
 fn status_of(head: &str) -> u16 {
     head.split(' ')
         .nth(1)

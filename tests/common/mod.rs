@@ -838,6 +838,29 @@ pub fn signal(pid: u32, signal: &str) {
 }
 pub mod auth;
 
+/// Reads until the end of a response head. `None` if `within` passes first, or the
+/// connection closes or resets before a whole head arrived.
+pub async fn read_head<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    within: Duration,
+) -> Option<String> {
+    let mut buf = Vec::new();
+    let read = async {
+        let mut byte = [0u8; 1];
+        // Byte by byte, so nothing after the head (an upgraded stream's data) is consumed.
+        loop {
+            match stream.read(&mut byte).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => buf.push(byte[0]),
+            }
+            if buf.ends_with(b"\r\n\r\n") {
+                return Some(String::from_utf8_lossy(&buf).into_owned());
+            }
+        }
+    };
+    tokio::time::timeout(within, read).await.ok().flatten()
+}
+
 /// A TCP proxy on a free loopback port in front of `target`, that can **freeze**: stop
 /// forwarding in both directions while every socket stays open, as a network that drops
 /// packets does. No error reaches either side; only silence. Thawing forwards what was held.
