@@ -241,7 +241,7 @@ async fn admin(
             ..AuditEvent::default()
         });
     };
-    let now = crate::pipeline::verify::unix_now();
+    let now = gateway.clock().now();
     let store = gateway.store();
     match (method, path) {
         (&Method::GET, "/admin/sessions") => {

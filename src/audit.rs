@@ -38,7 +38,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak, mpsc};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -138,6 +138,8 @@ struct Inner {
     /// `Duration::ZERO`: no aggregation.
     window: Duration,
     windows: Mutex<HashMap<WindowKey, Window>>,
+    /// The gateway's clock, for the `time` of each line.
+    clock: crate::clock::Clock,
 }
 
 /// What the file's writer thread is sent.
@@ -197,14 +199,16 @@ impl Audit {
     /// and added to a Redis stream, refusals aggregated over [`DEFAULT_WINDOW`]. The stream's
     /// sender must be made inside Tokio.
     pub fn new(file: Option<&Path>, stream: Option<&AuditStream>) -> Result<Self, AuditError> {
-        Self::with_window(file, stream, DEFAULT_WINDOW)
+        Self::with_window(file, stream, DEFAULT_WINDOW, &crate::clock::Clock::system())
     }
 
-    /// Like [`Audit::new`], aggregating repeated refusals over `window` (zero: never).
+    /// Like [`Audit::new`], aggregating repeated refusals over `window` (zero: never), and
+    /// stamping lines with `clock`'s time.
     pub fn with_window(
         file: Option<&Path>,
         stream: Option<&AuditStream>,
         window: Duration,
+        clock: &crate::clock::Clock,
     ) -> Result<Self, AuditError> {
         let file = file.map(file_sink).transpose()?;
         let stream = stream.map(stream_sink).transpose()?;
@@ -213,6 +217,7 @@ impl Audit {
                 file,
                 stream,
                 window,
+                clock: clock.clone(),
                 ..Inner::default()
             }),
         };
@@ -273,7 +278,7 @@ impl Audit {
                         }
                         *w = Window {
                             opened: now,
-                            first_time: time.get_or_insert_with(rfc3339_now).clone(),
+                            first_time: time.get_or_insert_with(|| self.now_text()).clone(),
                             written: 1,
                             count: 0,
                         };
@@ -283,7 +288,7 @@ impl Audit {
                             key,
                             Window {
                                 opened: now,
-                                first_time: time.get_or_insert_with(rfc3339_now).clone(),
+                                first_time: time.get_or_insert_with(|| self.now_text()).clone(),
                                 written: 1,
                                 count: 0,
                             },
@@ -295,7 +300,7 @@ impl Audit {
         }
         let user_agent = event.user_agent.map(|ua| truncate(ua, MAX_USER_AGENT));
         self.write(&Line {
-            time: time.unwrap_or_else(rfc3339_now),
+            time: time.unwrap_or_else(|| self.now_text()),
             event: event.event,
             reason_id: event.reason_id,
             subject: event.subject,
@@ -350,10 +355,16 @@ impl Audit {
         self.write_summaries(summaries);
     }
 
+    /// The clock's time as the lines write it.
+    fn now_text(&self) -> String {
+        let ms = self.inner.clock.now_millis();
+        rfc3339(ms.div_euclid(1000), ms.rem_euclid(1000) as u32)
+    }
+
     fn write_summaries(&self, summaries: Option<Vec<Summary>>) {
         for s in summaries.into_iter().flatten() {
             self.write(&Line {
-                time: rfc3339_now(),
+                time: self.now_text(),
                 event: s.event,
                 reason_id: s.reason_id,
                 subject: None,
@@ -589,14 +600,6 @@ fn stream_sink(settings: &AuditStream) -> Result<tokio::sync::mpsc::Sender<Strin
     Ok(tx)
 }
 
-/// Now as `2026-11-28T03:04:05.678Z`.
-pub fn rfc3339_now() -> String {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    rfc3339(since.as_secs() as i64, since.subsec_millis())
-}
-
 /// Seconds since the epoch (and milliseconds) as an RFC 3339 UTC timestamp.
 pub fn rfc3339(secs: i64, millis: u32) -> String {
     let days = secs.div_euclid(86_400);
@@ -700,7 +703,8 @@ mod tests {
     fn past_a_burst_repeated_refusals_within_the_window_are_counted_into_one_summary() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        let audit = Audit::with_window(Some(&path), None, HOUR).unwrap();
+        let audit =
+            Audit::with_window(Some(&path), None, HOUR, &crate::clock::Clock::system()).unwrap();
         let t0 = Instant::now();
         for i in 0..1000 {
             audit.emit_at(
@@ -771,7 +775,8 @@ mod tests {
     fn a_refusal_after_its_window_closed_is_written_after_the_summary_of_the_old_window() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        let audit = Audit::with_window(Some(&path), None, HOUR).unwrap();
+        let audit =
+            Audit::with_window(Some(&path), None, HOUR, &crate::clock::Clock::system()).unwrap();
         let t0 = Instant::now();
         for i in 0..(BURST + 4) {
             audit.emit_at(
@@ -799,7 +804,7 @@ mod tests {
 
     #[test]
     fn past_max_windows_further_addresses_share_one_window_without_an_address() {
-        let audit = Audit::with_window(None, None, HOUR).unwrap();
+        let audit = Audit::with_window(None, None, HOUR, &crate::clock::Clock::system()).unwrap();
         let t0 = Instant::now();
         for i in 0..(MAX_WINDOWS as u32 + 100) {
             let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
@@ -825,7 +830,13 @@ mod tests {
     fn with_a_zero_window_every_refusal_is_written() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        let audit = Audit::with_window(Some(&path), None, Duration::ZERO).unwrap();
+        let audit = Audit::with_window(
+            Some(&path),
+            None,
+            Duration::ZERO,
+            &crate::clock::Clock::system(),
+        )
+        .unwrap();
         for _ in 0..20 {
             audit.emit(&refusal("192.0.2.1", "credential.missing"));
         }
@@ -838,7 +849,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let rotated = dir.path().join("audit.jsonl.1");
-        let audit = Audit::with_window(Some(&path), None, Duration::ZERO).unwrap();
+        let audit = Audit::with_window(
+            Some(&path),
+            None,
+            Duration::ZERO,
+            &crate::clock::Clock::system(),
+        )
+        .unwrap();
         let event = |reason_id| AuditEvent {
             event: "config.reload",
             reason_id,

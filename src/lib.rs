@@ -31,6 +31,7 @@ pub mod admin;
 pub mod audit;
 pub mod auth_flow;
 pub mod body;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod keys;
@@ -45,6 +46,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use audit::Audit;
+use clock::Clock;
 use config::{Config, ListenerSpec, Runtime, StoreKind};
 use store::{MemoryStore, RedisStore, Store, StoreError};
 
@@ -65,12 +67,14 @@ pub struct Gateway {
     generation: std::sync::atomic::AtomicU64,
     /// Whether an admin listener was started.
     admin_configured: bool,
+    /// The time every decision reads.
+    clock: Clock,
 }
 
 impl Gateway {
     /// A gateway serving `runtime` with `store`, recording security decisions to `audit`.
     pub fn new(runtime: Runtime, store: Store, audit: Audit) -> Self {
-        Self::with_listeners(runtime, store, audit, Vec::new(), None)
+        Self::with_listeners(runtime, store, audit, Vec::new(), None, Clock::system())
     }
 
     fn with_listeners(
@@ -79,6 +83,7 @@ impl Gateway {
         audit: Audit,
         listeners: Vec<ListenerSpec>,
         config_path: Option<std::path::PathBuf>,
+        clock: Clock,
     ) -> Self {
         let tls = listeners
             .iter()
@@ -97,7 +102,13 @@ impl Gateway {
             config_path,
             generation: std::sync::atomic::AtomicU64::new(1),
             admin_configured: false,
+            clock,
         }
+    }
+
+    /// The gateway's clock.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// The TLS certificate holder of listener `i` (in `listeners:` order), if it terminates TLS.
@@ -170,6 +181,16 @@ pub async fn start_from(
     config: Config,
     path: Option<std::path::PathBuf>,
 ) -> Result<server::Running, StartError> {
+    start_with(config, path, Clock::system()).await
+}
+
+/// Like [`start_from`], reading time from `clock`: tests pass [`Clock::manual`] and advance it
+/// (through [`Gateway::clock`]) instead of sleeping.
+pub async fn start_with(
+    config: Config,
+    path: Option<std::path::PathBuf>,
+    clock: Clock,
+) -> Result<server::Running, StartError> {
     let Config {
         listeners,
         limits,
@@ -183,13 +204,20 @@ pub async fn start_from(
         audit.file.as_deref(),
         audit.redis_stream.as_ref(),
         audit.aggregate_window,
+        &clock,
     )?;
     let store = build_store(&store).await?;
     if let Store::Redis(redis) = &store {
         redis.audit_to(audit.clone());
     }
-    let mut gateway =
-        Gateway::with_listeners(runtime, store, audit, listeners.clone(), path.clone());
+    let mut gateway = Gateway::with_listeners(
+        runtime,
+        store,
+        audit,
+        listeners.clone(),
+        path.clone(),
+        clock,
+    );
     gateway.admin_configured = admin.is_some();
     let gateway = Arc::new(gateway);
     let mut running = server::start(&listeners, &limits, Arc::clone(&gateway)).await?;

@@ -38,6 +38,9 @@ pub struct Env<'a> {
     pub audit: &'a Audit,
     /// The request id.
     pub request_id: &'a HeaderValue,
+    /// The instant of this request, read once from the gateway's clock: every decision the
+    /// handler makes (expiry, lifetimes, revocation instants, throttle windows) uses it.
+    pub now: i64,
     /// The client.
     pub client: Client,
 }
@@ -197,7 +200,7 @@ async fn login(
     // senders, and JSON cannot be posted cross-site without a CORS preflight, which the
     // gateway never grants.
 
-    let now = verify::unix_now();
+    let now = env.now;
     let ip_key = format!("ip:{}", env.client.ip);
     let user_key = format!("user:{username}");
     let throttle = auth.throttle;
@@ -263,7 +266,7 @@ async fn login(
     // The clock again: the password check may have waited for the blocking pool for seconds
     // under load, and the session's idle and absolute lifetimes and the access token's
     // `iat`/`exp` start now, when the session is created, not when the request arrived.
-    let now = verify::unix_now();
+    let now = env.now;
 
     // A new session with new identifiers, whatever the browser sent (docs/security.md 15).
     let subject = user.username.clone();
@@ -555,7 +558,7 @@ async fn refresh(
         );
     }
     let (subject, sid) = (parsed.subject.clone(), parsed.session);
-    let now = verify::unix_now();
+    let now = env.now;
 
     // An access token of another user next to this refresh token: someone mixed credentials
     // (docs/security.md 21). Refuse rather than pick one. Cookie and bearer that disagree, or a
@@ -792,7 +795,7 @@ async fn caller(headers: &HeaderMap, env: &Env<'_>) -> Result<Option<Signed>, Ga
     let Some(parsed) = tokens::parse_refresh_token(cookie) else {
         return Ok(None);
     };
-    let now = verify::unix_now();
+    let now = env.now;
     let Ok(rotated) = rotate(env, &parsed, cookie, now).await? else {
         return Ok(None);
     };
@@ -880,7 +883,7 @@ async fn signed_in(headers: &HeaderMap, env: &Env<'_>) -> Result<Option<Signed>,
     let Ok(Some(token)) = credential::credential(headers, &env.auth.access_cookie) else {
         return Ok(None);
     };
-    let now = verify::unix_now();
+    let now = env.now;
     let Ok(verified) = verify::verify(
         token,
         &env.rt.verifier,
@@ -1040,7 +1043,7 @@ async fn logout_all(
     let Some(signed) = caller(&headers, env).await? else {
         return Err(not_signed_in(env, "POST", "/auth/logout-all"));
     };
-    let now = verify::unix_now();
+    let now = env.now;
     // Tokens issued up to the second before now are refused by the user mark; those issued in
     // this very second name a session, and every session ends here. A new login a moment
     // later (its tokens issued after the mark) works.
@@ -1087,7 +1090,7 @@ async fn sessions_page(
     let Some(signed) = signed_in(headers, env).await? else {
         return Err(not_signed_in(env, method, "/auth/sessions"));
     };
-    let now = verify::unix_now();
+    let now = env.now;
     let list = env.store.sessions_of(&signed.subject, now).await?;
     let (csrf_token, fresh) = page_csrf_token(headers);
     let wants_json = header_str(headers, "accept")
@@ -1221,7 +1224,7 @@ async fn revoke(
     if let Some(rotated) = &signed.rotated
         && signed.session != target
     {
-        let now = verify::unix_now();
+        let now = env.now;
         let access = mint(
             env.auth,
             &signed.subject,

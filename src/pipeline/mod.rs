@@ -44,6 +44,7 @@ use hyper::body::Incoming;
 use crate::audit::{Audit, AuditEvent};
 use crate::auth_flow;
 use crate::body::GatewayBody;
+use crate::clock::Clock;
 use crate::config::Runtime;
 use crate::error::{BadRequest, ErrorContext, GatewayError, error_response};
 use crate::store::Store;
@@ -81,6 +82,7 @@ pub async fn handle(
     runtime: Arc<Runtime>,
     store: &Store,
     audit: &Audit,
+    clock: &Clock,
 ) -> Response<GatewayBody> {
     let started = std::time::Instant::now();
     let metrics = crate::metrics::global();
@@ -99,6 +101,7 @@ pub async fn handle(
         conn,
         store,
         audit,
+        clock,
         request_id: &request_id,
         client_ip,
         user_agent,
@@ -207,6 +210,7 @@ struct RunEnv<'a> {
     conn: &'a Connection,
     store: &'a Store,
     audit: &'a Audit,
+    clock: &'a Clock,
     request_id: &'a HeaderValue,
     client_ip: std::net::IpAddr,
     user_agent: Option<&'a str>,
@@ -243,6 +247,7 @@ async fn run<'rt>(
             store,
             audit: env.audit,
             request_id,
+            now: env.clock.now(),
             client: auth_flow::Client {
                 ip: env.client_ip,
                 user_agent: env.user_agent.unwrap_or("").to_owned(),
@@ -272,7 +277,7 @@ async fn run<'rt>(
         let identified = async {
             let token = credential::credential(request.headers(), &rt.cookie_name)?
                 .ok_or(GatewayError::MissingCredential)?;
-            let now = verify::unix_now();
+            let now = env.clock.now();
             let metrics = crate::metrics::global();
             let t = std::time::Instant::now();
             let verified =

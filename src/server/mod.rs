@@ -371,8 +371,15 @@ impl ConnectionTask {
                 // rules halfway through one.
                 let runtime = gateway.runtime();
                 Ok::<_, Infallible>(
-                    pipeline::handle(request, &conn, runtime, gateway.store(), gateway.audit())
-                        .await,
+                    pipeline::handle(
+                        request,
+                        &conn,
+                        runtime,
+                        gateway.store(),
+                        gateway.audit(),
+                        gateway.clock(),
+                    )
+                    .await,
                 )
             }
         });
