@@ -30,6 +30,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use jsonwebtoken::{Algorithm, EncodingKey};
+use portcullis::clock::Clock;
 use portcullis::config::{Config, Runtime};
 use portcullis::pipeline::mutate::ForwardFacts;
 use portcullis::pipeline::normalize::{NormalizedPath, normalize};
@@ -344,7 +345,7 @@ impl HotPath {
         let rt = compile(&config_yaml(dir.path(), &keys, HOT_ROUTES), dir.path());
 
         // A store with a thousand other users' sessions besides alice's.
-        let store = Store::Memory(MemoryStore::new());
+        let store = Store::Memory(MemoryStore::new(Clock::system()));
         let now = unix_now();
         for i in 0..=1000 {
             let (id, subject) = if i == 1000 {

@@ -43,6 +43,7 @@ use std::time::{Duration, Instant};
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use portcullis::clock::Clock;
 use portcullis::store::{
     MemoryStore, RedisSettings, RedisStore, SessionRecord, SessionStore, TokenRef, Topology,
     Verdict, jti_key,
@@ -174,15 +175,18 @@ async fn store(port: u16) -> RedisStore {
 }
 
 async fn store_with(port: u16, cache_capacity: u64) -> RedisStore {
-    let s = RedisStore::connect(&RedisSettings {
-        topology: Topology::Single(format!("redis://127.0.0.1:{port}")),
-        key_prefix: "bench".into(),
-        timeout: Duration::from_secs(1),
-        cache_capacity,
-        cache_ttl: Duration::from_secs(300),
-        password: None,
-        ..RedisSettings::new(Topology::Single(String::new()))
-    })
+    let s = RedisStore::connect(
+        &RedisSettings {
+            topology: Topology::Single(format!("redis://127.0.0.1:{port}")),
+            key_prefix: "bench".into(),
+            timeout: Duration::from_secs(1),
+            cache_capacity,
+            cache_ttl: Duration::from_secs(300),
+            password: None,
+            ..RedisSettings::new(Topology::Single(String::new()))
+        },
+        Clock::system(),
+    )
     .await
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -209,7 +213,7 @@ async fn main() {
     propagation(&a, &b, 0, "loopback, one redis-server").await;
 
     // 2. Per-request store cost of a cached session, side by side with the memory store.
-    let memory = MemoryStore::new();
+    let memory = MemoryStore::new(Clock::system());
     ready(memory.create_session(record("hot", "alice"), None)).unwrap();
     a.create_session(record("hot", "alice"), None)
         .await
@@ -249,6 +253,7 @@ async fn main() {
         200_000,
         Duration::from_secs(300),
         Duration::from_secs(300),
+        Clock::system(),
     );
     cache.subscribed();
     let before = rss_kib();
@@ -569,13 +574,13 @@ async fn sessions_scale() -> Vec<Box<dyn std::any::Any>> {
     let rotating: Vec<TokenRef<'_>> = sample.iter().map(Tok::r).collect();
 
     // 4a. The memory store. Sessions are created one by one, as logins create them.
-    let one = MemoryStore::new();
+    let one = MemoryStore::new(Clock::system());
     ready(one.create_session(record(&sid(0), &sub(0)), None)).unwrap();
-    let mid = MemoryStore::new();
+    let mid = MemoryStore::new(Clock::system());
     for t in &sample {
         ready(mid.create_session(record(&t.sid, &t.sub), None)).unwrap();
     }
-    let big = MemoryStore::new();
+    let big = MemoryStore::new(Clock::system());
     let before = rss_kib();
     let filled = fill_while_checking(&big, n);
     let grown = rss_kib().saturating_sub(before);
@@ -608,7 +613,7 @@ async fn sessions_scale() -> Vec<Box<dyn std::any::Any>> {
     // How the shard count was chosen: the same fill into stores of other counts, each dropped
     // before the next. One shard is the store as it was before it was sharded (one lock).
     for shards in [1, 16, 64, 128] {
-        let store = MemoryStore::with_shards(shards);
+        let store = MemoryStore::with_shards(shards, Clock::system());
         let filled = fill_while_checking(&store, n);
         println!(
             "    {shards} shard(s): fill {:.1?}; create_session: {}; check: {}",
@@ -970,7 +975,7 @@ async fn faults() {
         // Fresh again after the previous trial's thaw.
         let deadline = Instant::now() + Duration::from_secs(10);
         while b.check(&t.r(), now()).await.ok() != Some(Verdict::Alive)
-            || b.cache().alive(&t.token_key).is_none()
+            || b.cache().alive(&t.token_key, now()).is_none()
         {
             assert!(Instant::now() < deadline, "B never recovered");
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -979,7 +984,7 @@ async fn faults() {
         let started = Instant::now();
         a.revoke_session(&sub, &sid).await.unwrap();
         let deadline = started + Duration::from_secs(5);
-        while b.cache().alive(&t.token_key).is_some() {
+        while b.cache().alive(&t.token_key, now()).is_some() {
             assert!(
                 Instant::now() < deadline,
                 "B served a revoked verdict for 5 s"
@@ -1003,14 +1008,17 @@ async fn faults() {
     // 7. Cluster: propagation across nodes.
     let cluster = common::RedisCluster::start(3);
     let cluster_store = || async {
-        let s = RedisStore::connect(&RedisSettings {
-            key_prefix: "bench".into(),
-            timeout: Duration::from_secs(1),
-            cache_capacity: 200_000,
-            cache_ttl: Duration::from_secs(300),
-            first_start: true,
-            ..RedisSettings::new(Topology::Cluster(cluster.urls()))
-        })
+        let s = RedisStore::connect(
+            &RedisSettings {
+                key_prefix: "bench".into(),
+                timeout: Duration::from_secs(1),
+                cache_capacity: 200_000,
+                cache_ttl: Duration::from_secs(300),
+                first_start: true,
+                ..RedisSettings::new(Topology::Cluster(cluster.urls()))
+            },
+            Clock::system(),
+        )
         .await
         .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -1035,12 +1043,12 @@ async fn propagation(a: &RedisStore, b: &RedisStore, first: u64, over: &str) {
         a.create_session(record(&sid, &sub), None).await.unwrap();
         let t = Tok::new(i, &sub, &sid);
         assert_eq!(b.check(&t.r(), now()).await.unwrap(), Verdict::Alive);
-        assert!(b.cache().alive(&t.token_key).is_some());
+        assert!(b.cache().alive(&t.token_key, now()).is_some());
         let started = Instant::now();
         a.revoke_session(&sub, &sid).await.unwrap();
         let deadline = started + Duration::from_secs(1);
         loop {
-            if b.cache().alive(&t.token_key).is_none() {
+            if b.cache().alive(&t.token_key, now()).is_none() {
                 delays.push(started.elapsed());
                 break;
             }

@@ -147,12 +147,15 @@ impl Gateway {
     }
 }
 
-/// Builds the store a config asks for. A single Redis server is connected lazily (the gateway
-/// starts, and answers 503, while it is down); a Cluster must be reachable at start.
-pub async fn build_store(kind: &StoreKind) -> Result<Store, StoreError> {
+/// Builds the store a config asks for, on the gateway's `clock`. A single Redis server is
+/// connected lazily (the gateway starts, and answers 503, while it is down); a Cluster must be
+/// reachable at start.
+pub async fn build_store(kind: &StoreKind, clock: &Clock) -> Result<Store, StoreError> {
     Ok(match kind {
-        StoreKind::Memory => Store::Memory(MemoryStore::new()),
-        StoreKind::Redis(settings) => Store::Redis(RedisStore::connect(settings).await?),
+        StoreKind::Memory => Store::Memory(MemoryStore::new(clock.clone())),
+        StoreKind::Redis(settings) => {
+            Store::Redis(RedisStore::connect(settings, clock.clone()).await?)
+        }
     })
 }
 
@@ -206,7 +209,7 @@ pub async fn start_with(
         audit.aggregate_window,
         &clock,
     )?;
-    let store = build_store(&store).await?;
+    let store = build_store(&store, &clock).await?;
     if let Store::Redis(redis) = &store {
         redis.audit_to(audit.clone());
     }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use http::StatusCode;
+use portcullis::clock::Clock;
 use portcullis::store::{
     RedisSettings, RedisStore, RefreshGrant, RotateOutcome, Rotation, SessionRecord, SessionStore,
     Store, TokenRef, Topology, Verdict, jti_key,
@@ -103,15 +104,18 @@ fn rotation<'a>(sub: &'a str, sid: &'a str, presented: u8, successor: u8, at: i6
 }
 
 async fn cluster_store(cluster: &RedisCluster, prefix: &str) -> RedisStore {
-    let store = RedisStore::connect(&RedisSettings {
-        topology: Topology::Cluster(cluster.urls()),
-        key_prefix: prefix.into(),
-        timeout: Duration::from_millis(500),
-        cache_capacity: 10_000,
-        cache_ttl: Duration::from_secs(30),
-        password: None,
-        ..RedisSettings::new(Topology::Single(String::new()))
-    })
+    let store = RedisStore::connect(
+        &RedisSettings {
+            topology: Topology::Cluster(cluster.urls()),
+            key_prefix: prefix.into(),
+            timeout: Duration::from_millis(500),
+            cache_capacity: 10_000,
+            cache_ttl: Duration::from_secs(30),
+            password: None,
+            ..RedisSettings::new(Topology::Single(String::new()))
+        },
+        Clock::system(),
+    )
     .await
     .unwrap();
     assert!(
@@ -225,7 +229,10 @@ async fn denied_jtis_in_their_own_slots_are_refused_on_a_cluster() {
         assert_eq!(store.check(&t.r(), now()).await.unwrap(), Verdict::Alive);
     }
     for t in tokens.iter().step_by(2) {
-        store.deny_jti(ISS, &t.jti, now() + 600).await.unwrap();
+        store
+            .deny_jti(ISS, &t.jti, now() + 600, now())
+            .await
+            .unwrap();
     }
     // Twelve denylist keys, each in its own slot: they cannot all be on one node.
     assert_spread(&cluster);
@@ -566,14 +573,17 @@ async fn a_users_slot_moving_to_another_node_needs_no_new_store() {
 async fn sec37_with_min_replicas_acks_cluster_revocations_wait_for_a_replica_and_fail_without_one()
 {
     let cluster = RedisCluster::start_with_replicas(3, 1);
-    let store = RedisStore::connect(&RedisSettings {
-        topology: Topology::Cluster(cluster.urls()),
-        key_prefix: "wait".into(),
-        min_replicas_acks: 1,
-        replica_ack_timeout: Duration::from_millis(300),
-        first_start: true,
-        ..RedisSettings::new(Topology::Single(String::new()))
-    })
+    let store = RedisStore::connect(
+        &RedisSettings {
+            topology: Topology::Cluster(cluster.urls()),
+            key_prefix: "wait".into(),
+            min_replicas_acks: 1,
+            replica_ack_timeout: Duration::from_millis(300),
+            first_start: true,
+            ..RedisSettings::new(Topology::Single(String::new()))
+        },
+        Clock::system(),
+    )
     .await
     .unwrap();
     // Users whose keys land on different masters.
@@ -608,7 +618,7 @@ async fn sec37_with_min_replicas_acks_cluster_revocations_wait_for_a_replica_and
     let refused = store.revoke_session("alice", "s2").await;
     let took = started.elapsed();
     let jti = store
-        .deny_jti("https://issuer.test", "jti-x", now() + 60)
+        .deny_jti("https://issuer.test", "jti-x", now() + 60, now())
         .await;
     let user = store.revoke_user("bob", now(), now() + 900).await;
     for pid in &replicas {

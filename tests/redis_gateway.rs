@@ -254,7 +254,10 @@ async fn a_jti_denied_through_a_is_refused_by_b_that_had_it_cached() {
         assert_eq!(b.get_bearer(PATH, t).await.status, StatusCode::OK);
     }
     let started = Instant::now();
-    a.store().deny_jti(ISSUER, "logout-me", exp).await.unwrap();
+    a.store()
+        .deny_jti(ISSUER, "logout-me", exp, now())
+        .await
+        .unwrap();
     let Some(took) = refused_within(&b, &denied, PROPAGATION).await else {
         panic!(
             "b still accepted a denied jti {:?} after the denial through a",
@@ -296,7 +299,7 @@ async fn while_redis_is_down_uncached_tokens_get_503_and_revoked_tokens_stay_ref
     }
     assert!(gw.store().revoke_session("alice", "gone").await.unwrap());
     gw.store()
-        .deny_jti(ISSUER, "denied", denied_exp)
+        .deny_jti(ISSUER, "denied", denied_exp, now())
         .await
         .unwrap();
     for t in [&revoked_session, &denied_jti] {
@@ -889,6 +892,7 @@ async fn sec37_after_flushall_a_revoked_sessionless_token_stays_refused_on_runni
             ISSUER,
             claims["jti"].as_str().unwrap(),
             claims["exp"].as_i64().unwrap(),
+            now(),
         )
         .await
         .unwrap();

@@ -8,6 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use portcullis::clock::Clock;
 use portcullis::store::{
     RedisSettings, RedisStore, SessionRecord, SessionStore, TokenRef, Topology, Verdict, jti_key,
 };
@@ -102,20 +103,23 @@ async fn sentinel_store(sentinel: &RedisSentinel) -> RedisStore {
 
 /// A store on the sentinel's master whose revoking writes wait for `acks` replicas.
 async fn sentinel_store_acked(sentinel: &RedisSentinel, acks: u32) -> RedisStore {
-    let store = RedisStore::connect(&RedisSettings {
-        topology: Topology::Sentinel {
-            master: MASTER.into(),
-            nodes: vec![sentinel.url()],
+    let store = RedisStore::connect(
+        &RedisSettings {
+            topology: Topology::Sentinel {
+                master: MASTER.into(),
+                nodes: vec![sentinel.url()],
+            },
+            key_prefix: "sen".into(),
+            timeout: Duration::from_millis(500),
+            cache_capacity: 10_000,
+            cache_ttl: Duration::from_secs(30),
+            password: None,
+            min_replicas_acks: acks,
+            replica_ack_timeout: Duration::from_millis(300),
+            ..RedisSettings::new(Topology::Single(String::new()))
         },
-        key_prefix: "sen".into(),
-        timeout: Duration::from_millis(500),
-        cache_capacity: 10_000,
-        cache_ttl: Duration::from_secs(30),
-        password: None,
-        min_replicas_acks: acks,
-        replica_ack_timeout: Duration::from_millis(300),
-        ..RedisSettings::new(Topology::Single(String::new()))
-    })
+        Clock::system(),
+    )
     .await
     .unwrap();
     assert!(
@@ -386,7 +390,7 @@ async fn sec37_with_min_replicas_acks_a_revocation_is_done_only_once_the_replica
     let pid = replica.pid().unwrap();
     signal(pid, "STOP");
     let refused = store.revoke_session("alice", "s2").await;
-    let denied = store.deny_jti(ISS, "jti-2", now() + 60).await;
+    let denied = store.deny_jti(ISS, "jti-2", now() + 60, now()).await;
     signal(pid, "CONT");
     assert!(
         refused.is_err() && denied.is_err(),

@@ -1418,7 +1418,7 @@ async fn sec10_the_denylist_keys_on_jti_and_issuer_not_on_token_bytes() {
     assert_accepted(&gw, &original, "before the denial").await;
 
     let until = now() + 3600;
-    SessionStore::deny_jti(gw.store(), ISSUER, "jti-to-deny", until)
+    SessionStore::deny_jti(gw.store(), ISSUER, "jti-to-deny", until, now())
         .await
         .unwrap();
     assert_rejected(&gw, &original, "the denied token itself (cached)").await;
@@ -1459,6 +1459,7 @@ async fn sec10_the_denylist_keys_on_jti_and_issuer_not_on_token_bytes() {
         "https://some-other-issuer.test",
         "jti-shared",
         until,
+        now(),
     )
     .await
     .unwrap();

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{RedisServer, now};
+use portcullis::clock::Clock;
 use portcullis::store::{
     Attempts, MemoryStore, RedisSettings, RedisStore, RefreshGrant, RotateOutcome, Rotation,
     SessionRecord, SessionStore, TokenRef, Topology, Verdict, jti_key,
@@ -81,18 +82,21 @@ fn hash(n: u8) -> [u8; 32] {
 }
 
 async fn redis_store(server: &RedisServer, prefix: &str) -> RedisStore {
-    let store = RedisStore::connect(&RedisSettings {
-        topology: Topology::Single(server.url()),
-        key_prefix: prefix.into(),
-        timeout: Duration::from_millis(500),
-        cache_capacity: 10_000,
-        cache_ttl: Duration::from_secs(30),
-        password: None,
-        // Each test's Redis is a new deployment's, and its tokens are minted around its start:
-        // the epoch it creates must not cut them off (the cutoff has suites of its own).
-        first_start: true,
-        ..RedisSettings::new(Topology::Single(String::new()))
-    })
+    let store = RedisStore::connect(
+        &RedisSettings {
+            topology: Topology::Single(server.url()),
+            key_prefix: prefix.into(),
+            timeout: Duration::from_millis(500),
+            cache_capacity: 10_000,
+            cache_ttl: Duration::from_secs(30),
+            password: None,
+            // Each test's Redis is a new deployment's, and its tokens are minted around its start:
+            // the epoch it creates must not cut them off (the cutoff has suites of its own).
+            first_start: true,
+            ..RedisSettings::new(Topology::Single(String::new()))
+        },
+        Clock::system(),
+    )
     .await
     .unwrap();
     // Tests that depend on invalidation wait for the subscription to be confirmed.
@@ -115,7 +119,7 @@ macro_rules! contract {
 
             #[tokio::test]
             async fn memory() {
-                let $store = MemoryStore::new();
+                let $store = MemoryStore::new(Clock::system());
                 $body
             }
 
@@ -261,7 +265,7 @@ contract!(a_denied_jti_is_refused_for_its_issuer_only, |store| {
     let t = Tok::new("alice", "s1");
     let other = Tok::new("alice", "s1");
     assert_eq!(store.check(&t.r(), now()).await.unwrap(), Verdict::Alive);
-    store.deny_jti(ISS, &t.jti(), t.exp).await.unwrap();
+    store.deny_jti(ISS, &t.jti(), t.exp, now()).await.unwrap();
     assert_eq!(
         store.check(&t.r(), now()).await.unwrap(),
         Verdict::JtiDenied
@@ -272,7 +276,7 @@ contract!(a_denied_jti_is_refused_for_its_issuer_only, |store| {
     );
     // The same jti from another issuer is another token.
     store
-        .deny_jti("https://other.test", &other.jti(), other.exp)
+        .deny_jti("https://other.test", &other.jti(), other.exp, now())
         .await
         .unwrap();
     assert_eq!(

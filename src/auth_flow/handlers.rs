@@ -982,7 +982,7 @@ async fn logout(
                 .map_err(unrevoked)?;
             if let Some(jti) = &s.jti {
                 env.store
-                    .deny_jti(&auth.issuer, jti, s.expires_at)
+                    .deny_jti(&auth.issuer, jti, s.expires_at, env.now)
                     .await
                     .map_err(unrevoked)?;
             }
@@ -1064,7 +1064,7 @@ async fn logout_all(
         .map_err(unrevoked)?;
     if let Some(jti) = &signed.jti {
         env.store
-            .deny_jti(&auth.issuer, jti, signed.expires_at)
+            .deny_jti(&auth.issuer, jti, signed.expires_at, now)
             .await
             .map_err(unrevoked)?;
     }

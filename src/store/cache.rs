@@ -21,6 +21,13 @@
 //!   back, the "revoked before" instant only moves forward — so these never become wrong. They
 //!   are kept through a lost subscription and a store outage: a revoked token stays refused.
 //!
+//! - **Time.** Every entry holds the instant it stops being true (a verdict: the token's `exp`
+//!   or its session's idle or absolute expiry, whichever comes first; a denied `jti`: its
+//!   `until`; a user's mark: its `keep_until` when known), and every read compares it with the
+//!   caller's `now`, so a verdict cached at one `now` is not served at a later one past its
+//!   lifetime. Eviction (moka's own timers, the gateway's [`Clock`] for a verdict's lifetime)
+//!   only frees memory.
+//!
 //! A read-through races with an invalidation that arrives while the store is being read. The
 //! reader records the invalidation sequence number before reading, inserts, and then — if any
 //! invalidation happened in between — evicts what it inserted. An invalidation bumps the
@@ -32,6 +39,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use moka::sync::Cache;
+
+use crate::clock::Clock;
 
 /// An event that makes some cached "alive" verdicts wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,12 +128,14 @@ pub struct Alive {
     pub session: Option<Box<str>>,
     /// The subject.
     pub subject: Box<str>,
-    /// The token's `exp`: the verdict is never kept longer.
+    /// When the verdict stops being true: the token's `exp`, or its session's idle or absolute
+    /// expiry if earlier. It is served only at a `now` before this, and never kept longer.
     pub expires_at: i64,
 }
 
 struct AliveExpiry {
     ttl: Duration,
+    clock: Clock,
 }
 
 impl moka::Expiry<[u8; 32], Arc<Alive>> for AliveExpiry {
@@ -134,10 +145,7 @@ impl moka::Expiry<[u8; 32], Arc<Alive>> for AliveExpiry {
         value: &Arc<Alive>,
         _: Instant,
     ) -> Option<Duration> {
-        let left = value
-            .expires_at
-            .saturating_sub(crate::pipeline::verify::unix_now())
-            .max(0);
+        let left = value.expires_at.saturating_sub(self.clock.now()).max(0);
         Some(self.ttl.min(Duration::from_secs(left as u64)))
     }
 }
@@ -155,9 +163,11 @@ pub struct LocalCache {
     heard_at: AtomicU64,
     /// Longest a positive verdict is served after the channel was last heard from, in ms.
     max_staleness_ms: u64,
-    denied_jti: Cache<[u8; 32], ()>,
+    /// jti key → denied until.
+    denied_jti: Cache<[u8; 32], i64>,
     dead_sessions: Cache<Box<str>, ()>,
-    revoked_before: Cache<Box<str>, i64>,
+    /// subject → the user's mark (tokens issued at or before it are refused).
+    revoked_before: Cache<Box<str>, Mark>,
     /// Whether invalidation events are being received. While false, positive verdicts are
     /// neither served nor stored.
     subscribed: AtomicBool,
@@ -174,6 +184,33 @@ impl std::fmt::Debug for LocalCache {
     }
 }
 
+/// A user's revocation: tokens issued at or before `before` are refused while `now` is before
+/// `keep_until`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark {
+    /// Tokens with `iat` at or before this are refused.
+    pub before: i64,
+    /// When the mark may be forgotten (no token issued before it lives longer). A mark heard
+    /// on the invalidation channel does not carry it and is kept for as long as the cache
+    /// keeps negative facts: refusing longer than needed refuses only expired tokens.
+    pub keep_until: i64,
+}
+
+impl Mark {
+    /// Whether the mark refuses a token issued at `issued_at`, at `now`.
+    pub fn refuses(self, issued_at: i64, now: i64) -> bool {
+        now < self.keep_until && issued_at <= self.before
+    }
+
+    /// The later of two marks of one user: a revocation never moves a mark backwards.
+    fn max(self, other: Mark) -> Mark {
+        Mark {
+            before: self.before.max(other.before),
+            keep_until: self.keep_until.max(other.keep_until),
+        }
+    }
+}
+
 /// What the negative facts say about a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Known {
@@ -187,8 +224,9 @@ pub enum Known {
 
 impl LocalCache {
     /// A cache holding at most `capacity` positive verdicts, each for at most `ttl`, served
-    /// only while the invalidation channel was heard from within `max_staleness`.
-    pub fn new(capacity: u64, ttl: Duration, max_staleness: Duration) -> Self {
+    /// only while the invalidation channel was heard from within `max_staleness`. `clock` (the
+    /// gateway's) times the eviction of verdicts whose lifetime ends before `ttl`.
+    pub fn new(capacity: u64, ttl: Duration, max_staleness: Duration, clock: Clock) -> Self {
         let now = Instant::now();
         Self {
             // Backdated so that "long ago" is representable from the first moment on.
@@ -199,7 +237,7 @@ impl LocalCache {
                 .max(1),
             alive: Cache::builder()
                 .max_capacity(capacity)
-                .expire_after(AliveExpiry { ttl })
+                .expire_after(AliveExpiry { ttl, clock })
                 .support_invalidation_closures()
                 .build(),
             denied_jti: Cache::builder()
@@ -219,12 +257,12 @@ impl LocalCache {
         }
     }
 
-    /// A positive verdict for the token with hash `token_key`, if one may be served.
-    pub fn alive(&self, token_key: &[u8; 32]) -> Option<Arc<Alive>> {
+    /// A positive verdict for the token with hash `token_key`, if one may be served at `now`.
+    pub fn alive(&self, token_key: &[u8; 32], now: i64) -> Option<Arc<Alive>> {
         if !self.fresh() {
             return None;
         }
-        self.alive.get(token_key)
+        self.alive.get(token_key).filter(|v| now < v.expires_at)
     }
 
     /// Whether positive verdicts may be served now: subscribed, and the channel heard from
@@ -272,15 +310,20 @@ impl LocalCache {
         self.alive.invalidate_all();
     }
 
-    /// What the negative facts already say about a token.
+    /// What the negative facts already say about a token at `now`.
     pub fn known_revoked(
         &self,
         jti_key: &[u8; 32],
         session: Option<&str>,
         subject: &str,
         issued_at: i64,
+        now: i64,
     ) -> Option<Known> {
-        if self.denied_jti.contains_key(jti_key) {
+        if self
+            .denied_jti
+            .get(jti_key)
+            .is_some_and(|until| now < until)
+        {
             return Some(Known::JtiDenied);
         }
         if session.is_some_and(|s| self.dead_sessions.contains_key(s)) {
@@ -289,7 +332,7 @@ impl LocalCache {
         if self
             .revoked_before
             .get(subject)
-            .is_some_and(|before| issued_at <= before)
+            .is_some_and(|mark| mark.refuses(issued_at, now))
         {
             return Some(Known::UserRevoked);
         }
@@ -313,35 +356,29 @@ impl LocalCache {
         }
     }
 
-    /// Records negative facts learnt from the store.
-    pub fn remember_revoked(
-        &self,
-        jti_key: &[u8; 32],
-        session: Option<&str>,
-        subject: &str,
-        known: Known,
-        before: Option<i64>,
-    ) {
-        match known {
-            Known::JtiDenied => self.denied_jti.insert(*jti_key, ()),
-            Known::SessionRevoked => {
-                if let Some(s) = session {
-                    self.dead_sessions.insert(s.into(), ());
-                }
-            }
-            Known::UserRevoked => {
-                if let Some(before) = before {
-                    self.raise_revoked_before(subject, before);
-                }
-            }
+    /// Records a `jti` denial read from the store.
+    pub fn remember_denied(&self, jti_key: &[u8; 32], until: i64) {
+        self.deny(*jti_key, until);
+    }
+
+    /// Records a user's revocation mark read from the store.
+    pub fn remember_mark(&self, subject: &str, mark: Mark) {
+        self.raise_mark(subject, mark);
+    }
+
+    fn deny(&self, jti_key: [u8; 32], until: i64) {
+        let current = self.denied_jti.get(&jti_key).unwrap_or(i64::MIN);
+        if until > current {
+            self.denied_jti.insert(jti_key, until);
         }
     }
 
-    fn raise_revoked_before(&self, subject: &str, before: i64) {
-        let current = self.revoked_before.get(subject).unwrap_or(i64::MIN);
-        if before > current {
-            self.revoked_before.insert(subject.into(), before);
-        }
+    fn raise_mark(&self, subject: &str, mark: Mark) {
+        let raised = match self.revoked_before.get(subject) {
+            Some(current) => current.max(mark),
+            None => mark,
+        };
+        self.revoked_before.insert(subject.into(), raised);
     }
 
     /// Applies an invalidation from any instance (this one included; applying twice is harmless).
@@ -356,13 +393,18 @@ impl LocalCache {
                     .invalidate_entries_if(move |_, v| v.session.as_deref() == Some(sid.as_str()))
             }
             Invalidation::User { subject, before } => {
-                self.raise_revoked_before(subject, *before);
+                // The wire form has no `keep_until`: kept as long as negative facts are.
+                let mark = Mark {
+                    before: *before,
+                    keep_until: i64::MAX,
+                };
+                self.raise_mark(subject, mark);
                 let subject = subject.clone();
                 self.alive
                     .invalidate_entries_if(move |_, v| *v.subject == *subject)
             }
-            Invalidation::Jti { key, .. } => {
-                self.denied_jti.insert(*key, ());
+            Invalidation::Jti { key, until } => {
+                self.deny(*key, *until);
                 let key = *key;
                 self.alive
                     .invalidate_entries_if(move |_, v| v.jti_key == key)
@@ -416,17 +458,29 @@ impl LocalCache {
 mod tests {
     use super::*;
 
+    /// The tests' `now`; the cache's clock reads it too.
+    const NOW: i64 = 1_700_000_000;
+
+    fn clock() -> Clock {
+        Clock::manual_at(NOW * 1000)
+    }
+
     fn alive(jti: u8, sid: &str, sub: &str) -> Alive {
         Alive {
             jti_key: [jti; 32],
             session: Some(sid.into()),
             subject: sub.into(),
-            expires_at: crate::pipeline::verify::unix_now() + 600,
+            expires_at: NOW + 600,
         }
     }
 
     fn cache() -> LocalCache {
-        let c = LocalCache::new(1000, Duration::from_secs(60), Duration::from_secs(60));
+        let c = LocalCache::new(
+            1000,
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            clock(),
+        );
         c.subscribed();
         c
     }
@@ -456,12 +510,12 @@ mod tests {
         let seq = c.sequence();
         c.remember_alive([1; 32], alive(1, "s1", "alice"), seq);
         c.remember_alive([2; 32], alive(2, "s2", "alice"), seq);
-        assert!(c.alive(&[1; 32]).is_some());
+        assert!(c.alive(&[1; 32], NOW).is_some());
         c.apply(&Invalidation::Session("s1".into()));
-        assert!(c.alive(&[1; 32]).is_none());
-        assert!(c.alive(&[2; 32]).is_some());
+        assert!(c.alive(&[1; 32], NOW).is_none());
+        assert!(c.alive(&[2; 32], NOW).is_some());
         assert_eq!(
-            c.known_revoked(&[1; 32], Some("s1"), "alice", 0),
+            c.known_revoked(&[1; 32], Some("s1"), "alice", 0, NOW),
             Some(Known::SessionRevoked)
         );
     }
@@ -476,13 +530,13 @@ mod tests {
             subject: "alice".into(),
             before: 100,
         });
-        assert!(c.alive(&[1; 32]).is_none());
-        assert!(c.alive(&[2; 32]).is_some());
+        assert!(c.alive(&[1; 32], NOW).is_none());
+        assert!(c.alive(&[2; 32], NOW).is_some());
         assert_eq!(
-            c.known_revoked(&[9; 32], None, "alice", 100),
+            c.known_revoked(&[9; 32], None, "alice", 100, NOW),
             Some(Known::UserRevoked)
         );
-        assert_eq!(c.known_revoked(&[9; 32], None, "alice", 101), None);
+        assert_eq!(c.known_revoked(&[9; 32], None, "alice", 101, NOW), None);
     }
 
     #[test]
@@ -494,7 +548,7 @@ mod tests {
             until: 0,
         });
         c.remember_alive([1; 32], alive(1, "s1", "alice"), seq);
-        assert!(c.alive(&[1; 32]).is_none());
+        assert!(c.alive(&[1; 32], NOW).is_none());
     }
 
     #[test]
@@ -504,33 +558,38 @@ mod tests {
         c.remember_alive([1; 32], alive(1, "s1", "alice"), seq);
         c.apply(&Invalidation::Session("s0".into()));
         c.unsubscribed();
-        assert!(c.alive(&[1; 32]).is_none());
+        assert!(c.alive(&[1; 32], NOW).is_none());
         let seq = c.sequence();
         c.remember_alive([2; 32], alive(2, "s2", "alice"), seq);
-        assert!(c.alive(&[2; 32]).is_none());
+        assert!(c.alive(&[2; 32], NOW).is_none());
         assert_eq!(
-            c.known_revoked(&[0; 32], Some("s0"), "alice", 0),
+            c.known_revoked(&[0; 32], Some("s0"), "alice", 0, NOW),
             Some(Known::SessionRevoked)
         );
         c.subscribed();
         assert!(
-            c.alive(&[1; 32]).is_none(),
+            c.alive(&[1; 32], NOW).is_none(),
             "verdicts from before the gap are gone"
         );
     }
 
     #[test]
     fn verdicts_are_served_only_while_the_channel_was_heard_from_within_max_staleness() {
-        let c = LocalCache::new(1000, Duration::from_secs(60), Duration::from_millis(300));
+        let c = LocalCache::new(
+            1000,
+            Duration::from_secs(60),
+            Duration::from_millis(300),
+            clock(),
+        );
         c.subscribed();
         let seq = c.sequence();
         c.remember_alive([1; 32], alive(1, "s1", "alice"), seq);
         c.pretend_silent_for(Duration::from_millis(250));
-        assert!(c.alive(&[1; 32]).is_some(), "within the bound");
+        assert!(c.alive(&[1; 32], NOW).is_some(), "within the bound");
         c.pretend_silent_for(Duration::from_millis(301));
         assert!(!c.fresh());
         assert!(
-            c.alive(&[1; 32]).is_none(),
+            c.alive(&[1; 32], NOW).is_none(),
             "past the bound nothing is served"
         );
         let seq = c.sequence();
@@ -538,7 +597,7 @@ mod tests {
         c.heard();
         assert!(c.fresh());
         assert!(
-            c.alive(&[1; 32]).is_none() && c.alive(&[2; 32]).is_none(),
+            c.alive(&[1; 32], NOW).is_none() && c.alive(&[2; 32], NOW).is_none(),
             "what was cached before or during the silence is gone once the channel is heard again"
         );
         let seq = c.sequence();
@@ -546,7 +605,7 @@ mod tests {
         c.pretend_silent_for(Duration::from_millis(100));
         c.heard();
         assert!(
-            c.alive(&[3; 32]).is_some(),
+            c.alive(&[3; 32], NOW).is_some(),
             "a message heard within the bound keeps the cache"
         );
     }
@@ -558,10 +617,57 @@ mod tests {
         c.remember_alive([1; 32], alive(1, "s1", "alice"), seq);
         c.apply(&Invalidation::Session("s0".into()));
         c.forget_alive();
-        assert!(c.alive(&[1; 32]).is_none());
+        assert!(c.alive(&[1; 32], NOW).is_none());
         assert_eq!(
-            c.known_revoked(&[0; 32], Some("s0"), "alice", 0),
+            c.known_revoked(&[0; 32], Some("s0"), "alice", 0, NOW),
             Some(Known::SessionRevoked)
+        );
+    }
+
+    #[test]
+    fn a_cached_verdict_is_served_only_before_the_instant_it_ends() {
+        let c = cache();
+        let seq = c.sequence();
+        // A verdict whose session's idle expiry comes before the token's `exp`.
+        let mut v = alive(1, "s1", "alice");
+        v.expires_at = NOW + 30;
+        c.remember_alive([1; 32], v, seq);
+        assert!(c.alive(&[1; 32], NOW + 29).is_some());
+        assert!(c.alive(&[1; 32], NOW + 30).is_none(), "served at its end");
+        assert!(c.alive(&[1; 32], NOW + 3600).is_none());
+    }
+
+    #[test]
+    fn a_denial_refuses_until_its_until_and_a_mark_until_its_keep_until() {
+        let c = cache();
+        c.remember_denied(&[1; 32], NOW + 10);
+        assert_eq!(
+            c.known_revoked(&[1; 32], None, "alice", NOW - 5, NOW + 9),
+            Some(Known::JtiDenied)
+        );
+        assert_eq!(
+            c.known_revoked(&[1; 32], None, "alice", NOW - 5, NOW + 10),
+            None
+        );
+        let mark = Mark {
+            before: NOW,
+            keep_until: NOW + 900,
+        };
+        c.remember_mark("bob", mark);
+        assert_eq!(
+            c.known_revoked(&[2; 32], None, "bob", NOW, NOW + 899),
+            Some(Known::UserRevoked)
+        );
+        assert_eq!(c.known_revoked(&[2; 32], None, "bob", NOW + 1, NOW), None);
+        assert_eq!(c.known_revoked(&[2; 32], None, "bob", NOW, NOW + 900), None);
+        // A mark heard on the channel carries no keep_until: it is kept, and never lowered.
+        c.apply(&Invalidation::User {
+            subject: "bob".into(),
+            before: NOW - 100,
+        });
+        assert_eq!(
+            c.known_revoked(&[2; 32], None, "bob", NOW, NOW + 5000),
+            Some(Known::UserRevoked)
         );
     }
 }

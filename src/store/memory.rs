@@ -30,10 +30,19 @@
 //! sessions", has the figures). Sweeps are counted per shard, so a sweep scans one shard.
 //!
 //! The login-throttling counters have their own `Mutex` (see [`MemoryStore`]).
+//!
+//! # Time
+//!
+//! Every answer compares the caller's `now` with the instants an entry holds. Sweeps, which
+//! run on the store's own initiative after writes, read the gateway's [`Clock`] given to
+//! [`MemoryStore::new`]; a sweep only removes what no `now` from that clock could still find
+//! alive.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::clock::Clock;
 
 use super::{
     Attempts, RefreshGrant, RotateOutcome, Rotation, SessionRecord, SessionStore, StoreError,
@@ -224,12 +233,8 @@ pub struct MemoryStore {
     /// still spread over that shard's tables.
     placement: RandomState,
     throttle: Mutex<Throttle>,
-}
-
-impl Default for MemoryStore {
-    fn default() -> Self {
-        Self::with_shards(SHARDS)
-    }
+    /// The gateway's clock, for sweeps (answers use the caller's `now`).
+    clock: Clock,
 }
 
 // A panic while holding a shard's lock cannot leave its maps half-updated in a way that lets a
@@ -243,20 +248,26 @@ fn write(shard: &RwLock<Shard>) -> RwLockWriteGuard<'_, Shard> {
 }
 
 impl MemoryStore {
-    /// An empty store.
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty store that sweeps by `clock` (the gateway's).
+    pub fn new(clock: Clock) -> Self {
+        Self::with_shards(SHARDS, clock)
     }
 
     /// An empty store split into `shards` shards (at least one) instead of 256. For
     /// measurement: `benches/revocation.rs` fills stores of several shard counts to show the
     /// choice. The gateway uses [`MemoryStore::new`].
-    pub fn with_shards(shards: usize) -> Self {
+    pub fn with_shards(shards: usize, clock: Clock) -> Self {
         Self {
             shards: (0..shards.max(1)).map(|_| RwLock::default()).collect(),
             placement: RandomState::new(),
             throttle: Mutex::default(),
+            clock,
         }
+    }
+
+    /// The instant a sweep removes what has expired by.
+    fn now_for_sweep(&self) -> i64 {
+        self.clock.now()
     }
 
     /// The shard of everything about `subject`.
@@ -311,10 +322,6 @@ impl MemoryStore {
     }
 }
 
-fn now_for_sweep() -> i64 {
-    crate::pipeline::verify::unix_now()
-}
-
 impl SessionStore for MemoryStore {
     async fn check(&self, token: &TokenRef<'_>, now: i64) -> Result<Verdict, StoreError> {
         Ok(self.check_now(token, now))
@@ -342,7 +349,7 @@ impl SessionStore for MemoryStore {
             .or_default()
             .insert(record.id.clone());
         shard.sessions.insert(record.id.clone(), record);
-        shard.after_write(now_for_sweep());
+        shard.after_write(self.now_for_sweep());
         Ok(())
     }
 
@@ -383,7 +390,7 @@ impl SessionStore for MemoryStore {
         // Another user's session id names nothing for this subject.
         let owned = shard.sessions.get(id).is_some_and(|s| s.subject == subject);
         let existed = owned && shard.remove_session(id).is_some();
-        shard.after_write(now_for_sweep());
+        shard.after_write(self.now_for_sweep());
         Ok(existed)
     }
 
@@ -410,16 +417,24 @@ impl SessionStore for MemoryStore {
         // A later revocation never moves the mark backwards.
         entry.0 = entry.0.max(before);
         entry.1 = entry.1.max(keep_until);
-        shard.after_write(now_for_sweep());
+        shard.after_write(self.now_for_sweep());
         Ok(())
     }
 
-    async fn deny_jti(&self, issuer: &str, jti: &str, until: i64) -> Result<(), StoreError> {
+    async fn deny_jti(
+        &self,
+        issuer: &str,
+        jti: &str,
+        until: i64,
+        _now: i64,
+    ) -> Result<(), StoreError> {
+        // Kept whatever `now` is: `check` compares `until` with its own `now`, and the sweep
+        // drops it once it has passed.
         let key = jti_key(issuer, jti);
         let mut shard = write(self.jti_shard(&key));
         let slot = shard.denied.entry(key).or_insert(until);
         *slot = (*slot).max(until);
-        shard.after_write(now_for_sweep());
+        shard.after_write(self.now_for_sweep());
         Ok(())
     }
 
@@ -473,7 +488,7 @@ impl SessionStore for MemoryStore {
                 }
             }
         };
-        shard.after_write(r.now);
+        shard.after_write(self.now_for_sweep());
         Ok(outcome)
     }
     async fn throttle_hit(&self, key: &str, window: i64, now: i64) -> Result<Attempts, StoreError> {
@@ -496,7 +511,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_window_is_measured_with_the_callers_clock() {
-        let store = MemoryStore::new();
+        let store = MemoryStore::new(Clock::manual());
         let n = 1_000_000;
         let first = store.throttle_hit("user:alice", 60, n).await.unwrap();
         assert_eq!(
@@ -539,7 +554,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_flood_of_100_000_distinct_keys_leaves_the_throttle_map_bounded() {
-        let store = MemoryStore::new();
+        let store = MemoryStore::new(Clock::manual());
         let n = 1_000_000;
         // A window that has ended, with many failures, and a live counter that has been
         // climbing: room is made from the first, never from the second.
@@ -589,8 +604,8 @@ mod tests {
 
     #[tokio::test]
     async fn sweeps_are_spaced_by_the_size_of_the_shard_and_keep_dead_entries_bounded() {
-        let store = MemoryStore::new();
-        let now = now_for_sweep();
+        let store = MemoryStore::new(Clock::manual());
+        let now = store.now_for_sweep();
         // One subject's sessions all live in its shard, so this is one shard filling up.
         let of_alice = |id: String, expires: i64| SessionRecord {
             subject: "alice".into(),
@@ -631,8 +646,8 @@ mod tests {
 
     #[tokio::test]
     async fn dead_entries_stay_bounded_in_every_shard() {
-        let store = MemoryStore::new();
-        let now = now_for_sweep();
+        let store = MemoryStore::new(Clock::manual());
+        let now = store.now_for_sweep();
         // Expired sessions of 20,000 users and 20,000 expired denylist entries, spread over
         // every shard: each shard sweeps on its own writes, so none keeps more than
         // SWEEP_EVERY dead entries of either kind.
@@ -640,7 +655,7 @@ mod tests {
             let record = session(format!("dead-{i}"), now - 1);
             store.create_session(record, None).await.unwrap();
             store
-                .deny_jti("https://issuer", &format!("j{i}"), now - 1)
+                .deny_jti("https://issuer", &format!("j{i}"), now - 1, now)
                 .await
                 .unwrap();
         }
@@ -665,8 +680,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_session_of_another_subject_is_unknown_whichever_shard_it_is_in() {
-        let store = MemoryStore::new();
-        let now = now_for_sweep();
+        let store = MemoryStore::new(Clock::manual());
+        let now = store.now_for_sweep();
         // 500 pairs: with 256 shards, some owners share a shard with the subject presenting
         // their session id and most do not; the verdict is the same for all.
         for i in 0..500 {
@@ -681,5 +696,35 @@ mod tests {
             let foreign = store.check_now(&token(&key, &other, &sid, now), now);
             assert_eq!(foreign, Verdict::SessionUnknown);
         }
+    }
+
+    #[tokio::test]
+    async fn a_sweep_removes_what_has_expired_by_the_gateways_clock() {
+        let clock = Clock::manual();
+        let store = MemoryStore::new(clock.clone());
+        let now = clock.now();
+        let of_alice = |id: String, expires: i64| SessionRecord {
+            subject: "alice".into(),
+            ..session(id, expires)
+        };
+        let shard = store.subject_shard("alice");
+        for i in 0..SWEEP_EVERY {
+            let record = of_alice(format!("short-{i}"), now + 10);
+            store.create_session(record, None).await.unwrap();
+        }
+        assert_eq!(
+            read(shard).sessions.len() as u64,
+            SWEEP_EVERY,
+            "alive by the clock: a sweep kept them all"
+        );
+        // Past their expiry on the gateway's clock, though not on the system's.
+        clock.advance(std::time::Duration::from_secs(11));
+        for i in 0..SWEEP_EVERY {
+            let record = of_alice(format!("long-{i}"), now + 3_600);
+            store.create_session(record, None).await.unwrap();
+        }
+        let held = read(shard);
+        assert!(held.sessions.keys().all(|k| k.starts_with("long-")));
+        assert_eq!(held.sessions.len() as u64, SWEEP_EVERY);
     }
 }

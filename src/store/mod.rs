@@ -10,6 +10,32 @@
 //! The store also keeps the login-throttling counters ([`SessionStore::throttle_hit`]): failed
 //! attempts per caller-built key (client IP, canonical username) in a fixed window, shared by
 //! every instance when the store is Redis. They are not on the hot path and bypass the cache.
+//!
+//! # Who calls what
+//!
+//! - The request path's session stage calls [`SessionStore::check`] once per request.
+//! - The auth flow creates sessions at login, rotates refresh tokens, revokes a session or a
+//!   user, denylists a `jti` at logout, lists sessions, and counts failed logins.
+//! - The admin API lists and revokes sessions and users; readiness asks [`Store::is_healthy`].
+//! - The gateway builds one [`Store`] at start (`build_store` in the crate root) with its
+//!   [`Clock`] and keeps it across reloads.
+//!
+//! # Time
+//!
+//! Every instant is seconds since the Unix epoch, and every decision that depends on the time
+//! compares the caller's `now` with an instant the store keeps: session idle and absolute
+//! expiry, refresh-token expiry and grace, a `jti` denial's `until`, a user revocation's
+//! `keep_until`, a throttle window's end. The caller reads `now` from the gateway's [`Clock`]
+//! once per request, so a test that advances a manual clock sees every lifetime end without
+//! sleeping, in both stores. Where the store acts on its own — the memory store's sweeps of
+//! dead entries, the Redis heartbeat and the epoch it writes, the expiry of its Redis keys, the
+//! local cache's eviction — it reads the [`Clock`] it was given at construction, which is the
+//! same clock. Redis key TTLs are garbage collection only: they are set from the same instants
+//! as a remaining lifetime (plus a margin for sessions and revocations, so that such a key does
+//! not vanish before the instant it holds has passed on the gateway's clock), and no answer
+//! depends on Redis's own clock.
+//!
+//! [`Clock`]: crate::clock::Clock
 
 use std::future::Future;
 
@@ -246,12 +272,14 @@ pub trait SessionStore: Send + Sync + 'static {
         keep_until: i64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Denylists one token by issuer and `jti` until `until` (its `exp`).
+    /// Denylists one token by issuer and `jti` until `until` (its `exp`), as of `now`: a denial
+    /// whose `until` is not after `now` denies nothing (the token has expired anyway).
     fn deny_jti(
         &self,
         issuer: &str,
         jti: &str,
         until: i64,
+        now: i64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Rotates a refresh token atomically, detecting reuse (see [`RotateOutcome`]).
@@ -265,9 +293,9 @@ pub trait SessionStore: Send + Sync + 'static {
     /// not extended by later ones, and the counter disappears with it.
     ///
     /// `key` is built by the caller (`ip:203.0.113.9`, `user:alice`) and may hold anything; the
-    /// stores keep only its SHA-256. The memory store measures the window with `now`; Redis
-    /// with its own clock (the key's TTL), using `now` only to turn the TTL into `resets_at`.
-    /// `Err` means the store could not count: the caller refuses the login (503).
+    /// stores keep only its SHA-256. Both stores measure the window with `now`: it ends when
+    /// `now` reaches `resets_at` (Redis keeps `resets_at` with the count; the key's TTL only
+    /// frees it). `Err` means the store could not count: the caller refuses the login (503).
     fn throttle_hit(
         &self,
         key: &str,
@@ -372,8 +400,14 @@ impl SessionStore for Store {
     ) -> Result<(), StoreError> {
         dispatch!(self, s => s.revoke_user(subject, before, keep_until).await)
     }
-    async fn deny_jti(&self, issuer: &str, jti: &str, until: i64) -> Result<(), StoreError> {
-        dispatch!(self, s => s.deny_jti(issuer, jti, until).await)
+    async fn deny_jti(
+        &self,
+        issuer: &str,
+        jti: &str,
+        until: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.deny_jti(issuer, jti, until, now).await)
     }
     async fn rotate_refresh(&self, rotation: &Rotation<'_>) -> Result<RotateOutcome, StoreError> {
         dispatch!(self, s => s.rotate_refresh(rotation).await)

@@ -5,13 +5,22 @@
 //!
 //! | key | type | holds | expires |
 //! |---|---|---|---|
-//! | `P:{u:<sub>}:sessions` | set | the user's session ids | with the latest absolute expiry |
-//! | `P:{u:<sub>}:s:<sid>` | hash | `sub created last_seen ip ua abs idle remember` | at `abs` |
-//! | `P:{u:<sub>}:rt:<sha256>` | hash | a refresh token's session, `state` (`current`/`used`), `used_at` | at its own expiry |
-//! | `P:{u:<sub>}:rb` | string | tokens issued at or before this instant are revoked | when they have all expired |
-//! | `P:{j:<sha256(iss, jti)>}` | string | a denylisted access token | at the token's `exp` |
-//! | `P:{t:<sha256(key)>}` | string | failed logins counted under a throttle key | at the end of its window |
+//! | `P:{u:<sub>}:sessions` | set | the user's session ids | after the latest absolute expiry |
+//! | `P:{u:<sub>}:s:<sid>` | hash | `sub created last_seen ip ua abs idle remember` | after `abs` |
+//! | `P:{u:<sub>}:rt:<sha256>` | hash | a refresh token's session, `state` (`current`/`used`), `used_at`, `exp` | after `exp` |
+//! | `P:{u:<sub>}:rb` | string | `<before> <keep_until>`: tokens issued at or before `before` are revoked until `keep_until` | after `keep_until` |
+//! | `P:{j:<sha256(iss, jti)>}` | string | a denylisted access token, until the instant it holds (its `exp`) | after that instant |
+//! | `P:{t:<sha256(key)>}` | string | `<count> <resets_at>`: failed logins counted under a throttle key | at `resets_at` |
 //! | `P:{epoch}` | string | the store's [`Epoch`] (data-loss detection) | never |
+//!
+//! Time: every answer compares the caller's `now` with the instants in these values (the scripts
+//! take `now` as an argument); no answer depends on Redis's clock. Key expiry is garbage
+//! collection, set as a remaining lifetime by the gateway's [`Clock`]: [`GC_MARGIN`] after the
+//! instant a session or revocation key holds, so that it is still there whenever the gateway's
+//! clock says it matters, and exactly at the end of a throttle window (those keys are made by
+//! unauthenticated clients, so their memory is bounded as tightly as the window allows).
+//! Values written before the instants were kept in them (`rb` holding only `before`, a `jti`
+//! holding `1`, a throttle counter holding only its count) are read as their key's expiry says.
 //!
 //! `<sub>` is the subject in base64url, so no subject can forge another's key names; a throttle
 //! key (`ip:…`, `user:…`, anything a client sent) appears only as its SHA-256. Refresh
@@ -47,7 +56,9 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 
-use super::cache::{Alive, Invalidation, Known, LocalCache, hex};
+use crate::clock::Clock;
+
+use super::cache::{Alive, Invalidation, Known, LocalCache, Mark, hex};
 use super::epoch::{Epoch, EpochWatch, Observation, OnDataLoss};
 use super::{
     Attempts, RefreshGrant, RotateOutcome, Rotation, SessionRecord, SessionStore, StoreError,
@@ -220,17 +231,31 @@ fn plausible_sid(sid: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
 }
 
+/// How long after the instant it holds a session or revocation key is kept (see the module
+/// docs): a margin for a gateway clock that runs slower than Redis's, e.g. a test's manual
+/// clock held still while real time passes.
+pub const GC_MARGIN: i64 = 300;
+
+/// The TTL of a key that matters until `until`, as seen at `now`.
+fn gc_ttl(until: i64, now: i64) -> i64 {
+    until.saturating_sub(now).max(0).saturating_add(GC_MARGIN)
+}
+
+// KEYS: the session, the user's session set, the refresh token (a placeholder when none).
+// ARGV: sid, sub, created, last_seen, ip, ua, abs, idle, remember, the refresh token's expiry
+// ('' when none), the session's TTL, the refresh token's TTL.
+// A key's TTL only ever grows (`TTL` is -1 without one, -2 when missing).
 const CREATE_SESSION: &str = r"
 redis.call('HSET', KEYS[1], 'sub', ARGV[2], 'created', ARGV[3], 'last_seen', ARGV[4],
   'ip', ARGV[5], 'ua', ARGV[6], 'abs', ARGV[7], 'idle', ARGV[8], 'remember', ARGV[9])
-redis.call('EXPIREAT', KEYS[1], ARGV[7])
+redis.call('EXPIRE', KEYS[1], ARGV[11])
 redis.call('SADD', KEYS[2], ARGV[1])
-if redis.call('EXPIRETIME', KEYS[2]) < tonumber(ARGV[7]) then
-  redis.call('EXPIREAT', KEYS[2], ARGV[7])
+if redis.call('TTL', KEYS[2]) < tonumber(ARGV[11]) then
+  redis.call('EXPIRE', KEYS[2], ARGV[11])
 end
 if ARGV[10] ~= '' then
-  redis.call('HSET', KEYS[3], 'sid', ARGV[1], 'state', 'current')
-  redis.call('EXPIREAT', KEYS[3], ARGV[10])
+  redis.call('HSET', KEYS[3], 'sid', ARGV[1], 'state', 'current', 'exp', ARGV[10])
+  redis.call('EXPIRE', KEYS[3], ARGV[12])
 end
 return 1
 ";
@@ -248,20 +273,28 @@ return existed
 
 // The session keys are not in KEYS: their names are only known from the set. They share the
 // set's hash tag, so they live in the same Cluster slot and the script stays atomic there too.
+// KEYS: the user's session set, the mark. ARGV: the session key prefix, before, keep_until,
+// the channel, the invalidation, the mark's TTL.
+// The mark only moves forward: the later `before` and the later `keep_until` of the two. A mark
+// written before it held `keep_until` is kept as long as its TTL says.
 const REVOKE_USER: &str = r"
 local members = redis.call('SMEMBERS', KEYS[1])
 for _, sid in ipairs(members) do
   redis.call('DEL', ARGV[1] .. sid)
 end
 redis.call('DEL', KEYS[1])
+local before, keep = tonumber(ARGV[2]), tonumber(ARGV[3])
 local raw = redis.call('GET', KEYS[2])
-local old_expiry = redis.call('EXPIRETIME', KEYS[2])
-if (not raw) or tonumber(ARGV[2]) > tonumber(raw) then
-  redis.call('SET', KEYS[2], ARGV[2])
+if raw then
+  local old_before, old_keep = string.match(raw, '^(%-?%d+) (%-?%d+)$')
+  if not old_before then old_before = raw end
+  if tonumber(old_before) > before then before = tonumber(old_before) end
+  if old_keep and tonumber(old_keep) > keep then keep = tonumber(old_keep) end
 end
-local keep = tonumber(ARGV[3])
-if old_expiry > keep then keep = old_expiry end
-redis.call('EXPIREAT', KEYS[2], keep)
+local ttl = tonumber(ARGV[6])
+local old_ttl = redis.call('TTL', KEYS[2])
+if old_ttl > ttl then ttl = old_ttl end
+redis.call('SET', KEYS[2], string.format('%d %d', before, keep), 'EX', ttl)
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 return #members
 ";
@@ -289,24 +322,32 @@ redis.call('PUBLISH', ARGV[3], 'h ' .. ARGV[2])
 return 1
 ";
 
+// KEYS: the denial. ARGV: until, now, the channel, the invalidation, the TTL.
+// A denial only moves forward; one written before it held its instant (`1`) is replaced.
 const DENY_JTI: &str = r"
-if tonumber(ARGV[1]) > tonumber(ARGV[2]) and redis.call('EXPIRETIME', KEYS[1]) < tonumber(ARGV[1]) then
-  redis.call('SET', KEYS[1], '1', 'EXAT', ARGV[1])
+local deadline = tonumber(ARGV[1])
+if deadline > tonumber(ARGV[2]) then
+  local old = tonumber(redis.call('GET', KEYS[1]) or '')
+  if (not old) or old == 1 or old < deadline then
+    redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[5])
+  end
 end
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 ";
 
 // KEYS: presented refresh, session, successor refresh, the user's session set.
-// ARGV: sid, now, grace, idle seconds, successor expiry, channel, invalidation message.
+// ARGV: sid, now, grace, idle seconds, successor expiry, channel, invalidation message, the
+// GC margin. A token written before it held `exp` lives as long as its TTL says.
 const ROTATE: &str = r"
-local rt = redis.call('HMGET', KEYS[1], 'sid', 'state', 'used_at')
+local rt = redis.call('HMGET', KEYS[1], 'sid', 'state', 'used_at', 'exp')
 if (not rt[1]) or rt[1] ~= ARGV[1] then return {'invalid'} end
+local now = tonumber(ARGV[2])
+if rt[4] and now >= tonumber(rt[4]) then return {'invalid'} end
 local s = redis.call('HGETALL', KEYS[2])
 if #s == 0 then return {'invalid'} end
 local f = {}
 for i = 1, #s, 2 do f[s[i]] = s[i + 1] end
-local now = tonumber(ARGV[2])
 local function revoke()
   redis.call('DEL', KEYS[2])
   redis.call('SREM', KEYS[4], ARGV[1])
@@ -323,8 +364,10 @@ if rt[2] == 'current' then
   redis.call('HSET', KEYS[1], 'state', 'used', 'used_at', ARGV[2])
   local expiry = tonumber(ARGV[5])
   if expiry > tonumber(f.abs) then expiry = tonumber(f.abs) end
-  redis.call('HSET', KEYS[3], 'sid', ARGV[1], 'state', 'current')
-  redis.call('EXPIREAT', KEYS[3], expiry)
+  redis.call('HSET', KEYS[3], 'sid', ARGV[1], 'state', 'current', 'exp', expiry)
+  local ttl = expiry - now
+  if ttl < 0 then ttl = 0 end
+  redis.call('EXPIRE', KEYS[3], ttl + tonumber(ARGV[8]))
   local idle = now + tonumber(ARGV[4])
   if idle > tonumber(f.abs) then idle = tonumber(f.abs) end
   redis.call('HSET', KEYS[2], 'last_seen', ARGV[2], 'idle', idle)
@@ -339,37 +382,98 @@ revoke()
 return {'reuse', f.sub}
 ";
 
-// One failed login. The expiry is set in the same script as the increment, so no counter can be
-// left without one (a crash between INCR and EXPIRE would otherwise make it permanent); a
-// counter that somehow has none gets the window now. Later failures do not extend the window.
-// KEYS: the counter. ARGV: the window in seconds. Returns the count and the remaining ms.
-const THROTTLE_HIT: &str = r"
-local count = redis.call('INCR', KEYS[1])
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl < 0 then
-  redis.call('EXPIRE', KEYS[1], ARGV[1])
-  ttl = tonumber(ARGV[1]) * 1000
+// Reads a counter as `count, resets_at`: `0, 0` when there is none. A counter written before the
+// window's end was kept in it holds only its count: its window ends when its key expires
+// (rounded up to the second, so that a `Retry-After` built from it is never early).
+// KEYS[1] is the counter.
+const THROTTLE_READ: &str = r"
+local function read(now)
+  local raw = redis.call('GET', KEYS[1])
+  if not raw then return 0, 0 end
+  local count, resets = string.match(raw, '^(%d+) (%-?%d+)$')
+  if count then return tonumber(count), tonumber(resets) end
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl < 0 then ttl = 0 end
+  return tonumber(raw) or 0, now + math.floor((ttl + 999) / 1000)
 end
-return {count, ttl}
 ";
 
-// The count and the remaining ms, read together so the one cannot outlive the other.
+// One failed login, counted in the window open at `now` or in a new one from `now`. The key's
+// expiry is set in the same script as the count, so no counter is left without one. Later
+// failures do not extend the window.
+// KEYS: the counter. ARGV: the window in seconds, now. Returns the count and the window's end.
+const THROTTLE_HIT: &str = r"
+local now, window = tonumber(ARGV[2]), tonumber(ARGV[1])
+local count, resets = read(now)
+if count == 0 or now >= resets then
+  count, resets = 1, now + window
+else
+  count = count + 1
+end
+redis.call('SET', KEYS[1], string.format('%d %d', count, resets), 'EX', resets - now)
+return {count, resets}
+";
+
+// The count and the window's end, read together so the one cannot outlive the other.
+// KEYS: the counter. ARGV: now.
 const THROTTLE_PEEK: &str = r"
-local count = redis.call('GET', KEYS[1])
-if not count then return {0, 0} end
-return {tonumber(count), redis.call('PTTL', KEYS[1])}
+local count, resets = read(tonumber(ARGV[1]))
+return {count, resets}
 ";
 
-/// A counter's reply as [`Attempts`]: the window ends when the key expires, rounded up to the
-/// second so that a `Retry-After` built from it is never early.
-fn attempts(count: i64, ttl_ms: i64, now: i64) -> Attempts {
-    if count <= 0 {
+/// A counter's reply as [`Attempts`]: nothing counts once `now` has reached the window's end.
+fn attempts(count: i64, resets_at: i64, now: i64) -> Attempts {
+    if count <= 0 || now >= resets_at {
         return Attempts::NONE;
     }
     Attempts {
         count: u32::try_from(count).unwrap_or(u32::MAX),
-        resets_at: now.saturating_add((ttl_ms.max(0) + 999) / 1000),
+        resets_at,
     }
+}
+
+/// The value a `jti` denial was written with before it held its instant: denied for as long as
+/// the key lives.
+const LEGACY_DENIAL: i64 = 1;
+
+/// Whether a `jti` denial's value refuses at `now`.
+fn denial_refuses(value: i64, now: i64) -> bool {
+    value == LEGACY_DENIAL || now < value
+}
+
+/// A user's mark as stored (`<before> <keep_until>`, or only `<before>` when written before the
+/// mark held its `keep_until`: kept as long as its key lives).
+fn parse_mark(value: &str) -> Option<Mark> {
+    let mut parts = value.split(' ');
+    let before = parts.next()?.parse().ok()?;
+    let keep_until = match parts.next() {
+        Some(keep) => keep.parse().ok()?,
+        None => i64::MAX,
+    };
+    parts
+        .next()
+        .is_none()
+        .then_some(Mark { before, keep_until })
+}
+
+/// What a read-through reads: a `jti` denial's value, the user's mark, the session's `abs` and
+/// `idle`, and the epoch.
+type Facts = (
+    Option<i64>,
+    Option<String>,
+    (Option<i64>, Option<i64>),
+    Option<String>,
+);
+
+/// A read-through's verdict and what the cache may keep of it.
+struct Read {
+    verdict: Verdict,
+    /// The denial that refused the token, and until when.
+    denied_until: Option<i64>,
+    /// The user's mark that refused the token.
+    mark: Option<Mark>,
+    /// When an `Alive` verdict stops being true.
+    alive_until: i64,
 }
 
 /// A connection to the data, whichever the topology.
@@ -612,6 +716,8 @@ pub struct RedisStore {
     rotate: Script,
     throttle_hit: Script,
     throttle_peek: Script,
+    /// The gateway's clock, for key expiry only.
+    clock: Clock,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -645,6 +751,8 @@ struct Guard {
     last_ok: AtomicBool,
     /// Where a detected reset is recorded; set once the gateway's audit trail exists.
     audit: std::sync::OnceLock<crate::audit::Audit>,
+    /// The gateway's clock: the instant an epoch this instance creates is stamped with.
+    clock: Clock,
     heartbeat: Script,
     set_epoch_state: Script,
     /// Confirmed subscriptions (one per Cluster seed node, else at most one). Under a mutex so
@@ -716,7 +824,7 @@ impl Guard {
     /// One heartbeat: reads the epoch (creating it when there is none), publishes it on the
     /// invalidation channel, and takes in what it says.
     async fn beat(&self) -> Result<(), StoreError> {
-        let now = crate::pipeline::verify::unix_now();
+        let now = self.clock.now();
         // The epoch this instance would create. Before it knew any, it is starting: `now` is
         // the cutoff unless this is the deployment's first start. After, a missing epoch is a
         // reset this instance detects.
@@ -859,8 +967,10 @@ fn client(url: &str, password: Option<&str>) -> redis::RedisResult<redis::Client
 
 impl RedisStore {
     /// Connects (lazily for a single server, so the gateway starts and answers 503 while
-    /// Redis is down) and starts the invalidation subscriber. Must run inside Tokio.
-    pub async fn connect(settings: &RedisSettings) -> Result<Self, StoreError> {
+    /// Redis is down) and starts the invalidation subscriber and the heartbeat. `clock` is the
+    /// gateway's: it stamps the epochs this instance creates and times key expiry (answers use
+    /// the caller's `now`). Must run inside Tokio.
+    pub async fn connect(settings: &RedisSettings, clock: Clock) -> Result<Self, StoreError> {
         let keys = Keys {
             prefix: settings.key_prefix.clone(),
         };
@@ -964,6 +1074,7 @@ impl RedisStore {
             settings.cache_capacity,
             settings.cache_ttl,
             settings.max_staleness,
+            clock.clone(),
         ));
         let guard = Arc::new(Guard {
             conn: conn.clone(),
@@ -975,6 +1086,7 @@ impl RedisStore {
             timeout: settings.timeout,
             last_ok: AtomicBool::new(true),
             audit: std::sync::OnceLock::new(),
+            clock: clock.clone(),
             heartbeat: Script::new(HEARTBEAT),
             set_epoch_state: Script::new(SET_EPOCH_STATE),
             subscriptions: std::sync::Mutex::new(0),
@@ -1016,8 +1128,9 @@ impl RedisStore {
             revoke_user: Script::new(REVOKE_USER),
             deny_jti: Script::new(DENY_JTI),
             rotate: Script::new(ROTATE),
-            throttle_hit: Script::new(THROTTLE_HIT),
-            throttle_peek: Script::new(THROTTLE_PEEK),
+            throttle_hit: Script::new(&format!("{THROTTLE_READ}{THROTTLE_HIT}")),
+            throttle_peek: Script::new(&format!("{THROTTLE_READ}{THROTTLE_PEEK}")),
+            clock,
         })
     }
 
@@ -1146,15 +1259,12 @@ impl RedisStore {
     }
 
     /// Reads the three facts a verdict needs and the epoch, read after them (so that a reset
-    /// that happened before the facts were read cannot go unseen). Single server and Sentinel:
-    /// one pipeline, in that order. Cluster: the keys live in different slots, so the commands
-    /// are issued concurrently, one round trip in all (per-node data loss in a Cluster is
-    /// detected only for the node that holds the epoch: see the README).
-    async fn read_verdict(
-        &self,
-        token: &TokenRef<'_>,
-        now: i64,
-    ) -> Result<(Verdict, Option<i64>), StoreError> {
+    /// that happened before the facts were read cannot go unseen), and decides as of `now`.
+    /// Single server and Sentinel: one pipeline, in that order. Cluster: the keys live in
+    /// different slots, so the commands are issued concurrently, one round trip in all (per-node
+    /// data loss in a Cluster is detected only for the node that holds the epoch: see the
+    /// README).
+    async fn read_verdict(&self, token: &TokenRef<'_>, now: i64) -> Result<Read, StoreError> {
         let jti_key = self.keys.jti(token.jti_key);
         let rb_key = self.keys.revoked_before(token.subject);
         let check_session = token.require_session;
@@ -1168,7 +1278,7 @@ impl RedisStore {
                 .await
         } else {
             let mut pipe = redis::pipe();
-            pipe.exists(jti_key).get(rb_key);
+            pipe.get(jti_key).get(rb_key);
             if let Some(key) = &session_key {
                 pipe.cmd("HMGET").arg(key).arg("abs").arg("idle");
             }
@@ -1176,30 +1286,38 @@ impl RedisStore {
             let mut conn = self.conn.clone();
             self.run(async move {
                 if check_session {
-                    pipe.query_async::<(
-                        bool,
-                        Option<i64>,
-                        (Option<i64>, Option<i64>),
-                        Option<String>,
-                    )>(&mut conn)
-                        .await
+                    pipe.query_async::<Facts>(&mut conn).await
                 } else {
-                    pipe.query_async::<(bool, Option<i64>, Option<String>)>(&mut conn)
+                    pipe.query_async::<(Option<i64>, Option<String>, Option<String>)>(&mut conn)
                         .await
                         .map(|(denied, rb, epoch)| (denied, rb, (None, None), epoch))
                 }
             })
             .await
         };
-        let (denied, revoked_before, (abs, idle), epoch) = facts?;
+        let (denied_until, mark, (abs, idle), epoch) = facts?;
         self.guard.check_epoch(epoch.as_deref()).await?;
-        let verdict = if denied {
+        // An unreadable mark refuses every token of the user: it can only be damage, and a
+        // revocation must not be lost to it.
+        let mark = mark.map(|m| {
+            parse_mark(&m).unwrap_or(Mark {
+                before: i64::MAX,
+                keep_until: i64::MAX,
+            })
+        });
+        let denied_until = denied_until.filter(|until| denial_refuses(*until, now));
+        let mark = mark.filter(|m| m.refuses(token.issued_at, now));
+        let mut alive_until = token.expires_at;
+        let verdict = if denied_until.is_some() {
             Verdict::JtiDenied
-        } else if revoked_before.is_some_and(|before| token.issued_at <= before) {
+        } else if mark.is_some() {
             Verdict::UserRevoked
         } else if check_session {
             match (abs, idle) {
-                (Some(abs), Some(idle)) if now < abs && now < idle => Verdict::Alive,
+                (Some(abs), Some(idle)) if now < abs && now < idle => {
+                    alive_until = alive_until.min(abs).min(idle);
+                    Verdict::Alive
+                }
                 // Unknown, expired, or (the key is under `sub`) another user's session.
                 _ => Verdict::SessionUnknown,
             }
@@ -1210,7 +1328,18 @@ impl RedisStore {
         } else {
             Verdict::Alive
         };
-        Ok((verdict, revoked_before))
+        Ok(Read {
+            verdict,
+            denied_until: denied_until.map(|until| {
+                if until == LEGACY_DENIAL {
+                    token.expires_at
+                } else {
+                    until
+                }
+            }),
+            mark,
+            alive_until,
+        })
     }
 
     /// [`Self::read_verdict`]'s reads for a Cluster, where every key may live on another node.
@@ -1220,21 +1349,13 @@ impl RedisStore {
         rb_key: String,
         session_key: Option<String>,
         epoch_key: String,
-    ) -> Result<
-        (
-            bool,
-            Option<i64>,
-            (Option<i64>, Option<i64>),
-            Option<String>,
-        ),
-        StoreError,
-    > {
+    ) -> Result<Facts, StoreError> {
         let (mut jti_conn, mut user_conn, mut epoch_conn) =
             (self.conn.clone(), self.conn.clone(), self.conn.clone());
         let denied = async move {
-            redis::cmd("EXISTS")
+            redis::cmd("GET")
                 .arg(jti_key)
-                .query_async::<bool>(&mut jti_conn)
+                .query_async::<Option<i64>>(&mut jti_conn)
                 .await
         };
         let user = async move {
@@ -1243,11 +1364,11 @@ impl RedisStore {
             match session_key {
                 Some(key) => {
                     pipe.cmd("HMGET").arg(key).arg("abs").arg("idle");
-                    pipe.query_async::<(Option<i64>, (Option<i64>, Option<i64>))>(&mut user_conn)
+                    pipe.query_async::<(Option<String>, (Option<i64>, Option<i64>))>(&mut user_conn)
                         .await
                 }
                 None => pipe
-                    .query_async::<(Option<i64>,)>(&mut user_conn)
+                    .query_async::<(Option<String>,)>(&mut user_conn)
                     .await
                     .map(|(rb,)| (rb, (None, None))),
             }
@@ -1275,14 +1396,17 @@ impl RedisStore {
 impl SessionStore for RedisStore {
     async fn check(&self, token: &TokenRef<'_>, now: i64) -> Result<Verdict, StoreError> {
         let metrics = crate::metrics::global();
-        if self.cache.alive(token.token_key).is_some() {
+        if self.cache.alive(token.token_key, now).is_some() {
             metrics.store_cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Verdict::Alive);
         }
-        if let Some(known) =
-            self.cache
-                .known_revoked(token.jti_key, token.session, token.subject, token.issued_at)
-        {
+        if let Some(known) = self.cache.known_revoked(
+            token.jti_key,
+            token.session,
+            token.subject,
+            token.issued_at,
+            now,
+        ) {
             metrics.store_cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(match known {
                 Known::JtiDenied => Verdict::JtiDenied,
@@ -1292,32 +1416,28 @@ impl SessionStore for RedisStore {
         }
         metrics.store_cache_misses.fetch_add(1, Ordering::Relaxed);
         let sequence = self.cache.sequence();
-        let (verdict, revoked_before) = self.read_verdict(token, now).await?;
-        match verdict {
+        let read = self.read_verdict(token, now).await?;
+        match read.verdict {
             Verdict::Alive => self.cache.remember_alive(
                 *token.token_key,
                 Alive {
                     jti_key: *token.jti_key,
                     session: token.session.map(Into::into),
                     subject: token.subject.into(),
-                    expires_at: token.expires_at,
+                    expires_at: read.alive_until,
                 },
                 sequence,
             ),
-            Verdict::JtiDenied => self.cache.remember_revoked(
-                token.jti_key,
-                None,
-                token.subject,
-                Known::JtiDenied,
-                None,
-            ),
-            Verdict::UserRevoked => self.cache.remember_revoked(
-                token.jti_key,
-                None,
-                token.subject,
-                Known::UserRevoked,
-                revoked_before,
-            ),
+            Verdict::JtiDenied => {
+                if let Some(until) = read.denied_until {
+                    self.cache.remember_denied(token.jti_key, until);
+                }
+            }
+            Verdict::UserRevoked => {
+                if let Some(mark) = read.mark {
+                    self.cache.remember_mark(token.subject, mark);
+                }
+            }
             // A session that is merely absent might be one whose creation has not reached this
             // replica yet; only revocation events (which name it) make it a negative fact. The
             // epoch's cutoff is already held in memory.
@@ -1325,7 +1445,7 @@ impl SessionStore for RedisStore {
             | Verdict::SessionMismatch
             | Verdict::IssuedBeforeStoreReset => {}
         }
-        Ok(verdict)
+        Ok(read.verdict)
     }
 
     async fn create_session(
@@ -1356,12 +1476,13 @@ impl SessionStore for RedisStore {
             .arg(&record.user_agent)
             .arg(record.absolute_expiry)
             .arg(record.idle_expiry)
-            .arg(if record.remember_me { "1" } else { "0" })
-            .arg(
-                refresh
-                    .map(|r| r.expires_at.min(record.absolute_expiry).to_string())
-                    .unwrap_or_default(),
-            );
+            .arg(if record.remember_me { "1" } else { "0" });
+        let now = self.clock.now();
+        let refresh_expiry = refresh.map(|r| r.expires_at.min(record.absolute_expiry));
+        invocation
+            .arg(refresh_expiry.map(|e| e.to_string()).unwrap_or_default())
+            .arg(gc_ttl(record.absolute_expiry, now))
+            .arg(refresh_expiry.map_or(0, |e| gc_ttl(e, now)));
         self.run(invocation.invoke_async::<i64>(&mut conn))
             .await
             .map(|_| ())
@@ -1457,22 +1578,30 @@ impl SessionStore for RedisStore {
             .arg(before)
             .arg(keep_until)
             .arg(self.keys.channel())
-            .arg(event.encode());
+            .arg(event.encode())
+            .arg(gc_ttl(keep_until, self.clock.now()));
         self.revoking::<i64>(&invocation).await?;
         self.apply_locally(event);
         Ok(())
     }
 
-    async fn deny_jti(&self, issuer: &str, jti: &str, until: i64) -> Result<(), StoreError> {
+    async fn deny_jti(
+        &self,
+        issuer: &str,
+        jti: &str,
+        until: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
         let key = jti_key(issuer, jti);
         let event = Invalidation::Jti { key, until };
         let mut invocation = self.deny_jti.prepare_invoke();
         invocation
             .key(self.keys.jti(&key))
             .arg(until)
-            .arg(crate::pipeline::verify::unix_now())
+            .arg(now)
             .arg(self.keys.channel())
-            .arg(event.encode());
+            .arg(event.encode())
+            .arg(gc_ttl(until, self.clock.now()));
         self.revoking::<i64>(&invocation).await?;
         self.apply_locally(event);
         Ok(())
@@ -1499,6 +1628,7 @@ impl SessionStore for RedisStore {
                     .arg(rotation.successor_expires_at)
                     .arg(self.keys.channel())
                     .arg(event.encode())
+                    .arg(GC_MARGIN)
                     .invoke_async(&mut conn),
             )
             .await?;
@@ -1528,27 +1658,29 @@ impl SessionStore for RedisStore {
     // they are not on the hot path, and every instance must count every failure.
     async fn throttle_hit(&self, key: &str, window: i64, now: i64) -> Result<Attempts, StoreError> {
         let mut conn = self.conn.clone();
-        let (count, ttl): (i64, i64) = self
+        let (count, resets_at): (i64, i64) = self
             .run(
                 self.throttle_hit
                     .key(self.keys.throttle(key))
                     .arg(window.max(1))
+                    .arg(now)
                     .invoke_async(&mut conn),
             )
             .await?;
-        Ok(attempts(count, ttl, now))
+        Ok(attempts(count, resets_at, now))
     }
 
     async fn throttle_peek(&self, key: &str, now: i64) -> Result<Attempts, StoreError> {
         let mut conn = self.conn.clone();
-        let (count, ttl): (i64, i64) = self
+        let (count, resets_at): (i64, i64) = self
             .run(
                 self.throttle_peek
                     .key(self.keys.throttle(key))
+                    .arg(now)
                     .invoke_async(&mut conn),
             )
             .await?;
-        Ok(attempts(count, ttl, now))
+        Ok(attempts(count, resets_at, now))
     }
 
     async fn throttle_clear(&self, key: &str) -> Result<(), StoreError> {
@@ -1777,5 +1909,56 @@ async fn watch_switches(s: &SentinelConn, first: &mut bool) -> redis::RedisResul
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_throttle_reply_counts_nothing_once_now_reaches_the_windows_end() {
+        assert_eq!(
+            attempts(3, 160, 100),
+            Attempts {
+                count: 3,
+                resets_at: 160
+            }
+        );
+        assert_eq!(attempts(3, 160, 160), Attempts::NONE);
+        assert_eq!(attempts(0, 0, 100), Attempts::NONE);
+    }
+
+    #[test]
+    fn a_denial_refuses_before_its_instant_and_a_legacy_one_while_its_key_lives() {
+        assert!(denial_refuses(1_700_000_100, 1_700_000_099));
+        assert!(!denial_refuses(1_700_000_100, 1_700_000_100));
+        assert!(denial_refuses(LEGACY_DENIAL, 1_700_000_100));
+    }
+
+    #[test]
+    fn a_mark_is_read_with_its_keep_until_or_kept_when_written_without_one() {
+        assert_eq!(
+            parse_mark("100 1000"),
+            Some(Mark {
+                before: 100,
+                keep_until: 1000
+            })
+        );
+        assert_eq!(
+            parse_mark("100"),
+            Some(Mark {
+                before: 100,
+                keep_until: i64::MAX
+            })
+        );
+        assert_eq!(parse_mark("100 x"), None);
+        assert_eq!(parse_mark("100 1000 7"), None);
+    }
+
+    #[test]
+    fn a_keys_ttl_runs_the_margin_past_its_instant_and_never_below_it() {
+        assert_eq!(gc_ttl(1_000, 900), 100 + GC_MARGIN);
+        assert_eq!(gc_ttl(900, 1_000), GC_MARGIN);
     }
 }
