@@ -20,6 +20,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::auth_flow::AuthSettings;
 use crate::keys::{self, Issuer, KeySet, VerificationKey};
+use crate::net::IpNet;
 use crate::pipeline::authorize::{PermissionTable, Policy};
 use crate::pipeline::forward::{HttpUpstream, Upstream, UpstreamSettings};
 use crate::pipeline::mutate::{IdentityHeaders, MutateConfig, StripRule};
@@ -28,7 +29,7 @@ use crate::pipeline::route::{HostPattern, Route, Router};
 use crate::pipeline::verify::{TokenCache, Verifier};
 use crate::store::{RedisSettings, Topology};
 use raw::{RawConfig, RawPolicy, RawSize, RawStore};
-use units::{IpNet, parse_duration, parse_size};
+use units::{parse_duration, parse_size};
 
 /// Why a config could not be loaded. The message names the key and, where the parser knows
 /// it, the line.
