@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserializer;
 use serde::de::{self, Visitor};
 
+use super::error::{ConfigError, invalid};
 use super::raw::RawSize;
 
 /// Deserializes an optional text value that YAML typed as a number or a boolean
@@ -247,6 +248,22 @@ pub fn parse_size(size: &RawSize) -> Result<u64, String> {
     };
     n.checked_mul(factor)
         .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+/// `value` at `key` as a duration, or `default` when it is not written.
+pub(super) fn duration(
+    key: &str,
+    value: Option<&String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    value.map_or(Ok(default), |v| {
+        parse_duration(v).map_err(|m| invalid(key, m))
+    })
+}
+
+/// `value` at `key` as a byte count, or `default` when it is not written.
+pub(super) fn size(key: &str, value: Option<&RawSize>, default: u64) -> Result<u64, ConfigError> {
+    value.map_or(Ok(default), |v| parse_size(v).map_err(|m| invalid(key, m)))
 }
 
 #[cfg(test)]
