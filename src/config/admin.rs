@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::error::{ConfigError, invalid};
+use super::error::{ConfigError, ReadError, invalid};
 use super::raw::RawAdmin;
 
 /// The admin listener.
@@ -51,11 +51,8 @@ pub(super) fn compile(
                 None => None,
                 Some(f) => {
                     let path = base.join(f);
-                    let text = std::fs::read(&path).map_err(|e| {
-                        invalid(
-                            "admin.token_file",
-                            format!("cannot read {}: {e}", path.display()),
-                        )
+                    let text = std::fs::read(&path).map_err(|source| {
+                        invalid("admin.token_file", ReadError { path, source })
                     })?;
                     let secret = text.trim_ascii();
                     if secret.len() < 32 {

@@ -172,8 +172,8 @@ pub(super) fn compile(
         Duration::from_secs(300),
     )?;
 
-    let users = UsersHandle::load(base.join(&a.users_file))
-        .map_err(|e| invalid("auth.users_file", e.to_string()))?;
+    let users =
+        UsersHandle::load(base.join(&a.users_file)).map_err(|e| invalid("auth.users_file", e))?;
 
     let signing = if a.signing_keys.is_empty() {
         ephemeral_signing_keys()

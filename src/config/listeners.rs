@@ -9,7 +9,7 @@ use http::HeaderValue;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::error::{ConfigError, invalid};
+use super::error::{Cause, ConfigError, ContextError, invalid};
 use super::raw::RawListener;
 use super::units::duration;
 
@@ -59,20 +59,24 @@ pub(super) fn compile(raw: &[RawListener], base: &Path) -> Result<Vec<ListenerSp
     Ok(listeners)
 }
 
-fn server_tls(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, String> {
+/// The TLS server config of a listener: the certificate chain and key from PEM files,
+/// offering h2 and HTTP/1.1.
+fn server_tls(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, Cause> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("cannot read certificate {}: {e}", cert.display()))?
+        .map_err(|e| ContextError::new(format!("cannot read certificate {}", cert.display()), e))?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("cannot parse certificate {}: {e}", cert.display()))?;
+        .map_err(|e| {
+            ContextError::new(format!("cannot parse certificate {}", cert.display()), e)
+        })?;
     if certs.is_empty() {
-        return Err(format!("{} holds no certificate", cert.display()));
+        return Err(format!("{} holds no certificate", cert.display()).into());
     }
     let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("cannot read private key {}: {e}", key.display()))?;
+        .map_err(|e| ContextError::new(format!("cannot read private key {}", key.display()), e))?;
     let mut config = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| format!("certificate and key do not form a usable pair: {e}"))?;
+        .map_err(|e| ContextError::new("certificate and key do not form a usable pair", e))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }

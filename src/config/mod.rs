@@ -38,7 +38,7 @@ use raw::RawConfig;
 
 pub use admin::{AdminSettings, AdminToken};
 pub use audit::AuditSettings;
-pub use error::ConfigError;
+pub use error::{Cause, ConfigError, ContextError, ReadError};
 pub use limits::ServerLimits;
 pub use listeners::ListenerSpec;
 pub use store::StoreKind;
@@ -108,17 +108,7 @@ impl Config {
     /// Compiles YAML text; relative paths in it are resolved against `base`.
     pub fn from_yaml(text: &str, base: &Path) -> Result<Self, ConfigError> {
         let raw: RawConfig = serde_yaml::from_str(text)?;
-        // The checks after parsing know the key; the text knows its line.
-        compile(raw, base).map_err(|e| match e {
-            ConfigError::Invalid { key, message } => {
-                let message = match units::line_of(text, &key) {
-                    Some(line) => format!("{message} at line {line}"),
-                    None => message,
-                };
-                ConfigError::Invalid { key, message }
-            }
-            other => other,
-        })
+        compile(raw, base).map_err(|e| e.with_line_in(text))
     }
 }
 

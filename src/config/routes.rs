@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use http::Method;
 
-use super::error::{ConfigError, invalid};
+use super::error::{ConfigError, ContextError, invalid};
 use super::raw::{RawPolicy, RawRoute};
 use super::units::size;
 use crate::pipeline::authorize::{PermissionTable, Policy};
@@ -53,8 +53,12 @@ pub(super) fn compile(raw: &[RawRoute], cx: Context<'_>) -> Result<Router, Confi
         }
         let host =
             HostPattern::parse(r.host.as_deref()).map_err(|m| invalid(format!("{key}.host"), m))?;
-        let normalized = normalize(&r.path)
-            .map_err(|e| invalid(format!("{key}.path"), format!("`{}`: {e}", r.path)))?;
+        let normalized = normalize(&r.path).map_err(|e| {
+            invalid(
+                format!("{key}.path"),
+                ContextError::new(format!("`{}`", r.path), e),
+            )
+        })?;
         let prefix = normalized.lower.trim_end_matches('/');
         if normalized.path.trim_end_matches('/') != r.path.trim_end_matches('/') {
             return Err(invalid(

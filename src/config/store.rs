@@ -3,8 +3,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::error::{ConfigError, invalid};
-use super::raw::{RawRedis, RawStore};
+use super::error::{ConfigError, ReadError, invalid};
+use super::raw::{RawStore, RawStoreKind};
 use super::units::duration;
 use crate::store::{RedisSettings, Topology};
 
@@ -19,13 +19,20 @@ pub enum StoreKind {
 
 /// Compiles `store:`; a password file is relative to `base`.
 pub(super) fn compile(raw: &RawStore, base: &Path) -> Result<StoreKind, ConfigError> {
-    Ok(match raw {
-        RawStore::Memory => StoreKind::Memory,
-        RawStore::Redis(r) => StoreKind::Redis(redis_settings(r, base)?),
-    })
+    match raw.kind {
+        RawStoreKind::Memory => match raw.redis_keys_written().next() {
+            // Not silently ignored: it is most likely meant for a `kind: redis` left out.
+            Some(key) => Err(invalid(
+                format!("store.{key}"),
+                "is a Redis setting, and `kind` is `memory`",
+            )),
+            None => Ok(StoreKind::Memory),
+        },
+        RawStoreKind::Redis => Ok(StoreKind::Redis(redis_settings(raw, base)?)),
+    }
 }
 
-fn redis_settings(r: &RawRedis, base: &Path) -> Result<RedisSettings, ConfigError> {
+fn redis_settings(r: &RawStore, base: &Path) -> Result<RedisSettings, ConfigError> {
     let url_ok = |key: &str, url: &str| -> Result<(), ConfigError> {
         if url.starts_with("redis://") || url.starts_with("rediss://") {
             Ok(())
@@ -73,12 +80,8 @@ fn redis_settings(r: &RawRedis, base: &Path) -> Result<RedisSettings, ConfigErro
         None => None,
         Some(file) => {
             let path = base.join(file);
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                invalid(
-                    "store.password_file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|source| invalid("store.password_file", ReadError { path, source }))?;
             Some(text.trim_end_matches(['\r', '\n']).to_owned())
         }
     };
@@ -122,8 +125,8 @@ fn redis_settings(r: &RawRedis, base: &Path) -> Result<RedisSettings, ConfigErro
                 ));
             }
         },
-        first_start: r.first_start,
-        min_replicas_acks: r.min_replicas_acks,
+        first_start: r.first_start.unwrap_or(false),
+        min_replicas_acks: r.min_replicas_acks.unwrap_or(0),
         replica_ack_timeout: duration(
             "store.replica_ack_timeout",
             r.replica_ack_timeout.as_ref(),

@@ -10,7 +10,7 @@ use http::Uri;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
-use super::error::{ConfigError, invalid};
+use super::error::{Cause, ConfigError, ContextError, invalid};
 use super::raw::RawUpstream;
 use super::units::duration;
 use crate::pipeline::forward::{HttpUpstream, Upstream, UpstreamSettings};
@@ -38,9 +38,12 @@ pub(super) fn compile(
         let upstream = match (&up.url, up.echo) {
             (None, Some(true)) => Upstream::Echo,
             (Some(url), None | Some(false)) => {
-                let uri: Uri = url
-                    .parse()
-                    .map_err(|_| invalid(format!("{key}.url"), format!("`{url}` is not a URL")))?;
+                let uri: Uri = url.parse().map_err(|e| {
+                    invalid(
+                        format!("{key}.url"),
+                        ContextError::new(format!("`{url}` is not a URL"), e),
+                    )
+                })?;
                 let roots = match &up.ca {
                     Some(ca) => Arc::new(
                         roots_from_file(&base.join(ca))
@@ -97,18 +100,20 @@ pub(super) fn compile(
     Ok(Upstreams { names, upstreams })
 }
 
-fn roots_from_file(path: &Path) -> Result<rustls::RootCertStore, String> {
+/// The CA certificates of a PEM bundle, for an upstream's own `ca`.
+fn roots_from_file(path: &Path) -> Result<rustls::RootCertStore, Cause> {
     let mut roots = rustls::RootCertStore::empty();
     let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        .map_err(|e| ContextError::new(format!("cannot read {}", path.display()), e))?;
     for cert in certs {
-        let cert = cert.map_err(|e| format!("cannot parse {}: {e}", path.display()))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("{} holds an unusable CA: {e}", path.display()))?;
+        let cert =
+            cert.map_err(|e| ContextError::new(format!("cannot parse {}", path.display()), e))?;
+        roots.add(cert).map_err(|e| {
+            ContextError::new(format!("{} holds an unusable CA", path.display()), e)
+        })?;
     }
     if roots.is_empty() {
-        return Err(format!("{} holds no certificate", path.display()));
+        return Err(format!("{} holds no certificate", path.display()).into());
     }
     Ok(roots)
 }
