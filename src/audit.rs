@@ -244,7 +244,7 @@ impl Audit {
             {
                 let mut windows = self.inner.windows.lock().unwrap_or_else(|e| e.into_inner());
                 let mut key = (
-                    Some(crate::config::units::client_network(ip)),
+                    Some(crate::net::client_network(ip)),
                     event.event,
                     event.reason_id,
                 );

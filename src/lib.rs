@@ -36,6 +36,7 @@ pub mod config;
 pub mod error;
 pub mod keys;
 pub mod metrics;
+pub mod net;
 pub mod pipeline;
 pub mod reload;
 pub mod server;

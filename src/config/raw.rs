@@ -194,21 +194,18 @@ pub struct RawTls {
     pub hsts_max_age: Option<String>,
 }
 
-/// The session store.
+/// The session store: `kind`, and for `kind: redis` exactly one of `url`, `cluster` or
+/// `sentinel` with the settings below.
+///
+/// One struct rather than an enum tagged by `kind`: serde reads a tagged enum's mapping into a
+/// buffer first, and errors found in a buffer carry neither the key's path nor its line (and a
+/// unit variant's buffer accepts any key at all). The Redis settings under `kind: memory` are
+/// refused when compiled.
 #[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields, rename_all = "snake_case", tag = "kind")]
-pub enum RawStore {
-    /// In-process maps: one instance only, lost on restart.
-    #[default]
-    Memory,
-    /// Redis, shared by every instance.
-    Redis(Box<RawRedis>),
-}
-
-/// Redis store settings: exactly one of `url`, `cluster` or `sentinel`.
-#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRedis {
+pub struct RawStore {
+    /// `memory` or `redis`; required when `store:` is written.
+    pub kind: RawStoreKind,
     /// `redis://host:port/db` or `rediss://…` (TLS).
     #[serde(default)]
     pub url: Option<String>,
@@ -225,29 +222,63 @@ pub struct RawRedis {
     #[serde(default)]
     pub key_prefix: Option<String>,
     /// Longest a store operation may take before the request gets 503.
-    #[serde(default, deserialize_with = "super::units::scalar_text")]
+    #[serde(default)]
     pub timeout: Option<String>,
     /// Positive verdicts kept in the local cache.
     #[serde(default)]
     pub cache_capacity: Option<u64>,
     /// Longest a positive verdict is kept locally (the safety net behind invalidation).
-    #[serde(default, deserialize_with = "super::units::scalar_text")]
+    #[serde(default)]
     pub cache_ttl: Option<String>,
     /// Longest a cached verdict is served after the invalidation channel was last heard from.
-    #[serde(default, deserialize_with = "super::units::scalar_text")]
+    #[serde(default)]
     pub max_staleness: Option<String>,
     /// What a detected loss of the store's data does: `refuse_earlier_tokens` or `unavailable`.
     #[serde(default)]
     pub on_data_loss: Option<String>,
     /// The deployment's first start: an epoch created at start cuts off no earlier token.
     #[serde(default)]
-    pub first_start: bool,
+    pub first_start: Option<bool>,
     /// Replicas that must acknowledge each revoking write (`WAIT`); 0 waits for none.
     #[serde(default)]
-    pub min_replicas_acks: u32,
+    pub min_replicas_acks: Option<u32>,
     /// Longest a revoking write waits for those acknowledgements.
-    #[serde(default, deserialize_with = "super::units::scalar_text")]
+    #[serde(default)]
     pub replica_ack_timeout: Option<String>,
+}
+
+impl RawStore {
+    /// The Redis settings written, by name, for refusing them under `kind: memory`.
+    pub fn redis_keys_written(&self) -> impl Iterator<Item = &'static str> {
+        [
+            ("url", self.url.is_some()),
+            ("cluster", self.cluster.is_some()),
+            ("sentinel", self.sentinel.is_some()),
+            ("password_file", self.password_file.is_some()),
+            ("key_prefix", self.key_prefix.is_some()),
+            ("timeout", self.timeout.is_some()),
+            ("cache_capacity", self.cache_capacity.is_some()),
+            ("cache_ttl", self.cache_ttl.is_some()),
+            ("max_staleness", self.max_staleness.is_some()),
+            ("on_data_loss", self.on_data_loss.is_some()),
+            ("first_start", self.first_start.is_some()),
+            ("min_replicas_acks", self.min_replicas_acks.is_some()),
+            ("replica_ack_timeout", self.replica_ack_timeout.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, written)| written.then_some(name))
+    }
+}
+
+/// Which session store.
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawStoreKind {
+    /// In-process maps: one instance only, lost on restart.
+    #[default]
+    Memory,
+    /// Redis, shared by every instance.
+    Redis,
 }
 
 /// Sentinel settings.

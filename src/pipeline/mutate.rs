@@ -23,7 +23,7 @@ use std::net::IpAddr;
 use http::header::{AUTHORIZATION, CONNECTION, COOKIE, HOST, SET_COOKIE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::units::IpNet;
+use crate::net::IpNet;
 use crate::pipeline::verify::VerifiedToken;
 
 /// The configured identity header names.

@@ -223,7 +223,7 @@ impl PerIp {
         if self.limit == 0 {
             return Some(IpSlot(None));
         }
-        let key = crate::config::units::client_network(ip);
+        let key = crate::net::client_network(ip);
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let n = open.entry(key).or_insert(0);
         if *n >= self.limit {
