@@ -254,3 +254,114 @@ async fn the_trace_id_is_logged_with_the_request_id() {
         "{refused}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The admin listener: one accept loop with limits for every listener
+// ---------------------------------------------------------------------------------------------
+
+/// A gateway with an admin listener and `limits: { <limits> }`; the admin address.
+async fn gateway_with_admin(limits: &str) -> (TestGateway, SocketAddr) {
+    let gw = Setup {
+        extra: format!("limits: {{ {limits} }}\nadmin: {{ bind: 127.0.0.1:0 }}"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let admin = gw.running.admin_addr().expect("an admin listener");
+    (gw, admin)
+}
+
+/// Everything the server sent until it closed the connection, or `None` if it was still open
+/// after `within`. A reset ends the connection as well as a close does.
+async fn until_closed(stream: &mut TcpStream, within: Duration) -> Option<String> {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(within, stream.read_to_end(&mut out))
+        .await
+        .ok()?;
+    Some(String::from_utf8_lossy(&out).into_owned())
+}
+
+const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n";
+
+/// A new connection to `addr` from `ip`, proven served by one `/healthz` (the proxy answers
+/// it too, with a 200 from the `root` route), and left open (keep-alive).
+async fn served(ip: [u8; 4], addr: SocketAddr) -> TcpStream {
+    let mut stream = connect_from(ip, addr).await;
+    stream.write_all(HEALTHZ).await.unwrap();
+    let head = read_head(&mut stream, BOUND)
+        .await
+        .expect("a connection within the limits is served");
+    assert_eq!(status_of(&head), 200, "{head}");
+    stream
+}
+
+#[tokio::test]
+async fn a_slowloris_connection_on_the_admin_port_is_closed_after_the_header_timeout() {
+    let (_gw, admin) = gateway_with_admin("header_read_timeout: 500ms").await;
+    let mut slow = TcpStream::connect(admin).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let text = until_closed(&mut slow, Duration::from_secs(5))
+        .await
+        .expect("the half-sent head was still held open after 5s");
+    assert!(!text.contains(" 200 "), "{text}");
+    // And a connection that sends nothing at all.
+    let mut silent = TcpStream::connect(admin).await.unwrap();
+    assert!(
+        until_closed(&mut silent, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "a silent connection was still open after 5s"
+    );
+}
+
+#[tokio::test]
+async fn the_admin_ports_connection_limit_holds_a_third_connection_until_one_of_two_closes() {
+    let (_gw, admin) = gateway_with_admin("max_connections: 2").await;
+    let mut held = vec![
+        served(CLIENT_IP, admin).await,
+        served(PROXY_IP, admin).await,
+    ];
+    let mut third = connect_from([127, 0, 0, 4], admin).await;
+    third.write_all(HEALTHZ).await.unwrap();
+    assert!(
+        read_head(&mut third, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "a third admin connection was served while two were open"
+    );
+    drop(held.remove(0));
+    let head = read_head(&mut third, BOUND)
+        .await
+        .expect("the third connection was never served");
+    assert_eq!(status_of(&head), 200, "{head}");
+}
+
+#[tokio::test]
+async fn the_admin_port_closes_one_connection_too_many_from_one_address() {
+    let (_gw, admin) = gateway_with_admin("max_connections_per_ip: 1").await;
+    let _held = served(CLIENT_IP, admin).await;
+    let mut second = connect_from(CLIENT_IP, admin).await;
+    let _ = second.write_all(HEALTHZ).await;
+    let text = until_closed(&mut second, BOUND)
+        .await
+        .expect("a second connection from the address was held open");
+    assert!(text.is_empty(), "closed at accept, unanswered: {text}");
+    // Another address is served.
+    let _other = served(PROXY_IP, admin).await;
+}
+
+#[tokio::test]
+async fn health_probes_are_answered_while_the_proxy_port_is_full() {
+    let (gw, admin) = gateway_with_admin("max_connections: 2").await;
+    let _proxy_full = [
+        served(CLIENT_IP, gw.addr).await,
+        served(PROXY_IP, gw.addr).await,
+    ];
+    // Two more on the admin port: with one pool of permits for both, these would wait.
+    let _probes = [
+        served(CLIENT_IP, admin).await,
+        served(PROXY_IP, admin).await,
+    ];
+}
