@@ -35,6 +35,7 @@ use portcullis::config::{Config, Runtime};
 use portcullis::pipeline::mutate::ForwardFacts;
 use portcullis::pipeline::normalize::{NormalizedPath, normalize};
 use portcullis::pipeline::route::{Route, canonical_host};
+use portcullis::pipeline::trace_context::TraceContext;
 use portcullis::pipeline::verify::{TokenCache, VerifiedToken, unix_now, verify, verify_uncached};
 use portcullis::pipeline::{authorize, credential, mutate, session};
 use portcullis::store::{MemoryStore, SessionRecord, SessionStore, Store};
@@ -421,7 +422,7 @@ impl HotPath {
         ready(session::session(verified, &self.store, now)).unwrap();
     }
 
-    fn facts<'a>(&'a self, host: Option<&'a str>) -> ForwardFacts<'a> {
+    fn facts<'a>(&'a self, host: Option<&'a str>, trace: &'a TraceContext) -> ForwardFacts<'a> {
         ForwardFacts {
             peer: self.peer,
             peer_header: &self.peer_header,
@@ -430,6 +431,7 @@ impl HotPath {
             request_id: &self.request_id,
             forward_authorization: false,
             upgrade: false,
+            trace,
         }
     }
 
@@ -447,7 +449,9 @@ impl HotPath {
         let verified = self.verify(token, now);
         self.session(&verified, now);
         authorize::authorize(&route.policy, &verified.permissions).unwrap();
-        let facts = self.facts(host.as_deref());
+        // Decided once per request from the client's headers, as `pipeline::handle` does.
+        let trace = TraceContext::of(&headers, false);
+        let facts = self.facts(host.as_deref(), &trace);
         mutate::mutate(
             &mut headers,
             Some(mutate::Identity::of(&verified)),
@@ -494,7 +498,8 @@ fn hot_path(c: &mut Criterion) {
     g.bench_function("5_authorize", |b| {
         b.iter(|| authorize::authorize(black_box(&route.policy), black_box(&verified.permissions)))
     });
-    let facts = hp.facts(canonical.as_deref());
+    let trace = TraceContext::of(&hp.headers, false);
+    let facts = hp.facts(canonical.as_deref(), &trace);
     g.bench_function("6_mutate", |b| {
         b.iter_batched(
             || hp.headers.clone(),

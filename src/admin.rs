@@ -2,7 +2,10 @@
 //!
 //! It is a separate socket (plain HTTP; bind it to loopback or a management network), so the
 //! proxy listener never serves any of this: no path, header or user agent on the proxy
-//! reaches health or admin endpoints (docs/security.md 31).
+//! reaches health or admin endpoints (docs/security.md 31). It is served by the proxy's accept
+//! loop ([`crate::server`]) with limits of its own ([`crate::server::admin_limits`]): a request
+//! head that does not arrive in time, a silent connection, or one connection too many is closed
+//! as on the proxy listeners, and neither port's connections count against the other's.
 //!
 //! | endpoint | auth | does |
 //! |---|---|---|
@@ -22,7 +25,6 @@
 //! 32 bytes), compared in constant time. Without that file the API answers 404 and only health
 //! and metrics are served. Every admin action, and every refused attempt, is audited.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -31,9 +33,6 @@ use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
@@ -45,44 +44,38 @@ use crate::store::SessionStore;
 /// Largest admin request body.
 const MAX_BODY: usize = 16 * 1024;
 
-/// Binds the admin listener and serves it until shutdown. Returns the bound address.
+/// Binds the admin listener and serves it, until `running` shuts down, through the server's
+/// accept loop with [`crate::server::admin_limits`] (header and first-request timeouts,
+/// connection caps); records and returns the bound address.
 pub async fn start(
     settings: AdminSettings,
-    gateway: Arc<Gateway>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    running: &mut crate::server::Running,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(settings.bind).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, api = settings.token.is_some(), "admin listener");
-    let settings = Arc::new(settings);
-    tokio::spawn(async move {
-        loop {
-            let (stream, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "admin accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = shutdown.changed() => return,
-            };
-            let gateway = Arc::clone(&gateway);
-            let settings = Arc::clone(&settings);
-            tokio::spawn(async move {
-                let service = service_fn(move |request| {
-                    let gateway = Arc::clone(&gateway);
-                    let settings = Arc::clone(&settings);
-                    async move { Ok::<_, Infallible>(handle(request, peer, &gateway, &settings).await) }
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    let gateway = Arc::clone(running.gateway());
+    running.serve_admin(listener, Admin { gateway, settings });
+    running.set_admin_addr(addr);
     Ok(addr)
+}
+
+/// The admin endpoints, as the server's accept loop calls them.
+struct Admin {
+    gateway: Arc<Gateway>,
+    settings: AdminSettings,
+}
+
+impl crate::server::Handler for Admin {
+    type Body = Full<Bytes>;
+
+    fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        conn: Arc<crate::pipeline::Connection>,
+    ) -> impl Future<Output = AdminResponse> + Send + 'static {
+        async move { handle(request, conn.peer, &self.gateway, &self.settings).await }
+    }
 }
 
 type AdminResponse = Response<Full<Bytes>>;

@@ -1,16 +1,68 @@
 //! The one body type the gateway sends and forwards: streamed bodies are passed through frame
 //! by frame, never buffered; gateway-made responses are a single chunk.
+//!
+//! A response that arrived on a pooled upstream connection carries a [`Lease`] on that
+//! connection: the connection goes back to whoever lent it (a [`Lender`]) once the body has
+//! been read to its end and dropped. The body knows the lender only by that trait, so it
+//! depends on no part of the gateway (the pool hands itself in; no allocation per request).
 
 use std::future::Future as _;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 
-use crate::pipeline::pool::Checkout;
+/// Where a lent upstream connection goes back once its response body is done.
+pub trait Lender: Send + Sync + 'static {
+    /// Takes back `connection`, whose last response was read to its end (or closes it).
+    fn give_back(&self, connection: SendRequest<GatewayBody>);
+}
+
+/// An upstream connection lent to one response. It goes back to its lender when dropped after
+/// the response body was read to its end ([`Lease::finished`]); otherwise dropping it closes
+/// the connection, since hyper cannot reuse one with a response half read.
+pub struct Lease {
+    connection: Option<SendRequest<GatewayBody>>,
+    lender: Arc<dyn Lender>,
+    finished: bool,
+}
+
+impl Lease {
+    /// `connection`, lent by `lender`.
+    pub fn new(connection: SendRequest<GatewayBody>, lender: Arc<dyn Lender>) -> Self {
+        Self {
+            connection: Some(connection),
+            lender,
+            finished: false,
+        }
+    }
+
+    /// The response body has been read to its end: the connection may serve another request.
+    pub fn finished(&mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let (true, Some(connection)) = (self.finished, self.connection.take()) {
+            self.lender.give_back(connection);
+        }
+    }
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("finished", &self.finished)
+            .finish_non_exhaustive()
+    }
+}
 
 /// An error while streaming a body.
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +139,7 @@ pub enum GatewayBody {
         /// The upstream's body.
         inner: Incoming,
         /// The connection it arrives on.
-        checkout: Checkout,
+        lease: Lease,
     },
 }
 
@@ -214,16 +266,16 @@ impl Body for GatewayBody {
                     _ => Poll::Pending,
                 },
             },
-            GatewayBody::Pooled { inner, checkout } => match Pin::new(&mut *inner).poll_frame(cx) {
+            GatewayBody::Pooled { inner, lease } => match Pin::new(&mut *inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if inner.is_end_stream() {
-                        checkout.finished();
+                        lease.finished();
                     }
                     Poll::Ready(Some(Ok(frame)))
                 }
                 Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Stream(e)))),
                 Poll::Ready(None) => {
-                    checkout.finished();
+                    lease.finished();
                     Poll::Ready(None)
                 }
                 Poll::Pending => Poll::Pending,

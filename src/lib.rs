@@ -226,8 +226,7 @@ pub async fn start_with(
     let gateway = Arc::new(gateway);
     let mut running = server::start(&listeners, &limits, Arc::clone(&gateway)).await?;
     if let Some(admin) = admin {
-        let addr = admin::start(admin, Arc::clone(&gateway), running.shutdown_signal()).await?;
-        running.set_admin_addr(addr);
+        admin::start(admin, &mut running).await?;
     }
     reload::spawn_watchers(&gateway, path, watched, running.shutdown_signal());
     Ok(running)

@@ -116,12 +116,12 @@ impl HttpUpstream {
         let pool = (scheme == Scheme::HTTP && !settings.h2).then(|| {
             let port = authority.port_u16().unwrap_or(80);
             // `host()` keeps an IPv6 literal in brackets, as `TcpStream::connect` wants it.
-            Arc::new(H1Pool::new(
+            H1Pool::new(
                 format!("{}:{port}", authority.host()),
                 settings.connect_timeout,
                 settings.idle_timeout,
                 settings.max_idle_per_host,
-            ))
+            )
         });
 
         let mut http = HttpConnector::new();
@@ -230,9 +230,9 @@ async fn forward_http(
         request.headers_mut().insert(HOST, up.host.clone());
     }
     if let Some(pool) = pooled {
-        let (response, mut checkout) = exchange(up, pool.send(request)).await?;
+        let (response, mut lease) = exchange(up, pool.send(request)).await?;
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            // Nothing was asked to switch. Dropping the checkout unfinished closes the
+            // Nothing was asked to switch. Dropping the lease unfinished closes the
             // connection (hyper hands a 101 connection to nobody without `with_upgrades`).
             return Err(GatewayError::UpstreamUpgrade);
         }
@@ -240,12 +240,9 @@ async fn forward_http(
         strip_hop_by_hop(&mut parts.headers);
         if body.is_end_stream() {
             // Nothing will poll an empty body (HEAD, 204, 304, `Content-Length: 0`).
-            checkout.finished();
+            lease.finished();
         }
-        let body = GatewayBody::Pooled {
-            inner: body,
-            checkout,
-        };
+        let body = GatewayBody::Pooled { inner: body, lease };
         return Ok(Response::from_parts(parts, body));
     }
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));

@@ -31,6 +31,7 @@ pub mod normalize;
 pub mod pool;
 pub mod route;
 pub mod session;
+pub mod trace_context; // edge: trace context
 pub mod verify;
 
 use std::net::SocketAddr;
@@ -97,6 +98,11 @@ pub async fn handle(
     let user_agent_header = request.headers().get(http::header::USER_AGENT).cloned();
     let user_agent = user_agent_header.as_ref().and_then(|v| v.to_str().ok());
     let client_ip = mutate::client_ip(conn.peer.ip(), request.headers(), &runtime.mutate);
+    // edge: trace context. Decided before any stage, so every line about the request names it.
+    let trace_ctx = trace_context::TraceContext::of(
+        request.headers(),
+        runtime.mutate.is_trusted(conn.peer.ip()),
+    );
     let env = RunEnv {
         conn,
         store,
@@ -105,11 +111,16 @@ pub async fn handle(
         request_id: &request_id,
         client_ip,
         user_agent,
+        trace: &trace_ctx, // edge: trace context
     };
     // Every line logged while handling the request carries its id (at debug level, where the
     // per-request lines are; the refusal line below names it itself). Disabled
     // spans cost a level check, so the hot path pays nothing at the default level.
-    let span = tracing::debug_span!("request", request_id = request_id.to_str().unwrap_or(""));
+    let span = tracing::debug_span!(
+        "request",
+        request_id = request_id.to_str().unwrap_or(""),
+        trace_id = trace_ctx.trace_id() // edge: trace context
+    );
     let mut response =
         match tracing::Instrument::instrument(run(request, &runtime, &env, &mut trace), span).await
         {
@@ -149,6 +160,7 @@ pub async fn handle(
                         tracing::event!(
                             $level,
                             request_id = request_id.to_str().unwrap_or(""),
+                            trace_id = trace_ctx.trace_id(), // edge: trace context
                             client.ip = %conn.peer.ip(),
                             method = %method,
                             route.id = trace.route,
@@ -214,6 +226,7 @@ struct RunEnv<'a> {
     request_id: &'a HeaderValue,
     client_ip: std::net::IpAddr,
     user_agent: Option<&'a str>,
+    trace: &'a trace_context::TraceContext, // edge: trace context
 }
 
 /// The stages, in order. The order matters: nothing is read from a credential before the route
@@ -358,6 +371,7 @@ async fn run<'rt>(
         request_id,
         forward_authorization: route.forward_authorization,
         upgrade,
+        trace: env.trace, // edge: trace context
     };
     let identity = identity.as_ref().map(|(token, grant)| {
         let mut identity = Identity::of(token);

@@ -11,7 +11,9 @@
 //! `HTTP2-Settings`, framing headers spelled with `_` (`Content_Length`, `Transfer_Encoding`),
 //! the gateway's own cookies, and `Authorization` unless the route forwards it. Then it injects
 //! the verified identity, the request id and `X-Forwarded-For/-Proto/-Host` — keeping a client's
-//! forwarding chain only when the peer is a configured trusted proxy (docs/security.md 28).
+//! forwarding chain only when the peer is a configured trusted proxy (docs/security.md 28) —
+//! and one `traceparent` naming the gateway's span ([`crate::pipeline::trace_context`]; a
+//! client's `tracestate` goes on only with a trace the gateway continued).
 //!
 //! On the way back, [`protect_response`] runs on every forwarded response (HTTP/1, h2, and the
 //! `101` of a WebSocket handshake): it drops any `Set-Cookie` for the gateway's own cookies, in
@@ -24,6 +26,7 @@ use http::header::{AUTHORIZATION, CONNECTION, COOKIE, HOST, SET_COOKIE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::net::IpNet;
+use crate::pipeline::trace_context::{TRACEPARENT, TRACESTATE, TraceContext};
 use crate::pipeline::verify::VerifiedToken;
 
 /// The configured identity header names.
@@ -136,6 +139,8 @@ pub struct ForwardFacts<'a> {
     pub forward_authorization: bool,
     /// Keep `Upgrade`/`Connection: upgrade` (a WebSocket handshake).
     pub upgrade: bool,
+    /// The request's trace: the `traceparent` sent on, and whether `tracestate` may be.
+    pub trace: &'a TraceContext,
 }
 
 /// Header names mutate writes, made once rather than parsed on every request.
@@ -372,6 +377,11 @@ pub fn mutate(
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
     strip_cookies(headers, &config.gateway_cookies);
+    // A `tracestate` belongs to the `traceparent` it came with: kept only when that trace is
+    // continued (a trusted peer's valid one), never attached to a trace the gateway started.
+    if !facts.trace.continued() {
+        headers.remove(TRACESTATE);
+    }
     if !doomed.is_empty() {
         tracing::debug!(stripped = ?doomed, "removed client-sent headers before forwarding");
     }
@@ -388,6 +398,8 @@ pub fn mutate(
         );
     }
     headers.insert(X_REQUEST_ID, facts.request_id.clone());
+    // `insert` replaces every client-sent copy: the upstream sees exactly one.
+    headers.insert(TRACEPARENT, facts.trace.header_value());
     let xff = match prior_for {
         Some(chain) => {
             let peer = facts.peer_header.to_str().unwrap_or_default();
@@ -555,6 +567,7 @@ mod tests {
             request_id: rid,
             forward_authorization: false,
             upgrade: false,
+            trace: Box::leak(Box::new(TraceContext::of(&HeaderMap::new(), false))),
         }
     }
 
@@ -750,6 +763,55 @@ mod tests {
         assert!(h.get("x-secret-hop").is_none());
         assert!(h.get("te").is_none());
         assert!(h.get(CONNECTION).is_none());
+    }
+
+    #[test]
+    fn exactly_one_traceparent_is_sent_and_tracestate_only_with_a_continued_trace() {
+        const CALLER: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let rid = HeaderValue::from_static("rid");
+        let client = || {
+            let mut h = HeaderMap::new();
+            h.append(TRACEPARENT, HeaderValue::from_static(CALLER));
+            h.append(TRACEPARENT, HeaderValue::from_static(CALLER));
+            h.insert(TRACESTATE, HeaderValue::from_static("congo=t61rcWkgMzE"));
+            h
+        };
+        // Two values: not continued, even from a trusted peer.
+        let mut h = client();
+        let trace = TraceContext::of(&h, true);
+        mutate(
+            &mut h,
+            None,
+            &config(&[]),
+            &ForwardFacts {
+                trace: &trace,
+                ..facts("192.0.2.1", &rid)
+            },
+        );
+        assert_eq!(h.get_all(TRACEPARENT).iter().count(), 1);
+        assert_eq!(h[TRACEPARENT], trace.header_value());
+        assert!(h.get(TRACESTATE).is_none());
+        // One valid value from a trusted peer: continued, its tracestate kept.
+        let mut h = client();
+        h.insert(TRACEPARENT, HeaderValue::from_static(CALLER));
+        let trace = TraceContext::of(&h, true);
+        mutate(
+            &mut h,
+            None,
+            &config(&["10.0.0.0/8"]),
+            &ForwardFacts {
+                trace: &trace,
+                ..facts("10.0.0.1", &rid)
+            },
+        );
+        assert_eq!(h.get_all(TRACEPARENT).iter().count(), 1);
+        let sent = h[TRACEPARENT].to_str().unwrap();
+        assert!(
+            sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "{sent}"
+        );
+        assert_ne!(sent, CALLER);
+        assert_eq!(h[TRACESTATE], "congo=t61rcWkgMzE");
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! every checkout and return, boxes every response future, and spawns a task per request to
 //! hand the connection back once the response body is done. Here each upstream owns its pool
 //! (a LIFO list behind an uncontended mutex), and a connection goes back when the response
-//! body has been read to its end and the body is dropped ([`Checkout`]), with no task. A
+//! body has been read to its end and the body is dropped (the body's [`Lease`], which names
+//! the pool only as its [`Lender`]), with no task. A
 //! connection idle for `idle_timeout` is closed: by the next return to the pool, or, when
 //! traffic stops, by a task that runs per pool only while connections sit idle.
 //! callgrind figures are in docs/PERFORMANCE.md.
@@ -17,7 +18,7 @@
 //! closes it. A request refused by a reused connection before any of it was written (the
 //! upstream closed the idle connection at that moment) is sent again once, on a new connection.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -27,7 +28,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::body::GatewayBody;
+use crate::body::{GatewayBody, Lease, Lender};
 
 type Sender = http1::SendRequest<GatewayBody>;
 
@@ -77,6 +78,8 @@ pub struct H1Pool {
     idle_timeout: Duration,
     max_idle: usize,
     idle: Mutex<IdleList>,
+    /// The pool itself, for the reaper task, which must not keep a pool alive after a reload.
+    this: Weak<H1Pool>,
 }
 
 impl std::fmt::Debug for H1Pool {
@@ -88,34 +91,9 @@ impl std::fmt::Debug for H1Pool {
     }
 }
 
-/// A connection lent to one request. It goes back to its pool when dropped after the response
-/// body was read to the end ([`Checkout::finished`]); otherwise the connection is closed.
-pub struct Checkout {
-    sender: Option<Sender>,
-    pool: Arc<H1Pool>,
-    finished: bool,
-}
-
-impl std::fmt::Debug for Checkout {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Checkout")
-            .field("finished", &self.finished)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Checkout {
-    /// The response body has been read to its end: the connection may serve another request.
-    pub fn finished(&mut self) {
-        self.finished = true;
-    }
-}
-
-impl Drop for Checkout {
-    fn drop(&mut self) {
-        if let (true, Some(sender)) = (self.finished, self.sender.take()) {
-            self.pool.put(sender);
-        }
+impl Lender for H1Pool {
+    fn give_back(&self, connection: Sender) {
+        self.put(connection);
     }
 }
 
@@ -126,14 +104,15 @@ impl H1Pool {
         connect_timeout: Duration,
         idle_timeout: Duration,
         max_idle: usize,
-    ) -> Self {
-        Self {
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|this| Self {
             address,
             connect_timeout,
             idle_timeout,
             max_idle,
             idle: Mutex::new(IdleList::default()),
-        }
+            this: Weak::clone(this),
+        })
     }
 
     /// Sends `request` on an idle connection, or on a new one, and returns the response head with
@@ -141,7 +120,7 @@ impl H1Pool {
     pub async fn send(
         self: &Arc<Self>,
         mut request: Request<GatewayBody>,
-    ) -> Result<(Response<Incoming>, Checkout), PoolError> {
+    ) -> Result<(Response<Incoming>, Lease), PoolError> {
         if let Some(mut sender) = self.take() {
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok((response, self.lend(sender))),
@@ -160,12 +139,9 @@ impl H1Pool {
         Ok((response, self.lend(sender)))
     }
 
-    fn lend(self: &Arc<Self>, sender: Sender) -> Checkout {
-        Checkout {
-            sender: Some(sender),
-            pool: Arc::clone(self),
-            finished: false,
-        }
+    fn lend(self: &Arc<Self>, sender: Sender) -> Lease {
+        // A reference-counted pointer to this pool, as the body's `Lender`: no allocation.
+        Lease::new(sender, Arc::clone(self) as Arc<dyn Lender>)
     }
 
     /// The most recently used idle connection that is still open and ready.
@@ -181,7 +157,7 @@ impl H1Pool {
         None
     }
 
-    fn put(self: &Arc<Self>, sender: Sender) {
+    fn put(&self, sender: Sender) {
         if !sender.is_ready() {
             // Closed, or hyper has not finished with the last response yet.
             return;
@@ -198,7 +174,7 @@ impl H1Pool {
             // connections at `idle_timeout` and ends once the list is empty.
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 idle.reaper = true;
-                runtime.spawn(reap(Arc::downgrade(self)));
+                runtime.spawn(reap(Weak::clone(&self.this)));
             }
         }
     }
@@ -230,7 +206,7 @@ impl H1Pool {
 /// Closes a pool's connections as they reach `idle_timeout`, until none is left idle (or the
 /// pool itself is gone, after a reload). One per pool at a time; under load it wakes once per
 /// `idle_timeout`, as every return to the pool also expires the oldest.
-async fn reap(pool: std::sync::Weak<H1Pool>) {
+async fn reap(pool: Weak<H1Pool>) {
     loop {
         let next = {
             let Some(pool) = pool.upgrade() else { return };
@@ -307,12 +283,7 @@ mod tests {
 
     /// A pool of up to 4 idle connections to `address`, with a 2 s connect timeout.
     fn pool(address: String, idle_timeout: Duration) -> Arc<H1Pool> {
-        Arc::new(H1Pool::new(
-            address,
-            Duration::from_secs(2),
-            idle_timeout,
-            4,
-        ))
+        H1Pool::new(address, Duration::from_secs(2), idle_timeout, 4)
     }
 
     fn get() -> Request<GatewayBody> {
@@ -324,10 +295,10 @@ mod tests {
     }
 
     async fn read_to_end(pool: &Arc<H1Pool>) -> String {
-        let (response, checkout) = pool.send(get()).await.unwrap();
+        let (response, lease) = pool.send(get()).await.unwrap();
         let mut body = GatewayBody::Pooled {
             inner: response.into_body(),
-            checkout,
+            lease,
         };
         let mut text = Vec::new();
         while let Some(frame) = body.frame().await {
@@ -354,8 +325,8 @@ mod tests {
     async fn an_unread_response_closes_its_connection() {
         let (address, _) = upstream(true).await;
         let pool = pool(address, Duration::from_secs(30));
-        let (response, checkout) = pool.send(get()).await.unwrap();
-        drop((response, checkout));
+        let (response, lease) = pool.send(get()).await.unwrap();
+        drop((response, lease));
         assert_eq!(pool.idle_count(), 0);
     }
 

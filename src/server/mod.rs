@@ -1,13 +1,20 @@
 //! Listeners: accept, limit, terminate TLS, speak HTTP/1.1 and HTTP/2, drain on shutdown.
 //!
+//! One accept loop ([`accept_loop`]) serves every listener, the proxy's and the admin one; what
+//! a listener answers with is its [`Handler`] (the request pipeline, or the admin endpoints),
+//! and everything below applies to both. The proxy listeners share `limits:`; the admin
+//! listener has [`admin_limits`]: the proxy's, never looser than fixed caps, and with permits
+//! and an address table of its own, so a flood on one port cannot take the other's connections
+//! (health probes are answered while the proxy is full).
+//!
 //! Concurrency and state, and why:
 //! - One accept loop per listener. Before accepting, a loop takes a permit from a semaphore
-//!   shared by all listeners; the permit lives as long as the connection, so at most
-//!   `limits.max_connections` connections are open and excess clients wait in the kernel's
-//!   backlog instead of costing memory here.
+//!   shared by the listeners of one set of limits ([`Limits`]); the permit lives as long as the
+//!   connection, so at most `max_connections` connections are open and excess clients wait in
+//!   the kernel's backlog instead of costing memory here.
 //! - Before serving, a connection also takes a slot of its client address in a table shared by
-//!   all listeners (a `std` mutex around a map: held for one lookup at accept and one at close,
-//!   never across an await). At most `limits.max_connections_per_ip` connections per address
+//!   the same listeners (a `std` mutex around a map: held for one lookup at accept and one at
+//!   close, never across an await). At most `limits.max_connections_per_ip` connections per address
 //!   (an IPv6 /64 counts as one address); one more is closed at accept, before a byte is read,
 //!   so one client cannot hold every connection permit. Peers in `trusted_proxies` carry many
 //!   clients and are not capped. The slot, like the permit, lives as long as the connection.
@@ -28,6 +35,11 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -36,8 +48,105 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::Gateway;
+use crate::body::GatewayBody;
 use crate::config::{ListenerSpec, ServerLimits};
 use crate::pipeline::{self, Connection};
+
+/// What a listener answers requests with. Called once per request, on the connection's task.
+pub trait Handler: Send + Sync + 'static {
+    /// The response body.
+    type Body: http_body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + 'static;
+
+    /// Answers one request; never fails (a refusal is a response).
+    fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        conn: Arc<Connection>,
+    ) -> impl Future<Output = Response<Self::Body>> + Send + 'static;
+}
+
+/// The proxy listeners' handler: the request pipeline.
+struct Proxy(Arc<Gateway>);
+
+impl Handler for Proxy {
+    type Body = GatewayBody;
+
+    fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        conn: Arc<Connection>,
+    ) -> impl Future<Output = Response<GatewayBody>> + Send + 'static {
+        async move {
+            let gateway = &self.0;
+            // The runtime snapshot is taken once per request: a reload never changes the
+            // rules halfway through one.
+            let runtime = gateway.runtime();
+            pipeline::handle(
+                request,
+                &conn,
+                runtime,
+                gateway.store(),
+                gateway.audit(),
+                gateway.clock(),
+            )
+            .await
+        }
+    }
+}
+
+/// The admin listener's limits: the proxy's `limits:` (the operator tuned their timeouts to
+/// the network), but never looser than caps sized for a handful of probes, scrapers and
+/// operators. A hard cap rather than the proxy's figures alone, because a proxy tuned for ten
+/// thousand connections says nothing about what a management port needs.
+pub fn admin_limits(proxy: &ServerLimits) -> ServerLimits {
+    /// Connections; a per-address cap of a quarter of them, so one host cannot take them all.
+    const MAX_CONNECTIONS: usize = 64;
+    const MAX_PER_IP: usize = MAX_CONNECTIONS / 4;
+    ServerLimits {
+        max_header_bytes: proxy.max_header_bytes.min(16 * 1024),
+        max_headers: proxy.max_headers.min(64),
+        max_connections: proxy.max_connections.min(MAX_CONNECTIONS),
+        // 0 turns the proxy's cap off (clients behind a NAT); the admin port keeps one.
+        max_connections_per_ip: match proxy.max_connections_per_ip {
+            0 => MAX_PER_IP,
+            n => n.min(MAX_PER_IP),
+        },
+        header_read_timeout: proxy.header_read_timeout.min(Duration::from_secs(5)),
+        idle_timeout: proxy.idle_timeout.min(Duration::from_secs(30)),
+        h2_max_concurrent_streams: proxy.h2_max_concurrent_streams.min(16),
+        shutdown_grace: proxy.shutdown_grace,
+    }
+}
+
+/// One set of connection limits and the state that enforces them, shared by the listeners
+/// that draw on it.
+#[derive(Debug)]
+struct Limits {
+    settings: ServerLimits,
+    permits: Arc<Semaphore>,
+    per_ip: Arc<PerIp>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+}
+
+impl Limits {
+    fn new(settings: &ServerLimits) -> Self {
+        Self {
+            settings: settings.clone(),
+            permits: Arc::new(Semaphore::new(settings.max_connections)),
+            per_ip: Arc::new(PerIp::new(settings.max_connections_per_ip)),
+            builder: Arc::new(http_builder(settings)),
+        }
+    }
+
+    /// Connections open now. Exact once the accept loops have stopped.
+    fn open(&self) -> usize {
+        self.settings
+            .max_connections
+            .saturating_sub(self.permits.available_permits())
+    }
+}
 
 /// Listeners that are running, and the means to stop them.
 #[derive(Debug)]
@@ -47,11 +156,15 @@ pub struct Running {
     gateway: Arc<Gateway>,
     shutdown: watch::Sender<bool>,
     drained: mpsc::Receiver<()>,
+    /// Connection tasks each hold a clone; dropped at shutdown, so that `drained` can close.
+    drain: Option<mpsc::Sender<()>>,
     accept_loops: Vec<JoinHandle<()>>,
     grace: std::time::Duration,
-    /// The connection permits, to tell at the end of the grace period how many are still held.
-    permits: Arc<Semaphore>,
-    max_connections: usize,
+    /// The proxy listeners' `limits:`, from which the admin listener's are derived.
+    proxy_limits: ServerLimits,
+    /// Every set of limits in use, to tell at the end of the grace period how many connections
+    /// are still open.
+    limits: Vec<Arc<Limits>>,
 }
 
 impl Running {
@@ -70,6 +183,39 @@ impl Running {
         self.admin = Some(addr);
     }
 
+    /// Serves `listener` (plain HTTP) with `handler` under [`admin_limits`], through the same
+    /// accept loop as the proxy listeners; it stops and drains with them.
+    pub fn serve_admin<H: Handler>(&mut self, listener: TcpListener, handler: H) {
+        let limits = Arc::new(Limits::new(&admin_limits(&self.proxy_limits)));
+        self.serve(listener, None, None, &limits, Arc::new(handler));
+        self.limits.push(limits);
+    }
+
+    fn serve<H: Handler>(
+        &mut self,
+        listener: TcpListener,
+        tls: Option<Arc<arc_swap::ArcSwap<rustls::ServerConfig>>>,
+        hsts: Option<http::HeaderValue>,
+        limits: &Arc<Limits>,
+        handler: Arc<H>,
+    ) {
+        let Some(drain) = &self.drain else {
+            // Shutdown has begun: nothing new is served.
+            return;
+        };
+        let ctx = AcceptContext {
+            tls,
+            hsts,
+            limits: Arc::clone(limits),
+            gateway: Arc::clone(&self.gateway),
+            handler,
+            shutdown: self.shutdown.subscribe(),
+            drain: drain.clone(),
+        };
+        self.accept_loops
+            .push(tokio::spawn(accept_loop(listener, ctx)));
+    }
+
     /// A receiver that turns `true` when shutdown begins, for background tasks.
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
@@ -84,19 +230,18 @@ impl Running {
     /// then returns. Returns whether every connection drained in time; when not, the
     /// connections still open are logged (they are cut when the runtime stops).
     pub async fn shutdown(mut self) -> bool {
-        let _ = self.shutdown.send(true);
+        self.shutdown.send_replace(true);
         for task in self.accept_loops.drain(..) {
             let _ = task.await;
         }
+        drop(self.drain.take());
         // `recv` returns `None` once every connection task has dropped its sender.
         let drained = tokio::time::timeout(self.grace, self.drained.recv())
             .await
             .is_ok();
         if !drained {
             // The accept loops have stopped, so every permit not available is an open connection.
-            let open = self
-                .max_connections
-                .saturating_sub(self.permits.available_permits());
+            let open: usize = self.limits.iter().map(|l| l.open()).sum();
             tracing::error!(
                 connections = open,
                 grace_ms = self.grace.as_millis() as u64,
@@ -117,11 +262,9 @@ pub async fn start(
     limits: &ServerLimits,
     gateway: Arc<Gateway>,
 ) -> io::Result<Running> {
-    let (shutdown, shutdown_rx) = watch::channel(false);
+    let (shutdown, _) = watch::channel(false);
     let (drain_tx, drained) = mpsc::channel::<()>(1);
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let per_ip = Arc::new(PerIp::new(limits.max_connections_per_ip));
-    let builder = Arc::new(http_builder(limits));
+    let shared = Arc::new(Limits::new(limits));
     let mut addrs = Vec::with_capacity(listeners.len());
     let mut bound = Vec::with_capacity(listeners.len());
     for spec in listeners {
@@ -129,7 +272,19 @@ pub async fn start(
         addrs.push(listener.local_addr()?);
         bound.push((listener, spec.clone()));
     }
-    let mut accept_loops = Vec::with_capacity(bound.len());
+    let mut running = Running {
+        addrs,
+        admin: None,
+        gateway: Arc::clone(&gateway),
+        shutdown,
+        drained,
+        drain: Some(drain_tx),
+        accept_loops: Vec::with_capacity(bound.len() + 1),
+        grace: limits.shutdown_grace,
+        proxy_limits: limits.clone(),
+        limits: vec![Arc::clone(&shared)],
+    };
+    let proxy = Arc::new(Proxy(Arc::clone(&gateway)));
     for (i, (listener, spec)) in bound.into_iter().enumerate() {
         // The gateway holds each listener's certificate so a reload can swap it; a gateway
         // built without listeners (tests) falls back to the spec's.
@@ -138,31 +293,9 @@ pub async fn start(
                 .as_ref()
                 .map(|c| Arc::new(arc_swap::ArcSwap::new(Arc::clone(c))))
         });
-        let ctx = AcceptContext {
-            tls,
-            spec,
-            limits: limits.clone(),
-            gateway: Arc::clone(&gateway),
-            permits: Arc::clone(&permits),
-            per_ip: Arc::clone(&per_ip),
-            builder: Arc::clone(&builder),
-            shutdown: shutdown_rx.clone(),
-            drain: drain_tx.clone(),
-        };
-        accept_loops.push(tokio::spawn(accept_loop(listener, ctx)));
+        running.serve(listener, tls, spec.hsts, &shared, Arc::clone(&proxy));
     }
-    drop(drain_tx);
-    Ok(Running {
-        addrs,
-        admin: None,
-        gateway,
-        shutdown,
-        drained,
-        accept_loops,
-        grace: limits.shutdown_grace,
-        permits,
-        max_connections: limits.max_connections,
-    })
+    Ok(running)
 }
 
 fn http_builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
@@ -187,16 +320,16 @@ fn http_builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-struct AcceptContext {
+struct AcceptContext<H> {
     /// The listener's current TLS config; read at every accept, so a swapped certificate is
     /// used by the next connection.
     tls: Option<Arc<arc_swap::ArcSwap<rustls::ServerConfig>>>,
-    spec: ListenerSpec,
-    limits: ServerLimits,
+    /// `Strict-Transport-Security` for the listener's responses.
+    hsts: Option<http::HeaderValue>,
+    limits: Arc<Limits>,
+    /// For `trusted_proxies`, read at every accept so a reload applies to the next connection.
     gateway: Arc<Gateway>,
-    permits: Arc<Semaphore>,
-    per_ip: Arc<PerIp>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    handler: Arc<H>,
     shutdown: watch::Receiver<bool>,
     drain: mpsc::Sender<()>,
 }
@@ -253,10 +386,10 @@ impl Drop for IpSlot {
     }
 }
 
-async fn accept_loop(listener: TcpListener, mut ctx: AcceptContext) {
+async fn accept_loop<H: Handler>(listener: TcpListener, mut ctx: AcceptContext<H>) {
     loop {
         let permit = tokio::select! {
-            permit = Arc::clone(&ctx.permits).acquire_owned() => match permit {
+            permit = Arc::clone(&ctx.limits.permits).acquire_owned() => match permit {
                 Ok(p) => p,
                 Err(_) => return,
             },
@@ -279,7 +412,7 @@ async fn accept_loop(listener: TcpListener, mut ctx: AcceptContext) {
         let slot = if trusted {
             IpSlot(None)
         } else {
-            match ctx.per_ip.acquire(peer.ip()) {
+            match ctx.limits.per_ip.acquire(peer.ip()) {
                 Some(slot) => slot,
                 None => {
                     // Closed before a byte is read; the permit goes back with `permit`.
@@ -301,19 +434,19 @@ async fn accept_loop(listener: TcpListener, mut ctx: AcceptContext) {
             peer,
             peer_header: pipeline::peer_header(peer.ip()),
             tls: tls.is_some(),
-            hsts: ctx.spec.hsts.clone(),
+            hsts: ctx.hsts.clone(),
         };
         let task = ConnectionTask {
-            gateway: Arc::clone(&ctx.gateway),
-            builder: Arc::clone(&ctx.builder),
+            handler: Arc::clone(&ctx.handler),
+            builder: Arc::clone(&ctx.limits.builder),
             shutdown: ctx.shutdown.clone(),
-            first_request_timeout: ctx.limits.header_read_timeout,
-            idle_timeout: ctx.limits.idle_timeout,
+            first_request_timeout: ctx.limits.settings.header_read_timeout,
+            idle_timeout: ctx.limits.settings.idle_timeout,
             _drain: ctx.drain.clone(),
             _slot: slot,
             _permit: permit,
         };
-        let handshake_timeout = ctx.limits.header_read_timeout;
+        let handshake_timeout = ctx.limits.settings.header_read_timeout;
         tokio::spawn(async move {
             match tls {
                 None => task.serve(stream, conn).await,
@@ -334,8 +467,8 @@ async fn accept_loop(listener: TcpListener, mut ctx: AcceptContext) {
 }
 
 /// One client connection. Dropping it releases its connection permit and its drain sender.
-struct ConnectionTask {
-    gateway: Arc<Gateway>,
+struct ConnectionTask<H> {
+    handler: Arc<H>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     shutdown: watch::Receiver<bool>,
     /// Time from the start of serving until the first request head has been read.
@@ -347,12 +480,12 @@ struct ConnectionTask {
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
-impl ConnectionTask {
+impl<H: Handler> ConnectionTask<H> {
     async fn serve<S>(mut self, stream: S, conn: Connection)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let gateway = Arc::clone(&self.gateway);
+        let handler = Arc::clone(&self.handler);
         let conn = Arc::new(conn);
         let peer = conn.peer;
         // When the latest request arrived, in milliseconds since `opened` (0: none yet). A
@@ -362,26 +495,10 @@ impl ConnectionTask {
         let last_request = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let seen = Arc::clone(&last_request);
         let service = service_fn(move |request| {
-            let gateway = Arc::clone(&gateway);
-            let conn = Arc::clone(&conn);
             let since = opened.elapsed().as_millis() as u64;
             seen.store(since.max(1), std::sync::atomic::Ordering::Relaxed);
-            async move {
-                // The runtime snapshot is taken once per request: a reload never changes the
-                // rules halfway through one.
-                let runtime = gateway.runtime();
-                Ok::<_, Infallible>(
-                    pipeline::handle(
-                        request,
-                        &conn,
-                        runtime,
-                        gateway.store(),
-                        gateway.audit(),
-                        gateway.clock(),
-                    )
-                    .await,
-                )
-            }
+            let response = Arc::clone(&handler).handle(request, Arc::clone(&conn));
+            async move { Ok::<_, Infallible>(response.await) }
         });
         let connection = self
             .builder
@@ -474,6 +591,43 @@ mod tests {
         let _held = table.acquire("2001:db8::1".parse().unwrap()).unwrap();
         assert!(table.acquire("2001:db8::2".parse().unwrap()).is_none());
         assert!(table.acquire("2001:db8:0:1::1".parse().unwrap()).is_some());
+    }
+
+    fn proxy_limits(max_connections: usize, per_ip: usize, header_read_ms: u64) -> ServerLimits {
+        ServerLimits {
+            max_header_bytes: 1 << 20,
+            max_headers: 500,
+            max_connections,
+            max_connections_per_ip: per_ip,
+            header_read_timeout: Duration::from_millis(header_read_ms),
+            idle_timeout: Duration::from_secs(3600),
+            h2_max_concurrent_streams: 1000,
+            shutdown_grace: Duration::from_secs(7),
+        }
+    }
+
+    #[test]
+    fn the_admin_listener_never_gets_looser_limits_than_its_caps() {
+        let admin = admin_limits(&proxy_limits(10_000, 0, 60_000));
+        assert_eq!(admin.max_connections, 64);
+        assert_eq!(
+            admin.max_connections_per_ip, 16,
+            "a proxy without a cap still gets one"
+        );
+        assert_eq!(admin.header_read_timeout, Duration::from_secs(5));
+        assert_eq!(admin.idle_timeout, Duration::from_secs(30));
+        assert_eq!(admin.max_header_bytes, 16 * 1024);
+        assert_eq!(admin.max_headers, 64);
+        assert_eq!(admin.h2_max_concurrent_streams, 16);
+        assert_eq!(admin.shutdown_grace, Duration::from_secs(7));
+    }
+
+    #[test]
+    fn the_admin_listener_keeps_the_proxys_limits_when_they_are_tighter() {
+        let admin = admin_limits(&proxy_limits(2, 1, 500));
+        assert_eq!(admin.max_connections, 2);
+        assert_eq!(admin.max_connections_per_ip, 1);
+        assert_eq!(admin.header_read_timeout, Duration::from_millis(500));
     }
 
     #[test]
