@@ -367,3 +367,57 @@ contract!(
         );
     }
 );
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Values an earlier release wrote, before the instants were kept in them, are read as their
+/// key's expiry says: across an upgrade a denial and a mark still refuse, a counter still counts.
+#[tokio::test]
+async fn values_written_before_they_held_their_instants_still_refuse_and_count() {
+    use base64::Engine as _;
+    let server = RedisServer::start();
+    let clock = Clock::manual();
+    let store = redis_store(&server, &clock).await;
+    let n = clock.now();
+    let s = record("s1", "alice", n, 3600, 7200);
+    store.create_session(s, None).await.unwrap();
+    // A denial as it was written: `1`, expiring with the token.
+    let denied = Tok::new("alice", "s1", n);
+    let jti = format!("portcullis:{{j:{}}}", hex(&denied.jti_key));
+    server.cli(&["SET", &jti, "1", "EX", "600"]);
+    // A mark as it was written: only `before`.
+    let revoked = Tok::stateless("bob", n - 5);
+    let bob = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("bob");
+    let rb = format!("portcullis:{{u:{bob}}}:rb");
+    server.cli(&["SET", &rb, &n.to_string(), "EX", "900"]);
+    // A counter as it was written: only its count, its window in its TTL.
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b"user:carol");
+    let counter = format!("portcullis:{{t:{}}}", hex(digest.as_ref()));
+    server.cli(&["SET", &counter, "3", "EX", "60"]);
+
+    clock.advance(Duration::from_secs(30));
+    let later = clock.now();
+    assert_eq!(
+        store.check(&denied.r(), later).await.unwrap(),
+        Verdict::JtiDenied
+    );
+    assert_eq!(
+        store.check(&revoked.r(), later).await.unwrap(),
+        Verdict::UserRevoked
+    );
+    let seen = store.throttle_peek("user:carol", later).await.unwrap();
+    assert_eq!(seen.count, 3);
+    // The window is what the key's TTL (Redis's clock, still about 60 s) says.
+    assert!(
+        (later + 58..=later + 60).contains(&seen.resets_at),
+        "{seen:?} at {later}"
+    );
+    let hit = store.throttle_hit("user:carol", 60, later).await.unwrap();
+    assert_eq!(hit.count, 4);
+    assert!(hit.resets_at <= seen.resets_at, "{hit:?} after {seen:?}");
+    // Written again, a mark holds its keep_until from then on.
+    store.revoke_user("bob", n, n + 900).await.unwrap();
+    assert_eq!(server.cli(&["GET", &rb]).trim(), format!("{n} {}", n + 900));
+}

@@ -584,8 +584,8 @@ contract!(rotation_enforces_idle_and_absolute_lifetimes, |store| {
     assert_eq!(store.session("alice", "s2", n).await.unwrap(), None);
 });
 
-// Login throttling. Redis measures windows with its own clock (the key's TTL), so these tests
-// use the real time; `resets_at` may be a second early for Redis if the test stalls.
+// Login throttling. Both stores measure windows with the caller's `now` (tests/store_clock.rs
+// advances it); these tests use the real time, which `within_a_second_of` tolerates.
 
 fn within_a_second_of(actual: i64, expected: i64) -> bool {
     (expected - 1..=expected).contains(&actual)

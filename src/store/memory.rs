@@ -426,10 +426,12 @@ impl SessionStore for MemoryStore {
         issuer: &str,
         jti: &str,
         until: i64,
-        _now: i64,
+        now: i64,
     ) -> Result<(), StoreError> {
-        // Kept whatever `now` is: `check` compares `until` with its own `now`, and the sweep
-        // drops it once it has passed.
+        // A denial that has already ended denies nothing; none is kept (as in Redis).
+        if until <= now {
+            return Ok(());
+        }
         let key = jti_key(issuer, jti);
         let mut shard = write(self.jti_shard(&key));
         let slot = shard.denied.entry(key).or_insert(until);
@@ -646,16 +648,19 @@ mod tests {
 
     #[tokio::test]
     async fn dead_entries_stay_bounded_in_every_shard() {
-        let store = MemoryStore::new(Clock::manual());
-        let now = store.now_for_sweep();
-        // Expired sessions of 20,000 users and 20,000 expired denylist entries, spread over
-        // every shard: each shard sweeps on its own writes, so none keeps more than
-        // SWEEP_EVERY dead entries of either kind.
+        let clock = Clock::manual();
+        let store = MemoryStore::new(clock.clone());
+        let now = clock.now();
+        // Sweeps run a second after the entries below have expired.
+        clock.advance(std::time::Duration::from_secs(2));
+        // Sessions of 20,000 users and 20,000 denylist entries, written live at `now` and
+        // expired by the time of every sweep, spread over every shard: each shard sweeps on its
+        // own writes, so none keeps more than SWEEP_EVERY dead entries of either kind.
         for i in 0..20_000 {
-            let record = session(format!("dead-{i}"), now - 1);
+            let record = session(format!("dead-{i}"), now + 1);
             store.create_session(record, None).await.unwrap();
             store
-                .deny_jti("https://issuer", &format!("j{i}"), now - 1, now)
+                .deny_jti("https://issuer", &format!("j{i}"), now + 1, now)
                 .await
                 .unwrap();
         }

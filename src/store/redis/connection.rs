@@ -266,6 +266,7 @@ impl PubSubSource {
     }
 }
 
+/// A client for `url`; `password` (read from a file), when given, replaces any in the URL.
 fn client(url: &str, password: Option<&str>) -> redis::RedisResult<redis::Client> {
     let mut info = redis::IntoConnectionInfo::into_connection_info(url)?;
     if let Some(password) = password {

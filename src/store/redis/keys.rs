@@ -57,8 +57,8 @@ pub(super) fn plausible_sid(sid: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
 }
 
-/// How long after the instant it holds a session or revocation key is kept (see the module
-/// docs): a margin for a gateway clock that runs slower than Redis's, e.g. a test's manual
+/// How long after the instant it holds a session or revocation key is kept (see the parent
+/// module's docs): a margin for a gateway clock that runs slower than Redis's, e.g. a test's manual
 /// clock held still while real time passes.
 pub(super) const GC_MARGIN: i64 = 300;
 
@@ -67,6 +67,7 @@ pub(super) fn gc_ttl(until: i64, now: i64) -> i64 {
     until.saturating_sub(now).max(0).saturating_add(GC_MARGIN)
 }
 
+/// The value a `jti` denial was written with before it held its instant: denied for as long as
 /// the key lives.
 pub(super) const LEGACY_DENIAL: i64 = 1;
 
@@ -90,6 +91,8 @@ pub(super) fn parse_mark(value: &str) -> Option<Mark> {
         .then_some(Mark { before, keep_until })
 }
 
+/// A session hash read with `HMGET sub created last_seen ip ua abs idle remember`; `None` when
+/// the session does not exist or a field it cannot do without is missing or unreadable.
 pub(super) fn parse_session(id: &str, f: &[Option<String>]) -> Option<SessionRecord> {
     let get = |i: usize| f.get(i).cloned().flatten();
     let num = |i: usize| get(i).and_then(|v| v.parse::<i64>().ok());

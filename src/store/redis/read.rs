@@ -7,6 +7,7 @@ use super::{RedisStore, StoreError};
 use crate::store::cache::Mark;
 use crate::store::{TokenRef, Verdict};
 
+/// What a read-through reads: a `jti` denial's value, the user's mark, the session's `abs` and
 /// `idle`, and the epoch.
 pub(super) type Facts = (
     Option<i64>,

@@ -49,7 +49,7 @@ pub(super) struct Guard {
 }
 
 impl Guard {
-    pub(super) fn subscription_confirmed(&self) {
+    fn subscription_confirmed(&self) {
         let mut live = self
             .subscriptions
             .lock()
@@ -60,7 +60,7 @@ impl Guard {
         }
     }
 
-    pub(super) fn subscription_lost(&self) {
+    fn subscription_lost(&self) {
         let mut live = self
             .subscriptions
             .lock()
@@ -73,7 +73,7 @@ impl Guard {
 
     /// Whether this is the first delivery of an invalidation within the last second. Applying
     /// one twice is harmless, only wasted work.
-    pub(super) fn first_delivery(&self, payload: &str) -> bool {
+    fn first_delivery(&self, payload: &str) -> bool {
         use std::hash::{BuildHasher, Hasher};
         let mut h = self.delivered_hasher.build_hasher();
         h.write(payload.as_bytes());
@@ -145,7 +145,7 @@ impl Guard {
     /// The store lost its data: drop every cached verdict, record it, and (in `unavailable`
     /// mode) mark the epoch halted so that every instance, including those started later,
     /// refuses until an operator resumes.
-    pub(super) fn reset_detected(&self, previous: &Epoch, seen: &Epoch) {
+    fn reset_detected(&self, previous: &Epoch, seen: &Epoch) {
         self.cache.forget_alive();
         crate::metrics::global()
             .store_resets_detected
