@@ -5,7 +5,7 @@
 //! here that performs the h2c upgrade, or answers `101` to anything, or sets the gateway's
 //! cookies. Every refusal has a positive control in the same test.
 
-mod common;
+use crate::common;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -7,7 +7,7 @@
 //! Metrics are process-wide and several gateways run in this test binary at once: tests read
 //! differences, and route ids are unique to the test that counts them.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;

@@ -6,7 +6,7 @@
 //! the token. Every group of negative cases also runs a positive control on the same gateway, so
 //! a refusal is known to come from the one thing that was changed.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

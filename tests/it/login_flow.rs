@@ -1,6 +1,6 @@
 //! The browser login flow end to end through the gateway, with a cookie-keeping client.
 
-mod common;
+use crate::common;
 
 use common::auth::{ALICE_PASSWORD, AuthSetup};
 use http::StatusCode;

@@ -3,7 +3,7 @@
 //! the sentinel, and after the master dies and the sentinel promotes the replica the same store
 //! (no restart, no new store) works against the new master.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -12,7 +12,7 @@
 //! window sleep for real, scheduled against the second the gateway stamped into the token
 //! (`iat`), never against a guess.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;

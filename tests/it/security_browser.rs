@@ -3,7 +3,7 @@
 //! attacker's page, through `post_form_with`) and by plain HTTP clients. Each test is named
 //! after the docs/security.md line it shows. No test asserts a timing.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! WebSocket upgrades, upstream failures, body and header limits, slowloris, the connection
 //! limit, graceful shutdown, upstream keep-alive and the built-in echo upstream.
 
-mod common;
+use crate::common;
 
 use std::convert::Infallible;
 use std::future::Future;

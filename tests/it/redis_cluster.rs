@@ -6,7 +6,7 @@
 //! did — a script that reached across slots would fail here with CROSSSLOT, a mis-routed one
 //! with MOVED.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

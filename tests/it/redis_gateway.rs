@@ -6,7 +6,7 @@
 //! 18). Then the failure behaviour: Redis killed, restarted empty, down at start, and the
 //! invalidation subscription killed — never a 200 that the store could not vouch for.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -9,7 +9,7 @@
 //! `docs/screenshots/login.png` and `sessions.png` instead (they carry times, so a run would
 //! otherwise change tracked files).
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
