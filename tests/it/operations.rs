@@ -19,13 +19,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::auth::{ALICE_PASSWORD, BOB_PASSWORD, Browser, demo_users, post_json};
-use common::{EchoUpstream, RedisServer, TestResponse, eventually, free_port, send};
+use common::{EchoUpstream, RedisServer, TestGateway, TestResponse, eventually, free_port, send};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use portcullis::config::Config;
-use portcullis::server::Running;
+use portcullis::clock::Clock;
 use prometheus_parse::{HistogramCount, LineInfo, Scrape, Value as Metric};
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
@@ -122,17 +121,20 @@ limits:
     }
 }
 
-/// A gateway started from a file (so it reloads), with its admin listener.
+/// The harness's gateway, started from a file (so it reloads), with its admin listener.
 struct Ops {
-    running: Running,
-    addr: SocketAddr,
+    gw: TestGateway,
     admin: Option<SocketAddr>,
-    upstream: EchoUpstream,
     spec: Spec,
     config_path: PathBuf,
-    users_path: PathBuf,
-    audit_path: PathBuf,
-    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Ops {
+    type Target = TestGateway;
+
+    fn deref(&self) -> &TestGateway {
+        &self.gw
+    }
 }
 
 impl Ops {
@@ -140,25 +142,16 @@ impl Ops {
         let upstream = EchoUpstream::start().await;
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("admin.token"), format!("{ADMIN_SECRET}\n")).unwrap();
-        let users_path = dir.path().join("users.yaml");
-        std::fs::write(&users_path, demo_users()).unwrap();
+        std::fs::write(dir.path().join("users.yaml"), demo_users()).unwrap();
         let config_path = dir.path().join("gateway.yaml");
         let yaml = spec.render(&upstream.url());
         std::fs::write(&config_path, &yaml).unwrap();
-        let config = Config::load(&config_path).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
-        let running = portcullis::start_from(config, Some(config_path.clone()))
-            .await
-            .unwrap();
+        let running = common::launch_file(&config_path, Clock::system()).await;
         Self {
-            addr: running.local_addrs()[0],
             admin: running.admin_addr(),
-            running,
-            upstream,
+            gw: TestGateway::new(running, upstream, dir, Vec::new()),
             spec,
             config_path,
-            users_path,
-            audit_path: dir.path().join("audit.jsonl"),
-            _dir: dir,
         }
     }
 
@@ -261,7 +254,7 @@ impl Ops {
 
     /// The audit events written so far.
     fn audit(&self) -> Vec<Value> {
-        read_audit(&self.audit_path)
+        read_audit(&self.audit_path())
     }
 
     /// Waits until at least `n` events named `event` (with `reason`, if given) are in the
@@ -1078,7 +1071,7 @@ async fn the_admin_api_lists_and_revokes_one_session_then_all_of_a_user_each_aud
             "admin.reload",
         ]
     );
-    let text = std::fs::read_to_string(&gw.audit_path).unwrap();
+    let text = std::fs::read_to_string(&gw.audit_path()).unwrap();
     assert!(!text.contains("eyJ") && !text.contains("prt1.") && !text.contains(ADMIN_SECRET));
 }
 
@@ -1265,7 +1258,7 @@ async fn disabling_a_user_or_changing_their_roles_in_the_users_file_applies_to_t
             1,
         );
     assert_ne!(changed, users);
-    replace_file(&gw.users_path, &changed);
+    replace_file(&gw.users_path(), &changed);
 
     let applied = eventually(POLL_BOUND, || async {
         gw.bearer(Method::GET, "/docs/x", &bob).await.status == StatusCode::UNAUTHORIZED

@@ -103,7 +103,7 @@ fn rotation<'a>(sub: &'a str, sid: &'a str, presented: u8, successor: u8, at: i6
 }
 
 async fn cluster_store(cluster: &RedisCluster, prefix: &str) -> RedisStore {
-    let store = RedisStore::connect(&RedisSettings {
+    connect_store(&RedisSettings {
         topology: Topology::Cluster(cluster.urls()),
         key_prefix: prefix.into(),
         timeout: Duration::from_millis(500),
@@ -113,16 +113,6 @@ async fn cluster_store(cluster: &RedisCluster, prefix: &str) -> RedisStore {
         ..RedisSettings::new(Topology::Single(String::new()))
     })
     .await
-    .unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            store.cache().is_subscribed()
-        })
-        .await
-        .is_some(),
-        "never subscribed to invalidations"
-    );
-    store
 }
 
 /// How many keys each node holds.
@@ -491,11 +481,10 @@ fn move_slot(cluster: &RedisCluster, ids: &[String], slot: u16, from: usize, to:
                 .contains("OK")
         );
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cluster.nodes.iter().all(|n| owner_of(n, ids, slot) == to) {
-        assert!(Instant::now() < deadline, "slot {slot} never settled");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let settled = wait_for(Duration::from_secs(10), || {
+        cluster.nodes.iter().all(|n| owner_of(n, ids, slot) == to)
+    });
+    assert!(settled, "slot {slot} never settled");
 }
 
 #[tokio::test]

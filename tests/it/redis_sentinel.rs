@@ -71,28 +71,21 @@ fn start_group() -> (RedisServer, RedisServer, RedisSentinel) {
     let master = RedisServer::start();
     let master_port = master.port.to_string();
     let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &master_port]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !replica
-        .cli(&["INFO", "replication"])
-        .contains("master_link_status:up")
-    {
-        assert!(Instant::now() < deadline, "the replica never synced");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let synced = wait_for(Duration::from_secs(10), || {
+        replica
+            .cli(&["INFO", "replication"])
+            .contains("master_link_status:up")
+    });
+    assert!(synced, "the replica never synced");
     let sentinel = RedisSentinel::start(MASTER, master.port);
     // The sentinel learns of the replica from the master's INFO (every 10 s at first, at once
     // on start): a failover needs it known.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !sentinel
-        .cli(&["SENTINEL", "replicas", MASTER])
-        .contains(&replica.port.to_string())
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the sentinel never discovered the replica"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let discovered = wait_for(Duration::from_secs(15), || {
+        sentinel
+            .cli(&["SENTINEL", "replicas", MASTER])
+            .contains(&replica.port.to_string())
+    });
+    assert!(discovered, "the sentinel never discovered the replica");
     (master, replica, sentinel)
 }
 
@@ -102,7 +95,7 @@ async fn sentinel_store(sentinel: &RedisSentinel) -> RedisStore {
 
 /// A store on the sentinel's master whose revoking writes wait for `acks` replicas.
 async fn sentinel_store_acked(sentinel: &RedisSentinel, acks: u32) -> RedisStore {
-    let store = RedisStore::connect(&RedisSettings {
+    connect_store(&RedisSettings {
         topology: Topology::Sentinel {
             master: MASTER.into(),
             nodes: vec![sentinel.url()],
@@ -117,16 +110,6 @@ async fn sentinel_store_acked(sentinel: &RedisSentinel, acks: u32) -> RedisStore
         ..RedisSettings::new(Topology::Single(String::new()))
     })
     .await
-    .unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            store.cache().is_subscribed()
-        })
-        .await
-        .is_some(),
-        "never subscribed to invalidations"
-    );
-    store
 }
 
 #[tokio::test]

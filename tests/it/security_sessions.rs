@@ -21,11 +21,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
-use common::auth::{ALICE_PASSWORD, AuthGateway, AuthSetup, BOB_PASSWORD, Browser, StoreChoice};
-use common::{EchoUpstream, RedisServer, TestResponse, eventually, send};
+use common::auth::{ALICE_PASSWORD, AuthSetup, BOB_PASSWORD, Browser, StoreChoice};
+use common::{EchoUpstream, RedisServer, TestGateway, TestResponse, send};
 use http::{Request, StatusCode};
 use http_body_util::Full;
-use portcullis::store::{SessionStore, Store};
+use portcullis::store::SessionStore;
 use serde_json::{Value, json};
 
 /// The cookies the gateway sets, with the path each is scoped to.
@@ -101,7 +101,7 @@ struct Session {
     sid: String,
 }
 
-async fn login(gw: &AuthGateway, user: &str) -> Session {
+async fn login(gw: &TestGateway, user: &str) -> Session {
     let password = match user {
         "alice" => ALICE_PASSWORD,
         "bob" => BOB_PASSWORD,
@@ -120,17 +120,17 @@ fn bearer(token: &str) -> String {
 }
 
 /// The status of the authenticated route for a bearer token.
-async fn app(gw: &AuthGateway, token: &str) -> StatusCode {
-    gw.get_bearer(APP, token).await.status
+async fn app(gw: &TestGateway, token: &str) -> StatusCode {
+    gw.api_get(APP, token).await.status
 }
 
 /// `POST /auth/refresh` as an API client: the token in the JSON body.
-async fn refresh(gw: &AuthGateway, refresh_token: &str) -> TestResponse {
+async fn refresh(gw: &TestGateway, refresh_token: &str) -> TestResponse {
     refresh_with(gw, refresh_token, &[]).await
 }
 
 async fn refresh_with(
-    gw: &AuthGateway,
+    gw: &TestGateway,
     refresh_token: &str,
     headers: &[(&str, &str)],
 ) -> TestResponse {
@@ -215,28 +215,6 @@ async fn sleep_until_unix(second: i64, millis: u64) {
     }
 }
 
-fn redis_of(gw: &AuthGateway) -> Option<&portcullis::store::RedisStore> {
-    match gw.store() {
-        Store::Redis(r) => Some(r),
-        Store::Memory(_) => None,
-    }
-}
-
-/// With Redis: waits until the instance receives invalidations (before that it caches no
-/// "alive" verdict, and a test of eviction would prove nothing).
-async fn wait_subscribed(gw: &AuthGateway) {
-    if let Some(store) = redis_of(gw) {
-        assert!(
-            eventually(Duration::from_secs(10), || async {
-                store.cache().is_subscribed()
-            })
-            .await
-            .is_some(),
-            "the gateway never subscribed to invalidations"
-        );
-    }
-}
-
 /// `setup` with a signing key written to a temporary file, so that several instances sign and
 /// verify with the same key (without `signing_keys` each generates its own). Keep the directory
 /// alive as long as the gateways.
@@ -258,19 +236,19 @@ fn with_shared_key(setup: AuthSetup) -> (AuthSetup, tempfile::TempDir) {
 
 /// With Redis: a second instance on the same server (same key prefix, same signing key), and
 /// both subscribed to invalidations. With the memory store there is no second instance.
-async fn second_instance(setup: &AuthSetup, a: &AuthGateway) -> Option<AuthGateway> {
+async fn second_instance(setup: &AuthSetup, a: &TestGateway) -> Option<TestGateway> {
     if !matches!(setup.store, StoreChoice::Redis(_)) {
         return None;
     }
     let b = setup.start_with(EchoUpstream::start().await).await;
-    wait_subscribed(a).await;
-    wait_subscribed(&b).await;
+    a.wait_subscribed().await;
+    b.wait_subscribed().await;
     Some(b)
 }
 
 /// Polls `gw` with `token` until it is refused; returns how long after `since` and on which
 /// request. Panics after [`GIVE_UP`].
-async fn refused_on(gw: &AuthGateway, token: &str, since: Instant) -> (Duration, u32) {
+async fn refused_on(gw: &TestGateway, token: &str, since: Instant) -> (Duration, u32) {
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -287,7 +265,7 @@ async fn refused_on(gw: &AuthGateway, token: &str, since: Instant) -> (Duration,
 }
 
 /// After a refusal, more attempts are refused too and none reaches the upstream.
-async fn stays_refused(gw: &AuthGateway, token: &str) {
+async fn stays_refused(gw: &TestGateway, token: &str) {
     let before = gw.upstream.count();
     for _ in 0..3 {
         assert_eq!(app(gw, token).await, StatusCode::UNAUTHORIZED);
@@ -304,8 +282,8 @@ async fn stays_refused(gw: &AuthGateway, token: &str) {
 /// must refuse it on its first request (it applied the revocation before answering); neither
 /// lets it through afterwards.
 async fn refused_everywhere(
-    a: &AuthGateway,
-    b: Option<&AuthGateway>,
+    a: &TestGateway,
+    b: Option<&TestGateway>,
     token: &str,
     started: Instant,
     what: &str,
@@ -329,7 +307,7 @@ async fn refused_everywhere(
 }
 
 /// A GET with no credential at all, as an API client.
-async fn anonymous_get(gw: &AuthGateway, path: &str) -> TestResponse {
+async fn anonymous_get(gw: &TestGateway, path: &str) -> TestResponse {
     send(
         Request::get(gw.url(path))
             .header("accept", "application/json")
@@ -340,7 +318,7 @@ async fn anonymous_get(gw: &AuthGateway, path: &str) -> TestResponse {
 }
 
 /// The session id the upstream was told about on the last request.
-fn forwarded_session(gw: &AuthGateway) -> (String, String) {
+fn forwarded_session(gw: &TestGateway) -> (String, String) {
     let seen = gw.upstream.last();
     (
         seen.headers["x-auth-subject"].to_str().unwrap().to_owned(),
@@ -457,7 +435,7 @@ async fn sec13_revoking_a_session_fails_its_access_token_at_once_on_every_instan
         }
     }
     if let Some(b) = &b {
-        let cached = redis_of(b).unwrap().cache().alive_count();
+        let cached = b.redis().cache().alive_count();
         assert!(cached >= 3, "b holds the verdicts locally ({cached})");
     }
 
@@ -962,8 +940,8 @@ async fn sec18_logout_all_fails_every_session_of_the_user_on_every_instance_and_
 // ---------------------------------------------------------------------------------------------
 
 /// `GET /auth/sessions` as JSON: (subject, [(id, current)]).
-async fn list_sessions(gw: &AuthGateway, access: &str) -> (String, BTreeSet<(String, bool)>) {
-    let r = gw.get_bearer("/auth/sessions", access).await;
+async fn list_sessions(gw: &TestGateway, access: &str) -> (String, BTreeSet<(String, bool)>) {
+    let r = gw.api_get("/auth/sessions", access).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let v = r.json();
     let ids = v["sessions"]

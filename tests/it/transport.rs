@@ -19,7 +19,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use portcullis::config::Config;
 use portcullis::server::Running;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::json;
@@ -46,8 +45,7 @@ async fn public_gateway(
         "listeners:\n  - bind: 127.0.0.1:0\nupstreams:\n  app: {{ url: \"{upstream_url}\"{upstream_opts} }}\n\
          routes:\n  - {{ id: all, path: /, upstream: app, policy: public }}\n{extra}\n"
     );
-    let config = Config::from_yaml(&yaml, Path::new(".")).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
-    let running = portcullis::start(config).await.unwrap();
+    let running = launch(&yaml, Path::new("."), portcullis::clock::Clock::system()).await;
     let addr = running.local_addrs()[0];
     (running, addr)
 }
