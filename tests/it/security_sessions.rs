@@ -8,23 +8,24 @@
 //! also runs a positive control on the same gateway, so a refusal is known to come from the one
 //! thing that was changed.
 //!
-//! Time: the stores count in whole seconds, so the few tests about lifetimes and the grace
-//! window sleep for real, scheduled against the second the gateway stamped into the token
-//! (`iat`), never against a guess.
+//! Time: the tests about lifetimes and the grace window run the gateway on a manual clock and
+//! move it ([`advance_to`]) to a point scheduled against the second the gateway stamped into the
+//! token (`iat`): the stores count in whole seconds, and nothing waits.
 
 use crate::common;
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use common::auth::{ALICE_PASSWORD, AuthSetup, BOB_PASSWORD, Browser, StoreChoice};
-use common::{EchoUpstream, RedisServer, TestGateway, TestResponse, send};
+use common::{EchoUpstream, RedisServer, TestGateway, TestResponse, eventually, send};
 use http::{Request, StatusCode};
 use http_body_util::Full;
+use portcullis::clock::Clock;
 use portcullis::store::SessionStore;
 use serde_json::{Value, json};
 
@@ -199,19 +200,11 @@ fn refresh_parts(token: &str) -> [String; 4] {
     [0, 1, 2, 3].map(|i| parts[i].to_owned())
 }
 
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-/// Sleeps until `millis` ms into Unix second `second`.
-async fn sleep_until_unix(second: i64, millis: u64) {
-    let target = Duration::from_secs(second as u64) + Duration::from_millis(millis);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    if let Some(wait) = target.checked_sub(now) {
-        tokio::time::sleep(wait).await;
+/// Moves `gw`'s manual clock to `millis` ms into Unix second `second` (never back).
+fn advance_to(gw: &TestGateway, second: i64, millis: i64) {
+    let ahead = second * 1000 + millis - gw.clock().now_millis();
+    if ahead > 0 {
+        gw.advance(Duration::from_millis(ahead as u64));
     }
 }
 
@@ -250,18 +243,17 @@ async fn second_instance(setup: &AuthSetup, a: &TestGateway) -> Option<TestGatew
 /// request. Panics after [`GIVE_UP`].
 async fn refused_on(gw: &TestGateway, token: &str, since: Instant) -> (Duration, u32) {
     let mut attempt = 0;
-    loop {
+    let refused = eventually(GIVE_UP.saturating_sub(since.elapsed()), || {
         attempt += 1;
-        if app(gw, token).await == StatusCode::UNAUTHORIZED {
-            return (since.elapsed(), attempt);
-        }
-        assert!(
-            since.elapsed() < GIVE_UP,
-            "still accepted {:?} after the revocation (request #{attempt})",
-            since.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+        async { app(gw, token).await == StatusCode::UNAUTHORIZED }
+    })
+    .await;
+    assert!(
+        refused.is_some(),
+        "still accepted {:?} after the revocation (request #{attempt})",
+        since.elapsed()
+    );
+    (since.elapsed(), attempt)
 }
 
 /// After a refusal, more attempts are refused too and none reaches the upstream.
@@ -668,7 +660,7 @@ async fn sec15_login_always_issues_new_identifiers_and_planted_values_are_useles
         "the planted refresh token",
     );
     assert_eq!(app(&gw, &planted_at).await, StatusCode::UNAUTHORIZED);
-    let none = gw.store().session("alice", planted_sid, unix_now()).await;
+    let none = gw.store().session("alice", planted_sid, gw.now()).await;
     assert_eq!(none.unwrap(), None, "a session exists under the planted id");
 }
 
@@ -679,6 +671,7 @@ async fn sec15_login_always_issues_new_identifiers_and_planted_values_are_useles
 /// Access tokens of 1 s, sessions idle after 2 s and over after 5 s.
 fn short_lived(setup: AuthSetup) -> AuthSetup {
     AuthSetup {
+        clock: Clock::manual(),
         access_ttl: "1s".into(),
         idle_timeout: "2s".into(),
         absolute_lifetime: "5s".into(),
@@ -698,7 +691,7 @@ async fn sec16_the_idle_timeout_is_enforced_on_refresh(setup: AuthSetup) {
     let t0 = issued_at(&s.access);
 
     // A second in: within the idle timeout; the refresh moves it to t1 + 2.
-    sleep_until_unix(t0 + 1, 300).await;
+    advance_to(&gw, t0 + 1, 300);
     let (access, next) = refreshed(&refresh(&gw, &s.refresh).await);
     let rt = next.expect("a rotated refresh token");
     let t1 = issued_at(&access);
@@ -709,13 +702,10 @@ async fn sec16_the_idle_timeout_is_enforced_on_refresh(setup: AuthSetup) {
     );
 
     // The idle timeout after that refresh, and before the absolute lifetime: refused.
-    sleep_until_unix(t1 + 2, 300).await;
+    advance_to(&gw, t1 + 2, 300);
     assert_refresh_refused(&refresh(&gw, &rt).await, "a refresh after the idle timeout");
     assert_eq!(
-        gw.store()
-            .session("alice", &s.sid, unix_now())
-            .await
-            .unwrap(),
+        gw.store().session("alice", &s.sid, gw.now()).await.unwrap(),
         None
     );
 }
@@ -731,7 +721,7 @@ async fn sec16_the_absolute_lifetime_is_enforced_on_refresh_however_often_it_is_
     let mut rt = s.refresh.clone();
     let mut last = t0;
     while last < t0 + 4 {
-        sleep_until_unix(last + 1, 300).await;
+        advance_to(&gw, last + 1, 300);
         let (access, next) = refreshed(&refresh(&gw, &rt).await);
         rt = next.expect("a rotated refresh token");
         assert_eq!(app(&gw, &access).await, StatusCode::OK);
@@ -739,16 +729,13 @@ async fn sec16_the_absolute_lifetime_is_enforced_on_refresh_however_often_it_is_
     }
     // …but not past the absolute lifetime, though the last refresh was a second ago (the idle
     // timeout alone would allow this one until t0 + 6).
-    sleep_until_unix(t0 + 5, 300).await;
+    advance_to(&gw, t0 + 5, 300);
     assert_refresh_refused(
         &refresh(&gw, &rt).await,
         "a refresh after the absolute lifetime",
     );
     assert_eq!(
-        gw.store()
-            .session("alice", &s.sid, unix_now())
-            .await
-            .unwrap(),
+        gw.store().session("alice", &s.sid, gw.now()).await.unwrap(),
         None
     );
 }
@@ -836,7 +823,7 @@ async fn sec17_logout_fails_the_access_token_the_refresh_token_and_the_session_a
         "the upstream saw a logged-out token"
     );
     assert_eq!(
-        gw.store().session("alice", &sid, unix_now()).await.unwrap(),
+        gw.store().session("alice", &sid, gw.now()).await.unwrap(),
         None
     );
 
@@ -858,13 +845,10 @@ async fn sec17_logout_fails_the_access_token_the_refresh_token_and_the_session_a
         "the logged-out refresh token",
     );
     assert_eq!(
-        gw.store()
-            .session("alice", &s.sid, unix_now())
-            .await
-            .unwrap(),
+        gw.store().session("alice", &s.sid, gw.now()).await.unwrap(),
         None
     );
-    let left = gw.store().sessions_of("alice", unix_now()).await.unwrap();
+    let left = gw.store().sessions_of("alice", gw.now()).await.unwrap();
     assert!(left.is_empty(), "sessions left: {left:?}");
 }
 
@@ -913,7 +897,7 @@ async fn sec18_logout_all_fails_every_session_of_the_user_on_every_instance_and_
             );
         }
     }
-    let left = a.store().sessions_of("alice", unix_now()).await.unwrap();
+    let left = a.store().sessions_of("alice", a.now()).await.unwrap();
     assert!(left.is_empty(), "sessions left: {left:?}");
 
     // Another user is not affected.
@@ -1057,6 +1041,7 @@ async fn sec20_reuse_outside_the_grace_window_revokes_the_whole_session_and_is_a
 ) {
     let gw = AuthSetup {
         refresh_grace: "1s".into(),
+        clock: Clock::manual(),
         ..setup
     }
     .start()
@@ -1068,10 +1053,10 @@ async fn sec20_reuse_outside_the_grace_window_revokes_the_whole_session_and_is_a
     let (access2, rt2) = refreshed(&refresh(&gw, &rt1).await);
     let rt2 = rt2.unwrap();
     assert_eq!(app(&gw, &access2).await, StatusCode::OK);
-    let rotated_at = unix_now();
+    let rotated_at = gw.now();
 
     // More than the 1 s grace window later (whole seconds: two of them), the first token again.
-    sleep_until_unix(rotated_at + 2, 100).await;
+    advance_to(&gw, rotated_at + 2, 100);
     assert_refresh_refused(&refresh(&gw, &s.refresh).await, "a reused refresh token");
 
     // The whole session is gone: every access token of it, and its current refresh token.
@@ -1083,10 +1068,7 @@ async fn sec20_reuse_outside_the_grace_window_revokes_the_whole_session_and_is_a
         "the current refresh token of a revoked family",
     );
     assert_eq!(
-        gw.store()
-            .session("alice", &s.sid, unix_now())
-            .await
-            .unwrap(),
+        gw.store().session("alice", &s.sid, gw.now()).await.unwrap(),
         None
     );
     // Only that session: the user's other session is untouched.
@@ -1250,6 +1232,7 @@ async fn sec21_a_refresh_token_with_another_users_expired_access_cookie_is_refus
     let gw = AuthSetup {
         access_ttl: "1s".into(),
         extra: "tokens: { leeway: 0s }".into(),
+        clock: Clock::manual(),
         ..setup
     }
     .start()
@@ -1257,7 +1240,7 @@ async fn sec21_a_refresh_token_with_another_users_expired_access_cookie_is_refus
     let victim = login(&gw, "bob").await;
     let attacker = login(&gw, "alice").await;
     let expired_at = jwt_claims(&victim.access)["exp"].as_i64().unwrap();
-    sleep_until_unix(expired_at + 1, 100).await;
+    advance_to(&gw, expired_at + 1, 100);
     assert_eq!(app(&gw, &victim.access).await, StatusCode::UNAUTHORIZED);
 
     let csrf = "csrf-token-of-this-browser-0123456789";

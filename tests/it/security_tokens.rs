@@ -215,8 +215,11 @@ async fn connection_trap() -> (SocketAddr, Arc<AtomicUsize>) {
     let hits = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&hits);
     tokio::spawn(async move {
-        while listener.accept().await.is_ok() {
+        // Held open and never answered: a client waits for its own timeout.
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
             counter.fetch_add(1, Ordering::SeqCst);
+            held.push(stream);
         }
     });
     (addr, hits)
@@ -691,8 +694,17 @@ async fn sec03_a_token_with_a_broken_signature_is_rejected_and_echoes_no_claim()
 
 #[tokio::test]
 async fn sec04_jwk_jku_x5u_x5c_headers_never_give_a_key_nor_cause_a_fetch() {
-    let gw = TestGateway::start().await;
     let (trap, hits) = connection_trap().await;
+    // A route to the trap, for the positive signal below.
+    let gw = Setup {
+        upstreams: format!("  trap: {{ url: \"http://{trap}\", response_timeout: 200ms }}"),
+        routes: format!(
+            "  - {{ id: trap, path: /trap, upstream: trap, policy: public }}{DEFAULT_ROUTES}"
+        ),
+        ..Setup::default()
+    }
+    .start()
+    .await;
     let (attacker, cert_der) = attacker_with_certificate(&gw.key().kid);
     let jwk = public_jwk(&attacker);
     let payload = claims(json!({}));
@@ -749,11 +761,20 @@ async fn sec04_jwk_jku_x5u_x5c_headers_never_give_a_key_nor_cause_a_fetch() {
         let token = sign_as(&attacker.encoding, Algorithm::EdDSA, header, &payload);
         assert_rejected(&gw, &token, what).await;
     }
-    // A fetch could be fired off in the background; give it a moment to show up.
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    // A fetch could be fired off in the background. The gateway's own connection to the trap,
+    // made after every attack was answered, shows when the trap has counted what came before.
+    assert_eq!(gw.get("/trap").await.status, 504);
+    let counted = eventually(Duration::from_secs(5), || async {
+        hits.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    assert!(
+        counted.is_some(),
+        "the trap never saw the gateway's request"
+    );
     assert_eq!(
         hits.load(Ordering::SeqCst),
-        0,
+        1,
         "the gateway connected to a URL taken from a token"
     );
     // Control: the same headers on a token the gateway's own key signed are simply ignored.
@@ -765,7 +786,7 @@ async fn sec04_jwk_jku_x5u_x5c_headers_never_give_a_key_nor_cause_a_fetch() {
         "control: ignored headers",
     )
     .await;
-    assert_eq!(hits.load(Ordering::SeqCst), 0);
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
