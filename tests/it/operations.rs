@@ -572,21 +572,22 @@ impl Binary {
 
     /// Waits until `url` answers 200, failing early if the process exits.
     async fn wait_ready(&mut self, url: &str) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("portcullis exited with {status}:\n{}", self.logs());
-            }
-            if try_get(url).await == Some(StatusCode::OK) {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "portcullis did not become ready:\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let child = &mut self.child;
+        let mut exited = None;
+        let ready = eventually(Duration::from_secs(30), || {
+            exited = child.try_wait().unwrap();
+            let gone = exited.is_some();
+            async move { gone || try_get(url).await == Some(StatusCode::OK) }
+        })
+        .await;
+        if let Some(status) = exited {
+            panic!("portcullis exited with {status}:\n{}", self.logs());
         }
+        assert!(
+            ready.is_some(),
+            "portcullis did not become ready:\n{}",
+            self.logs()
+        );
     }
 
     fn terminate(&self) {
@@ -600,18 +601,20 @@ impl Binary {
 
     /// Waits for the process to exit, at most `within`.
     async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = std::time::Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
+        let child = &mut self.child;
+        let mut exited = None;
+        eventually(within, || {
+            exited = child.try_wait().unwrap();
+            let gone = exited.is_some();
+            async move { gone }
+        })
+        .await;
+        exited.unwrap_or_else(|| {
+            panic!(
                 "portcullis did not exit within {within:?}:\n{}",
                 self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            )
+        })
     }
 }
 
@@ -1541,21 +1544,25 @@ async fn the_binary_never_writes_a_password_or_token_to_its_audit_file_or_logs_a
 #[tokio::test]
 async fn sigterm_lets_an_in_flight_request_finish_then_the_binary_exits_0_and_refuses_new_connections()
  {
-    // An upstream that takes a second over /slow and says when a request has arrived.
+    // An upstream that answers /slow once released (after the drain has begun) and says when a
+    // request has arrived.
     let (arrived_tx, mut arrived_rx) = tokio::sync::mpsc::channel::<()>(4);
+    let (release, released) = tokio::sync::watch::channel(false);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let arrived = arrived_tx.clone();
+            let released = released.clone();
             tokio::spawn(async move {
                 let service =
                     hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                         let arrived = arrived.clone();
+                        let mut released = released.clone();
                         async move {
                             if req.uri().path() == "/slow" {
                                 let _ = arrived.send(()).await;
-                                tokio::time::sleep(Duration::from_secs(1)).await;
+                                let _ = released.wait_for(|r| *r).await;
                                 return Ok::<_, Infallible>(Response::new(Full::new(
                                     Bytes::from_static(b"slow answer"),
                                 )));
@@ -1604,6 +1611,7 @@ async fn sigterm_lets_an_in_flight_request_finish_then_the_binary_exits_0_and_re
         refused.is_some(),
         "new connections were still accepted after SIGTERM"
     );
+    release.send_replace(true);
     let response = timeout(BOUND, in_flight)
         .await
         .expect("the in-flight request hung")
@@ -1634,7 +1642,7 @@ async fn hanging_upstream(arrived: tokio::sync::mpsc::Sender<()>) -> SocketAddr 
                         let arrived = arrived.clone();
                         async move {
                             let _ = arrived.send(()).await;
-                            tokio::time::sleep(Duration::from_secs(60)).await;
+                            std::future::pending::<()>().await;
                             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
                                 b"late",
                             ))))

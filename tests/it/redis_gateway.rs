@@ -662,6 +662,16 @@ fn store_config_errors_name_the_store_key() {
     }
 }
 
+/// How many `PING`s `server` has answered.
+fn pings(server: &RedisServer) -> u64 {
+    server
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_ping:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
 /// Regression: the keep-alive PING on the invalidation subscription expected a plain string, but
 /// a subscribed RESP2 connection answers `["pong", ""]`; so every ping (each 2 s) ended the
 /// subscription, emptied the cache and made the instance briefly unhealthy.
@@ -678,15 +688,22 @@ async fn the_invalidation_subscription_survives_its_keepalive_pings_and_the_cach
     assert_eq!(gw.get_bearer(PATH, &token).await.status, StatusCode::OK);
     let store = gw.redis();
     assert_eq!(store.cache().alive_count(), 1);
-    // Past two pings, watching all the way.
-    let until = Instant::now() + Duration::from_millis(4500);
-    while Instant::now() < until {
+    // Past two pings (Redis counts them: the subscription is the only connection that sends
+    // PING), watching all the way.
+    let before = pings(&server);
+    let pinged_twice = eventually(Duration::from_secs(15), || {
         assert!(
             store.cache().is_subscribed() && store.cache().alive_count() == 1,
             "the subscription dropped (or the cache was emptied) with nothing wrong"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        let done = pings(&server) >= before + 2;
+        async move { done }
+    })
+    .await;
+    assert!(
+        pinged_twice.is_some(),
+        "redis never received two keep-alive pings"
+    );
     let clients = server.cli(&["CLIENT", "LIST", "TYPE", "pubsub"]);
     let ages: Vec<u64> = clients
         .split_whitespace()
@@ -1147,7 +1164,13 @@ async fn sec37_an_admin_revocation_no_replica_acknowledges_is_answered_503_and_a
     // request path never shares the connection WAIT blocks.
     let uncached = gw.token(json!({ "sid": "sid-alice" }));
     let (r, during) = tokio::join!(revoke("s-lost"), async {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Once Redis shows the revocation's connection blocked in WAIT (if the 300 ms pass
+        // first, the check below still has to be answered).
+        eventually(Duration::from_millis(300), || {
+            let blocked = master.cli(&["CLIENT", "LIST"]).contains("cmd=wait");
+            async move { blocked }
+        })
+        .await;
         let started = Instant::now();
         let status = gw.get_bearer(PATH, &uncached).await.status;
         (status, started.elapsed())

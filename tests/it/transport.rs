@@ -1119,14 +1119,17 @@ async fn decisions(gw: &TestGateway, reason: &str) -> f64 {
 #[tokio::test]
 async fn graceful_shutdown_lets_an_in_flight_request_finish_and_then_refuses_connections() {
     let (arrived_tx, mut arrived_rx) = tokio::sync::mpsc::channel::<()>(4);
+    // The slow answer is held until the drain has begun, so it is in flight during it.
+    let (release, released) = tokio::sync::watch::channel(false);
     let upstream = CustomUpstream::start(move |req| {
         let arrived = arrived_tx.clone();
+        let mut released = released.clone();
         async move {
             if req.uri().path() == "/idle" {
                 return ok("idle");
             }
             let _ = arrived.send(()).await;
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            let _ = released.wait_for(|r| *r).await;
             ok("slow answer")
         }
     })
@@ -1162,9 +1165,13 @@ async fn graceful_shutdown_lets_an_in_flight_request_finish_and_then_refuses_con
         .await
         .expect("the request never reached the upstream");
 
-    let drained = timeout(BOUND, running.shutdown())
-        .await
-        .expect("shutdown hung");
+    let release_once_draining = async {
+        let closed = eventually(BOUND, || async { TcpStream::connect(addr).await.is_err() }).await;
+        assert!(closed.is_some(), "the listener stayed open during shutdown");
+        release.send_replace(true);
+    };
+    let (drained, ()) = tokio::join!(timeout(BOUND, running.shutdown()), release_once_draining);
+    let drained = drained.expect("shutdown hung");
     let response = timeout(BOUND, in_flight)
         .await
         .expect("in-flight request hung")
