@@ -565,6 +565,30 @@ impl Binary {
         self.child.id()
     }
 
+    /// The proxy listeners' addresses, from the binary's `listening` log lines (it binds
+    /// port 0 and says which port it got).
+    async fn listening(&self) -> Vec<SocketAddr> {
+        let parse = || -> Vec<SocketAddr> {
+            self.logs()
+                .lines()
+                .filter(|l| l.contains("listening"))
+                .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("addr=")))
+                .filter_map(|a| a.trim_matches('"').parse().ok())
+                .collect()
+        };
+        let logged = eventually(Duration::from_secs(30), || {
+            let found = !parse().is_empty();
+            async move { found }
+        })
+        .await;
+        assert!(
+            logged.is_some(),
+            "portcullis never said where it listens:\n{}",
+            self.logs()
+        );
+        parse()
+    }
+
     fn logs(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
             + &std::fs::read_to_string(&self.stdout_path).unwrap_or_default()
@@ -1352,14 +1376,13 @@ async fn the_binary_never_writes_a_password_or_token_to_its_audit_file_or_logs_a
  {
     let upstream = EchoUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let admin_port = std::iter::repeat_with(free_port)
-        .find(|p| *p != port)
-        .unwrap();
+    // The binary logs the proxy listeners' addresses, not the admin listener's: that one is
+    // chosen here.
+    let admin_port = free_port();
     std::fs::write(dir.path().join("admin.token"), format!("{ADMIN_SECRET}\n")).unwrap();
     std::fs::write(dir.path().join("users.yaml"), demo_users()).unwrap();
     let spec = Spec {
-        listeners: format!("  - bind: 127.0.0.1:{port}"),
+        listeners: "  - bind: 127.0.0.1:0".into(),
         admin: Some(format!(
             "{{ bind: 127.0.0.1:{admin_port}, token_file: admin.token }}"
         )),
@@ -1371,6 +1394,7 @@ async fn the_binary_never_writes_a_password_or_token_to_its_audit_file_or_logs_a
     gateway
         .wait_ready(&format!("http://127.0.0.1:{admin_port}/readyz"))
         .await;
+    let port = gateway.listening().await[0].port();
     let base = format!("http://127.0.0.1:{port}");
     let mut secrets: Vec<String> = vec![
         ALICE_PASSWORD.into(),
@@ -1578,18 +1602,18 @@ async fn sigterm_lets_an_in_flight_request_finish_then_the_binary_exits_0_and_re
     });
 
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let config = dir.path().join("gateway.yaml");
     std::fs::write(
         &config,
         format!(
-            "listeners:\n  - bind: 127.0.0.1:{port}\nupstreams:\n  app: {{ url: \"http://{upstream}\" }}\n\
+            "listeners:\n  - bind: 127.0.0.1:0\nupstreams:\n  app: {{ url: \"http://{upstream}\" }}\n\
              routes:\n  - {{ id: ops-drain, path: /, upstream: app, policy: public }}\n\
              limits: {{ shutdown_grace: 10s }}\n"
         ),
     )
     .unwrap();
     let mut gateway = Binary::spawn(dir.path(), &config);
+    let port = gateway.listening().await[0].port();
     let base = format!("http://127.0.0.1:{port}");
     gateway.wait_ready(&format!("{base}/fast")).await;
 
@@ -1663,12 +1687,11 @@ async fn when_the_shutdown_grace_runs_out_with_a_request_in_flight_the_binary_lo
     let (arrived_tx, mut arrived_rx) = tokio::sync::mpsc::channel::<()>(4);
     let upstream = hanging_upstream(arrived_tx).await;
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let config = dir.path().join("gateway.yaml");
     std::fs::write(
         &config,
         format!(
-            "listeners:\n  - bind: 127.0.0.1:{port}\nupstreams:\n  app: {{ url: \"http://{upstream}\", response_timeout: 60s }}\n  \
+            "listeners:\n  - bind: 127.0.0.1:0\nupstreams:\n  app: {{ url: \"http://{upstream}\", response_timeout: 60s }}\n  \
              ok: {{ echo: true }}\nroutes:\n  - {{ id: ops-cut, path: /, upstream: app, policy: public }}\n  \
              - {{ id: ops-cut-ready, path: /ready, upstream: ok, policy: public }}\n\
              limits: {{ shutdown_grace: 200ms }}\n"
@@ -1676,6 +1699,7 @@ async fn when_the_shutdown_grace_runs_out_with_a_request_in_flight_the_binary_lo
     )
     .unwrap();
     let mut gateway = Binary::spawn(dir.path(), &config);
+    let port = gateway.listening().await[0].port();
     let base = format!("http://127.0.0.1:{port}");
     gateway.wait_ready(&format!("{base}/ready")).await;
     let url = format!("{base}/hang");
@@ -1709,14 +1733,13 @@ async fn when_the_shutdown_grace_runs_out_with_a_request_in_flight_the_binary_lo
 #[tokio::test]
 async fn sigusr1_makes_the_binary_reopen_its_audit_file_so_a_rotated_file_stops_growing() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let config = dir.path().join("gateway.yaml");
     let audit = dir.path().join("audit.jsonl");
     let rotated = dir.path().join("audit.jsonl.1");
     std::fs::write(
         &config,
         format!(
-            "listeners:\n  - bind: 127.0.0.1:{port}\nupstreams:\n  ok: {{ echo: true }}\n\
+            "listeners:\n  - bind: 127.0.0.1:0\nupstreams:\n  ok: {{ echo: true }}\n\
              routes:\n  - {{ id: ops-rotate, path: /, upstream: ok, policy: public }}\n  \
              - {{ id: ops-rotate-auth, path: /private, upstream: ok, policy: authenticated }}\n\
              issuers:\n  - issuer: https://issuer.test\n    audiences: [ops]\n    keys:\n      - {key}\n\
@@ -1726,6 +1749,7 @@ async fn sigusr1_makes_the_binary_reopen_its_audit_file_so_a_rotated_file_stops_
     )
     .unwrap();
     let mut gateway = Binary::spawn(dir.path(), &config);
+    let port = gateway.listening().await[0].port();
     let base = format!("http://127.0.0.1:{port}");
     gateway.wait_ready(&format!("{base}/")).await;
     assert_eq!(

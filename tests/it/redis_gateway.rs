@@ -932,7 +932,7 @@ async fn sec37_after_flushall_a_revoked_sessionless_token_stays_refused_on_runni
 #[tokio::test]
 async fn sec37_after_a_restart_without_persistence_earlier_sessionless_tokens_are_refused_everywhere()
  {
-    let mut server = RedisServer::start_on(free_port());
+    let mut server = RedisServer::start();
     let key = TestKey::generate(jsonwebtoken::Algorithm::EdDSA, "k-ed");
     let b_key = same_key(&key);
     let a = gateway_with(&server.url(), "restart", key, ", first_start: true", true).await;
@@ -1044,7 +1044,7 @@ async fn a_new_deployment_refuses_sessionless_tokens_minted_before_its_epoch_unl
 #[tokio::test]
 async fn after_an_idle_redis_restart_the_first_request_is_answered_and_readyz_proves_the_store_answers()
  {
-    let mut server = RedisServer::start_on(free_port());
+    let mut server = RedisServer::start();
     let gw = Setup {
         extra: format!(
             "{}\nadmin: {{ bind: 127.0.0.1:0 }}",
