@@ -134,7 +134,7 @@ async fn a_real_browser_signs_in_refreshes_manages_sessions_and_logs_out() {
         "--- stdout ---\n{}\n--- stderr ---\n{}",
         outcome.stdout, outcome.stderr
     );
-    let audit = || std::fs::read_to_string(&gw.audit_path()).unwrap_or_default();
+    let audit = || std::fs::read_to_string(gw.audit_path()).unwrap_or_default();
     match outcome.status {
         None => panic!(
             "the browser flow was killed after {:?}\n{report}\n--- audit ---\n{}",

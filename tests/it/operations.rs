@@ -1098,7 +1098,7 @@ async fn the_admin_api_lists_and_revokes_one_session_then_all_of_a_user_each_aud
             "admin.reload",
         ]
     );
-    let text = std::fs::read_to_string(&gw.audit_path()).unwrap();
+    let text = std::fs::read_to_string(gw.audit_path()).unwrap();
     assert!(!text.contains("eyJ") && !text.contains("prt1.") && !text.contains(ADMIN_SECRET));
 }
 

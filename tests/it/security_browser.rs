@@ -684,7 +684,7 @@ async fn sec23_no_token_or_password_appears_in_the_audit_file_or_in_error_respon
         .count();
     let events = gw.audit_events().await;
     assert!(events.len() >= refusals + 2, "{events:#?}");
-    let audit = std::fs::read_to_string(&gw.audit_path()).unwrap();
+    let audit = std::fs::read_to_string(gw.audit_path()).unwrap();
     assert_no_secret(&audit, &secrets, "the audit file");
     for p in [
         ALICE_PASSWORD,
@@ -1774,7 +1774,7 @@ async fn sec33_each_auth_flow_decision_writes_exactly_one_complete_audit_event()
     assert_eq!(e["reason_id"], "refresh.reuse_detected");
 
     // Nothing secret in the file.
-    let audit = std::fs::read_to_string(&gw.audit_path()).unwrap();
+    let audit = std::fs::read_to_string(gw.audit_path()).unwrap();
     for secret in tokens.iter().map(String::as_str).chain([
         ALICE_PASSWORD,
         BOB_PASSWORD,

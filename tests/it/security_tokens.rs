@@ -521,7 +521,7 @@ async fn sec02_hs256_token_signed_with_the_public_key_is_rejected() {
     let kid = gw.key().kid.clone();
     let pem_text = gw.key().public_pem.clone();
     assert!(pem_text.ends_with('\n'));
-    let jwk = public_jwk(&gw.key());
+    let jwk = public_jwk(gw.key());
     let minimal_jwk = json!({ "e": jwk["e"], "kty": "RSA", "n": jwk["n"] });
     let pkcs1 = pkcs1_from_spki(&gw.key().public_der);
     let mut jwk_with_kid = jwk.clone();
@@ -581,7 +581,7 @@ async fn sec02_hs256_token_signed_with_an_ec_or_ed25519_public_key_is_rejected()
     for alg in [Algorithm::ES256, Algorithm::EdDSA] {
         let gw = gateway_with(TestKey::generate(alg, "k-pub")).await;
         let pem_text = gw.key().public_pem.clone();
-        let jwk = public_jwk(&gw.key());
+        let jwk = public_jwk(gw.key());
         let payload = claims(json!({}));
         for (what, secret) in [
             ("PEM", pem_text.clone().into_bytes()),
