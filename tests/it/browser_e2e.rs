@@ -90,6 +90,8 @@ fn run_with_timeout(mut command: Command, timeout: Duration) -> Outcome {
             let _ = child.wait();
             break None;
         }
+        // node and the browser it drives are external processes: only asking again sees
+        // that they ended.
         std::thread::sleep(Duration::from_millis(100));
     };
     Outcome {

@@ -276,6 +276,8 @@ impl Ops {
             "fewer than {n} `{event}` events ({reason:?}) in the audit file:\n{:#?}",
             self.audit()
         );
+        // An extra event would come from a poller that shows nothing until it acts: only time
+        // passing can show it did not.
         tokio::time::sleep(Duration::from_millis(200)).await;
         matching(self.audit())
     }
@@ -1160,7 +1162,9 @@ async fn broken_file_keeps_the_old_config(broken: impl Fn(&str) -> String, detai
 
     gw.rewrite_raw(&broken(&good));
     let events = gw.audited("config.reload", Some("config.refused"), 1).await;
-    // Another poll period: the same broken file is not refused (nor audited) again.
+    // Another poll period: the same broken file is not refused (nor audited) again. The poller
+    // runs on the monotonic clock and shows a poll only by acting on it, so nothing but a
+    // period (reload::CONFIG_POLL, 2 s) passing can show it did not act.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let events_later: Vec<Value> = gw
         .audit()

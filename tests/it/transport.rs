@@ -698,7 +698,9 @@ async fn a_slow_but_steady_body_is_not_cut_by_body_read_timeout() {
         .write_all(b"POST /public/upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 40\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
-    // Four pieces 250 ms apart: a second in all, but never 500 ms without a byte.
+    // Four pieces 250 ms apart: a second in all, but never 500 ms without a byte. The body
+    // timeouts are measured on the monotonic clock (they bound how long the gateway waits), so
+    // a slow client has to be slow in real time.
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(250)).await;
         stream.write_all(b"0123456789").await.unwrap();
@@ -897,6 +899,8 @@ async fn trickle(ip: [u8; 4], addr: SocketAddr) -> String {
                 Ok(0) | Err(_) => break,
                 Ok(n) => answer.extend_from_slice(&buf[..n]),
             },
+            // Real time, as in a_slow_but_steady_body_is_not_cut_by_body_read_timeout: the
+            // body rate is measured on the monotonic clock.
             () = tokio::time::sleep(Duration::from_millis(50)) => {
                 if writer.write_all(b"x").await.is_err() {
                     break;
