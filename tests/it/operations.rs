@@ -258,7 +258,8 @@ impl Ops {
     }
 
     /// Waits until at least `n` events named `event` (with `reason`, if given) are in the
-    /// audit file, then a little longer so that an extra one would show, and returns them all.
+    /// audit file, then until every line emitted so far is, so that an extra one would show,
+    /// and returns them all.
     async fn audited(&self, event: &str, reason: Option<&str>, n: usize) -> Vec<Value> {
         let matching = |events: Vec<Value>| -> Vec<Value> {
             events
@@ -276,10 +277,9 @@ impl Ops {
             "fewer than {n} `{event}` events ({reason:?}) in the audit file:\n{:#?}",
             self.audit()
         );
-        // An extra event would come from a poller that shows nothing until it acts: only time
-        // passing can show it did not.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        matching(self.audit())
+        // An extra event emitted with them is in the file once every line the gateway has
+        // emitted so far is.
+        matching(self.audit_events().await)
     }
 }
 

@@ -919,16 +919,22 @@ fn flood(
 ) -> (Arc<std::sync::atomic::AtomicBool>, Arc<AtomicUsize>) {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let cut = Arc::new(AtomicUsize::new(0));
+    // How many were cut, for the clients waiting for a slot of the address to free up.
+    let (cuts, _) = tokio::sync::watch::channel(0usize);
     for _ in 0..clients {
-        let (stop, cut) = (Arc::clone(&stop), Arc::clone(&cut));
+        let (stop, cut, cuts) = (Arc::clone(&stop), Arc::clone(&cut), cuts.clone());
+        let mut freed = cuts.subscribe();
         tokio::spawn(async move {
             while !stop.load(Ordering::SeqCst) {
+                let before = *freed.borrow_and_update();
                 let answer = trickle(FLOOD_IP, addr).await;
                 if answer.starts_with("HTTP/1.1 408 ") {
                     cut.fetch_add(1, Ordering::SeqCst);
-                } else {
-                    // Closed at accept (the address's cap): do not spin.
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    cuts.send_modify(|n| *n += 1);
+                } else if freed.wait_for(|n| *n > before).await.is_err() {
+                    // Closed at accept (the address's cap): retry once one of the address's
+                    // connections was cut, rather than spin.
+                    return;
                 }
             }
         });
