@@ -1,6 +1,17 @@
 //! Test harness: a real gateway on 127.0.0.1:0 in front of a real echo upstream that records
 //! what it received, keys generated per test, tokens minted (or forged) by hand, and clients
 //! that speak well-formed HTTP (hyper) or raw bytes (for malformed input).
+//!
+//! One of each: one gateway harness ([`TestGateway`], started by [`Setup`],
+//! [`auth::AuthSetup`] or [`launch`]), one `Set-Cookie` reader ([`set_cookies`]), one wait for a
+//! store's invalidation subscription ([`wait_subscribed`], [`connect_store`],
+//! [`TestGateway::wait_subscribed`]), one poll for external processes ([`wait_for`]) and one
+//! for in-process state ([`eventually`]).
+//!
+//! Ports: everything the tests start binds port 0 and reports its address, except
+//! redis-server and sentinel, which take a port that was free a moment ago and try another if
+//! it was taken. Time: a gateway started with [`Clock::manual`] moves only when a test calls
+//! [`TestGateway::advance`]; token expiry, session lifetimes and throttle windows read it.
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::BTreeMap;
