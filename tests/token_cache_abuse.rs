@@ -124,9 +124,9 @@ async fn a_flood_of_forged_and_expired_tokens_is_refused_and_leaves_the_valid_to
     assert_eq!(before.entries, 1.0, "{before:?}");
 
     let n = now();
-    let header = b64(gw.key.header().to_string());
+    let header = b64(gw.key().header().to_string());
     // An EdDSA key of the attacker's, announced under the gateway's `kid`.
-    let attacker = TestKey::generate(Algorithm::EdDSA, &gw.key.kid);
+    let attacker = TestKey::generate(Algorithm::EdDSA, &gw.key().kid);
     let stolen_signature = valid.rsplit('.').next().unwrap().to_owned();
     let claims = |i: usize| claims(json!({ "jti": format!("flood-{i}") }));
 
@@ -145,7 +145,7 @@ async fn a_flood_of_forged_and_expired_tokens_is_refused_and_leaves_the_valid_to
     }));
     // Refused before any signature check: `alg: none` and an unknown `kid`.
     let mut unchecked: Vec<String> = Vec::new();
-    let none = b64(json!({ "alg": "none", "typ": "at+jwt", "kid": gw.key.kid }).to_string());
+    let none = b64(json!({ "alg": "none", "typ": "at+jwt", "kid": gw.key().kid }).to_string());
     unchecked.extend((2_000..2_250).map(|i| {
         let payload = b64(claims(i).to_string());
         format!("{none}.{payload}.{stolen_signature}")
@@ -268,7 +268,7 @@ async fn the_same_forged_token_sent_ten_thousand_times_costs_one_signature_check
     assert_eq!(gw.get_bearer(PATH, &valid).await.status, StatusCode::OK);
     let served = gw.upstream.count();
     // The valid token's real signature over other claims: it reaches the signature check.
-    let header = b64(gw.key.header().to_string());
+    let header = b64(gw.key().header().to_string());
     let payload = b64(claims(json!({ "jti": "forged-once" })).to_string());
     let signature = valid.rsplit('.').next().unwrap();
     let forged = format!("{header}.{payload}.{signature}");

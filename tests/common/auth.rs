@@ -5,16 +5,15 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::Full;
-use portcullis::config::Config;
-use portcullis::server::Running;
+use portcullis::clock::Clock;
 use serde_json::Value;
 
-use super::{EchoUpstream, TestResponse, send};
+use super::{EchoUpstream, TestGateway, TestResponse, launch, send, set_cookies};
 
 /// Passwords of the users in [`USERS`]; their hashes use the OWASP minimum (m=19456, t=2).
 pub const ALICE_PASSWORD: &str = "demo-password-alice";
@@ -55,6 +54,8 @@ pub struct AuthSetup {
     pub extra: String,
     /// The users file's text.
     pub users: String,
+    /// The gateway's clock: the system's, or [`Clock::manual`] for a test that moves time.
+    pub clock: Clock,
 }
 
 impl Default for AuthSetup {
@@ -73,18 +74,9 @@ impl Default for AuthSetup {
             auth_extra: String::new(),
             extra: String::new(),
             users: demo_users(),
+            clock: Clock::system(),
         }
     }
-}
-
-/// A running auth-enabled gateway.
-pub struct AuthGateway {
-    pub running: Running,
-    pub addr: SocketAddr,
-    pub upstream: EchoUpstream,
-    pub dir: tempfile::TempDir,
-    pub users_path: std::path::PathBuf,
-    pub audit_path: std::path::PathBuf,
 }
 
 pub const ISSUER: &str = "https://gw.test";
@@ -147,34 +139,31 @@ audit:
         )
     }
 
-    pub async fn start(&self) -> AuthGateway {
+    pub async fn start(&self) -> TestGateway {
         let upstream = EchoUpstream::start().await;
         self.start_with(upstream).await
     }
 
     /// Starts a gateway in front of `upstream` (a second instance can share a store).
-    pub async fn start_with(&self, upstream: EchoUpstream) -> AuthGateway {
+    pub async fn start_with(&self, upstream: EchoUpstream) -> TestGateway {
         let dir = tempfile::tempdir().unwrap();
-        let users_path = dir.path().join("users.yaml");
-        std::fs::write(&users_path, &self.users).unwrap();
+        std::fs::write(dir.path().join("users.yaml"), &self.users).unwrap();
         let yaml = self.yaml(&upstream.url());
-        let config = Config::from_yaml(&yaml, dir.path()).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
-        let running = portcullis::start(config).await.unwrap();
-        let addr = running.local_addrs()[0];
-        AuthGateway {
-            running,
-            addr,
-            upstream,
-            users_path,
-            audit_path: dir.path().join("audit.jsonl"),
-            dir,
-        }
+        let running = launch(&yaml, dir.path(), self.clock.clone()).await;
+        TestGateway::new(running, upstream, dir, Vec::new())
     }
 }
 
-impl AuthGateway {
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+/// What the login flow's suites ask of a gateway started by [`AuthSetup`].
+impl TestGateway {
+    /// Its users file (`users.yaml` in its dir).
+    pub fn users_path(&self) -> PathBuf {
+        self.dir.path().join("users.yaml")
+    }
+
+    /// Its audit file (`audit.jsonl` in its dir).
+    pub fn audit_path(&self) -> PathBuf {
+        self.dir.path().join("audit.jsonl")
     }
 
     /// The origin a browser would send for pages of this gateway.
@@ -204,7 +193,8 @@ impl AuthGateway {
         post_json(&self.url(path), body, headers).await
     }
 
-    pub async fn get_bearer(&self, path: &str, token: &str) -> TestResponse {
+    /// GET with a bearer token, asking for JSON as an API client does.
+    pub async fn api_get(&self, path: &str, token: &str) -> TestResponse {
         send(
             Request::get(self.url(path))
                 .header("authorization", format!("Bearer {token}"))
@@ -215,25 +205,25 @@ impl AuthGateway {
         .await
     }
 
-    /// The audit events written so far (the writer thread appends asynchronously: wait a
-    /// little for the file to settle).
+    /// The audit events written so far. The writer thread appends asynchronously: this first
+    /// waits until the file holds every line the gateway had emitted when it was called.
     pub async fn audit_events(&self) -> Vec<Value> {
-        let mut last = String::new();
-        for _ in 0..50 {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            let text = std::fs::read_to_string(&self.audit_path).unwrap_or_default();
-            if text == last && !text.is_empty() {
-                break;
-            }
-            last = text;
-        }
-        last.lines()
+        let emitted = self.running.gateway().audit().emitted();
+        let read = || std::fs::read_to_string(self.audit_path()).unwrap_or_default();
+        let caught_up = super::eventually(std::time::Duration::from_secs(10), || {
+            let lines = read().lines().count() as u64;
+            async move { lines >= emitted }
+        })
+        .await;
+        assert!(
+            caught_up.is_some(),
+            "the audit file never held the {emitted} lines emitted:\n{}",
+            read()
+        );
+        read()
+            .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
-    }
-
-    pub fn store(&self) -> &portcullis::store::Store {
-        self.running.gateway().store()
     }
 }
 
@@ -300,26 +290,12 @@ impl Browser {
 
     /// Applies the response's `Set-Cookie` headers to the jar.
     pub fn absorb(&mut self, headers: &HeaderMap) {
-        for value in headers.get_all("set-cookie") {
-            let text = value.to_str().unwrap();
-            let mut parts = text.split(';');
-            let (name, val) = parts.next().unwrap().split_once('=').unwrap();
-            let mut path = "/".to_owned();
-            let mut expired = false;
-            for attr in parts {
-                let attr = attr.trim();
-                if let Some(p) = attr.strip_prefix("Path=") {
-                    path = p.to_owned();
-                }
-                if attr == "Max-Age=0" {
-                    expired = true;
-                }
-            }
-            if expired {
-                self.jar.remove(name.trim());
+        for c in set_cookies(headers) {
+            if c.expires_now() {
+                self.jar.remove(&c.name);
             } else {
-                self.jar
-                    .insert(name.trim().to_owned(), (val.to_owned(), path));
+                let path = c.attr("path").unwrap_or("/").to_owned();
+                self.jar.insert(c.name, (c.value, path));
             }
         }
     }

@@ -1,6 +1,17 @@
 //! Test harness: a real gateway on 127.0.0.1:0 in front of a real echo upstream that records
 //! what it received, keys generated per test, tokens minted (or forged) by hand, and clients
 //! that speak well-formed HTTP (hyper) or raw bytes (for malformed input).
+//!
+//! One of each: one gateway harness ([`TestGateway`], started by [`Setup`],
+//! [`auth::AuthSetup`] or [`launch`]), one `Set-Cookie` reader ([`set_cookies`]), one wait for a
+//! store's invalidation subscription ([`wait_subscribed`], [`connect_store`],
+//! [`TestGateway::wait_subscribed`]), one poll for external processes ([`wait_for`]) and one
+//! for in-process state ([`eventually`]).
+//!
+//! Ports: everything the tests start binds port 0 and reports its address, except
+//! redis-server and sentinel, which take a port that was free a moment ago and try another if
+//! it was taken. Time: a gateway started with [`Clock::manual`] moves only when a test calls
+//! [`TestGateway::advance`]; token expiry, session lifetimes and throttle windows read it.
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::BTreeMap;
@@ -21,8 +32,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use jsonwebtoken::{Algorithm, EncodingKey};
+use portcullis::clock::Clock;
 use portcullis::config::Config;
 use portcullis::server::Running;
+use portcullis::store::{RedisStore, Store};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -292,13 +305,17 @@ pub fn claims(overrides: Value) -> Value {
     c
 }
 
-/// A running gateway with its temp dir, keys and echo upstream.
+/// A running gateway on 127.0.0.1:0 in front of a recording echo upstream, with its temp dir:
+/// the one gateway harness of the suites. [`Setup`] starts one that trusts test keys (tokens
+/// minted by hand), [`auth::AuthSetup`] one that runs the login flow and issues its own tokens,
+/// [`launch`] one from any YAML.
 pub struct TestGateway {
     pub running: Running,
     pub addr: SocketAddr,
     pub upstream: EchoUpstream,
-    pub key: TestKey,
     pub dir: tempfile::TempDir,
+    /// The keys of `issuers[0]`, in config order; empty for a gateway that issues its own.
+    keys: Vec<TestKey>,
 }
 
 /// Builder for a test gateway config.
@@ -312,6 +329,11 @@ pub struct Setup {
     pub issuer_extra: String,
     /// Listener YAML (defaults to plain HTTP on port 0).
     pub listeners: Option<String>,
+    /// More `upstreams:` entries (YAML lines indented by two spaces) besides `echo` and
+    /// `builtin`.
+    pub upstreams: String,
+    /// The gateway's clock: the system's, or [`Clock::manual`] for a test that moves time.
+    pub clock: Clock,
 }
 
 pub const DEFAULT_ROUTES: &str = r#"
@@ -331,6 +353,8 @@ impl Default for Setup {
             routes: DEFAULT_ROUTES.into(),
             issuer_extra: String::new(),
             listeners: None,
+            upstreams: String::new(),
+            clock: Clock::system(),
         }
     }
 }
@@ -364,37 +388,53 @@ roles:
 upstreams:
   echo: {{ url: "{upstream_url}", response_timeout: 5s }}
   builtin: {{ echo: true }}
+{upstreams}
 routes:
 {routes}
 {extra}
 "#,
             keys = keys.join("\n"),
+            upstreams = self.upstreams,
             issuer_extra = self.issuer_extra,
             routes = self.routes,
             extra = self.extra,
         )
     }
 
+    /// Starts the gateway, with alice's session (`sid-alice`, the default token's) created.
     pub async fn start(self) -> TestGateway {
-        let upstream = EchoUpstream::start().await;
-        let dir = tempfile::tempdir().unwrap();
-        let yaml = self.yaml(dir.path(), &upstream.url());
-        let config = Config::from_yaml(&yaml, dir.path()).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
-        let running = portcullis::start(config).await.unwrap();
-        let addr = running.local_addrs()[0];
-        let mut keys = self.keys;
-        let key = keys.remove(0);
-        let gw = TestGateway {
-            running,
-            addr,
-            upstream,
-            key,
-            dir,
-        };
+        let gw = self.start_without_session().await;
         // The default token's session exists; tests that want otherwise revoke it.
         gw.create_session("sid-alice", "alice").await;
         gw
     }
+
+    /// Starts the gateway and touches nothing else: for a store that does not answer yet.
+    pub async fn start_without_session(self) -> TestGateway {
+        let upstream = EchoUpstream::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = self.yaml(dir.path(), &upstream.url());
+        let running = launch(&yaml, dir.path(), self.clock).await;
+        TestGateway::new(running, upstream, dir, self.keys)
+    }
+}
+
+/// Compiles `yaml` (relative paths resolve in `dir`) and starts a gateway on `clock`: the one
+/// place the suites start a gateway from YAML.
+pub async fn launch(yaml: &str, dir: &Path, clock: Clock) -> Running {
+    let config = Config::from_yaml(yaml, dir).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    portcullis::start_with(config, None, clock)
+        .await
+        .unwrap_or_else(|e| panic!("the gateway did not start: {e}\n{yaml}"))
+}
+
+/// Loads `path` and starts a gateway on `clock` that reloads from it (on change, SIGHUP and
+/// the admin API).
+pub async fn launch_file(path: &Path, clock: Clock) -> Running {
+    let config = Config::load(path).unwrap_or_else(|e| panic!("{e}\n{}", path.display()));
+    portcullis::start_with(config, Some(path.to_owned()), clock)
+        .await
+        .unwrap_or_else(|e| panic!("the gateway did not start: {e}"))
 }
 
 impl TestGateway {
@@ -402,13 +442,74 @@ impl TestGateway {
         Setup::default().start().await
     }
 
+    /// Wraps a started gateway; `keys` are the test keys it trusts (first: [`TestGateway::key`]).
+    pub fn new(
+        running: Running,
+        upstream: EchoUpstream,
+        dir: tempfile::TempDir,
+        keys: Vec<TestKey>,
+    ) -> Self {
+        Self {
+            addr: running.local_addrs()[0],
+            running,
+            upstream,
+            dir,
+            keys,
+        }
+    }
+
+    /// The key tokens are minted with: the first of `issuers[0]`.
+    ///
+    /// # Panics
+    /// For a gateway that issues its own tokens ([`auth::AuthSetup`]).
+    pub fn key(&self) -> &TestKey {
+        self.keys
+            .first()
+            .expect("this gateway trusts no test key: it issues its own tokens")
+    }
+
+    /// The gateway's clock.
+    pub fn clock(&self) -> &Clock {
+        self.running.gateway().clock()
+    }
+
+    /// The gateway's time, in Unix seconds.
+    pub fn now(&self) -> i64 {
+        self.clock().now()
+    }
+
+    /// Moves the gateway's manual clock forward (panics on the system clock).
+    pub fn advance(&self, by: Duration) {
+        self.clock().advance(by);
+    }
+
     pub fn store(&self) -> &portcullis::store::Store {
         self.running.gateway().store()
     }
 
+    /// The Redis store behind the gateway.
+    ///
+    /// # Panics
+    /// When it runs the memory store.
+    pub fn redis(&self) -> &RedisStore {
+        match self.store() {
+            Store::Redis(r) => r,
+            Store::Memory(_) => panic!("the gateway runs the memory store, not redis"),
+        }
+    }
+
+    /// With Redis: waits until the gateway receives invalidations (before that it caches no
+    /// positive verdict, and a test of eviction would prove nothing). Nothing to wait for with
+    /// the memory store.
+    pub async fn wait_subscribed(&self) {
+        if let Store::Redis(store) = self.store() {
+            wait_subscribed(store).await;
+        }
+    }
+
     pub async fn create_session(&self, sid: &str, sub: &str) {
         use portcullis::store::{SessionRecord, SessionStore};
-        let n = now();
+        let n = self.now();
         self.store()
             .create_session(
                 SessionRecord {
@@ -434,7 +535,7 @@ impl TestGateway {
 
     /// A valid token for alice with role reader (overridable claims).
     pub fn token(&self, overrides: Value) -> String {
-        self.key.token(overrides)
+        self.key().token(overrides)
     }
 
     /// GET with a bearer token.
@@ -488,6 +589,69 @@ impl TestResponse {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+
+    /// Its `Set-Cookie` headers, parsed.
+    pub fn set_cookies(&self) -> Vec<SetCookie> {
+        set_cookies(&self.headers)
+    }
+}
+
+/// One `Set-Cookie` header, split into name, value and attributes (names lower-cased).
+#[derive(Debug, Clone)]
+pub struct SetCookie {
+    /// The header as sent.
+    pub raw: String,
+    pub name: String,
+    pub value: String,
+    pub attrs: Vec<(String, String)>,
+}
+
+impl SetCookie {
+    /// An attribute's value (`""` for a flag such as `Secure`); `name` lower-case.
+    pub fn attr(&self, name: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.attr(name).is_some()
+    }
+
+    /// A cookie that deletes rather than sets.
+    pub fn expires_now(&self) -> bool {
+        self.attr("max-age") == Some("0")
+    }
+}
+
+/// Every `Set-Cookie` header of `headers`, parsed: the suites' one reader of them.
+pub fn set_cookies(headers: &HeaderMap) -> Vec<SetCookie> {
+    headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| {
+            let raw = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            let mut parts = raw.split(';');
+            let (name, value) = parts
+                .next()
+                .unwrap()
+                .split_once('=')
+                .unwrap_or_else(|| panic!("a Set-Cookie without `=`: {raw}"));
+            let attrs = parts
+                .map(|a| {
+                    let (n, v) = a.split_once('=').unwrap_or((a, ""));
+                    (n.trim().to_ascii_lowercase(), v.trim().to_owned())
+                })
+                .collect();
+            SetCookie {
+                name: name.trim().to_owned(),
+                value: value.trim().to_owned(),
+                attrs,
+                raw,
+            }
+        })
+        .collect()
 }
 
 pub fn client() -> Client<HttpConnector, Full<Bytes>> {
@@ -527,8 +691,8 @@ pub fn b64(bytes: impl AsRef<[u8]>) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// A private `redis-server` on a free loopback port, with no persistence; stopped by its pid
-/// when dropped. Never the machine's 6379.
+/// A private `redis-server` on a loopback port, with no persistence; stopped by its pid when
+/// dropped. Never the machine's 6379.
 pub struct RedisServer {
     pub port: u16,
     child: Option<std::process::Child>,
@@ -536,26 +700,52 @@ pub struct RedisServer {
     extra: Vec<String>,
 }
 
+/// How many ports a server that lost its port to another process tries before giving up.
+const PORT_ATTEMPTS: usize = 8;
+
 impl RedisServer {
     pub fn start() -> Self {
         Self::start_with(&[])
     }
 
-    /// Starts with extra `redis-server` arguments (e.g. `--cluster-enabled yes`).
+    /// Starts with extra `redis-server` arguments (e.g. `--cluster-enabled yes`). redis-server
+    /// cannot bind port 0 and report it, so the port is one that was free a moment ago, and
+    /// another is tried if some other process took it meanwhile.
     pub fn start_with(extra: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
         let mut server = Self {
-            port: free_port(),
+            port: 0,
             child: None,
-            dir,
+            dir: tempfile::tempdir().unwrap(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
-        server.spawn();
+        for _ in 0..PORT_ATTEMPTS {
+            server.port = free_port();
+            if server.spawn().is_ok() {
+                return server;
+            }
+        }
+        panic!("redis-server found no free port in {PORT_ATTEMPTS} attempts");
+    }
+
+    /// Starts on a chosen port: for a gateway configured with an address where nothing listened
+    /// yet (take the port from [`free_port`]).
+    pub fn start_on(port: u16) -> Self {
+        let mut server = Self {
+            port,
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+            extra: Vec::new(),
+        };
+        server
+            .spawn()
+            .unwrap_or_else(|e| panic!("redis-server on port {port}: {e}"));
         server
     }
 
-    fn spawn(&mut self) {
-        let child = std::process::Command::new("redis-server")
+    /// Runs redis-server on `self.port` and waits until it answers `PING`. `Err` if it exited
+    /// first: redis-server exits when it cannot bind its port.
+    fn spawn(&mut self) -> Result<(), String> {
+        let mut child = std::process::Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
@@ -565,22 +755,21 @@ impl RedisServer {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("redis-server must be installed (.ci/run installs it)");
-        self.child = Some(child);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::time::Instant::now() < deadline {
-            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
-                use std::io::{Read, Write};
-                let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
-                if s.write_all(b"PING\r\n").is_ok() {
-                    let mut buf = [0u8; 7];
-                    if s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n" {
-                        return;
-                    }
-                }
+        let port = self.port;
+        let mut exited = None;
+        let answered = wait_for(Duration::from_secs(10), || {
+            if let Ok(Some(status)) = child.try_wait() {
+                exited = Some(status);
+                return true;
             }
-            std::thread::sleep(Duration::from_millis(10));
+            ping(port)
+        });
+        if let Some(status) = exited {
+            return Err(format!("redis-server exited with {status}"));
         }
-        panic!("redis-server on port {} did not start", self.port);
+        self.child = Some(child);
+        assert!(answered, "redis-server on port {port} did not start");
+        Ok(())
     }
 
     pub fn url(&self) -> String {
@@ -598,17 +787,19 @@ impl RedisServer {
     /// Starts it again on the same port, empty.
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        let port = self.port;
+        self.spawn()
+            .unwrap_or_else(|e| panic!("redis-server did not restart on port {port}: {e}"));
     }
 
     /// Runs one command with redis-cli and returns its output.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = std::process::Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        redis_cli(self.port, args)
+    }
+
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
     }
 }
 
@@ -618,13 +809,52 @@ impl Drop for RedisServer {
     }
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// Whether a Redis server answers `PING` on `port`.
+fn ping(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut buf = [0u8; 7];
+    s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}
+
+/// Runs one redis-cli command against the server on `port` and returns its output.
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A port that was free a moment ago on 127.0.0.1: only for servers that cannot bind port 0
+/// and report theirs (redis-server, sentinel), which retry on a conflict.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Polls `probe` from a plain thread until it returns true or `within` passes; whether it did.
+/// For the state of external processes (redis-server, sentinel, a cluster), which can only be
+/// asked again until it changes.
+pub fn wait_for(within: Duration, mut probe: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if probe() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        // An external process changes on its own time: only asking again sees it.
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Polls `probe` until it returns true or `within` passes; returns how long it took.
@@ -638,29 +868,34 @@ where
         if probe().await {
             return Some(started.elapsed());
         }
+        // State another task or process changes (a subscription coming up, a Redis message
+        // delivered, a file written) is only seen by asking again.
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     None
 }
 
-impl RedisServer {
-    /// Starts on a chosen port: for a gateway configured with an address where nothing listened
-    /// yet (take the port from [`free_port`]).
-    pub fn start_on(port: u16) -> Self {
-        let mut server = Self {
-            port,
-            child: None,
-            dir: tempfile::tempdir().unwrap(),
-            extra: Vec::new(),
-        };
-        server.spawn();
-        server
-    }
+/// Waits until `store` receives invalidations: before that it caches no positive verdict, and
+/// a test of cache eviction would prove nothing.
+pub async fn wait_subscribed(store: &RedisStore) {
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            store.cache().is_subscribed()
+        })
+        .await
+        .is_some(),
+        "never subscribed to invalidations"
+    );
+}
 
-    /// The server's process id, while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(std::process::Child::id)
-    }
+/// Connects a Redis store with `settings` and waits for its invalidation subscription: the
+/// store-level suites' one way to get a store.
+pub async fn connect_store(settings: &portcullis::store::RedisSettings) -> RedisStore {
+    let store = RedisStore::connect(settings, portcullis::clock::Clock::system())
+        .await
+        .unwrap();
+    wait_subscribed(&store).await;
+    store
 }
 
 /// A Redis Cluster of private `redis-server` masters (no replicas) on free loopback ports,
@@ -711,8 +946,7 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
+        let formed = wait_for(Duration::from_secs(20), || {
             let ok = cluster
                 .nodes
                 .iter()
@@ -721,15 +955,9 @@ impl RedisCluster {
                 r.cli(&["INFO", "replication"])
                     .contains("master_link_status:up")
             });
-            if ok && synced && cluster.replicas().len() == masters * replicas {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the cluster never reached cluster_state:ok"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            ok && synced && cluster.replicas().len() == masters * replicas
+        });
+        assert!(formed, "the cluster never reached cluster_state:ok");
         cluster
     }
 
@@ -747,8 +975,8 @@ impl RedisCluster {
     }
 }
 
-/// A private Redis Sentinel on a free loopback port monitoring one master; stopped by its pid
-/// when dropped.
+/// A private Redis Sentinel on a loopback port monitoring one master; stopped by its pid when
+/// dropped.
 pub struct RedisSentinel {
     pub port: u16,
     child: Option<std::process::Child>,
@@ -757,10 +985,20 @@ pub struct RedisSentinel {
 
 impl RedisSentinel {
     /// Starts a sentinel that monitors `127.0.0.1:<master_port>` as `master_name` with quorum 1,
-    /// calls it down after 1 s and allows a failover every 3 s.
+    /// calls it down after 1 s and allows a failover every 3 s. Like [`RedisServer`], on a port
+    /// that was free a moment ago, and on another if some other process took it meanwhile.
     pub fn start(master_name: &str, master_port: u16) -> Self {
+        for _ in 0..PORT_ATTEMPTS {
+            if let Some(sentinel) = Self::try_start(master_name, master_port, free_port()) {
+                return sentinel;
+            }
+        }
+        panic!("redis sentinel found no free port in {PORT_ATTEMPTS} attempts");
+    }
+
+    /// `None` if the sentinel exited before it answered (it could not bind `port`).
+    fn try_start(master_name: &str, master_port: u16, port: u16) -> Option<Self> {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         // The sentinel rewrites its config file, so it lives in the sentinel's own dir.
         let conf = write(
             dir.path(),
@@ -773,7 +1011,7 @@ impl RedisSentinel {
                 dir = dir.path().display(),
             ),
         );
-        let child = std::process::Command::new("redis-server")
+        let mut child = std::process::Command::new("redis-server")
             .arg(&conf)
             .arg("--sentinel")
             .args(["--save", "", "--appendonly", "no"])
@@ -781,20 +1019,20 @@ impl RedisSentinel {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("redis-server must be installed (.ci/run installs it)");
-        let sentinel = Self {
+        let mut exited = false;
+        let answered = wait_for(Duration::from_secs(10), || {
+            exited = matches!(child.try_wait(), Ok(Some(_)));
+            exited || ping(port)
+        });
+        if exited {
+            return None;
+        }
+        assert!(answered, "redis sentinel on port {port} did not start");
+        Some(Self {
             port,
             child: Some(child),
             dir,
-        };
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !sentinel.cli(&["PING"]).contains("PONG") {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis sentinel on port {port} did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        sentinel
+        })
     }
 
     pub fn url(&self) -> String {
@@ -803,12 +1041,7 @@ impl RedisSentinel {
 
     /// Runs one command with redis-cli against the sentinel and returns its output.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = std::process::Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        redis_cli(self.port, args)
     }
 
     /// The port of the master this sentinel currently names, if it names one.

@@ -3,7 +3,7 @@
 //! attacker's page, through `post_form_with`) and by plain HTTP clients. Each test is named
 //! after the docs/security.md line it shows. No test asserts a timing.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -11,11 +11,12 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use common::auth::{
-    ALICE_PASSWORD, AuthGateway, AuthSetup, BOB_PASSWORD, Browser, MALLORY_PASSWORD, StoreChoice,
+    ALICE_PASSWORD, AuthSetup, BOB_PASSWORD, Browser, MALLORY_PASSWORD, StoreChoice,
 };
-use common::{RedisServer, TestResponse, send};
+use common::{RedisServer, SetCookie, TestGateway, TestResponse, send};
 use http::{Request, StatusCode};
 use http_body_util::Full;
+use portcullis::clock::Clock;
 use serde_json::{Value, json};
 
 const AT: &str = "__Host-portcullis-at";
@@ -29,60 +30,9 @@ const WRONG_PASSWORD: &str = "not-the-password-2f9c";
 
 // ---- helpers ------------------------------------------------------------------------------
 
-/// One `Set-Cookie` header, split into name, value and attributes (names lower-cased).
-#[derive(Debug)]
-struct SetCookie {
-    raw: String,
-    name: String,
-    value: String,
-    attrs: Vec<(String, String)>,
-}
-
-impl SetCookie {
-    fn attr(&self, name: &str) -> Option<&str> {
-        self.attrs
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn has(&self, name: &str) -> bool {
-        self.attr(name).is_some()
-    }
-
-    /// A cookie that deletes rather than sets.
-    fn expires_now(&self) -> bool {
-        self.attr("max-age") == Some("0")
-    }
-}
-
-fn set_cookies(r: &TestResponse) -> Vec<SetCookie> {
-    r.headers
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| {
-            let raw = v.to_str().unwrap().to_owned();
-            let mut parts = raw.split(';');
-            let (name, value) = parts.next().unwrap().split_once('=').unwrap();
-            let attrs = parts
-                .map(|a| {
-                    let (n, v) = a.split_once('=').unwrap_or((a, ""));
-                    (n.trim().to_ascii_lowercase(), v.trim().to_owned())
-                })
-                .collect();
-            SetCookie {
-                name: name.trim().to_owned(),
-                value: value.trim().to_owned(),
-                attrs,
-                raw,
-            }
-        })
-        .collect()
-}
-
 /// The value a response sets for cookie `name` (not an expiry).
 fn cookie_set(r: &TestResponse, name: &str) -> Option<String> {
-    set_cookies(r)
+    r.set_cookies()
         .into_iter()
         .find(|c| c.name == name && !c.expires_now())
         .map(|c| c.value)
@@ -90,7 +40,7 @@ fn cookie_set(r: &TestResponse, name: &str) -> Option<String> {
 
 /// Any request, with the given headers (added in order, so a name may repeat).
 async fn call(
-    gw: &AuthGateway,
+    gw: &TestGateway,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
@@ -176,8 +126,8 @@ async fn form_post(
 }
 
 /// The ids of alice's (or whoever's) sessions, listed with a bearer token.
-async fn session_ids(gw: &AuthGateway, bearer: &str) -> Vec<String> {
-    let r = gw.get_bearer("/auth/sessions", bearer).await;
+async fn session_ids(gw: &TestGateway, bearer: &str) -> Vec<String> {
+    let r = gw.api_get("/auth/sessions", bearer).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let mut ids: Vec<String> = r.json()["sessions"]
         .as_array()
@@ -190,7 +140,7 @@ async fn session_ids(gw: &AuthGateway, bearer: &str) -> Vec<String> {
 }
 
 /// Status of an API call to a protected route with the browser's cookies.
-async fn app_status_with_cookies(gw: &AuthGateway, b: &Browser) -> StatusCode {
+async fn app_status_with_cookies(gw: &TestGateway, b: &Browser) -> StatusCode {
     call(
         gw,
         "GET",
@@ -212,7 +162,7 @@ fn jwt_claims(token: &str) -> Value {
 }
 
 /// Events appended to the audit file since `before` events.
-async fn new_events(gw: &AuthGateway, before: usize) -> Vec<Value> {
+async fn new_events(gw: &TestGateway, before: usize) -> Vec<Value> {
     gw.audit_events().await.split_off(before)
 }
 
@@ -278,7 +228,7 @@ fn assert_complete_event(
 
 /// The single new event since `before`, checked for completeness.
 async fn one_event(
-    gw: &AuthGateway,
+    gw: &TestGateway,
     before: usize,
     event: &str,
     subject: &str,
@@ -315,14 +265,6 @@ fn tamper(token: &str) -> String {
     let old = token.as_bytes()[at];
     let new = if old == b'A' { 'B' } else { 'A' };
     format!("{}{new}{}", &token[..at], &token[at + 1..])
-}
-
-/// Waits until the wall-clock second changes (the store counts in whole seconds).
-async fn next_second() {
-    let start = common::now();
-    while common::now() <= start {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 // ---- 9: typing --------------------------------------------------------------------------
@@ -364,7 +306,7 @@ async fn sec9_a_refresh_token_used_as_an_access_token_is_refused_by_the_proxy() 
     let gw = AuthSetup::default().start().await;
     let (_, refresh, _) = gw.api_login("alice", ALICE_PASSWORD).await;
 
-    let r = gw.get_bearer("/app/x", &refresh).await;
+    let r = gw.api_get("/app/x", &refresh).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
     let r = call(
         &gw,
@@ -378,7 +320,7 @@ async fn sec9_a_refresh_token_used_as_an_access_token_is_refused_by_the_proxy() 
     )
     .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
-    let r = gw.get_bearer("/auth/sessions", &refresh).await;
+    let r = gw.api_get("/auth/sessions", &refresh).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
     assert_eq!(gw.upstream.count(), 0, "the upstream saw a request");
 }
@@ -430,7 +372,7 @@ fn assert_auth_cookie(c: &SetCookie, persistent: bool) {
 /// Checks every cookie of a response that must set the access and refresh cookies (and the
 /// binding cookie, which comes with every refresh cookie).
 fn assert_token_cookies(r: &TestResponse, persistent: bool, what: &str) {
-    let cookies = set_cookies(r);
+    let cookies = r.set_cookies();
     for name in [AT, RT, RB] {
         assert!(
             cookies.iter().any(|c| c.name == name && !c.expires_now()),
@@ -448,7 +390,7 @@ async fn sec22_auth_cookies_are_prefixed_secure_httponly_samesite_without_domain
     for remember in [false, true] {
         let mut b = gw.browser();
         let page = b.navigate("/auth/login").await;
-        let cookies = set_cookies(&page);
+        let cookies = page.set_cookies();
         assert!(cookies.iter().any(|c| c.name == CSRF), "{cookies:#?}");
         for c in &cookies {
             assert_auth_cookie(c, false);
@@ -483,7 +425,7 @@ async fn sec22_auth_cookies_are_prefixed_secure_httponly_samesite_without_domain
         // Logout expires them with the same names, prefixes and paths.
         let r = form_post(&mut b, "/auth/logout", &[], "logout").await;
         assert_eq!(r.status, StatusCode::SEE_OTHER);
-        let expired = set_cookies(&r);
+        let expired = r.set_cookies();
         for name in [AT, RT, RB, CSRF] {
             let c = expired
                 .iter()
@@ -639,7 +581,7 @@ async fn sec23_no_token_or_password_appears_in_the_audit_file_or_in_error_respon
     let mut errors: Vec<(&str, TestResponse)> = Vec::new();
     errors.push((
         "tampered bearer",
-        gw.get_bearer("/app/x", &tampered_access).await,
+        gw.api_get("/app/x", &tampered_access).await,
     ));
     errors.push((
         "tampered cookie",
@@ -696,7 +638,7 @@ async fn sec23_no_token_or_password_appears_in_the_audit_file_or_in_error_respon
     ));
     errors.push((
         "sessions, tampered",
-        gw.get_bearer("/auth/sessions", &tampered_access).await,
+        gw.api_get("/auth/sessions", &tampered_access).await,
     ));
     errors.push((
         "JSON login, wrong password",
@@ -742,7 +684,7 @@ async fn sec23_no_token_or_password_appears_in_the_audit_file_or_in_error_respon
         .count();
     let events = gw.audit_events().await;
     assert!(events.len() >= refusals + 2, "{events:#?}");
-    let audit = std::fs::read_to_string(&gw.audit_path).unwrap();
+    let audit = std::fs::read_to_string(gw.audit_path()).unwrap();
     assert_no_secret(&audit, &secrets, "the audit file");
     for p in [
         ALICE_PASSWORD,
@@ -1277,7 +1219,7 @@ async fn sec25_get_and_head_of_every_auth_endpoint_change_no_state() {
             } else {
                 assert!(r.status.is_client_error(), "{method} {path}: {}", r.status);
             }
-            for c in set_cookies(&r) {
+            for c in r.set_cookies() {
                 assert!(c.name == CSRF, "{method} {path} set {}", c.raw);
             }
             assert!(
@@ -1326,7 +1268,7 @@ fn assert_see_other(r: &TestResponse, expected: &str, what: &str) {
     assert_eq!(r.headers.get_all("location").iter().count(), 1, "{what}");
     assert_eq!(r.headers["location"], expected, "{what}");
     assert!(
-        set_cookies(r)
+        r.set_cookies()
             .iter()
             .all(|c| [AT, RT, RB, CSRF].contains(&c.name.as_str())),
         "{what} injected a cookie"
@@ -1417,7 +1359,7 @@ fn assert_throttled(r: &TestResponse, what: &str) {
     );
 }
 
-async fn json_login(gw: &AuthGateway, user: &str, password: &str) -> TestResponse {
+async fn json_login(gw: &TestGateway, user: &str, password: &str) -> TestResponse {
     gw.post_json(
         "/auth/login",
         &json!({"username": user, "password": password}),
@@ -1527,7 +1469,7 @@ async fn sec27_an_unknown_or_disabled_user_fails_exactly_like_a_wrong_password()
         async move {
             let r = form_login(&mut gw.browser(), user, password, &[], "form-probe").await;
             let cookies: Vec<Vec<(String, String)>> =
-                set_cookies(&r).into_iter().map(|c| c.attrs).collect();
+                r.set_cookies().into_iter().map(|c| c.attrs).collect();
             (r.status, masked_form(&r.text(), user), cookies)
         }
     };
@@ -1696,6 +1638,7 @@ async fn sec32_the_login_form_has_a_label_for_each_input() {
 async fn sec33_each_auth_flow_decision_writes_exactly_one_complete_audit_event() {
     let gw = AuthSetup {
         refresh_grace: "0s".into(),
+        clock: Clock::manual(),
         ..AuthSetup::default()
     }
     .start()
@@ -1814,7 +1757,8 @@ async fn sec33_each_auth_flow_decision_writes_exactly_one_complete_audit_event()
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     tokens.push(r.json()["refresh_token"].as_str().unwrap().to_owned());
     tokens.push(r.json()["access_token"].as_str().unwrap().to_owned());
-    next_second().await;
+    // The store counts in whole seconds: the reuse comes a second after the rotation.
+    gw.advance(Duration::from_secs(1));
     let n = gw.audit_events().await.len();
     let r = api_refresh("rid-reuse", refresh0).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
@@ -1830,7 +1774,7 @@ async fn sec33_each_auth_flow_decision_writes_exactly_one_complete_audit_event()
     assert_eq!(e["reason_id"], "refresh.reuse_detected");
 
     // Nothing secret in the file.
-    let audit = std::fs::read_to_string(&gw.audit_path).unwrap();
+    let audit = std::fs::read_to_string(gw.audit_path()).unwrap();
     for secret in tokens.iter().map(String::as_str).chain([
         ALICE_PASSWORD,
         BOB_PASSWORD,
@@ -2017,7 +1961,7 @@ async fn sec33_every_401_and_403_of_the_auth_flow_writes_exactly_one_event() {
 /// exactly the `Cookie` header given (a real browser may send two cookies of one name, which
 /// [`Browser`]'s jar cannot hold) and the extra labels (`host`, `origin`) given.
 async fn refresh_with_cookies(
-    gw: &AuthGateway,
+    gw: &TestGateway,
     cookie: &str,
     csrf: &str,
     labels: &[(&str, &str)],
@@ -2076,7 +2020,8 @@ async fn sec36_a_refresh_cookie_planted_by_a_sibling_subdomain_cannot_sign_a_bro
         r.headers
     );
     assert!(cookie_set(&r, AT).is_none(), "an access cookie was set");
-    let expired: Vec<String> = set_cookies(&r)
+    let expired: Vec<String> = r
+        .set_cookies()
         .into_iter()
         .filter(|c| c.expires_now())
         .map(|c| c.name)
@@ -2165,11 +2110,12 @@ async fn sec36_a_refresh_cookie_planted_by_a_sibling_subdomain_cannot_sign_a_bro
     )
     .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
-    let parent: Vec<SetCookie> = set_cookies(&r)
+    let parent: Vec<SetCookie> = r
+        .set_cookies()
         .into_iter()
         .filter(|c| c.name == RT && c.attr("domain").is_some())
         .collect();
-    assert_eq!(parent.len(), 1, "{:?}", set_cookies(&r));
+    assert_eq!(parent.len(), 1, "{:?}", r.set_cookies());
     assert_eq!(parent[0].attr("domain"), Some("example.test"));
     assert_eq!(parent[0].attr("path"), Some("/auth"));
     assert!(parent[0].expires_now(), "{}", parent[0].raw);

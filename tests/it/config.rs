@@ -2,7 +2,7 @@
 //! the binary (`portcullis check --config FILE`). Every message must name the key, and the
 //! line where the YAML parser knows it, because an operator fixes the file from that message.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

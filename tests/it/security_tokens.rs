@@ -6,7 +6,7 @@
 //! the token. Every group of negative cases also runs a positive control on the same gateway, so
 //! a refusal is known to come from the one thing that was changed.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -215,8 +215,11 @@ async fn connection_trap() -> (SocketAddr, Arc<AtomicUsize>) {
     let hits = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&hits);
     tokio::spawn(async move {
-        while listener.accept().await.is_ok() {
+        // Held open and never answered: a client waits for its own timeout.
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
             counter.fetch_add(1, Ordering::SeqCst);
+            held.push(stream);
         }
     });
     (addr, hits)
@@ -387,7 +390,7 @@ async fn sec01_alg_none_in_any_case_is_rejected() {
     let gw = gateway_with(TestKey::generate(Algorithm::RS256, "k-rs")).await;
     let payload = claims(json!({}));
     for alg in ["none", "None", "NONE", "nOnE"] {
-        let header = json!({ "alg": alg, "typ": "at+jwt", "kid": gw.key.kid });
+        let header = json!({ "alg": alg, "typ": "at+jwt", "kid": gw.key().kid });
         let (h, p) = (enc(&header), enc(&payload));
         // The classic unsigned token…
         assert_rejected(
@@ -397,12 +400,12 @@ async fn sec01_alg_none_in_any_case_is_rejected() {
         )
         .await;
         // …one carrying a signature that the key would accept (only `alg` is wrong)…
-        let signed = sign_segments_as(&gw.key.encoding, Algorithm::RS256, &h, &p);
+        let signed = sign_segments_as(&gw.key().encoding, Algorithm::RS256, &h, &p);
         assert_rejected(&gw, &signed, &format!("alg {alg}, valid RS256 signature")).await;
         // …and without a kid, unsigned and signed.
         let h = enc(&json!({ "alg": alg, "typ": "at+jwt" }));
         assert_rejected(&gw, &format!("{h}.{p}."), &format!("alg {alg}, no kid")).await;
-        let signed = sign_segments_as(&gw.key.encoding, Algorithm::RS256, &h, &p);
+        let signed = sign_segments_as(&gw.key().encoding, Algorithm::RS256, &h, &p);
         assert_rejected(&gw, &signed, &format!("alg {alg}, no kid, RS256 signature")).await;
     }
     assert_accepted(&gw, &gw.token(json!({})), "control").await;
@@ -413,15 +416,15 @@ async fn sec01_alg_is_compared_exactly_so_rs256_in_lower_case_is_rejected() {
     let gw = gateway_with(TestKey::generate(Algorithm::RS256, "k-rs")).await;
     let payload = claims(json!({}));
     for alg in ["rs256", "Rs256", "RS256 ", " RS256", "RS256\u{0}", "RS-256"] {
-        let header = json!({ "alg": alg, "typ": "at+jwt", "kid": gw.key.kid });
+        let header = json!({ "alg": alg, "typ": "at+jwt", "kid": gw.key().kid });
         // The signature is a valid RS256 signature by the gateway's key: only `alg` is off.
-        let token = sign_as(&gw.key.encoding, Algorithm::RS256, &header, &payload);
+        let token = sign_as(&gw.key().encoding, Algorithm::RS256, &header, &payload);
         assert_rejected(&gw, &token, &format!("alg {alg:?}")).await;
     }
     let ed = gateway_with(TestKey::generate(Algorithm::EdDSA, "k-ed")).await;
     for alg in ["eddsa", "EDDSA", "Ed25519"] {
-        let header = json!({ "alg": alg, "typ": "at+jwt", "kid": ed.key.kid });
-        let token = sign_as(&ed.key.encoding, Algorithm::EdDSA, &header, &payload);
+        let header = json!({ "alg": alg, "typ": "at+jwt", "kid": ed.key().kid });
+        let token = sign_as(&ed.key().encoding, Algorithm::EdDSA, &header, &payload);
         assert_rejected(&ed, &token, &format!("alg {alg:?}")).await;
     }
     assert_accepted(&gw, &gw.token(json!({})), "control RS256").await;
@@ -431,11 +434,11 @@ async fn sec01_alg_is_compared_exactly_so_rs256_in_lower_case_is_rejected() {
 #[tokio::test]
 async fn sec01_a_token_re_signed_with_another_algorithm_is_rejected() {
     let gw = gateway_with(TestKey::generate(Algorithm::RS256, "k-rs")).await;
-    let kid = gw.key.kid.clone();
+    let kid = gw.key().kid.clone();
     let payload = claims(json!({}));
     // PS256 with the gateway's own RSA private key: a valid signature, under the wrong alg.
     let header = json!({ "alg": "PS256", "typ": "at+jwt", "kid": kid });
-    let token = sign_as(&gw.key.encoding, Algorithm::PS256, &header, &payload);
+    let token = sign_as(&gw.key().encoding, Algorithm::PS256, &header, &payload);
     assert_rejected(&gw, &token, "PS256 with the gateway's own RSA key").await;
     // Other algorithms with other keys, same kid.
     for alg in [
@@ -515,12 +518,12 @@ fn sec01_a_key_cannot_be_configured_with_an_algorithm_outside_the_allow_list() {
 #[tokio::test]
 async fn sec02_hs256_token_signed_with_the_public_key_is_rejected() {
     let gw = gateway_with(TestKey::generate(Algorithm::RS256, "k-rs")).await;
-    let kid = gw.key.kid.clone();
-    let pem_text = gw.key.public_pem.clone();
+    let kid = gw.key().kid.clone();
+    let pem_text = gw.key().public_pem.clone();
     assert!(pem_text.ends_with('\n'));
-    let jwk = public_jwk(&gw.key);
+    let jwk = public_jwk(gw.key());
     let minimal_jwk = json!({ "e": jwk["e"], "kty": "RSA", "n": jwk["n"] });
-    let pkcs1 = pkcs1_from_spki(&gw.key.public_der);
+    let pkcs1 = pkcs1_from_spki(&gw.key().public_der);
     let mut jwk_with_kid = jwk.clone();
     jwk_with_kid["kid"] = json!(kid);
     let secrets: Vec<(&str, Vec<u8>)> = vec![
@@ -536,7 +539,7 @@ async fn sec02_hs256_token_signed_with_the_public_key_is_rejected() {
             "SPKI PEM with CRLF",
             pem_text.replace('\n', "\r\n").into_bytes(),
         ),
-        ("SPKI DER", gw.key.public_der.clone()),
+        ("SPKI DER", gw.key().public_der.clone()),
         ("PKCS#1 DER", pkcs1.clone()),
         ("PKCS#1 PEM", pem("RSA PUBLIC KEY", &pkcs1).into_bytes()),
         (
@@ -577,8 +580,8 @@ async fn sec02_hs256_token_signed_with_the_public_key_is_rejected() {
 async fn sec02_hs256_token_signed_with_an_ec_or_ed25519_public_key_is_rejected() {
     for alg in [Algorithm::ES256, Algorithm::EdDSA] {
         let gw = gateway_with(TestKey::generate(alg, "k-pub")).await;
-        let pem_text = gw.key.public_pem.clone();
-        let jwk = public_jwk(&gw.key);
+        let pem_text = gw.key().public_pem.clone();
+        let jwk = public_jwk(gw.key());
         let payload = claims(json!({}));
         for (what, secret) in [
             ("PEM", pem_text.clone().into_bytes()),
@@ -586,10 +589,10 @@ async fn sec02_hs256_token_signed_with_an_ec_or_ed25519_public_key_is_rejected()
                 "PEM without trailing newline",
                 pem_text.trim_end().as_bytes().to_vec(),
             ),
-            ("DER", gw.key.public_der.clone()),
+            ("DER", gw.key().public_der.clone()),
             ("JWK JSON", jwk.to_string().into_bytes()),
         ] {
-            let header = json!({ "alg": "HS256", "typ": "at+jwt", "kid": gw.key.kid });
+            let header = json!({ "alg": "HS256", "typ": "at+jwt", "kid": gw.key().kid });
             let token = sign_as(
                 &EncodingKey::from_secret(&secret),
                 Algorithm::HS256,
@@ -691,9 +694,18 @@ async fn sec03_a_token_with_a_broken_signature_is_rejected_and_echoes_no_claim()
 
 #[tokio::test]
 async fn sec04_jwk_jku_x5u_x5c_headers_never_give_a_key_nor_cause_a_fetch() {
-    let gw = TestGateway::start().await;
     let (trap, hits) = connection_trap().await;
-    let (attacker, cert_der) = attacker_with_certificate(&gw.key.kid);
+    // A route to the trap, for the positive signal below.
+    let gw = Setup {
+        upstreams: format!("  trap: {{ url: \"http://{trap}\", response_timeout: 200ms }}"),
+        routes: format!(
+            "  - {{ id: trap, path: /trap, upstream: trap, policy: public }}{DEFAULT_ROUTES}"
+        ),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let (attacker, cert_der) = attacker_with_certificate(&gw.key().kid);
     let jwk = public_jwk(&attacker);
     let payload = claims(json!({}));
     let jku = format!("http://{trap}/.well-known/jwks.json");
@@ -702,7 +714,7 @@ async fn sec04_jwk_jku_x5u_x5c_headers_never_give_a_key_nor_cause_a_fetch() {
     let headers = [
         (
             "jwk, gateway kid",
-            json!({ "alg": "EdDSA", "typ": "at+jwt", "kid": gw.key.kid, "jwk": jwk }),
+            json!({ "alg": "EdDSA", "typ": "at+jwt", "kid": gw.key().kid, "jwk": jwk }),
         ),
         (
             "jwk, no kid",
@@ -714,7 +726,7 @@ async fn sec04_jwk_jku_x5u_x5c_headers_never_give_a_key_nor_cause_a_fetch() {
         ),
         (
             "jku, gateway kid",
-            json!({ "alg": "EdDSA", "typ": "at+jwt", "kid": gw.key.kid, "jku": jku }),
+            json!({ "alg": "EdDSA", "typ": "at+jwt", "kid": gw.key().kid, "jku": jku }),
         ),
         (
             "jku, attacker kid",
@@ -726,7 +738,7 @@ async fn sec04_jwk_jku_x5u_x5c_headers_never_give_a_key_nor_cause_a_fetch() {
         ),
         (
             "x5u, gateway kid",
-            json!({ "alg": "EdDSA", "typ": "at+jwt", "kid": gw.key.kid, "x5u": x5u }),
+            json!({ "alg": "EdDSA", "typ": "at+jwt", "kid": gw.key().kid, "x5u": x5u }),
         ),
         (
             "x5u, no kid",
@@ -734,7 +746,7 @@ async fn sec04_jwk_jku_x5u_x5c_headers_never_give_a_key_nor_cause_a_fetch() {
         ),
         (
             "x5c, gateway kid",
-            json!({ "alg": "EdDSA", "typ": "at+jwt", "kid": gw.key.kid, "x5c": x5c }),
+            json!({ "alg": "EdDSA", "typ": "at+jwt", "kid": gw.key().kid, "x5c": x5c }),
         ),
         (
             "x5c, no kid",
@@ -742,30 +754,39 @@ async fn sec04_jwk_jku_x5u_x5c_headers_never_give_a_key_nor_cause_a_fetch() {
         ),
         (
             "all four at once",
-            json!({ "alg": "EdDSA", "typ": "at+jwt", "kid": gw.key.kid, "jwk": jwk, "jku": jku, "x5u": x5u, "x5c": x5c }),
+            json!({ "alg": "EdDSA", "typ": "at+jwt", "kid": gw.key().kid, "jwk": jwk, "jku": jku, "x5u": x5u, "x5c": x5c }),
         ),
     ];
     for (what, header) in &headers {
         let token = sign_as(&attacker.encoding, Algorithm::EdDSA, header, &payload);
         assert_rejected(&gw, &token, what).await;
     }
-    // A fetch could be fired off in the background; give it a moment to show up.
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    // A fetch could be fired off in the background. The gateway's own connection to the trap,
+    // made after every attack was answered, shows when the trap has counted what came before.
+    assert_eq!(gw.get("/trap").await.status, 504);
+    let counted = eventually(Duration::from_secs(5), || async {
+        hits.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    assert!(
+        counted.is_some(),
+        "the trap never saw the gateway's request"
+    );
     assert_eq!(
         hits.load(Ordering::SeqCst),
-        0,
+        1,
         "the gateway connected to a URL taken from a token"
     );
     // Control: the same headers on a token the gateway's own key signed are simply ignored.
     let header =
-        json!({ "alg": "EdDSA", "typ": "at+jwt", "kid": gw.key.kid, "jku": jku, "x5u": x5u });
+        json!({ "alg": "EdDSA", "typ": "at+jwt", "kid": gw.key().kid, "jku": jku, "x5u": x5u });
     assert_accepted(
         &gw,
-        &gw.key.sign_raw(&header, &payload),
+        &gw.key().sign_raw(&header, &payload),
         "control: ignored headers",
     )
     .await;
-    assert_eq!(hits.load(Ordering::SeqCst), 0);
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
@@ -781,15 +802,15 @@ async fn sec04_an_unknown_kid_is_rejected() {
         ("null kid", Value::Null),
     ] {
         let header = json!({ "alg": "EdDSA", "typ": "at+jwt", "kid": kid });
-        assert_rejected(&gw, &gw.key.sign_raw(&header, &payload), what).await;
+        assert_rejected(&gw, &gw.key().sign_raw(&header, &payload), what).await;
     }
     let header = json!({ "alg": "EdDSA", "typ": "at+jwt" });
-    assert_rejected(&gw, &gw.key.sign_raw(&header, &payload), "no kid").await;
+    assert_rejected(&gw, &gw.key().sign_raw(&header, &payload), "no kid").await;
     // The gateway's kid in the wrong case is another kid.
-    let header = json!({ "alg": "EdDSA", "typ": "at+jwt", "kid": gw.key.kid.to_uppercase() });
+    let header = json!({ "alg": "EdDSA", "typ": "at+jwt", "kid": gw.key().kid.to_uppercase() });
     assert_rejected(
         &gw,
-        &gw.key.sign_raw(&header, &payload),
+        &gw.key().sign_raw(&header, &payload),
         "kid in upper case",
     )
     .await;
@@ -852,14 +873,14 @@ async fn sec05_a_crit_header_with_any_value_is_rejected() {
         json!(false),
         json!({}),
     ] {
-        let mut header = gw.key.header();
+        let mut header = gw.key().header();
         header["crit"] = crit.clone();
         if crit == json!(["b64"]) {
             header["b64"] = json!(true);
         }
         assert_rejected(
             &gw,
-            &gw.key.sign_raw(&header, &payload),
+            &gw.key().sign_raw(&header, &payload),
             &format!("crit {crit}"),
         )
         .await;
@@ -867,11 +888,11 @@ async fn sec05_a_crit_header_with_any_value_is_rejected() {
     // `crit` spelt with a JSON escape is still `crit`.
     let h = b64(format!(
         r#"{{"alg":"EdDSA","typ":"at+jwt","kid":"{}","\u0063rit":["exp"]}}"#,
-        gw.key.kid
+        gw.key().kid
     ));
     assert_rejected(
         &gw,
-        &gw.key.sign_segments(&h, &enc(&payload)),
+        &gw.key().sign_segments(&h, &enc(&payload)),
         "escaped crit",
     )
     .await;
@@ -896,7 +917,7 @@ fn payload_text(extra: &str) -> String {
 #[tokio::test]
 async fn sec06_duplicate_member_names_in_header_or_payload_are_rejected() {
     let gw = TestGateway::start().await;
-    let kid = gw.key.kid.clone();
+    let kid = gw.key().kid.clone();
     let good_header = format!(r#"{{"alg":"EdDSA","typ":"at+jwt","kid":"{kid}"}}"#);
     let good_payload = payload_text("");
     let headers = [
@@ -930,7 +951,7 @@ async fn sec06_duplicate_member_names_in_header_or_payload_are_rejected() {
         ),
     ];
     for (what, header) in &headers {
-        let token = gw.key.sign_segments(&b64(header), &b64(&good_payload));
+        let token = gw.key().sign_segments(&b64(header), &b64(&good_payload));
         assert_rejected(&gw, &token, &format!("header: {what}")).await;
     }
     let payloads = [
@@ -952,12 +973,12 @@ async fn sec06_duplicate_member_names_in_header_or_payload_are_rejected() {
         ),
     ];
     for (what, payload) in &payloads {
-        let token = gw.key.sign_segments(&b64(&good_header), &b64(payload));
+        let token = gw.key().sign_segments(&b64(&good_header), &b64(payload));
         assert_rejected(&gw, &token, &format!("payload: {what}")).await;
     }
     // Control: the same hand-written text without the duplicates verifies.
     let token = gw
-        .key
+        .key()
         .sign_segments(&b64(&good_header), &b64(&good_payload));
     assert_accepted(&gw, &token, "control: hand-written JSON").await;
     assert_eq!(
@@ -1003,7 +1024,7 @@ async fn sec07_only_compact_base64url_is_accepted() {
         lenient.decode(&sloppy_h).unwrap(),
         URL_SAFE_NO_PAD.decode(&h).unwrap()
     );
-    let sloppy_header = gw.key.sign_segments(&sloppy_h, &p);
+    let sloppy_header = gw.key().sign_segments(&sloppy_h, &p);
     // Correct padding where the length needs some, a stray `=` otherwise.
     let pad = |seg: &str| format!("{seg}{}", "=".repeat(((4 - seg.len() % 4) % 4).max(1)));
 
@@ -1047,7 +1068,7 @@ async fn sec07_only_compact_base64url_is_accepted() {
 
     // A 5-segment JWE aimed at the gateway's kid.
     let jwe_header = enc(
-        &json!({ "alg": "RSA-OAEP-256", "enc": "A256GCM", "kid": gw.key.kid, "typ": "at+jwt" }),
+        &json!({ "alg": "RSA-OAEP-256", "enc": "A256GCM", "kid": gw.key().kid, "typ": "at+jwt" }),
     );
     let jwe = format!(
         "{jwe_header}.{}.{}.{}.{}",
@@ -1057,7 +1078,7 @@ async fn sec07_only_compact_base64url_is_accepted() {
         b64([2u8; 16])
     );
     assert_rejected(&gw, &jwe, "JWE").await;
-    let dir_header = enc(&json!({ "alg": "dir", "enc": "A256GCM", "kid": gw.key.kid }));
+    let dir_header = enc(&json!({ "alg": "dir", "enc": "A256GCM", "kid": gw.key().kid }));
     let jwe_dir = format!(
         "{dir_header}..{}.{}.{}",
         b64([1u8; 12]),
@@ -1070,11 +1091,11 @@ async fn sec07_only_compact_base64url_is_accepted() {
     // once with ordinary claims (so `cty` is the only thing wrong).
     let inner = gw.token(json!({ "sub": "admin", "roles": ["admin"] }));
     for cty in ["JWT", "jwt", "application/jwt"] {
-        let mut header = gw.key.header();
+        let mut header = gw.key().header();
         header["cty"] = json!(cty);
-        let nested = gw.key.sign_segments(&enc(&header), &b64(&inner));
+        let nested = gw.key().sign_segments(&enc(&header), &b64(&inner));
         assert_rejected(&gw, &nested, &format!("nested JWT, cty {cty}")).await;
-        let plain = gw.key.sign_raw(&header, &claims(json!({})));
+        let plain = gw.key().sign_raw(&header, &claims(json!({})));
         assert_rejected(&gw, &plain, &format!("claims with cty {cty}")).await;
     }
 
@@ -1327,26 +1348,31 @@ async fn sec09_only_an_at_jwt_typ_is_accepted_as_an_access_token() {
         ("empty", json!("")),
     ];
     for (what, typ) in &typs {
-        let mut header = gw.key.header();
+        let mut header = gw.key().header();
         match typ {
             Value::Null => {
                 header.as_object_mut().unwrap().remove("typ");
             }
             other => header["typ"] = other.clone(),
         }
-        assert_rejected(&gw, &gw.key.sign_raw(&header, &payload), what).await;
+        assert_rejected(&gw, &gw.key().sign_raw(&header, &payload), what).await;
     }
     // An ID token: `typ: JWT` and the claims an OpenID provider puts in one.
-    let mut header = gw.key.header();
+    let mut header = gw.key().header();
     header["typ"] = json!("JWT");
-    assert_rejected(&gw, &gw.key.sign_raw(&header, &id_token_claims), "ID token").await;
+    assert_rejected(
+        &gw,
+        &gw.key().sign_raw(&header, &id_token_claims),
+        "ID token",
+    )
+    .await;
     // Controls: RFC 9068 allows both spellings.
     assert_accepted(&gw, &gw.token(json!({})), "typ at+jwt").await;
-    let mut header = gw.key.header();
+    let mut header = gw.key().header();
     header["typ"] = json!("application/at+jwt");
     assert_accepted(
         &gw,
-        &gw.key.sign_raw(&header, &claims(json!({}))),
+        &gw.key().sign_raw(&header, &claims(json!({}))),
         "typ application/at+jwt",
     )
     .await;
@@ -1605,23 +1631,25 @@ async fn sec12_deeply_nested_json_is_rejected() {
     let payload = payload_text(&format!(r#""deep":{deep},"#));
     let header = format!(
         r#"{{"alg":"EdDSA","typ":"at+jwt","kid":"{}","deep":{deep}}}"#,
-        gw.key.kid
+        gw.key().kid
     );
-    let good_header = b64(gw.key.header().to_string());
-    let in_payload = gw.key.sign_segments(&good_header, &b64(&payload));
+    let good_header = b64(gw.key().header().to_string());
+    let in_payload = gw.key().sign_segments(&good_header, &b64(&payload));
     assert!(in_payload.len() <= 8192);
     assert_rejected(&gw, &in_payload, "2000 nested arrays in the payload").await;
-    let in_header = gw.key.sign_segments(&b64(&header), &b64(payload_text("")));
+    let in_header = gw
+        .key()
+        .sign_segments(&b64(&header), &b64(payload_text("")));
     assert_rejected(&gw, &in_header, "2000 nested arrays in the header").await;
     let objects = format!("{}1{}", r#"{"a":"#.repeat(800), "}".repeat(800));
-    let in_objects = gw.key.sign_segments(
+    let in_objects = gw.key().sign_segments(
         &good_header,
         &b64(payload_text(&format!(r#""deep":{objects},"#))),
     );
     assert_rejected(&gw, &in_objects, "800 nested objects in the payload").await;
     assert_accepted(
         &gw,
-        &gw.key.sign_segments(&good_header, &b64(payload_text(""))),
+        &gw.key().sign_segments(&good_header, &b64(payload_text(""))),
         "control",
     )
     .await;
@@ -1634,8 +1662,8 @@ async fn sec12_deeply_nested_json_is_rejected() {
     .start()
     .await;
     let deep = nested_arrays(10_000);
-    let good_header = b64(roomy.key.header().to_string());
-    let token = roomy.key.sign_segments(
+    let good_header = b64(roomy.key().header().to_string());
+    let token = roomy.key().sign_segments(
         &good_header,
         &b64(payload_text(&format!(r#""deep":{deep},"#))),
     );
@@ -1643,14 +1671,14 @@ async fn sec12_deeply_nested_json_is_rejected() {
     assert_rejected(&roomy, &token, "10 000 nested arrays in the payload").await;
     let header = format!(
         r#"{{"alg":"EdDSA","typ":"at+jwt","kid":"{}","deep":{deep}}}"#,
-        roomy.key.kid
+        roomy.key().kid
     );
     let token = roomy
-        .key
+        .key()
         .sign_segments(&b64(&header), &b64(payload_text("")));
     assert_rejected(&roomy, &token, "10 000 nested arrays in the header").await;
     // Control: a large but flat token is accepted under these limits.
-    let flat = roomy.key.sign_segments(
+    let flat = roomy.key().sign_segments(
         &good_header,
         &b64(payload_text(&format!(r#""pad":"{}","#, "x".repeat(20_000)))),
     );
@@ -1672,7 +1700,7 @@ async fn sec12_a_json_header_filled_with_members_is_rejected_fast() {
     let members: Vec<String> = (0..4_500).map(|i| format!(r#""{i:x}":0"#)).collect();
     let wide = format!(
         r#"{{"alg":"EdDSA","typ":"at+jwt","kid":"{}",{}}}"#,
-        gw.key.kid,
+        gw.key().kid,
         members.join(",")
     );
     let unsigned = format!(
@@ -1686,8 +1714,8 @@ async fn sec12_a_json_header_filled_with_members_is_rejected_fast() {
     // Control: validly signed, wide but legal claims are accepted, also within the bound.
     let wide_payload = payload_text(&format!("{},", members.join(",")));
     let signed = gw
-        .key
-        .sign_segments(&b64(gw.key.header().to_string()), &b64(&wide_payload));
+        .key()
+        .sign_segments(&b64(gw.key().header().to_string()), &b64(&wide_payload));
     assert!(signed.len() < 64 * 1024, "{}", signed.len());
     let started = Instant::now();
     assert_accepted(&gw, &signed, "4 500 payload members, validly signed").await;

@@ -2,7 +2,7 @@
 //! upstream sees, from trusted and untrusted peers) and the limits of the admin listener
 //! (served by the same accept loop as the proxy listeners).
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};

@@ -1,7 +1,7 @@
 //! Audit sinks and opt-in events: a route with `audit: true` records every request it lets
 //! through, and events reach a Redis stream as well as the file (docs/security.md 33).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The `SessionStore` contract, one suite run against both implementations: the in-process
 //! memory store and the Redis store (each Redis test on its own `redis-server`).
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -9,7 +9,7 @@
 //! `docs/screenshots/login.png` and `sessions.png` instead (they carry times, so a run would
 //! otherwise change tracked files).
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -90,6 +90,8 @@ fn run_with_timeout(mut command: Command, timeout: Duration) -> Outcome {
             let _ = child.wait();
             break None;
         }
+        // node and the browser it drives are external processes: only asking again sees
+        // that they ended.
         std::thread::sleep(Duration::from_millis(100));
     };
     Outcome {
@@ -134,7 +136,7 @@ async fn a_real_browser_signs_in_refreshes_manages_sessions_and_logs_out() {
         "--- stdout ---\n{}\n--- stderr ---\n{}",
         outcome.stdout, outcome.stderr
     );
-    let audit = || std::fs::read_to_string(&gw.audit_path).unwrap_or_default();
+    let audit = || std::fs::read_to_string(gw.audit_path()).unwrap_or_default();
     match outcome.status {
         None => panic!(
             "the browser flow was killed after {:?}\n{report}\n--- audit ---\n{}",

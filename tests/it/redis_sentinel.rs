@@ -3,12 +3,11 @@
 //! the sentinel, and after the master dies and the sentinel promotes the replica the same store
 //! (no restart, no new store) works against the new master.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
 use common::*;
-use portcullis::clock::Clock;
 use portcullis::store::{
     RedisSettings, RedisStore, SessionRecord, SessionStore, TokenRef, Topology, Verdict, jti_key,
 };
@@ -72,28 +71,21 @@ fn start_group() -> (RedisServer, RedisServer, RedisSentinel) {
     let master = RedisServer::start();
     let master_port = master.port.to_string();
     let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &master_port]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !replica
-        .cli(&["INFO", "replication"])
-        .contains("master_link_status:up")
-    {
-        assert!(Instant::now() < deadline, "the replica never synced");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let synced = wait_for(Duration::from_secs(10), || {
+        replica
+            .cli(&["INFO", "replication"])
+            .contains("master_link_status:up")
+    });
+    assert!(synced, "the replica never synced");
     let sentinel = RedisSentinel::start(MASTER, master.port);
     // The sentinel learns of the replica from the master's INFO (every 10 s at first, at once
     // on start): a failover needs it known.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !sentinel
-        .cli(&["SENTINEL", "replicas", MASTER])
-        .contains(&replica.port.to_string())
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the sentinel never discovered the replica"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let discovered = wait_for(Duration::from_secs(15), || {
+        sentinel
+            .cli(&["SENTINEL", "replicas", MASTER])
+            .contains(&replica.port.to_string())
+    });
+    assert!(discovered, "the sentinel never discovered the replica");
     (master, replica, sentinel)
 }
 
@@ -103,34 +95,21 @@ async fn sentinel_store(sentinel: &RedisSentinel) -> RedisStore {
 
 /// A store on the sentinel's master whose revoking writes wait for `acks` replicas.
 async fn sentinel_store_acked(sentinel: &RedisSentinel, acks: u32) -> RedisStore {
-    let store = RedisStore::connect(
-        &RedisSettings {
-            topology: Topology::Sentinel {
-                master: MASTER.into(),
-                nodes: vec![sentinel.url()],
-            },
-            key_prefix: "sen".into(),
-            timeout: Duration::from_millis(500),
-            cache_capacity: 10_000,
-            cache_ttl: Duration::from_secs(30),
-            password: None,
-            min_replicas_acks: acks,
-            replica_ack_timeout: Duration::from_millis(300),
-            ..RedisSettings::new(Topology::Single(String::new()))
+    connect_store(&RedisSettings {
+        topology: Topology::Sentinel {
+            master: MASTER.into(),
+            nodes: vec![sentinel.url()],
         },
-        Clock::system(),
-    )
+        key_prefix: "sen".into(),
+        timeout: Duration::from_millis(500),
+        cache_capacity: 10_000,
+        cache_ttl: Duration::from_secs(30),
+        password: None,
+        min_replicas_acks: acks,
+        replica_ack_timeout: Duration::from_millis(300),
+        ..RedisSettings::new(Topology::Single(String::new()))
+    })
     .await
-    .unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            store.cache().is_subscribed()
-        })
-        .await
-        .is_some(),
-        "never subscribed to invalidations"
-    );
-    store
 }
 
 #[tokio::test]
@@ -390,7 +369,7 @@ async fn sec37_with_min_replicas_acks_a_revocation_is_done_only_once_the_replica
     let pid = replica.pid().unwrap();
     signal(pid, "STOP");
     let refused = store.revoke_session("alice", "s2").await;
-    let denied = store.deny_jti(ISS, "jti-2", now() + 60, now()).await;
+    let denied = store.deny_jti(ISS, "jti-2", now() + 60).await;
     signal(pid, "CONT");
     assert!(
         refused.is_err() && denied.is_err(),

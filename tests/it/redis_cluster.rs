@@ -6,14 +6,13 @@
 //! did — a script that reached across slots would fail here with CROSSSLOT, a mis-routed one
 //! with MOVED.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use http::StatusCode;
-use portcullis::clock::Clock;
 use portcullis::store::{
     RedisSettings, RedisStore, RefreshGrant, RotateOutcome, Rotation, SessionRecord, SessionStore,
     Store, TokenRef, Topology, Verdict, jti_key,
@@ -104,29 +103,16 @@ fn rotation<'a>(sub: &'a str, sid: &'a str, presented: u8, successor: u8, at: i6
 }
 
 async fn cluster_store(cluster: &RedisCluster, prefix: &str) -> RedisStore {
-    let store = RedisStore::connect(
-        &RedisSettings {
-            topology: Topology::Cluster(cluster.urls()),
-            key_prefix: prefix.into(),
-            timeout: Duration::from_millis(500),
-            cache_capacity: 10_000,
-            cache_ttl: Duration::from_secs(30),
-            password: None,
-            ..RedisSettings::new(Topology::Single(String::new()))
-        },
-        Clock::system(),
-    )
+    connect_store(&RedisSettings {
+        topology: Topology::Cluster(cluster.urls()),
+        key_prefix: prefix.into(),
+        timeout: Duration::from_millis(500),
+        cache_capacity: 10_000,
+        cache_ttl: Duration::from_secs(30),
+        password: None,
+        ..RedisSettings::new(Topology::Single(String::new()))
+    })
     .await
-    .unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            store.cache().is_subscribed()
-        })
-        .await
-        .is_some(),
-        "never subscribed to invalidations"
-    );
-    store
 }
 
 /// How many keys each node holds.
@@ -229,10 +215,7 @@ async fn denied_jtis_in_their_own_slots_are_refused_on_a_cluster() {
         assert_eq!(store.check(&t.r(), now()).await.unwrap(), Verdict::Alive);
     }
     for t in tokens.iter().step_by(2) {
-        store
-            .deny_jti(ISS, &t.jti, now() + 600, now())
-            .await
-            .unwrap();
+        store.deny_jti(ISS, &t.jti, now() + 600).await.unwrap();
     }
     // Twelve denylist keys, each in its own slot: they cannot all be on one node.
     assert_spread(&cluster);
@@ -498,11 +481,10 @@ fn move_slot(cluster: &RedisCluster, ids: &[String], slot: u16, from: usize, to:
                 .contains("OK")
         );
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cluster.nodes.iter().all(|n| owner_of(n, ids, slot) == to) {
-        assert!(Instant::now() < deadline, "slot {slot} never settled");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let settled = wait_for(Duration::from_secs(10), || {
+        cluster.nodes.iter().all(|n| owner_of(n, ids, slot) == to)
+    });
+    assert!(settled, "slot {slot} never settled");
 }
 
 #[tokio::test]
@@ -582,7 +564,7 @@ async fn sec37_with_min_replicas_acks_cluster_revocations_wait_for_a_replica_and
             first_start: true,
             ..RedisSettings::new(Topology::Single(String::new()))
         },
-        Clock::system(),
+        portcullis::clock::Clock::system(),
     )
     .await
     .unwrap();
@@ -618,7 +600,7 @@ async fn sec37_with_min_replicas_acks_cluster_revocations_wait_for_a_replica_and
     let refused = store.revoke_session("alice", "s2").await;
     let took = started.elapsed();
     let jti = store
-        .deny_jti("https://issuer.test", "jti-x", now() + 60, now())
+        .deny_jti("https://issuer.test", "jti-x", now() + 60)
         .await;
     let user = store.revoke_user("bob", now(), now() + 900).await;
     for pid in &replicas {

@@ -6,7 +6,7 @@
 //! 18). Then the failure behaviour: Redis killed, restarted empty, down at start, and the
 //! invalidation subscription killed — never a 200 that the store could not vouch for.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use http::StatusCode;
 use portcullis::config::Config;
-use portcullis::store::{RedisStore, SessionStore, Store};
+use portcullis::store::SessionStore;
 use serde_json::json;
 
 /// The authenticated route every test uses.
@@ -48,28 +48,6 @@ fn store_yaml(url: &str, prefix: &str) -> String {
     format!("store: {{ kind: redis, url: \"{url}\", key_prefix: {prefix}, timeout: 500ms }}")
 }
 
-/// The Redis store behind a gateway.
-fn redis_of(gw: &TestGateway) -> &RedisStore {
-    match gw.store() {
-        Store::Redis(r) => r,
-        Store::Memory(_) => panic!("the gateway runs the memory store, not redis"),
-    }
-}
-
-/// Waits until the gateway receives invalidations: before that it caches no positive verdict,
-/// and a test of cache eviction would prove nothing.
-async fn wait_subscribed(gw: &TestGateway) {
-    let store = redis_of(gw);
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            store.cache().is_subscribed()
-        })
-        .await
-        .is_some(),
-        "the gateway never subscribed to invalidations"
-    );
-}
-
 /// A gateway on `url` with key `key`, subscribed to invalidations.
 async fn gateway(url: &str, prefix: &str, key: TestKey) -> TestGateway {
     let gw = Setup {
@@ -79,7 +57,7 @@ async fn gateway(url: &str, prefix: &str, key: TestKey) -> TestGateway {
     }
     .start()
     .await;
-    wait_subscribed(&gw).await;
+    gw.wait_subscribed().await;
     gw
 }
 
@@ -90,26 +68,6 @@ async fn two_instances(server: &RedisServer, prefix: &str) -> (TestGateway, Test
     let a = gateway(&server.url(), prefix, key).await;
     let b = gateway(&server.url(), prefix, b_key).await;
     (a, b)
-}
-
-/// Starts a gateway without touching its store (Setup::start creates a session, which needs a
-/// store that answers).
-async fn start_without_store(mut setup: Setup) -> TestGateway {
-    let upstream = EchoUpstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let yaml = setup.yaml(dir.path(), &upstream.url());
-    let config = Config::from_yaml(&yaml, dir.path()).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
-    let running = portcullis::start(config)
-        .await
-        .expect("the gateway must start while redis is down");
-    let addr = running.local_addrs()[0];
-    TestGateway {
-        running,
-        addr,
-        upstream,
-        key: setup.keys.remove(0),
-        dir,
-    }
 }
 
 /// How long a refusal took to arrive, and on which request.
@@ -175,7 +133,7 @@ async fn sec13_revoking_a_session_through_instance_a_is_refused_by_instance_b_th
     }
     assert_eq!(b.get_bearer(PATH, &other).await.status, StatusCode::OK);
     assert!(
-        redis_of(&b).cache().alive_count() >= 2,
+        b.redis().cache().alive_count() >= 2,
         "b holds the verdicts locally"
     );
 
@@ -209,7 +167,7 @@ async fn sec18_logout_all_through_a_refuses_every_session_of_the_user_on_b() {
     for t in alice.iter().chain([&bob]) {
         assert_eq!(b.get_bearer(PATH, t).await.status, StatusCode::OK);
     }
-    assert!(redis_of(&b).cache().alive_count() >= 4);
+    assert!(b.redis().cache().alive_count() >= 4);
 
     let n = now();
     a.store().revoke_user("alice", n, n + 900).await.unwrap();
@@ -458,7 +416,7 @@ async fn after_redis_returns_empty_the_gateway_recovers_without_a_restart() {
         StatusCode::UNAUTHORIZED
     );
     // Invalidations flow again.
-    wait_subscribed(&gw).await;
+    gw.wait_subscribed().await;
     assert!(started.elapsed() < RECOVERY);
 }
 
@@ -469,7 +427,7 @@ async fn a_revocation_through_a_while_bs_subscription_is_down_is_still_refused_b
     // Several rounds: each kills every subscription, revokes while B may still be
     // resubscribing, and checks B's very next answer.
     for round in 0..3 {
-        wait_subscribed(&b).await;
+        b.wait_subscribed().await;
         let sid = format!("s-pubsub-{round}");
         a.create_session(&sid, "alice").await;
         let token = a.token(json!({ "sid": sid }));
@@ -477,7 +435,7 @@ async fn a_revocation_through_a_while_bs_subscription_is_down_is_still_refused_b
         for t in [&token, &live] {
             assert_eq!(b.get_bearer(PATH, t).await.status, StatusCode::OK);
         }
-        assert!(redis_of(&b).cache().alive_count() >= 2);
+        assert!(b.redis().cache().alive_count() >= 2);
         let killed = server.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
         assert!(
             killed.trim().parse::<u32>().unwrap_or(0) >= 2,
@@ -486,7 +444,7 @@ async fn a_revocation_through_a_while_bs_subscription_is_down_is_still_refused_b
         // B notices the loss (and drops its positive verdicts) or has already resubscribed
         // (which drops them too): either way nothing it cached before the gap is served.
         let noticed = eventually(Duration::from_secs(5), || async {
-            let cache = redis_of(&b).cache();
+            let cache = b.redis().cache();
             !cache.is_subscribed() || cache.alive_count() == 0
         })
         .await;
@@ -505,11 +463,11 @@ async fn a_revocation_through_a_while_bs_subscription_is_down_is_still_refused_b
         assert_eq!(b.get_bearer(PATH, &live).await.status, StatusCode::OK);
     }
     // B subscribes again by itself and caches again.
-    wait_subscribed(&b).await;
+    b.wait_subscribed().await;
     let live = a.token(json!({ "sid": "sid-alice" }));
     let cached = eventually(Duration::from_secs(5), || async {
         b.get_bearer(PATH, &live).await.status == StatusCode::OK
-            && redis_of(&b).cache().alive_count() >= 1
+            && b.redis().cache().alive_count() >= 1
     })
     .await;
     assert!(cached.is_some(), "b never cached a verdict again");
@@ -518,10 +476,11 @@ async fn a_revocation_through_a_while_bs_subscription_is_down_is_still_refused_b
 #[tokio::test]
 async fn a_gateway_whose_redis_is_down_at_start_starts_answers_503_and_recovers_when_it_comes_up() {
     let port = free_port();
-    let gw = start_without_store(Setup {
+    let gw = Setup {
         extra: store_yaml(&format!("redis://127.0.0.1:{port}"), "late"),
         ..Setup::default()
-    })
+    }
+    .start_without_session()
     .await;
     let token = gw.token(json!({}));
     assert_eq!(gw.get("/public").await.status, StatusCode::OK);
@@ -588,7 +547,7 @@ async fn a_password_from_password_file_authenticates_to_redis() {
     let gw = with(&good).start().await;
     let token = gw.token(json!({}));
     assert_eq!(gw.get_bearer(PATH, &token).await.status, StatusCode::OK);
-    let wrong = start_without_store(with(&bad)).await;
+    let wrong = with(&bad).start_without_session().await;
     let token = wrong.token(json!({}));
     assert_eq!(
         wrong.get_bearer(PATH, &token).await.status,
@@ -706,6 +665,16 @@ fn store_config_errors_name_the_store_key() {
     }
 }
 
+/// How many `PING`s `server` has answered.
+fn pings(server: &RedisServer) -> u64 {
+    server
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_ping:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
 /// Regression: the keep-alive PING on the invalidation subscription expected a plain string, but
 /// a subscribed RESP2 connection answers `["pong", ""]`; so every ping (each 2 s) ended the
 /// subscription, emptied the cache and made the instance briefly unhealthy.
@@ -720,17 +689,24 @@ async fn the_invalidation_subscription_survives_its_keepalive_pings_and_the_cach
     .await;
     let token = gw.token(json!({}));
     assert_eq!(gw.get_bearer(PATH, &token).await.status, StatusCode::OK);
-    let store = redis_of(&gw);
+    let store = gw.redis();
     assert_eq!(store.cache().alive_count(), 1);
-    // Past two pings, watching all the way.
-    let until = Instant::now() + Duration::from_millis(4500);
-    while Instant::now() < until {
+    // Past two pings (Redis counts them: the subscription is the only connection that sends
+    // PING), watching all the way.
+    let before = pings(&server);
+    let pinged_twice = eventually(Duration::from_secs(15), || {
         assert!(
             store.cache().is_subscribed() && store.cache().alive_count() == 1,
             "the subscription dropped (or the cache was emptied) with nothing wrong"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        let done = pings(&server) >= before + 2;
+        async move { done }
+    })
+    .await;
+    assert!(
+        pinged_twice.is_some(),
+        "redis never received two keep-alive pings"
+    );
     let clients = server.cli(&["CLIENT", "LIST", "TYPE", "pubsub"]);
     let ages: Vec<u64> = clients
         .split_whitespace()
@@ -775,7 +751,7 @@ async fn gateway_with(
         ..Setup::default()
     };
     let gw = setup.start().await;
-    wait_subscribed(&gw).await;
+    gw.wait_subscribed().await;
     gw
 }
 
@@ -900,12 +876,12 @@ async fn sec37_after_flushall_a_revoked_sessionless_token_stays_refused_on_runni
         a.get_bearer(PATH, &revoked).await.status,
         StatusCode::UNAUTHORIZED
     );
-    let before = redis_of(&a).epoch().expect("A knows the epoch");
+    let before = a.redis().epoch().expect("A knows the epoch");
 
     // The store loses everything, the denylist entry included.
     assert_eq!(server.cli(&["FLUSHALL"]).trim(), "OK");
     let detected = eventually(Duration::from_secs(5), || async {
-        redis_of(&a).epoch().is_some_and(|e| e.id != before.id)
+        a.redis().epoch().is_some_and(|e| e.id != before.id)
     })
     .await;
     eprintln!("FLUSHALL detected by the running instance after {detected:?}");
@@ -960,7 +936,7 @@ async fn sec37_after_flushall_a_revoked_sessionless_token_stays_refused_on_runni
 #[tokio::test]
 async fn sec37_after_a_restart_without_persistence_earlier_sessionless_tokens_are_refused_everywhere()
  {
-    let mut server = RedisServer::start_on(free_port());
+    let mut server = RedisServer::start();
     let key = TestKey::generate(jsonwebtoken::Algorithm::EdDSA, "k-ed");
     let b_key = same_key(&key);
     let a = gateway_with(&server.url(), "restart", key, ", first_start: true", true).await;
@@ -968,13 +944,13 @@ async fn sec37_after_a_restart_without_persistence_earlier_sessionless_tokens_ar
     let token = a.token(json!({ "sid": null }));
     assert_eq!(a.get_bearer(PATH, &token).await.status, StatusCode::OK);
     assert_eq!(b.get_bearer(PATH, &token).await.status, StatusCode::OK);
-    let before = redis_of(&a).epoch().unwrap();
-    assert_eq!(redis_of(&b).epoch().unwrap().id, before.id);
+    let before = a.redis().epoch().unwrap();
+    assert_eq!(b.redis().epoch().unwrap().id, before.id);
 
     server.restart();
     for gw in [&a, &b] {
         let detected = eventually(Duration::from_secs(15), || async {
-            redis_of(gw).epoch().is_some_and(|e| e.id != before.id)
+            gw.redis().epoch().is_some_and(|e| e.id != before.id)
         })
         .await;
         assert!(detected.is_some(), "an instance never saw the reset");
@@ -993,10 +969,7 @@ async fn sec37_after_a_restart_without_persistence_earlier_sessionless_tokens_ar
         );
     }
     // Both agree on one new epoch.
-    assert_eq!(
-        redis_of(&a).epoch().unwrap().id,
-        redis_of(&b).epoch().unwrap().id
-    );
+    assert_eq!(a.redis().epoch().unwrap().id, b.redis().epoch().unwrap().id);
 }
 
 #[tokio::test]
@@ -1023,7 +996,7 @@ async fn sec37_with_on_data_loss_unavailable_every_instance_answers_503_until_an
     })
     .await;
     assert!(halted.is_some(), "A kept answering after the loss");
-    assert!(redis_of(&a).is_halted());
+    assert!(a.redis().is_halted());
     // A new instance finds the halted epoch and refuses as well.
     let b = gateway_with(&server.url(), "halt", b_key, mode, true).await;
     let fresh = a.token(json!({ "sid": null, "iat": now() + 2 }));
@@ -1034,7 +1007,7 @@ async fn sec37_with_on_data_loss_unavailable_every_instance_answers_503_until_an
     assert!(!b.store().is_healthy(), "a halted instance is not ready");
 
     // The operator resumes through one instance; both serve tokens issued after the loss.
-    assert!(redis_of(&a).resume().await.unwrap(), "it was halted");
+    assert!(a.redis().resume().await.unwrap(), "it was halted");
     for gw in [&a, &b] {
         let resumed = eventually(Duration::from_secs(5), || async {
             gw.get_bearer(PATH, &fresh).await.status == StatusCode::OK
@@ -1075,7 +1048,7 @@ async fn a_new_deployment_refuses_sessionless_tokens_minted_before_its_epoch_unl
 #[tokio::test]
 async fn after_an_idle_redis_restart_the_first_request_is_answered_and_readyz_proves_the_store_answers()
  {
-    let mut server = RedisServer::start_on(free_port());
+    let mut server = RedisServer::start();
     let gw = Setup {
         extra: format!(
             "{}\nadmin: {{ bind: 127.0.0.1:0 }}",
@@ -1085,7 +1058,7 @@ async fn after_an_idle_redis_restart_the_first_request_is_answered_and_readyz_pr
     }
     .start()
     .await;
-    wait_subscribed(&gw).await;
+    gw.wait_subscribed().await;
     let admin = gw.running.admin_addr().expect("admin listener");
     let readyz = || async move {
         send(
@@ -1171,7 +1144,7 @@ async fn sec37_an_admin_revocation_no_replica_acknowledges_is_answered_503_and_a
     }
     .start()
     .await;
-    wait_subscribed(&gw).await;
+    gw.wait_subscribed().await;
     gw.create_session("s-ok", "alice").await;
     gw.create_session("s-lost", "alice").await;
     let admin = gw.running.admin_addr().unwrap();
@@ -1195,7 +1168,13 @@ async fn sec37_an_admin_revocation_no_replica_acknowledges_is_answered_503_and_a
     // request path never shares the connection WAIT blocks.
     let uncached = gw.token(json!({ "sid": "sid-alice" }));
     let (r, during) = tokio::join!(revoke("s-lost"), async {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Once Redis shows the revocation's connection blocked in WAIT (if the 300 ms pass
+        // first, the check below still has to be answered).
+        eventually(Duration::from_millis(300), || {
+            let blocked = master.cli(&["CLIENT", "LIST"]).contains("cmd=wait");
+            async move { blocked }
+        })
+        .await;
         let started = Instant::now();
         let status = gw.get_bearer(PATH, &uncached).await.status;
         (status, started.elapsed())

@@ -5,7 +5,7 @@
 //! here that performs the h2c upgrade, or answers `101` to anything, or sets the gateway's
 //! cookies. Every refusal has a positive control in the same test.
 
-mod common;
+use crate::common;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -187,39 +187,10 @@ async fn gateway_in_front_of(backend_url: &str) -> TestGateway {
   - { id: root, path: /, upstream: backend, policy: authenticated }
 "#
         .into(),
+        upstreams: format!("  backend: {{ url: \"{backend_url}\", response_timeout: 5s }}"),
         ..Setup::default()
     };
-    start_with_upstreams(
-        setup,
-        &format!("  backend: {{ url: \"{backend_url}\", response_timeout: 5s }}\n"),
-    )
-    .await
-}
-
-/// Starts `setup` with more upstreams (`upstreams:` entries as YAML lines) besides the echo
-/// upstream, and alice's session.
-async fn start_with_upstreams(setup: Setup, upstreams: &str) -> TestGateway {
-    let upstream = EchoUpstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let yaml = setup.yaml(dir.path(), &upstream.url()).replacen(
-        "upstreams:\n",
-        &format!("upstreams:\n{upstreams}"),
-        1,
-    );
-    let config = portcullis::config::Config::from_yaml(&yaml, dir.path())
-        .unwrap_or_else(|e| panic!("{e}\n{yaml}"));
-    let running = portcullis::start(config).await.unwrap();
-    let addr = running.local_addrs()[0];
-    let mut keys = setup.keys;
-    let gw = TestGateway {
-        running,
-        addr,
-        upstream,
-        key: keys.remove(0),
-        dir,
-    };
-    gw.create_session("sid-alice", "alice").await;
-    gw
+    setup.start().await
 }
 
 const H2C_UPGRADE: &str = "GET /public/x HTTP/1.1\r\nHost: 127.0.0.1\r\n\
@@ -505,32 +476,23 @@ async fn cookie_planting_backend() -> SocketAddr {
     addr
 }
 
-fn set_cookies(headers: &http::HeaderMap) -> Vec<String> {
-    headers
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .collect()
-}
-
 #[tokio::test]
 async fn sec35_a_backend_cannot_set_the_gateways_cookies() {
     let backend = cookie_planting_backend().await;
     let url = format!("http://{backend}");
-    let gw = start_with_upstreams(
-        Setup {
-            routes: r#"
+    let gw = Setup {
+        routes: r#"
   - { id: h1, path: /h1, upstream: backend, policy: public }
   - { id: h2, path: /h2, upstream: backend-h2, policy: public }
   - { id: api, path: /api, upstream: backend, policy: authenticated }
 "#
-            .into(),
-            ..Setup::default()
-        },
-        &format!(
-            "  backend: {{ url: \"{url}\" }}\n  backend-h2: {{ url: \"{url}\", protocol: h2 }}\n"
+        .into(),
+        upstreams: format!(
+            "  backend: {{ url: \"{url}\" }}\n  backend-h2: {{ url: \"{url}\", protocol: h2 }}"
         ),
-    )
+        ..Setup::default()
+    }
+    .start()
     .await;
     let token = gw.token(json!({}));
 
@@ -542,7 +504,11 @@ async fn sec35_a_backend_cannot_set_the_gateways_cookies() {
     ] {
         assert_eq!(response.status, 200, "{}", response.text());
         assert_eq!(
-            set_cookies(&response.headers),
+            response
+                .set_cookies()
+                .into_iter()
+                .map(|c| c.raw)
+                .collect::<Vec<_>>(),
             ["backend-theme=dark; Path=/"]
         );
         assert!(response.headers.get("clear-site-data").is_none());

@@ -1,6 +1,6 @@
 //! The whole path once: public route, authenticated route, identity headers, refusals.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::json;

@@ -4,7 +4,7 @@
 //! Every refusal test has a positive control (the same request made valid gets through), so a
 //! gateway that refused everything would fail here too.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -4,7 +4,7 @@
 //! not when Redis's clock expires a key. Each test owns a manual clock, gives it to the store,
 //! reads `now` from it and advances it: no test here sleeps.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -8,24 +8,25 @@
 //! also runs a positive control on the same gateway, so a refusal is known to come from the one
 //! thing that was changed.
 //!
-//! Time: the stores count in whole seconds, so the few tests about lifetimes and the grace
-//! window sleep for real, scheduled against the second the gateway stamped into the token
-//! (`iat`), never against a guess.
+//! Time: the tests about lifetimes and the grace window run the gateway on a manual clock and
+//! move it ([`advance_to`]) to a point scheduled against the second the gateway stamped into the
+//! token (`iat`): the stores count in whole seconds, and nothing waits.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
-use common::auth::{ALICE_PASSWORD, AuthGateway, AuthSetup, BOB_PASSWORD, Browser, StoreChoice};
-use common::{EchoUpstream, RedisServer, TestResponse, eventually, send};
+use common::auth::{ALICE_PASSWORD, AuthSetup, BOB_PASSWORD, Browser, StoreChoice};
+use common::{EchoUpstream, RedisServer, TestGateway, TestResponse, eventually, send};
 use http::{Request, StatusCode};
 use http_body_util::Full;
-use portcullis::store::{SessionStore, Store};
+use portcullis::clock::Clock;
+use portcullis::store::SessionStore;
 use serde_json::{Value, json};
 
 /// The cookies the gateway sets, with the path each is scoped to.
@@ -101,7 +102,7 @@ struct Session {
     sid: String,
 }
 
-async fn login(gw: &AuthGateway, user: &str) -> Session {
+async fn login(gw: &TestGateway, user: &str) -> Session {
     let password = match user {
         "alice" => ALICE_PASSWORD,
         "bob" => BOB_PASSWORD,
@@ -120,17 +121,17 @@ fn bearer(token: &str) -> String {
 }
 
 /// The status of the authenticated route for a bearer token.
-async fn app(gw: &AuthGateway, token: &str) -> StatusCode {
-    gw.get_bearer(APP, token).await.status
+async fn app(gw: &TestGateway, token: &str) -> StatusCode {
+    gw.api_get(APP, token).await.status
 }
 
 /// `POST /auth/refresh` as an API client: the token in the JSON body.
-async fn refresh(gw: &AuthGateway, refresh_token: &str) -> TestResponse {
+async fn refresh(gw: &TestGateway, refresh_token: &str) -> TestResponse {
     refresh_with(gw, refresh_token, &[]).await
 }
 
 async fn refresh_with(
-    gw: &AuthGateway,
+    gw: &TestGateway,
     refresh_token: &str,
     headers: &[(&str, &str)],
 ) -> TestResponse {
@@ -199,41 +200,11 @@ fn refresh_parts(token: &str) -> [String; 4] {
     [0, 1, 2, 3].map(|i| parts[i].to_owned())
 }
 
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-/// Sleeps until `millis` ms into Unix second `second`.
-async fn sleep_until_unix(second: i64, millis: u64) {
-    let target = Duration::from_secs(second as u64) + Duration::from_millis(millis);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    if let Some(wait) = target.checked_sub(now) {
-        tokio::time::sleep(wait).await;
-    }
-}
-
-fn redis_of(gw: &AuthGateway) -> Option<&portcullis::store::RedisStore> {
-    match gw.store() {
-        Store::Redis(r) => Some(r),
-        Store::Memory(_) => None,
-    }
-}
-
-/// With Redis: waits until the instance receives invalidations (before that it caches no
-/// "alive" verdict, and a test of eviction would prove nothing).
-async fn wait_subscribed(gw: &AuthGateway) {
-    if let Some(store) = redis_of(gw) {
-        assert!(
-            eventually(Duration::from_secs(10), || async {
-                store.cache().is_subscribed()
-            })
-            .await
-            .is_some(),
-            "the gateway never subscribed to invalidations"
-        );
+/// Moves `gw`'s manual clock to `millis` ms into Unix second `second` (never back).
+fn advance_to(gw: &TestGateway, second: i64, millis: i64) {
+    let ahead = second * 1000 + millis - gw.clock().now_millis();
+    if ahead > 0 {
+        gw.advance(Duration::from_millis(ahead as u64));
     }
 }
 
@@ -258,36 +229,35 @@ fn with_shared_key(setup: AuthSetup) -> (AuthSetup, tempfile::TempDir) {
 
 /// With Redis: a second instance on the same server (same key prefix, same signing key), and
 /// both subscribed to invalidations. With the memory store there is no second instance.
-async fn second_instance(setup: &AuthSetup, a: &AuthGateway) -> Option<AuthGateway> {
+async fn second_instance(setup: &AuthSetup, a: &TestGateway) -> Option<TestGateway> {
     if !matches!(setup.store, StoreChoice::Redis(_)) {
         return None;
     }
     let b = setup.start_with(EchoUpstream::start().await).await;
-    wait_subscribed(a).await;
-    wait_subscribed(&b).await;
+    a.wait_subscribed().await;
+    b.wait_subscribed().await;
     Some(b)
 }
 
 /// Polls `gw` with `token` until it is refused; returns how long after `since` and on which
 /// request. Panics after [`GIVE_UP`].
-async fn refused_on(gw: &AuthGateway, token: &str, since: Instant) -> (Duration, u32) {
+async fn refused_on(gw: &TestGateway, token: &str, since: Instant) -> (Duration, u32) {
     let mut attempt = 0;
-    loop {
+    let refused = eventually(GIVE_UP.saturating_sub(since.elapsed()), || {
         attempt += 1;
-        if app(gw, token).await == StatusCode::UNAUTHORIZED {
-            return (since.elapsed(), attempt);
-        }
-        assert!(
-            since.elapsed() < GIVE_UP,
-            "still accepted {:?} after the revocation (request #{attempt})",
-            since.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+        async { app(gw, token).await == StatusCode::UNAUTHORIZED }
+    })
+    .await;
+    assert!(
+        refused.is_some(),
+        "still accepted {:?} after the revocation (request #{attempt})",
+        since.elapsed()
+    );
+    (since.elapsed(), attempt)
 }
 
 /// After a refusal, more attempts are refused too and none reaches the upstream.
-async fn stays_refused(gw: &AuthGateway, token: &str) {
+async fn stays_refused(gw: &TestGateway, token: &str) {
     let before = gw.upstream.count();
     for _ in 0..3 {
         assert_eq!(app(gw, token).await, StatusCode::UNAUTHORIZED);
@@ -304,8 +274,8 @@ async fn stays_refused(gw: &AuthGateway, token: &str) {
 /// must refuse it on its first request (it applied the revocation before answering); neither
 /// lets it through afterwards.
 async fn refused_everywhere(
-    a: &AuthGateway,
-    b: Option<&AuthGateway>,
+    a: &TestGateway,
+    b: Option<&TestGateway>,
     token: &str,
     started: Instant,
     what: &str,
@@ -329,7 +299,7 @@ async fn refused_everywhere(
 }
 
 /// A GET with no credential at all, as an API client.
-async fn anonymous_get(gw: &AuthGateway, path: &str) -> TestResponse {
+async fn anonymous_get(gw: &TestGateway, path: &str) -> TestResponse {
     send(
         Request::get(gw.url(path))
             .header("accept", "application/json")
@@ -340,7 +310,7 @@ async fn anonymous_get(gw: &AuthGateway, path: &str) -> TestResponse {
 }
 
 /// The session id the upstream was told about on the last request.
-fn forwarded_session(gw: &AuthGateway) -> (String, String) {
+fn forwarded_session(gw: &TestGateway) -> (String, String) {
     let seen = gw.upstream.last();
     (
         seen.headers["x-auth-subject"].to_str().unwrap().to_owned(),
@@ -457,7 +427,7 @@ async fn sec13_revoking_a_session_fails_its_access_token_at_once_on_every_instan
         }
     }
     if let Some(b) = &b {
-        let cached = redis_of(b).unwrap().cache().alive_count();
+        let cached = b.redis().cache().alive_count();
         assert!(cached >= 3, "b holds the verdicts locally ({cached})");
     }
 
@@ -690,7 +660,7 @@ async fn sec15_login_always_issues_new_identifiers_and_planted_values_are_useles
         "the planted refresh token",
     );
     assert_eq!(app(&gw, &planted_at).await, StatusCode::UNAUTHORIZED);
-    let none = gw.store().session("alice", planted_sid, unix_now()).await;
+    let none = gw.store().session("alice", planted_sid, gw.now()).await;
     assert_eq!(none.unwrap(), None, "a session exists under the planted id");
 }
 
@@ -701,6 +671,7 @@ async fn sec15_login_always_issues_new_identifiers_and_planted_values_are_useles
 /// Access tokens of 1 s, sessions idle after 2 s and over after 5 s.
 fn short_lived(setup: AuthSetup) -> AuthSetup {
     AuthSetup {
+        clock: Clock::manual(),
         access_ttl: "1s".into(),
         idle_timeout: "2s".into(),
         absolute_lifetime: "5s".into(),
@@ -720,7 +691,7 @@ async fn sec16_the_idle_timeout_is_enforced_on_refresh(setup: AuthSetup) {
     let t0 = issued_at(&s.access);
 
     // A second in: within the idle timeout; the refresh moves it to t1 + 2.
-    sleep_until_unix(t0 + 1, 300).await;
+    advance_to(&gw, t0 + 1, 300);
     let (access, next) = refreshed(&refresh(&gw, &s.refresh).await);
     let rt = next.expect("a rotated refresh token");
     let t1 = issued_at(&access);
@@ -731,13 +702,10 @@ async fn sec16_the_idle_timeout_is_enforced_on_refresh(setup: AuthSetup) {
     );
 
     // The idle timeout after that refresh, and before the absolute lifetime: refused.
-    sleep_until_unix(t1 + 2, 300).await;
+    advance_to(&gw, t1 + 2, 300);
     assert_refresh_refused(&refresh(&gw, &rt).await, "a refresh after the idle timeout");
     assert_eq!(
-        gw.store()
-            .session("alice", &s.sid, unix_now())
-            .await
-            .unwrap(),
+        gw.store().session("alice", &s.sid, gw.now()).await.unwrap(),
         None
     );
 }
@@ -753,7 +721,7 @@ async fn sec16_the_absolute_lifetime_is_enforced_on_refresh_however_often_it_is_
     let mut rt = s.refresh.clone();
     let mut last = t0;
     while last < t0 + 4 {
-        sleep_until_unix(last + 1, 300).await;
+        advance_to(&gw, last + 1, 300);
         let (access, next) = refreshed(&refresh(&gw, &rt).await);
         rt = next.expect("a rotated refresh token");
         assert_eq!(app(&gw, &access).await, StatusCode::OK);
@@ -761,16 +729,13 @@ async fn sec16_the_absolute_lifetime_is_enforced_on_refresh_however_often_it_is_
     }
     // …but not past the absolute lifetime, though the last refresh was a second ago (the idle
     // timeout alone would allow this one until t0 + 6).
-    sleep_until_unix(t0 + 5, 300).await;
+    advance_to(&gw, t0 + 5, 300);
     assert_refresh_refused(
         &refresh(&gw, &rt).await,
         "a refresh after the absolute lifetime",
     );
     assert_eq!(
-        gw.store()
-            .session("alice", &s.sid, unix_now())
-            .await
-            .unwrap(),
+        gw.store().session("alice", &s.sid, gw.now()).await.unwrap(),
         None
     );
 }
@@ -858,7 +823,7 @@ async fn sec17_logout_fails_the_access_token_the_refresh_token_and_the_session_a
         "the upstream saw a logged-out token"
     );
     assert_eq!(
-        gw.store().session("alice", &sid, unix_now()).await.unwrap(),
+        gw.store().session("alice", &sid, gw.now()).await.unwrap(),
         None
     );
 
@@ -880,13 +845,10 @@ async fn sec17_logout_fails_the_access_token_the_refresh_token_and_the_session_a
         "the logged-out refresh token",
     );
     assert_eq!(
-        gw.store()
-            .session("alice", &s.sid, unix_now())
-            .await
-            .unwrap(),
+        gw.store().session("alice", &s.sid, gw.now()).await.unwrap(),
         None
     );
-    let left = gw.store().sessions_of("alice", unix_now()).await.unwrap();
+    let left = gw.store().sessions_of("alice", gw.now()).await.unwrap();
     assert!(left.is_empty(), "sessions left: {left:?}");
 }
 
@@ -935,7 +897,7 @@ async fn sec18_logout_all_fails_every_session_of_the_user_on_every_instance_and_
             );
         }
     }
-    let left = a.store().sessions_of("alice", unix_now()).await.unwrap();
+    let left = a.store().sessions_of("alice", a.now()).await.unwrap();
     assert!(left.is_empty(), "sessions left: {left:?}");
 
     // Another user is not affected.
@@ -962,8 +924,8 @@ async fn sec18_logout_all_fails_every_session_of_the_user_on_every_instance_and_
 // ---------------------------------------------------------------------------------------------
 
 /// `GET /auth/sessions` as JSON: (subject, [(id, current)]).
-async fn list_sessions(gw: &AuthGateway, access: &str) -> (String, BTreeSet<(String, bool)>) {
-    let r = gw.get_bearer("/auth/sessions", access).await;
+async fn list_sessions(gw: &TestGateway, access: &str) -> (String, BTreeSet<(String, bool)>) {
+    let r = gw.api_get("/auth/sessions", access).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let v = r.json();
     let ids = v["sessions"]
@@ -1079,6 +1041,7 @@ async fn sec20_reuse_outside_the_grace_window_revokes_the_whole_session_and_is_a
 ) {
     let gw = AuthSetup {
         refresh_grace: "1s".into(),
+        clock: Clock::manual(),
         ..setup
     }
     .start()
@@ -1090,10 +1053,10 @@ async fn sec20_reuse_outside_the_grace_window_revokes_the_whole_session_and_is_a
     let (access2, rt2) = refreshed(&refresh(&gw, &rt1).await);
     let rt2 = rt2.unwrap();
     assert_eq!(app(&gw, &access2).await, StatusCode::OK);
-    let rotated_at = unix_now();
+    let rotated_at = gw.now();
 
     // More than the 1 s grace window later (whole seconds: two of them), the first token again.
-    sleep_until_unix(rotated_at + 2, 100).await;
+    advance_to(&gw, rotated_at + 2, 100);
     assert_refresh_refused(&refresh(&gw, &s.refresh).await, "a reused refresh token");
 
     // The whole session is gone: every access token of it, and its current refresh token.
@@ -1105,10 +1068,7 @@ async fn sec20_reuse_outside_the_grace_window_revokes_the_whole_session_and_is_a
         "the current refresh token of a revoked family",
     );
     assert_eq!(
-        gw.store()
-            .session("alice", &s.sid, unix_now())
-            .await
-            .unwrap(),
+        gw.store().session("alice", &s.sid, gw.now()).await.unwrap(),
         None
     );
     // Only that session: the user's other session is untouched.
@@ -1272,6 +1232,7 @@ async fn sec21_a_refresh_token_with_another_users_expired_access_cookie_is_refus
     let gw = AuthSetup {
         access_ttl: "1s".into(),
         extra: "tokens: { leeway: 0s }".into(),
+        clock: Clock::manual(),
         ..setup
     }
     .start()
@@ -1279,7 +1240,7 @@ async fn sec21_a_refresh_token_with_another_users_expired_access_cookie_is_refus
     let victim = login(&gw, "bob").await;
     let attacker = login(&gw, "alice").await;
     let expired_at = jwt_claims(&victim.access)["exp"].as_i64().unwrap();
-    sleep_until_unix(expired_at + 1, 100).await;
+    advance_to(&gw, expired_at + 1, 100);
     assert_eq!(app(&gw, &victim.access).await, StatusCode::UNAUTHORIZED);
 
     let csrf = "csrf-token-of-this-browser-0123456789";

@@ -7,7 +7,7 @@
 //! Metrics are process-wide and several gateways run in this test binary at once: tests read
 //! differences, and route ids are unique to the test that counts them.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -19,13 +19,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::auth::{ALICE_PASSWORD, BOB_PASSWORD, Browser, demo_users, post_json};
-use common::{EchoUpstream, RedisServer, TestResponse, eventually, free_port, send};
+use common::{EchoUpstream, RedisServer, TestGateway, TestResponse, eventually, free_port, send};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use portcullis::config::Config;
-use portcullis::server::Running;
+use portcullis::clock::Clock;
 use prometheus_parse::{HistogramCount, LineInfo, Scrape, Value as Metric};
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
@@ -122,17 +121,20 @@ limits:
     }
 }
 
-/// A gateway started from a file (so it reloads), with its admin listener.
+/// The harness's gateway, started from a file (so it reloads), with its admin listener.
 struct Ops {
-    running: Running,
-    addr: SocketAddr,
+    gw: TestGateway,
     admin: Option<SocketAddr>,
-    upstream: EchoUpstream,
     spec: Spec,
     config_path: PathBuf,
-    users_path: PathBuf,
-    audit_path: PathBuf,
-    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Ops {
+    type Target = TestGateway;
+
+    fn deref(&self) -> &TestGateway {
+        &self.gw
+    }
 }
 
 impl Ops {
@@ -140,25 +142,16 @@ impl Ops {
         let upstream = EchoUpstream::start().await;
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("admin.token"), format!("{ADMIN_SECRET}\n")).unwrap();
-        let users_path = dir.path().join("users.yaml");
-        std::fs::write(&users_path, demo_users()).unwrap();
+        std::fs::write(dir.path().join("users.yaml"), demo_users()).unwrap();
         let config_path = dir.path().join("gateway.yaml");
         let yaml = spec.render(&upstream.url());
         std::fs::write(&config_path, &yaml).unwrap();
-        let config = Config::load(&config_path).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
-        let running = portcullis::start_from(config, Some(config_path.clone()))
-            .await
-            .unwrap();
+        let running = common::launch_file(&config_path, Clock::system()).await;
         Self {
-            addr: running.local_addrs()[0],
             admin: running.admin_addr(),
-            running,
-            upstream,
+            gw: TestGateway::new(running, upstream, dir, Vec::new()),
             spec,
             config_path,
-            users_path,
-            audit_path: dir.path().join("audit.jsonl"),
-            _dir: dir,
         }
     }
 
@@ -261,11 +254,12 @@ impl Ops {
 
     /// The audit events written so far.
     fn audit(&self) -> Vec<Value> {
-        read_audit(&self.audit_path)
+        read_audit(&self.audit_path())
     }
 
     /// Waits until at least `n` events named `event` (with `reason`, if given) are in the
-    /// audit file, then a little longer so that an extra one would show, and returns them all.
+    /// audit file, then until every line emitted so far is, so that an extra one would show,
+    /// and returns them all.
     async fn audited(&self, event: &str, reason: Option<&str>, n: usize) -> Vec<Value> {
         let matching = |events: Vec<Value>| -> Vec<Value> {
             events
@@ -283,8 +277,9 @@ impl Ops {
             "fewer than {n} `{event}` events ({reason:?}) in the audit file:\n{:#?}",
             self.audit()
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        matching(self.audit())
+        // An extra event emitted with them is in the file once every line the gateway has
+        // emitted so far is.
+        matching(self.audit_events().await)
     }
 }
 
@@ -572,6 +567,30 @@ impl Binary {
         self.child.id()
     }
 
+    /// The proxy listeners' addresses, from the binary's `listening` log lines (it binds
+    /// port 0 and says which port it got).
+    async fn listening(&self) -> Vec<SocketAddr> {
+        let parse = || -> Vec<SocketAddr> {
+            self.logs()
+                .lines()
+                .filter(|l| l.contains("listening"))
+                .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("addr=")))
+                .filter_map(|a| a.trim_matches('"').parse().ok())
+                .collect()
+        };
+        let logged = eventually(Duration::from_secs(30), || {
+            let found = !parse().is_empty();
+            async move { found }
+        })
+        .await;
+        assert!(
+            logged.is_some(),
+            "portcullis never said where it listens:\n{}",
+            self.logs()
+        );
+        parse()
+    }
+
     fn logs(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
             + &std::fs::read_to_string(&self.stdout_path).unwrap_or_default()
@@ -579,21 +598,22 @@ impl Binary {
 
     /// Waits until `url` answers 200, failing early if the process exits.
     async fn wait_ready(&mut self, url: &str) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("portcullis exited with {status}:\n{}", self.logs());
-            }
-            if try_get(url).await == Some(StatusCode::OK) {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "portcullis did not become ready:\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let child = &mut self.child;
+        let mut exited = None;
+        let ready = eventually(Duration::from_secs(30), || {
+            exited = child.try_wait().unwrap();
+            let gone = exited.is_some();
+            async move { gone || try_get(url).await == Some(StatusCode::OK) }
+        })
+        .await;
+        if let Some(status) = exited {
+            panic!("portcullis exited with {status}:\n{}", self.logs());
         }
+        assert!(
+            ready.is_some(),
+            "portcullis did not become ready:\n{}",
+            self.logs()
+        );
     }
 
     fn terminate(&self) {
@@ -607,18 +627,20 @@ impl Binary {
 
     /// Waits for the process to exit, at most `within`.
     async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = std::time::Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
+        let child = &mut self.child;
+        let mut exited = None;
+        eventually(within, || {
+            exited = child.try_wait().unwrap();
+            let gone = exited.is_some();
+            async move { gone }
+        })
+        .await;
+        exited.unwrap_or_else(|| {
+            panic!(
                 "portcullis did not exit within {within:?}:\n{}",
                 self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            )
+        })
     }
 }
 
@@ -1078,7 +1100,7 @@ async fn the_admin_api_lists_and_revokes_one_session_then_all_of_a_user_each_aud
             "admin.reload",
         ]
     );
-    let text = std::fs::read_to_string(&gw.audit_path).unwrap();
+    let text = std::fs::read_to_string(gw.audit_path()).unwrap();
     assert!(!text.contains("eyJ") && !text.contains("prt1.") && !text.contains(ADMIN_SECRET));
 }
 
@@ -1140,7 +1162,9 @@ async fn broken_file_keeps_the_old_config(broken: impl Fn(&str) -> String, detai
 
     gw.rewrite_raw(&broken(&good));
     let events = gw.audited("config.reload", Some("config.refused"), 1).await;
-    // Another poll period: the same broken file is not refused (nor audited) again.
+    // Another poll period: the same broken file is not refused (nor audited) again. The poller
+    // runs on the monotonic clock and shows a poll only by acting on it, so nothing but a
+    // period (reload::CONFIG_POLL, 2 s) passing can show it did not act.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let events_later: Vec<Value> = gw
         .audit()
@@ -1265,7 +1289,7 @@ async fn disabling_a_user_or_changing_their_roles_in_the_users_file_applies_to_t
             1,
         );
     assert_ne!(changed, users);
-    replace_file(&gw.users_path, &changed);
+    replace_file(&gw.users_path(), &changed);
 
     let applied = eventually(POLL_BOUND, || async {
         gw.bearer(Method::GET, "/docs/x", &bob).await.status == StatusCode::UNAUTHORIZED
@@ -1356,14 +1380,13 @@ async fn the_binary_never_writes_a_password_or_token_to_its_audit_file_or_logs_a
  {
     let upstream = EchoUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let admin_port = std::iter::repeat_with(free_port)
-        .find(|p| *p != port)
-        .unwrap();
+    // The binary logs the proxy listeners' addresses, not the admin listener's: that one is
+    // chosen here.
+    let admin_port = free_port();
     std::fs::write(dir.path().join("admin.token"), format!("{ADMIN_SECRET}\n")).unwrap();
     std::fs::write(dir.path().join("users.yaml"), demo_users()).unwrap();
     let spec = Spec {
-        listeners: format!("  - bind: 127.0.0.1:{port}"),
+        listeners: "  - bind: 127.0.0.1:0".into(),
         admin: Some(format!(
             "{{ bind: 127.0.0.1:{admin_port}, token_file: admin.token }}"
         )),
@@ -1375,6 +1398,7 @@ async fn the_binary_never_writes_a_password_or_token_to_its_audit_file_or_logs_a
     gateway
         .wait_ready(&format!("http://127.0.0.1:{admin_port}/readyz"))
         .await;
+    let port = gateway.listening().await[0].port();
     let base = format!("http://127.0.0.1:{port}");
     let mut secrets: Vec<String> = vec![
         ALICE_PASSWORD.into(),
@@ -1548,21 +1572,25 @@ async fn the_binary_never_writes_a_password_or_token_to_its_audit_file_or_logs_a
 #[tokio::test]
 async fn sigterm_lets_an_in_flight_request_finish_then_the_binary_exits_0_and_refuses_new_connections()
  {
-    // An upstream that takes a second over /slow and says when a request has arrived.
+    // An upstream that answers /slow once released (after the drain has begun) and says when a
+    // request has arrived.
     let (arrived_tx, mut arrived_rx) = tokio::sync::mpsc::channel::<()>(4);
+    let (release, released) = tokio::sync::watch::channel(false);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let arrived = arrived_tx.clone();
+            let released = released.clone();
             tokio::spawn(async move {
                 let service =
                     hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                         let arrived = arrived.clone();
+                        let mut released = released.clone();
                         async move {
                             if req.uri().path() == "/slow" {
                                 let _ = arrived.send(()).await;
-                                tokio::time::sleep(Duration::from_secs(1)).await;
+                                let _ = released.wait_for(|r| *r).await;
                                 return Ok::<_, Infallible>(Response::new(Full::new(
                                     Bytes::from_static(b"slow answer"),
                                 )));
@@ -1578,18 +1606,18 @@ async fn sigterm_lets_an_in_flight_request_finish_then_the_binary_exits_0_and_re
     });
 
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let config = dir.path().join("gateway.yaml");
     std::fs::write(
         &config,
         format!(
-            "listeners:\n  - bind: 127.0.0.1:{port}\nupstreams:\n  app: {{ url: \"http://{upstream}\" }}\n\
+            "listeners:\n  - bind: 127.0.0.1:0\nupstreams:\n  app: {{ url: \"http://{upstream}\" }}\n\
              routes:\n  - {{ id: ops-drain, path: /, upstream: app, policy: public }}\n\
              limits: {{ shutdown_grace: 10s }}\n"
         ),
     )
     .unwrap();
     let mut gateway = Binary::spawn(dir.path(), &config);
+    let port = gateway.listening().await[0].port();
     let base = format!("http://127.0.0.1:{port}");
     gateway.wait_ready(&format!("{base}/fast")).await;
 
@@ -1611,6 +1639,7 @@ async fn sigterm_lets_an_in_flight_request_finish_then_the_binary_exits_0_and_re
         refused.is_some(),
         "new connections were still accepted after SIGTERM"
     );
+    release.send_replace(true);
     let response = timeout(BOUND, in_flight)
         .await
         .expect("the in-flight request hung")
@@ -1641,7 +1670,7 @@ async fn hanging_upstream(arrived: tokio::sync::mpsc::Sender<()>) -> SocketAddr 
                         let arrived = arrived.clone();
                         async move {
                             let _ = arrived.send(()).await;
-                            tokio::time::sleep(Duration::from_secs(60)).await;
+                            std::future::pending::<()>().await;
                             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
                                 b"late",
                             ))))
@@ -1662,12 +1691,11 @@ async fn when_the_shutdown_grace_runs_out_with_a_request_in_flight_the_binary_lo
     let (arrived_tx, mut arrived_rx) = tokio::sync::mpsc::channel::<()>(4);
     let upstream = hanging_upstream(arrived_tx).await;
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let config = dir.path().join("gateway.yaml");
     std::fs::write(
         &config,
         format!(
-            "listeners:\n  - bind: 127.0.0.1:{port}\nupstreams:\n  app: {{ url: \"http://{upstream}\", response_timeout: 60s }}\n  \
+            "listeners:\n  - bind: 127.0.0.1:0\nupstreams:\n  app: {{ url: \"http://{upstream}\", response_timeout: 60s }}\n  \
              ok: {{ echo: true }}\nroutes:\n  - {{ id: ops-cut, path: /, upstream: app, policy: public }}\n  \
              - {{ id: ops-cut-ready, path: /ready, upstream: ok, policy: public }}\n\
              limits: {{ shutdown_grace: 200ms }}\n"
@@ -1675,6 +1703,7 @@ async fn when_the_shutdown_grace_runs_out_with_a_request_in_flight_the_binary_lo
     )
     .unwrap();
     let mut gateway = Binary::spawn(dir.path(), &config);
+    let port = gateway.listening().await[0].port();
     let base = format!("http://127.0.0.1:{port}");
     gateway.wait_ready(&format!("{base}/ready")).await;
     let url = format!("{base}/hang");
@@ -1708,14 +1737,13 @@ async fn when_the_shutdown_grace_runs_out_with_a_request_in_flight_the_binary_lo
 #[tokio::test]
 async fn sigusr1_makes_the_binary_reopen_its_audit_file_so_a_rotated_file_stops_growing() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let config = dir.path().join("gateway.yaml");
     let audit = dir.path().join("audit.jsonl");
     let rotated = dir.path().join("audit.jsonl.1");
     std::fs::write(
         &config,
         format!(
-            "listeners:\n  - bind: 127.0.0.1:{port}\nupstreams:\n  ok: {{ echo: true }}\n\
+            "listeners:\n  - bind: 127.0.0.1:0\nupstreams:\n  ok: {{ echo: true }}\n\
              routes:\n  - {{ id: ops-rotate, path: /, upstream: ok, policy: public }}\n  \
              - {{ id: ops-rotate-auth, path: /private, upstream: ok, policy: authenticated }}\n\
              issuers:\n  - issuer: https://issuer.test\n    audiences: [ops]\n    keys:\n      - {key}\n\
@@ -1725,6 +1753,7 @@ async fn sigusr1_makes_the_binary_reopen_its_audit_file_so_a_rotated_file_stops_
     )
     .unwrap();
     let mut gateway = Binary::spawn(dir.path(), &config);
+    let port = gateway.listening().await[0].port();
     let base = format!("http://127.0.0.1:{port}");
     gateway.wait_ready(&format!("{base}/")).await;
     assert_eq!(

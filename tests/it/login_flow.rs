@@ -1,9 +1,12 @@
 //! The browser login flow end to end through the gateway, with a cookie-keeping client.
 
-mod common;
+use crate::common;
+
+use std::time::Duration;
 
 use common::auth::{ALICE_PASSWORD, AuthSetup};
 use http::StatusCode;
+use portcullis::clock::Clock;
 
 #[tokio::test]
 async fn a_browser_logs_in_reaches_a_protected_page_and_logs_out() {
@@ -55,6 +58,7 @@ async fn an_expired_access_token_is_refreshed_without_the_login_form() {
     let gw = AuthSetup {
         access_ttl: "1s".into(),
         extra: "tokens: { leeway: 0s }".into(),
+        clock: Clock::manual(),
         ..AuthSetup::default()
     }
     .start()
@@ -62,7 +66,7 @@ async fn an_expired_access_token_is_refreshed_without_the_login_form() {
     let mut browser = gw.browser();
     let r = browser.login("alice", ALICE_PASSWORD, false).await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    gw.advance(Duration::from_millis(2100));
 
     let r = browser.navigate("/app/inbox").await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
@@ -88,6 +92,7 @@ async fn revoke_and_logout_work_from_a_page_whose_access_token_expired() {
     let gw = AuthSetup {
         access_ttl: "1s".into(),
         extra: "tokens: { leeway: 0s }".into(),
+        clock: Clock::manual(),
         ..AuthSetup::default()
     }
     .start()
@@ -105,7 +110,7 @@ async fn revoke_and_logout_work_from_a_page_whose_access_token_expired() {
     let phone_at = phone.cookie("__Host-portcullis-at").unwrap();
     let phone_sid = jwt_claim(&phone_at, "sid");
     let old_refresh = laptop.cookie("__Secure-portcullis-rt").unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    gw.advance(Duration::from_millis(2100));
 
     let csrf = laptop.cookie("__Host-portcullis-csrf").unwrap();
     let r = laptop
@@ -138,7 +143,7 @@ async fn revoke_and_logout_work_from_a_page_whose_access_token_expired() {
 
     // Log out once the laptop's access token expired too: the session ends server-side.
     let laptop_rt = laptop.cookie("__Secure-portcullis-rt").unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    gw.advance(Duration::from_millis(2100));
     let csrf = laptop.cookie("__Host-portcullis-csrf").unwrap();
     let r = laptop.post_form("/auth/logout", &[("csrf", &csrf)]).await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
@@ -169,10 +174,7 @@ async fn logout_with_a_forged_refresh_cookie_ends_no_session() {
     let csrf = attacker.cookie("__Host-portcullis-csrf").unwrap();
     let r = attacker.post_form("/auth/logout", &[("csrf", &csrf)]).await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
-    assert_eq!(
-        gw.get_bearer("/app/x", &access).await.status,
-        StatusCode::OK
-    );
+    assert_eq!(gw.api_get("/app/x", &access).await.status, StatusCode::OK);
 }
 
 fn base64_url(s: &str) -> String {

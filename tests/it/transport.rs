@@ -2,7 +2,7 @@
 //! WebSocket upgrades, upstream failures, body and header limits, slowloris, the connection
 //! limit, graceful shutdown, upstream keep-alive and the built-in echo upstream.
 
-mod common;
+use crate::common;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,7 +19,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use portcullis::config::Config;
 use portcullis::server::Running;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::json;
@@ -46,8 +45,7 @@ async fn public_gateway(
         "listeners:\n  - bind: 127.0.0.1:0\nupstreams:\n  app: {{ url: \"{upstream_url}\"{upstream_opts} }}\n\
          routes:\n  - {{ id: all, path: /, upstream: app, policy: public }}\n{extra}\n"
     );
-    let config = Config::from_yaml(&yaml, Path::new(".")).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
-    let running = portcullis::start(config).await.unwrap();
+    let running = launch(&yaml, Path::new("."), portcullis::clock::Clock::system()).await;
     let addr = running.local_addrs()[0];
     (running, addr)
 }
@@ -700,7 +698,9 @@ async fn a_slow_but_steady_body_is_not_cut_by_body_read_timeout() {
         .write_all(b"POST /public/upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 40\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
-    // Four pieces 250 ms apart: a second in all, but never 500 ms without a byte.
+    // Four pieces 250 ms apart: a second in all, but never 500 ms without a byte. The body
+    // timeouts are measured on the monotonic clock (they bound how long the gateway waits), so
+    // a slow client has to be slow in real time.
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(250)).await;
         stream.write_all(b"0123456789").await.unwrap();
@@ -899,6 +899,8 @@ async fn trickle(ip: [u8; 4], addr: SocketAddr) -> String {
                 Ok(0) | Err(_) => break,
                 Ok(n) => answer.extend_from_slice(&buf[..n]),
             },
+            // Real time, as in a_slow_but_steady_body_is_not_cut_by_body_read_timeout: the
+            // body rate is measured on the monotonic clock.
             () = tokio::time::sleep(Duration::from_millis(50)) => {
                 if writer.write_all(b"x").await.is_err() {
                     break;
@@ -917,16 +919,22 @@ fn flood(
 ) -> (Arc<std::sync::atomic::AtomicBool>, Arc<AtomicUsize>) {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let cut = Arc::new(AtomicUsize::new(0));
+    // How many were cut, for the clients waiting for a slot of the address to free up.
+    let (cuts, _) = tokio::sync::watch::channel(0usize);
     for _ in 0..clients {
-        let (stop, cut) = (Arc::clone(&stop), Arc::clone(&cut));
+        let (stop, cut, cuts) = (Arc::clone(&stop), Arc::clone(&cut), cuts.clone());
+        let mut freed = cuts.subscribe();
         tokio::spawn(async move {
             while !stop.load(Ordering::SeqCst) {
+                let before = *freed.borrow_and_update();
                 let answer = trickle(FLOOD_IP, addr).await;
                 if answer.starts_with("HTTP/1.1 408 ") {
                     cut.fetch_add(1, Ordering::SeqCst);
-                } else {
-                    // Closed at accept (the address's cap): do not spin.
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    cuts.send_modify(|n| *n += 1);
+                } else if freed.wait_for(|n| *n > before).await.is_err() {
+                    // Closed at accept (the address's cap): retry once one of the address's
+                    // connections was cut, rather than spin.
+                    return;
                 }
             }
         });
@@ -1121,14 +1129,17 @@ async fn decisions(gw: &TestGateway, reason: &str) -> f64 {
 #[tokio::test]
 async fn graceful_shutdown_lets_an_in_flight_request_finish_and_then_refuses_connections() {
     let (arrived_tx, mut arrived_rx) = tokio::sync::mpsc::channel::<()>(4);
+    // The slow answer is held until the drain has begun, so it is in flight during it.
+    let (release, released) = tokio::sync::watch::channel(false);
     let upstream = CustomUpstream::start(move |req| {
         let arrived = arrived_tx.clone();
+        let mut released = released.clone();
         async move {
             if req.uri().path() == "/idle" {
                 return ok("idle");
             }
             let _ = arrived.send(()).await;
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            let _ = released.wait_for(|r| *r).await;
             ok("slow answer")
         }
     })
@@ -1164,9 +1175,13 @@ async fn graceful_shutdown_lets_an_in_flight_request_finish_and_then_refuses_con
         .await
         .expect("the request never reached the upstream");
 
-    let drained = timeout(BOUND, running.shutdown())
-        .await
-        .expect("shutdown hung");
+    let release_once_draining = async {
+        let closed = eventually(BOUND, || async { TcpStream::connect(addr).await.is_err() }).await;
+        assert!(closed.is_some(), "the listener stayed open during shutdown");
+        release.send_replace(true);
+    };
+    let (drained, ()) = tokio::join!(timeout(BOUND, running.shutdown()), release_once_draining);
+    let drained = drained.expect("shutdown hung");
     let response = timeout(BOUND, in_flight)
         .await
         .expect("in-flight request hung")

@@ -1,0 +1,33 @@
+//! The integration suites, one module each, built as one test binary: one link instead of one
+//! per suite, and one harness ([`common`]) they all share. Run one suite with
+//! `cargo test --test it security_tokens::`.
+//!
+//! `tests/token_cache_abuse.rs` stays a binary of its own: it asserts exact growth of the
+//! process-wide token-cache counters, which any other suite's requests would add to if they
+//! ran in the same process.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod audit_sinks;
+mod browser_e2e;
+mod config;
+mod config_errors;
+mod edge;
+mod hash_password_cli;
+mod keys_cli;
+mod login_flow;
+mod operations;
+mod redis_cluster;
+mod redis_gateway;
+mod redis_sentinel;
+mod security_browser;
+mod security_edges;
+mod security_proxy;
+mod security_sessions;
+mod security_tokens;
+mod smoke;
+mod store_clock;
+mod store_contract;
+mod transport;
+mod wycheproof;
