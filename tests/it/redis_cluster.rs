@@ -215,7 +215,10 @@ async fn denied_jtis_in_their_own_slots_are_refused_on_a_cluster() {
         assert_eq!(store.check(&t.r(), now()).await.unwrap(), Verdict::Alive);
     }
     for t in tokens.iter().step_by(2) {
-        store.deny_jti(ISS, &t.jti, now() + 600).await.unwrap();
+        store
+            .deny_jti(ISS, &t.jti, now() + 600, now())
+            .await
+            .unwrap();
     }
     // Twelve denylist keys, each in its own slot: they cannot all be on one node.
     assert_spread(&cluster);
@@ -600,7 +603,7 @@ async fn sec37_with_min_replicas_acks_cluster_revocations_wait_for_a_replica_and
     let refused = store.revoke_session("alice", "s2").await;
     let took = started.elapsed();
     let jti = store
-        .deny_jti("https://issuer.test", "jti-x", now() + 60)
+        .deny_jti("https://issuer.test", "jti-x", now() + 60, now())
         .await;
     let user = store.revoke_user("bob", now(), now() + 900).await;
     for pid in &replicas {

@@ -369,7 +369,7 @@ async fn sec37_with_min_replicas_acks_a_revocation_is_done_only_once_the_replica
     let pid = replica.pid().unwrap();
     signal(pid, "STOP");
     let refused = store.revoke_session("alice", "s2").await;
-    let denied = store.deny_jti(ISS, "jti-2", now() + 60).await;
+    let denied = store.deny_jti(ISS, "jti-2", now() + 60, now()).await;
     signal(pid, "CONT");
     assert!(
         refused.is_err() && denied.is_err(),
