@@ -462,7 +462,7 @@ fn verify_inner(
 /// Before any crypto: the segment must be canonical base64url, and an ES256 signature must be
 /// 64 bytes with `1 ≤ r < n` and `1 ≤ s ≤ n/2` ([`crate::keys::ecdsa::check_p256`]; high S is
 /// [`TokenError::HighS`]). Then `jsonwebtoken::crypto::verify`, which hands the raw bytes to
-/// aws-lc. Public so that known-answer vectors (tests/wycheproof.rs) run through exactly this.
+/// aws-lc. Public so that known-answer vectors (tests/it/wycheproof.rs) run through exactly this.
 pub fn check_signature(
     signature_b64: &str,
     message: &[u8],

@@ -1168,3 +1168,46 @@ async fn pump(
         }
     }
 }
+
+/// A second handle on the same signing key, so two gateways trust the same tokens.
+pub fn same_key(k: &TestKey) -> TestKey {
+    TestKey {
+        kid: k.kid.clone(),
+        alg: k.alg,
+        encoding: k.encoding.clone(),
+        public_pem: k.public_pem.clone(),
+        public_der: k.public_der.clone(),
+    }
+}
+
+/// The staleness bound the partition tests configure, and the store timeout beside it.
+pub const MAX_STALENESS: Duration = Duration::from_millis(300);
+pub const STORE_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// A gateway on the Redis at `url` with extra `store:` keys, tokens without sessions
+/// (`require_session: false`) when `sessionless`, and an audit file `audit.jsonl` in its dir.
+pub async fn redis_gateway_with(
+    url: &str,
+    prefix: &str,
+    key: TestKey,
+    store_extra: &str,
+    sessionless: bool,
+) -> TestGateway {
+    let setup = Setup {
+        keys: vec![key],
+        extra: format!(
+            "store: {{ kind: redis, url: \"{url}\", key_prefix: {prefix}, timeout: {}ms{store_extra} }}\n\
+             audit: {{ file: audit.jsonl }}",
+            STORE_TIMEOUT.as_millis()
+        ),
+        issuer_extra: if sessionless {
+            "    require_session: false".into()
+        } else {
+            String::new()
+        },
+        ..Setup::default()
+    };
+    let gw = setup.start().await;
+    gw.wait_subscribed().await;
+    gw
+}

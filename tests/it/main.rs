@@ -4,7 +4,8 @@
 //!
 //! `tests/token_cache_abuse.rs` stays a binary of its own: it asserts exact growth of the
 //! process-wide token-cache counters, which any other suite's requests would add to if they
-//! ran in the same process.
+//! ran in the same process. `tests/bounds.rs` does too: it measures a real-time bound, which
+//! must not share the cores with the other suites' CPU work.
 
 #[path = "../common/mod.rs"]
 mod common;
