@@ -69,12 +69,12 @@ struct Admin {
 impl crate::server::Handler for Admin {
     type Body = Full<Bytes>;
 
-    fn handle(
+    async fn handle(
         self: Arc<Self>,
         request: Request<Incoming>,
         conn: Arc<crate::pipeline::Connection>,
-    ) -> impl Future<Output = AdminResponse> + Send + 'static {
-        async move { handle(request, conn.peer, &self.gateway, &self.settings).await }
+    ) -> AdminResponse {
+        handle(request, conn.peer, &self.gateway, &self.settings).await
     }
 }
 

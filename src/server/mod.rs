@@ -73,26 +73,24 @@ struct Proxy(Arc<Gateway>);
 impl Handler for Proxy {
     type Body = GatewayBody;
 
-    fn handle(
+    async fn handle(
         self: Arc<Self>,
         request: Request<Incoming>,
         conn: Arc<Connection>,
-    ) -> impl Future<Output = Response<GatewayBody>> + Send + 'static {
-        async move {
-            let gateway = &self.0;
-            // The runtime snapshot is taken once per request: a reload never changes the
-            // rules halfway through one.
-            let runtime = gateway.runtime();
-            pipeline::handle(
-                request,
-                &conn,
-                runtime,
-                gateway.store(),
-                gateway.audit(),
-                gateway.clock(),
-            )
-            .await
-        }
+    ) -> Response<GatewayBody> {
+        let gateway = &self.0;
+        // The runtime snapshot is taken once per request: a reload never changes the rules
+        // halfway through one.
+        let runtime = gateway.runtime();
+        pipeline::handle(
+            request,
+            &conn,
+            runtime,
+            gateway.store(),
+            gateway.audit(),
+            gateway.clock(),
+        )
+        .await
     }
 }
 
