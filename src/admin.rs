@@ -192,7 +192,7 @@ fn metrics(gateway: &Gateway) -> AdminResponse {
         store_healthy: healthy,
         pubsub_connected: gateway.store().is_subscribed(),
         generation: gateway.generation(),
-        token_cache_entries: runtime.token_cache.entry_count(),
+        token_cache_entries: runtime.identify.token_cache.entry_count(),
         audit_dropped: gateway.audit().dropped(),
     };
     let body = crate::metrics::global().render(&gauges);
@@ -309,18 +309,8 @@ async fn admin(
         }
         (&Method::POST, "/admin/users/revoke") => {
             let body: RevokeUser = read_json(request).await?;
-            // Tokens issued up to now are refused for as long as any of them can live.
             let runtime = gateway.runtime();
-            let longest = runtime
-                .verifier
-                .keys
-                .issuers
-                .iter()
-                .map(|i| i.max_lifetime.as_secs() as i64)
-                .max()
-                .unwrap_or(86_400);
-            store
-                .revoke_user(&body.user, now, now + longest + runtime.verifier.leeway)
+            crate::pipeline::identify::revoke_user(store, &runtime.identify, &body.user, now)
                 .await
                 .map_err(|e| {
                     event(

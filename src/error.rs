@@ -13,10 +13,12 @@ use crate::auth_flow::csrf::CsrfError;
 use crate::body::GatewayBody;
 use crate::pipeline::authorize::Forbidden;
 use crate::pipeline::credential::CredentialError;
+use crate::pipeline::identify::IdentifyError;
 use crate::pipeline::normalize::PathError;
 use crate::pipeline::route::RouteError;
+use crate::pipeline::session::Refusal;
 use crate::pipeline::verify::TokenError;
-use crate::store::{StoreError, Verdict};
+use crate::store::StoreError;
 
 /// A malformed request: 400 (or 431/413), and the upstream sees nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -142,7 +144,7 @@ pub enum GatewayError {
     Token(#[from] TokenError),
     /// The token verified but its session, `jti` or user is revoked.
     #[error("session refused: {}", .0.reason_id())]
-    Session(Verdict),
+    Session(Refusal),
     /// The identity lacks a permission.
     #[error(transparent)]
     Forbidden(#[from] Forbidden),
@@ -175,6 +177,19 @@ pub enum GatewayError {
     /// A bug or a broken key: 500, details in the log only.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<IdentifyError> for GatewayError {
+    fn from(refused: IdentifyError) -> Self {
+        match refused {
+            IdentifyError::MissingCredential => GatewayError::MissingCredential,
+            IdentifyError::BadCredential(e) => GatewayError::Credential(e),
+            IdentifyError::TokenRefused(e) => GatewayError::Token(e),
+            IdentifyError::SessionRefused { refusal, .. } => GatewayError::Session(refusal),
+            IdentifyError::UserDisabled { .. } => GatewayError::UserDisabled,
+            IdentifyError::StoreUnavailable { source, .. } => GatewayError::Store(source),
+        }
+    }
 }
 
 impl GatewayError {
@@ -468,7 +483,7 @@ mod tests {
             (CredentialError::NotBearer.into(), 401),
             (CredentialError::BadCharacters.into(), 401),
             (TokenError::Expired.into(), 401),
-            (GatewayError::Session(Verdict::JtiDenied), 401),
+            (GatewayError::Session(Refusal::JtiDenied), 401),
             (Forbidden.into(), 403),
             (GatewayError::PayloadTooLarge, 413),
             (GatewayError::BodyStalled, 408),

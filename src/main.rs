@@ -201,7 +201,7 @@ fn main() -> ExitCode {
                     config.display(),
                     loaded.listeners.len(),
                     loaded.runtime.router.len(),
-                    loaded.runtime.verifier.keys.len()
+                    loaded.runtime.identify.verifier.keys.len()
                 );
                 ExitCode::SUCCESS
             }
@@ -315,7 +315,7 @@ fn mint(args: &TokenArgs) -> anyhow::Result<String> {
 }
 
 fn hash_password(from_stdin: bool) -> anyhow::Result<String> {
-    use portcullis::auth_flow::users::{MAX_PASSWORD_BYTES, Password};
+    use portcullis::users::{MAX_PASSWORD_BYTES, Password};
     let password = if from_stdin {
         let mut line = String::new();
         std::io::stdin()
@@ -346,9 +346,7 @@ fn hash_password(from_stdin: bool) -> anyhow::Result<String> {
         password.len() <= MAX_PASSWORD_BYTES,
         "the password is longer than {MAX_PASSWORD_BYTES} bytes; logins refuse longer ones"
     );
-    Ok(portcullis::auth_flow::users::hash_password(
-        password.expose_secret(),
-    ))
+    Ok(portcullis::users::hash_password(password.expose_secret()))
 }
 
 /// Writes `<kid>.key.pem` and `<kid>.pub.pem` into `out` and prints the kid and config line.

@@ -10,15 +10,15 @@ use serde::Deserialize;
 
 use super::csrf::{self, CsrfError};
 use super::tokens::{self, AccessClaims};
-use super::users;
 use super::{AuthSettings, Client, JWKS_PATH, LOGIN_PATH, cookies, pages};
 use crate::audit::{Audit, AuditEvent};
 use crate::body::GatewayBody;
-use crate::config::Runtime;
 use crate::error::{AuthError, GatewayError};
+use crate::pipeline::identify::{self, Identify, IdentifyError};
 use crate::pipeline::route::RouteError;
-use crate::pipeline::{credential, session, verify};
+use crate::pipeline::{credential, verify};
 use crate::store::{RefreshGrant, RotateOutcome, Rotation, SessionRecord, SessionStore, Store};
+use crate::users;
 
 /// Largest body accepted on an auth endpoint.
 const MAX_BODY: usize = 16 * 1024;
@@ -28,10 +28,12 @@ const MAX_USER_AGENT: usize = 256;
 /// What a handler needs besides the request.
 #[derive(Debug)]
 pub struct Env<'a> {
-    /// The runtime snapshot of this request.
-    pub rt: &'a Runtime,
-    /// Its auth settings.
+    /// The auth settings of this request's runtime snapshot.
     pub auth: &'a AuthSettings,
+    /// Who a request is, in the same snapshot.
+    pub identify: &'a Identify,
+    /// Longest wait for the next part of a request body (`limits.body_read_timeout`).
+    pub body_read_timeout: std::time::Duration,
     /// The session store.
     pub store: &'a Store,
     /// The audit trail.
@@ -583,8 +585,12 @@ async fn refresh(
     // A browser refreshes because its access token expired, so expiry must not hide whose
     // token it is: everything but the expiry is verified (one signature check per refresh).
     if let Some(token) = presented_access
-        && let Ok(verified) =
-            verify::verify_ignoring_expiry(token, &env.rt.verifier, &env.rt.permissions, now)
+        && let Ok(verified) = verify::verify_ignoring_expiry(
+            token,
+            &env.identify.verifier,
+            &env.identify.permissions,
+            now,
+        )
         && *verified.subject != *subject
     {
         return refresh_failed(
@@ -877,42 +883,31 @@ async fn rotate(
     }))
 }
 
-/// The request's access token, verified, issued by this gateway, with a live session and an
-/// enabled user; `None` when there is none or it is not usable.
+/// The request's identity ([`identify`]) when the gateway issued its token: verified, with a
+/// live session and an enabled user. `None` when there is none, or it is refused or another
+/// issuer's; `Err` only when the store cannot answer, which fails closed (503) rather than
+/// pass for "not signed in".
 async fn signed_in(headers: &HeaderMap, env: &Env<'_>) -> Result<Option<Signed>, GatewayError> {
-    let Ok(Some(token)) = credential::credential(headers, &env.auth.access_cookie) else {
-        return Ok(None);
+    let identity = match identify::identify(headers, env.identify, env.store, env.now).await {
+        Ok(identity) => identity,
+        Err(IdentifyError::StoreUnavailable { source, .. }) => return Err(source.into()),
+        Err(
+            IdentifyError::MissingCredential
+            | IdentifyError::BadCredential(_)
+            | IdentifyError::TokenRefused(_)
+            | IdentifyError::SessionRefused { .. }
+            | IdentifyError::UserDisabled { .. },
+        ) => return Ok(None),
     };
-    let now = env.now;
-    let Ok(verified) = verify::verify(
-        token,
-        &env.rt.verifier,
-        &env.rt.token_cache,
-        &env.rt.permissions,
-        now,
-    ) else {
-        return Ok(None);
-    };
-    if verified.issuer != env.auth.issuer_index {
+    if !identity.is_own() {
         return Ok(None);
     }
-    match session::session(&verified, env.store, now).await {
-        Ok(()) => {}
-        Err(GatewayError::Store(e)) => return Err(GatewayError::Store(e)),
-        Err(_) => return Ok(None),
-    }
-    if env
-        .auth
-        .grant(&verified.subject, &env.rt.permissions)
-        .is_none()
-    {
-        return Ok(None);
-    }
+    let token = identity.token();
     Ok(Some(Signed {
-        subject: verified.subject.to_string(),
-        session: verified.session.as_deref().unwrap_or_default().to_owned(),
-        jti: Some(verified.jti.to_string()),
-        expires_at: verified.expires_at,
+        subject: token.subject.to_string(),
+        session: token.session.as_deref().unwrap_or_default().to_owned(),
+        jti: Some(token.jti.to_string()),
+        expires_at: token.expires_at,
         rotated: None,
     }))
 }
@@ -1043,11 +1038,6 @@ async fn logout_all(
     let Some(signed) = caller(&headers, env).await? else {
         return Err(not_signed_in(env, "POST", "/auth/logout-all"));
     };
-    let now = env.now;
-    // Tokens issued up to the second before now are refused by the user mark; those issued in
-    // this very second name a session, and every session ends here. A new login a moment
-    // later (its tokens issued after the mark) works.
-    let keep_until = now + auth.access_ttl.as_secs() as i64 + env.rt.verifier.leeway;
     let unrevoked = |e| {
         store_refused(
             env,
@@ -1058,8 +1048,7 @@ async fn logout_all(
             e,
         )
     };
-    env.store
-        .revoke_user(&signed.subject, now - 1, keep_until)
+    identify::revoke_user(env.store, env.identify, &signed.subject, env.now)
         .await
         .map_err(unrevoked)?;
     if let Some(jti) = &signed.jti {
@@ -1411,7 +1400,7 @@ async fn read_body_or_empty(
     let has_type = request.headers().contains_key(CONTENT_TYPE);
     let limited = http_body_util::Limited::new(request.into_body(), MAX_BODY);
     // A form is a few hundred bytes: all of it within `limits.body_read_timeout`.
-    let body = tokio::time::timeout(env.rt.body_read_timeout, limited.collect())
+    let body = tokio::time::timeout(env.body_read_timeout, limited.collect())
         .await
         .map_err(|_| GatewayError::BodyStalled)?
         .map_err(|_| GatewayError::PayloadTooLarge)?

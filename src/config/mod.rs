@@ -22,6 +22,7 @@ use crate::auth_flow::AuthSettings;
 use crate::keys::{self, Issuer, KeySet, VerificationKey};
 use crate::pipeline::authorize::{PermissionTable, Policy};
 use crate::pipeline::forward::{HttpUpstream, Upstream, UpstreamSettings};
+use crate::pipeline::identify::{Identify, OwnIssuer};
 use crate::pipeline::mutate::{IdentityHeaders, MutateConfig, StripRule};
 use crate::pipeline::normalize::normalize;
 use crate::pipeline::route::{HostPattern, Route, Router};
@@ -128,17 +129,10 @@ pub struct Runtime {
     pub router: Router,
     /// Upstreams, indexed by [`Route::upstream`].
     pub upstreams: Vec<Upstream>,
-    /// Keys, issuers and verification settings.
-    pub verifier: Verifier,
-    /// Role → permission mapping.
-    pub permissions: PermissionTable,
-    /// Verified tokens. Owned by the runtime so a key or role change never serves a verdict
-    /// reached under the old config.
-    pub token_cache: TokenCache,
+    /// Who a request is: cookie name, keys, token cache, roles, the gateway's own issuer.
+    pub identify: Identify,
     /// Header stripping and injection settings.
     pub mutate: MutateConfig,
-    /// Name of the access-token cookie.
-    pub cookie_name: String,
     /// Where browsers are sent to log in.
     pub login_url: Option<String>,
     /// The login flow, when the gateway issues its own tokens.
@@ -709,9 +703,12 @@ fn compile(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         }
     }
 
-    let auth = match &raw.auth {
-        None => None,
-        Some(a) => Some(compile_auth(a, &mut keyset, &cookie_name, &resolve)?),
+    let (auth, own) = match &raw.auth {
+        None => (None, None),
+        Some(a) => {
+            let (auth, own) = compile_auth(a, &mut keyset, &cookie_name, &resolve)?;
+            (Some(auth), Some(own))
+        }
     };
     if auth.is_some() {
         for (i, r) in raw.routes.iter().enumerate() {
@@ -791,13 +788,17 @@ fn compile(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
     let runtime = Runtime {
         router,
         upstreams,
-        verifier: Verifier {
-            keys: keyset,
-            leeway: leeway.as_secs() as i64,
-            max_bytes: max_bytes as usize,
+        identify: Identify {
+            cookie_name,
+            verifier: Verifier {
+                keys: keyset,
+                leeway: leeway.as_secs() as i64,
+                max_bytes: max_bytes as usize,
+            },
+            token_cache: TokenCache::new(t.cache_capacity.unwrap_or(100_000)),
+            permissions,
+            own,
         },
-        permissions,
-        token_cache: TokenCache::new(t.cache_capacity.unwrap_or(100_000)),
         mutate: MutateConfig {
             identity,
             gateway_cookies,
@@ -805,7 +806,6 @@ fn compile(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
             strip,
             trusted_proxies,
         },
-        cookie_name,
         login_url,
         auth,
         body_read_timeout,
@@ -895,10 +895,10 @@ fn compile_auth(
     keyset: &mut KeySet,
     cookie_name: &str,
     resolve: &dyn Fn(&str) -> PathBuf,
-) -> Result<AuthSettings, ConfigError> {
-    use crate::auth_flow::users::UsersHandle;
+) -> Result<(AuthSettings, OwnIssuer), ConfigError> {
     use crate::auth_flow::{Lifetimes, Throttle, redirect::RedirectPolicy};
     use crate::keys::signing::SigningKeys;
+    use crate::users::UsersHandle;
 
     if !a.issuer.starts_with("https://") && !a.issuer.starts_with("http://") {
         return Err(invalid(
@@ -1059,13 +1059,14 @@ fn compile_auth(
     let jwks_cache_control =
         HeaderValue::from_str(&format!("public, max-age={}", jwks_max_age.as_secs()))
             .map_err(|_| invalid("auth.jwks_max_age", "out of range"))?;
-    Ok(AuthSettings {
+    let users = Arc::new(users);
+    let own = OwnIssuer::new(issuer_index, Arc::clone(&users));
+    let auth = AuthSettings {
         issuer: a.issuer.clone(),
         audience,
-        issuer_index,
         jwks: signing.jwks_json(),
         signing,
-        users: Arc::new(users),
+        users,
         access_ttl,
         lifetimes,
         refresh_grace,
@@ -1073,8 +1074,8 @@ fn compile_auth(
         throttle,
         jwks_cache_control,
         access_cookie: cookie_name.to_owned(),
-        grants: Default::default(),
-    })
+    };
+    Ok((auth, own))
 }
 
 fn redis_settings(

@@ -371,7 +371,7 @@ impl ConnectionTask {
                 // rules halfway through one.
                 let runtime = gateway.runtime();
                 Ok::<_, Infallible>(
-                    pipeline::handle(
+                    crate::proxy::handle(
                         request,
                         &conn,
                         runtime,
