@@ -112,12 +112,10 @@ async fn handle(
                     serde_json::json!({"error": "not_found"}),
                 );
             };
-            let presented = request
-                .headers()
-                .get(http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim);
+            // The proxy's bearer parser: the scheme in any case (RFC 7235), one header only.
+            let presented = crate::pipeline::credential::bearer(request.headers())
+                .ok()
+                .flatten();
             if !presented.is_some_and(|p| token.matches(p.as_bytes())) {
                 gateway.audit().emit(&AuditEvent {
                     event: "admin.denied",

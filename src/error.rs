@@ -439,8 +439,10 @@ fn login_location(login: &str, return_to: Option<&str>) -> String {
     format!("{login}{sep}return_to={}", percent_encode(&target))
 }
 
-/// Percent-encodes everything but unreserved characters and `/` (for a path in a query value).
-pub(crate) fn percent_encode(text: &str) -> String {
+/// Percent-encodes everything but unreserved characters and `/`, for a value in a URL's query
+/// (RFC 3986 §3.4 allows `/` there): the login redirect's return path, the admin CLI's user.
+/// The one percent-encoder of the crate.
+pub fn percent_encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len() * 3);
     for b in text.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {

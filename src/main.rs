@@ -243,7 +243,10 @@ fn main() -> ExitCode {
             let (method, path, body) = match command {
                 SessionsCommand::List { user } => (
                     "GET",
-                    format!("/admin/sessions?user={}", percent_encode(&user)),
+                    format!(
+                        "/admin/sessions?user={}",
+                        portcullis::error::percent_encode(&user)
+                    ),
                     None,
                 ),
                 SessionsCommand::Revoke { user, session } => (
@@ -608,16 +611,4 @@ async fn admin_request(
     let status = response.status();
     let body = response.into_body().collect().await?.to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
-
-fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }

@@ -229,3 +229,44 @@ async fn logout_all_and_the_admin_api_revoke_a_user_by_one_rule_at_one_instant()
         assert_eq!(events[0]["reason_id"], reason, "{event}");
     }
 }
+
+#[tokio::test]
+async fn the_admin_api_reads_its_bearer_secret_as_the_proxy_reads_a_bearer_token() {
+    let gw = Gateway::start().await;
+    // The scheme in any case (RFC 7235 §2.1), and surrounding spaces, as for the proxy.
+    for authorization in [
+        format!("Bearer {ADMIN_SECRET}"),
+        format!("bearer {ADMIN_SECRET}"),
+        format!("BEARER   {ADMIN_SECRET} "),
+    ] {
+        let r = gw
+            .admin(
+                Method::GET,
+                "/admin/sessions?user=alice",
+                &authorization,
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{authorization}: {}", r.text());
+    }
+    for refused in [
+        format!("Basic {ADMIN_SECRET}"),
+        format!("Bearer{ADMIN_SECRET}"),
+        "Bearer wrong-secret".to_owned(),
+    ] {
+        let r = gw
+            .admin(Method::GET, "/admin/sessions?user=alice", &refused, None)
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{refused}");
+    }
+    // The proxy takes the same spellings of a bearer token.
+    let (access, _, _) = api_login(&gw.url(""), "alice", ALICE_PASSWORD).await;
+    let r = send(
+        Request::get(gw.url("/app"))
+            .header("authorization", format!("bearer   {access}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+}

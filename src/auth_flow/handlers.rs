@@ -917,13 +917,8 @@ async fn signed_in(headers: &HeaderMap, env: &Env<'_>) -> Result<Option<Signed>,
 /// a browser acting for someone else, and gets no cookie fallback (see [`caller`]).
 fn needs_csrf(headers: &HeaderMap, auth: &AuthSettings) -> bool {
     !headers.contains_key(http::header::AUTHORIZATION)
-        && (headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|pair| pair.split_once('=').map(|(n, _)| n.trim()))
-            .any(|n| n == auth.access_cookie || n == cookies::REFRESH_COOKIE))
+        && credential::cookies(headers)
+            .any(|(name, _)| name == auth.access_cookie || name == cookies::REFRESH_COOKIE)
 }
 
 /// The double-submit check: the request repeats the CSRF cookie's value in the form field
