@@ -8,12 +8,12 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use super::csrf::{self, CsrfError};
+use super::csrf;
 use super::tokens::{self, AccessClaims};
 use super::{AuthSettings, Client, JWKS_PATH, LOGIN_PATH, cookies, pages};
 use crate::audit::{Audit, AuditEvent};
 use crate::body::GatewayBody;
-use crate::error::{AuthError, GatewayError};
+use crate::error::{AuthError, CsrfError, GatewayError, RefreshFailure};
 use crate::pipeline::identify::{self, Identify, IdentifyError};
 use crate::pipeline::route::RouteError;
 use crate::pipeline::{credential, verify};
@@ -261,7 +261,7 @@ async fn login(
                     "The username or password is not correct.",
                 ));
             }
-            return Err(AuthError::LoginFailed(reason).into());
+            return Err(AuthError::LoginFailed(failure).into());
         }
     };
     env.store.throttle_clear(&user_key).await?;
@@ -368,6 +368,9 @@ fn login_deferred(
     refusal: AuthError,
     message: &str,
 ) -> Result<Response<GatewayBody>, GatewayError> {
+    // Seconds until a retry can succeed: the throttle window's end, or a moment for a busy
+    // verifier.
+    let retry_after = refusal.retry_after().unwrap_or(1);
     let refusal = GatewayError::Auth(refusal);
     let (subject, digest) = audit_username(env, username);
     env.audit.emit(&AuditEvent {
@@ -377,10 +380,6 @@ fn login_deferred(
     });
     let Some(input) = form else {
         return Err(refusal);
-    };
-    let retry_after = match refusal {
-        GatewayError::Auth(AuthError::Throttled { retry_after }) => retry_after,
-        _ => 1,
     };
     let mut response = login_form_again(refusal.status(), input, message);
     response
@@ -521,7 +520,7 @@ async fn refresh(
                         env,
                         form,
                         input.return_to.as_deref(),
-                        "refresh.missing",
+                        RefreshFailure::Missing,
                         None,
                     );
                 }
@@ -544,7 +543,7 @@ async fn refresh(
             env,
             form,
             input.return_to.as_deref(),
-            "refresh.invalid",
+            RefreshFailure::Invalid,
             None,
         );
     };
@@ -555,7 +554,7 @@ async fn refresh(
             env,
             form,
             input.return_to.as_deref(),
-            "refresh.bound_in_body",
+            RefreshFailure::BoundInBody,
             Some(&parsed.subject),
         );
     }
@@ -576,7 +575,7 @@ async fn refresh(
                 env,
                 form,
                 input.return_to.as_deref(),
-                e.reason_id(),
+                RefreshFailure::MixedCredentials(e),
                 Some(&subject),
             );
         }
@@ -597,7 +596,7 @@ async fn refresh(
             env,
             form,
             input.return_to.as_deref(),
-            "refresh.subject_mismatch",
+            RefreshFailure::SubjectMismatch,
             Some(&subject),
         );
     }
@@ -611,7 +610,7 @@ async fn refresh(
                 env,
                 form,
                 input.return_to.as_deref(),
-                "refresh.user_disabled",
+                RefreshFailure::UserDisabled,
                 Some(&subject),
             );
         }
@@ -620,7 +619,7 @@ async fn refresh(
                 env,
                 form,
                 input.return_to.as_deref(),
-                "refresh.invalid",
+                RefreshFailure::Invalid,
                 Some(&subject),
             );
         }
@@ -694,7 +693,13 @@ fn refresh_unbound(
     return_to: Option<&str>,
     subject: Option<String>,
 ) -> Result<Response<GatewayBody>, GatewayError> {
-    let mut response = refresh_failed(env, form, return_to, "refresh.unbound", subject.as_deref())?;
+    let mut response = refresh_failed(
+        env,
+        form,
+        return_to,
+        RefreshFailure::Unbound,
+        subject.as_deref(),
+    )?;
     for c in cookies::expire_planted(&env.client.origin) {
         response.headers_mut().append(SET_COOKIE, c);
     }
@@ -707,15 +712,15 @@ fn refresh_failed(
     env: &Env<'_>,
     form: bool,
     return_to: Option<&str>,
-    reason: &'static str,
+    failure: RefreshFailure,
     subject: Option<&str>,
 ) -> Result<Response<GatewayBody>, GatewayError> {
     env.audit.emit(&AuditEvent {
         subject,
-        ..env.event("refresh.failure", reason, "/auth/refresh")
+        ..env.event("refresh.failure", failure.reason_id(), "/auth/refresh")
     });
     let mut response =
-        refresh_error_response(form, return_to, env, AuthError::RefreshInvalid(reason));
+        refresh_error_response(form, return_to, env, AuthError::RefreshInvalid(failure));
     for c in cookies::expire_tokens(&env.auth.access_cookie) {
         response.headers_mut().append(SET_COOKIE, c);
     }
