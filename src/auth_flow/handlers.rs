@@ -228,7 +228,8 @@ async fn login(
 
     let current_users = auth.users.current();
     let password = users::Password::new(std::mem::take(&mut input.password));
-    let user = match users::authenticate(current_users, &input.username, password).await {
+    let slots = auth.users.slots();
+    let user = match users::authenticate(slots, current_users, &input.username, password).await {
         Ok(user) => user,
         Err(users::LoginFailure::Busy) => {
             // Nothing was verified: not a failed attempt, so no throttle count.
