@@ -340,15 +340,16 @@ fn finish(
     if trace.granted {
         metrics.allowed.fetch_add(1, Ordering::Relaxed);
     }
+    // The decision to let the request through, whatever the upstream then made of it.
+    if trace.granted
+        && let Some(route) = trace.route
+        && route.audit
+    {
+        audit_access(env, trace, "access.granted", "authz.granted");
+    }
     let route_id = trace.route.map(|r| &*r.id);
     let mut response = match outcome {
         Ok(mut response) => {
-            if trace.granted
-                && let Some(route) = trace.route
-                && route.audit
-            {
-                audit_access(env, trace, "access.granted", "authz.granted");
-            }
             if let Some(route_id) = route_id {
                 tracing::debug!(
                     request_id = env.request_id.to_str().unwrap_or(""),
