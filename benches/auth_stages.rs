@@ -271,7 +271,7 @@ struct HotPath {
     rt: Runtime,
     store: Store,
     keys: Vec<Key>,
-    /// The EdDSA token, already verified into `rt.token_cache`.
+    /// The EdDSA token, already verified into `rt.identify.token_cache`.
     token: String,
     headers: HeaderMap,
     method: Method,
@@ -378,9 +378,9 @@ impl HotPath {
         // Warm the cache: the hot path is a cache hit.
         verify(
             &token,
-            &rt.verifier,
-            &rt.token_cache,
-            &rt.permissions,
+            &rt.identify.verifier,
+            &rt.identify.token_cache,
+            &rt.identify.permissions,
             unix_now(),
         )
         .unwrap();
@@ -414,7 +414,14 @@ impl HotPath {
     /// Stage 3.
     fn verify(&self, token: &str, now: i64) -> std::sync::Arc<VerifiedToken> {
         let rt = &self.rt;
-        verify(token, &rt.verifier, &rt.token_cache, &rt.permissions, now).unwrap()
+        verify(
+            token,
+            &rt.identify.verifier,
+            &rt.identify.token_cache,
+            &rt.identify.permissions,
+            now,
+        )
+        .unwrap()
     }
 
     /// Stage 4, polled once.
@@ -441,7 +448,7 @@ impl HotPath {
     fn run(&self, mut headers: HeaderMap) -> HeaderMap {
         let host = headers.get(http::header::HOST).unwrap();
         let (route, path, host) = self.route(PATH, host);
-        let token = credential::credential(&headers, &self.rt.cookie_name)
+        let token = credential::credential(&headers, &self.rt.identify.cookie_name)
             .unwrap()
             .unwrap();
         // The clock is read once per request, as `pipeline::run` does.
@@ -483,7 +490,9 @@ fn hot_path(c: &mut Criterion) {
         b.iter(|| black_box(hp.route(black_box(PATH), &host).0))
     });
     g.bench_function("2_credential", |b| {
-        b.iter(|| credential::credential(black_box(&hp.headers), &hp.rt.cookie_name).unwrap())
+        b.iter(|| {
+            credential::credential(black_box(&hp.headers), &hp.rt.identify.cookie_name).unwrap()
+        })
     });
     // Includes the one clock read per request.
     g.bench_function("3_verify_cache_hit", |b| {
@@ -533,11 +542,22 @@ fn hot_path(c: &mut Criterion) {
     let now = unix_now();
     for key in &hp.keys {
         let token = key.token(1);
-        verify_uncached(&token, &hp.rt.verifier, &hp.rt.permissions, now).unwrap();
+        verify_uncached(
+            &token,
+            &hp.rt.identify.verifier,
+            &hp.rt.identify.permissions,
+            now,
+        )
+        .unwrap();
         g.bench_function(key.alg_name(), |b| {
             b.iter(|| {
-                verify_uncached(black_box(&token), &hp.rt.verifier, &hp.rt.permissions, now)
-                    .unwrap()
+                verify_uncached(
+                    black_box(&token),
+                    &hp.rt.identify.verifier,
+                    &hp.rt.identify.permissions,
+                    now,
+                )
+                .unwrap()
             })
         });
     }
@@ -632,10 +652,26 @@ fn token_cache(c: &mut Criterion) {
         let cache = TokenCache::new(2 * n as u64);
         let tokens: Vec<String> = (0..n as u64).map(|i| key.token(i)).collect();
         for t in &tokens {
-            verify(t, &rt.verifier, &cache, &rt.permissions, now).unwrap();
+            verify(
+                t,
+                &rt.identify.verifier,
+                &cache,
+                &rt.identify.permissions,
+                now,
+            )
+            .unwrap();
         }
         assert_eq!(cache.entry_count(), n as u64);
-        let hit = |t: &str| verify(t, &rt.verifier, &cache, &rt.permissions, now).unwrap();
+        let hit = |t: &str| {
+            verify(
+                t,
+                &rt.identify.verifier,
+                &cache,
+                &rt.identify.permissions,
+                now,
+            )
+            .unwrap()
+        };
 
         let same = &tokens[n / 2];
         g.bench_function(format!("hit_same_token/{n}"), |b| {

@@ -313,14 +313,14 @@ tokens: { cache_capacity: 200000 }
         let token = jsonwebtoken::encode(&header, &claims, &key).unwrap();
         portcullis::pipeline::verify::verify(
             &token,
-            &rt.verifier,
-            &rt.token_cache,
-            &rt.permissions,
+            &rt.identify.verifier,
+            &rt.identify.token_cache,
+            &rt.identify.permissions,
             n,
         )
         .unwrap();
     }
-    let count = rt.token_cache.entry_count();
+    let count = rt.identify.token_cache.entry_count();
     let after = rss_kib();
     println!(
         "memory per cached verified token: {} bytes ({count} entries, RSS +{} KiB)",
@@ -876,20 +876,26 @@ tokens: {{ cache_capacity: 10000 }}
             .map(|i| key.sign(&claims(i, n - 60)).unwrap())
             .collect();
         let forged = forge(key, 0..(BLOCKS * FORGED_BLOCK) as u64);
-        let entries = rt.token_cache.entry_count();
+        let entries = rt.identify.token_cache.entry_count();
         let (mut first_sight, mut forged_time, mut expired_time) =
             (Duration::ZERO, Duration::ZERO, Duration::ZERO);
         let (mut forged_checks, mut expired_checks) = (0, 0);
         for block in 0..BLOCKS {
             let started = Instant::now();
             for token in &valid {
-                verify_uncached(token, &rt.verifier, &rt.permissions, n).unwrap();
+                verify_uncached(token, &rt.identify.verifier, &rt.identify.permissions, n).unwrap();
             }
             first_sight += started.elapsed();
             let before = checks();
             let started = Instant::now();
             for token in &forged[block * FORGED_BLOCK..(block + 1) * FORGED_BLOCK] {
-                let refused = verify(token, &rt.verifier, &rt.token_cache, &rt.permissions, n);
+                let refused = verify(
+                    token,
+                    &rt.identify.verifier,
+                    &rt.identify.token_cache,
+                    &rt.identify.permissions,
+                    n,
+                );
                 assert_eq!(refused.unwrap_err(), TokenError::BadSignature);
             }
             forged_time += started.elapsed();
@@ -897,7 +903,13 @@ tokens: {{ cache_capacity: 10000 }}
             let before = checks();
             let started = Instant::now();
             for token in &expired {
-                let refused = verify(token, &rt.verifier, &rt.token_cache, &rt.permissions, n);
+                let refused = verify(
+                    token,
+                    &rt.identify.verifier,
+                    &rt.identify.token_cache,
+                    &rt.identify.permissions,
+                    n,
+                );
                 assert_eq!(refused.unwrap_err(), TokenError::Expired);
             }
             expired_time += started.elapsed();
@@ -915,7 +927,7 @@ tokens: {{ cache_capacity: 10000 }}
             BLOCKS * FORGED_BLOCK,
             ratio(expired_cost, first_sight),
             BLOCKS * VALID_BLOCK,
-            rt.token_cache.entry_count()
+            rt.identify.token_cache.entry_count()
         );
     }
     drop(rt);
@@ -929,21 +941,41 @@ tokens: {{ cache_capacity: 10000 }}
         .collect();
     let flood = forge(&ed, 2_000_000..2_000_000 + FLOOD);
     for token in &valid {
-        verify(token, &rt.verifier, &rt.token_cache, &rt.permissions, n).unwrap();
+        verify(
+            token,
+            &rt.identify.verifier,
+            &rt.identify.token_cache,
+            &rt.identify.permissions,
+            n,
+        )
+        .unwrap();
     }
-    let entries_before = rt.token_cache.entry_count();
+    let entries_before = rt.identify.token_cache.entry_count();
     let rss_before = rss_kib();
     let started = Instant::now();
     for token in &flood {
-        let refused = verify(token, &rt.verifier, &rt.token_cache, &rt.permissions, n);
+        let refused = verify(
+            token,
+            &rt.identify.verifier,
+            &rt.identify.token_cache,
+            &rt.identify.permissions,
+            n,
+        );
         assert_eq!(refused.unwrap_err(), TokenError::BadSignature);
     }
     let flood_time = started.elapsed();
     let rss_after = rss_kib();
-    let entries_after = rt.token_cache.entry_count();
+    let entries_after = rt.identify.token_cache.entry_count();
     let (hits_before, checks_before) = (hits(), checks());
     for token in &valid {
-        verify(token, &rt.verifier, &rt.token_cache, &rt.permissions, n).unwrap();
+        verify(
+            token,
+            &rt.identify.verifier,
+            &rt.identify.token_cache,
+            &rt.identify.permissions,
+            n,
+        )
+        .unwrap();
     }
     let hit = hits() - hits_before;
     println!(

@@ -14,13 +14,14 @@
 //! | `GET /metrics` | none | Prometheus text |
 //! | `GET /admin/sessions?user=U` | bearer | the user's live sessions |
 //! | `POST /admin/sessions/revoke` `{"user","session"}` | bearer | ends one session (404 if not the user's) |
-//! | `POST /admin/users/revoke` `{"user"}` | bearer | ends every session of the user and refuses their tokens issued until now |
+//! | `POST /admin/users/revoke` `{"user"}` | bearer | ends every session of the user and refuses their tokens issued before this second (the one rule, [`crate::pipeline::identify::revoke_user`], logout-all uses too) |
 //! | `POST /admin/reload` | bearer | reloads gateway.yaml now; 422 with the reason if it is invalid |
 //! | `POST /admin/store/resume` | bearer | ends the halt after a detected loss of the store's data (`store.on_data_loss: unavailable`), on every instance |
 //!
 //! A revocation the store could not make durable (it did not answer, or too few replicas
 //! acknowledged it: `store.min_replicas_acks`) is answered 503 and audited with reason
-//! `admin.store_unavailable`: it is never reported as done.//!
+//! `admin.store_unavailable`: it is never reported as done.
+//!
 //! The admin API is authenticated with a bearer secret read from `admin.token_file` (at least
 //! 32 bytes), compared in constant time. Without that file the API answers 404 and only health
 //! and metrics are served. Every admin action, and every refused attempt, is audited.
@@ -39,7 +40,7 @@ use tokio::net::TcpListener;
 use crate::Gateway;
 use crate::audit::AuditEvent;
 use crate::config::AdminSettings;
-use crate::store::SessionStore;
+use crate::store::{SessionStore, StoreError};
 
 /// Largest admin request body.
 const MAX_BODY: usize = 16 * 1024;
@@ -80,6 +81,125 @@ impl crate::server::Handler for Admin {
 
 type AdminResponse = Response<Full<Bytes>>;
 
+/// Why the admin listener refused a request: the one vocabulary of its errors, each with one
+/// status, one body and (for the audit trail) one reason id, made into a response in one
+/// place ([`AdminError::response`]).
+#[derive(Debug, thiserror::Error)]
+enum AdminError {
+    /// The admin API is off (no `admin.token_file`): it does not exist.
+    #[error("admin API not configured")]
+    ApiOff,
+    /// A missing or wrong bearer secret.
+    #[error("bad admin token")]
+    BadToken,
+    /// No such endpoint.
+    #[error("not found")]
+    NotFound,
+    /// An endpoint that exists, with another method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// `GET /admin/sessions` without `?user=`.
+    #[error("the query parameter `user` is required")]
+    MissingUser,
+    /// A body that is not the JSON the endpoint takes.
+    #[error("invalid JSON body: {0}")]
+    BadJson(#[source] serde_json::Error),
+    /// A body over [`MAX_BODY`].
+    #[error("body too large")]
+    BodyTooLarge,
+    /// The session to revoke is not one of the user's.
+    #[error("no such session for this user")]
+    NoSuchSession,
+    /// The store could not answer, or could not make the change durable.
+    #[error("store unavailable")]
+    Store(#[source] StoreError),
+    /// The config file was refused; the old config stays.
+    #[error("{0}")]
+    ReloadRefused(#[source] crate::reload::ReloadError),
+    /// `POST /admin/store/resume` on the memory store.
+    #[error("the memory store has no epoch to resume")]
+    NoEpoch,
+}
+
+impl AdminError {
+    fn status(&self) -> StatusCode {
+        match self {
+            AdminError::ApiOff | AdminError::NotFound | AdminError::NoSuchSession => {
+                StatusCode::NOT_FOUND
+            }
+            AdminError::BadToken => StatusCode::UNAUTHORIZED,
+            AdminError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            AdminError::MissingUser | AdminError::BadJson(_) => StatusCode::BAD_REQUEST,
+            AdminError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            AdminError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AdminError::ReloadRefused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            AdminError::NoEpoch => StatusCode::CONFLICT,
+        }
+    }
+
+    /// The `error` of the JSON body: a code where the endpoint has nothing to explain, else
+    /// what the operator must fix.
+    fn code(&self) -> String {
+        match self {
+            AdminError::ApiOff | AdminError::NotFound => "not_found".to_owned(),
+            AdminError::BadToken => "unauthorized".to_owned(),
+            AdminError::MethodNotAllowed => "method_not_allowed".to_owned(),
+            AdminError::MissingUser
+            | AdminError::BadJson(_)
+            | AdminError::BodyTooLarge
+            | AdminError::NoSuchSession
+            | AdminError::Store(_)
+            | AdminError::ReloadRefused(_)
+            | AdminError::NoEpoch => self.to_string(),
+        }
+    }
+
+    /// The reason id of the audit event an endpoint emits for this refusal.
+    fn reason_id(&self) -> &'static str {
+        match self {
+            AdminError::BadToken => "admin.bad_token",
+            AdminError::NoSuchSession => "admin.not_found",
+            AdminError::Store(_) => "admin.store_unavailable",
+            AdminError::ReloadRefused(_) => "admin.refused",
+            AdminError::ApiOff
+            | AdminError::NotFound
+            | AdminError::MethodNotAllowed
+            | AdminError::MissingUser
+            | AdminError::BadJson(_)
+            | AdminError::BodyTooLarge
+            | AdminError::NoEpoch => "admin.invalid",
+        }
+    }
+
+    /// The one place an admin refusal becomes a response.
+    fn response(&self) -> AdminResponse {
+        let mut body = serde_json::json!({"error": self.code()});
+        match self {
+            AdminError::Store(e) => {
+                tracing::warn!(error = %e, "admin request: store unavailable");
+            }
+            AdminError::ReloadRefused(_) => body["applied"] = false.into(),
+            AdminError::ApiOff
+            | AdminError::BadToken
+            | AdminError::NotFound
+            | AdminError::MethodNotAllowed
+            | AdminError::MissingUser
+            | AdminError::BadJson(_)
+            | AdminError::BodyTooLarge
+            | AdminError::NoSuchSession
+            | AdminError::NoEpoch => {}
+        }
+        let mut response = json(self.status(), body);
+        if matches!(self, AdminError::BadToken) {
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"portcullis-admin\""),
+            );
+        }
+        response
+    }
+}
+
 async fn handle(
     request: Request<Incoming>,
     peer: SocketAddr,
@@ -94,65 +214,39 @@ async fn handle(
         .get(http::header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    match (&method, path.as_str()) {
-        (&Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
-        (&Method::GET, "/readyz") => readyz(gateway).await,
-        (&Method::GET, "/metrics") => metrics(gateway),
+    let answered = match (&method, path.as_str()) {
+        (&Method::GET, "/healthz") => Ok(json(StatusCode::OK, serde_json::json!({"status": "ok"}))),
+        (&Method::GET, "/readyz") => Ok(readyz(gateway).await),
+        (&Method::GET, "/metrics") => Ok(metrics(gateway)),
         (_, p) if p.starts_with("/admin/") => {
-            let Some(token) = &settings.token else {
-                return json(
-                    StatusCode::NOT_FOUND,
-                    serde_json::json!({"error": "not_found"}),
-                );
-            };
-            let presented = request
-                .headers()
-                .get(http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim);
-            if !presented.is_some_and(|p| token.matches(p.as_bytes())) {
-                gateway.audit().emit(&AuditEvent {
-                    event: "admin.denied",
-                    reason_id: "admin.bad_token",
-                    client_ip: Some(peer.ip()),
-                    user_agent: user_agent.as_deref(),
-                    method: Some(method.as_str()),
-                    path: Some(&path),
-                    ..AuditEvent::default()
-                });
-                let mut r = json(
-                    StatusCode::UNAUTHORIZED,
-                    serde_json::json!({"error": "unauthorized"}),
-                );
-                r.headers_mut().insert(
-                    http::header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"portcullis-admin\""),
-                );
-                return r;
-            }
-            match admin(
-                request,
-                &method,
-                &path,
+            let call = Call {
+                method: &method,
+                path: &path,
                 peer,
-                user_agent.as_deref(),
+                user_agent: user_agent.as_deref(),
                 gateway,
-            )
-            .await
-            {
-                Ok(r) | Err(r) => r,
+            };
+            match &settings.token {
+                None => Err(AdminError::ApiOff),
+                Some(token) => {
+                    // The proxy's bearer parser: the scheme in any case (RFC 7235), one header.
+                    let presented = crate::pipeline::credential::bearer(request.headers())
+                        .ok()
+                        .flatten();
+                    if presented.is_some_and(|p| token.matches(p.as_bytes())) {
+                        admin(request, &call).await
+                    } else {
+                        let refused = AdminError::BadToken;
+                        call.audit("admin.denied", refused.reason_id(), None, None);
+                        Err(refused)
+                    }
+                }
             }
         }
-        (_, "/healthz" | "/readyz" | "/metrics") => json(
-            StatusCode::METHOD_NOT_ALLOWED,
-            serde_json::json!({"error": "method_not_allowed"}),
-        ),
-        _ => json(
-            StatusCode::NOT_FOUND,
-            serde_json::json!({"error": "not_found"}),
-        ),
-    }
+        (_, "/healthz" | "/readyz" | "/metrics") => Err(AdminError::MethodNotAllowed),
+        _ => Err(AdminError::NotFound),
+    };
+    answered.unwrap_or_else(|refused| refused.response())
 }
 
 async fn readyz(gateway: &Gateway) -> AdminResponse {
@@ -185,7 +279,7 @@ fn metrics(gateway: &Gateway) -> AdminResponse {
         store_healthy: healthy,
         pubsub_connected: gateway.store().is_subscribed(),
         generation: gateway.generation(),
-        token_cache_entries: runtime.token_cache.entry_count(),
+        token_cache_entries: runtime.identify.token_cache.entry_count(),
         audit_dropped: gateway.audit().dropped(),
     };
     let body = crate::metrics::global().render(&gauges);
@@ -210,33 +304,56 @@ struct RevokeUser {
     user: String,
 }
 
-async fn admin(
-    request: Request<Incoming>,
-    method: &Method,
-    path: &str,
+/// One admin API call: who made it, for its audit event.
+struct Call<'a> {
+    method: &'a Method,
+    path: &'a str,
     peer: SocketAddr,
-    user_agent: Option<&str>,
-    gateway: &Arc<Gateway>,
-) -> Result<AdminResponse, AdminResponse> {
-    let event = |event: &'static str,
-                 reason: &'static str,
-                 subject: Option<&str>,
-                 session: Option<&str>| {
-        gateway.audit().emit(&AuditEvent {
+    user_agent: Option<&'a str>,
+    gateway: &'a Arc<Gateway>,
+}
+
+impl Call<'_> {
+    fn audit(
+        &self,
+        event: &'static str,
+        reason: &'static str,
+        subject: Option<&str>,
+        session: Option<&str>,
+    ) {
+        self.gateway.audit().emit(&AuditEvent {
             event,
             reason_id: reason,
             subject,
             session,
-            client_ip: Some(peer.ip()),
-            user_agent,
-            method: Some(method.as_str()),
-            path: Some(path),
+            client_ip: Some(self.peer.ip()),
+            user_agent: self.user_agent,
+            method: Some(self.method.as_str()),
+            path: Some(self.path),
             ..AuditEvent::default()
         });
-    };
+    }
+
+    /// Audits a refusal of the store as `event`, and passes it on.
+    fn unavailable(
+        &self,
+        event: &'static str,
+        subject: Option<&str>,
+        session: Option<&str>,
+    ) -> impl FnOnce(StoreError) -> AdminError {
+        move |e| {
+            let refused = AdminError::Store(e);
+            self.audit(event, refused.reason_id(), subject, session);
+            refused
+        }
+    }
+}
+
+async fn admin(request: Request<Incoming>, call: &Call<'_>) -> Result<AdminResponse, AdminError> {
+    let gateway = call.gateway;
     let now = gateway.clock().now();
     let store = gateway.store();
-    match (method, path) {
+    match (call.method, call.path) {
         (&Method::GET, "/admin/sessions") => {
             let user = request
                 .uri()
@@ -244,8 +361,11 @@ async fn admin(
                 .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("user=")))
                 .and_then(crate::auth_flow::handlers::url_decode)
                 .filter(|u| !u.is_empty())
-                .ok_or_else(|| bad("the query parameter `user` is required"))?;
-            let sessions = store.sessions_of(&user, now).await.map_err(unavailable)?;
+                .ok_or(AdminError::MissingUser)?;
+            let sessions = store
+                .sessions_of(&user, now)
+                .await
+                .map_err(AdminError::Store)?;
             let list: Vec<serde_json::Value> = sessions
                 .iter()
                 .map(|s| {
@@ -261,7 +381,7 @@ async fn admin(
                     })
                 })
                 .collect();
-            event("admin.sessions_listed", "admin.ok", Some(&user), None);
+            call.audit("admin.sessions_listed", "admin.ok", Some(&user), None);
             Ok(json(
                 StatusCode::OK,
                 serde_json::json!({"user": user, "sessions": list}),
@@ -269,102 +389,61 @@ async fn admin(
         }
         (&Method::POST, "/admin/sessions/revoke") => {
             let body: RevokeSession = read_json(request).await?;
+            let (user, session) = (Some(body.user.as_str()), Some(body.session.as_str()));
             let revoked = store
                 .revoke_session(&body.user, &body.session)
                 .await
-                .map_err(|e| {
-                    event(
-                        "admin.session_revoked",
-                        "admin.store_unavailable",
-                        Some(&body.user),
-                        Some(&body.session),
-                    );
-                    unavailable(e)
-                })?;
-            event(
-                "admin.session_revoked",
-                if revoked {
-                    "admin.ok"
-                } else {
-                    "admin.not_found"
-                },
-                Some(&body.user),
-                Some(&body.session),
-            );
-            if revoked {
-                Ok(json(StatusCode::OK, serde_json::json!({"revoked": true})))
-            } else {
-                Err(json(
-                    StatusCode::NOT_FOUND,
-                    serde_json::json!({"error": "no such session for this user"}),
-                ))
+                .map_err(call.unavailable("admin.session_revoked", user, session))?;
+            if !revoked {
+                let refused = AdminError::NoSuchSession;
+                call.audit("admin.session_revoked", refused.reason_id(), user, session);
+                return Err(refused);
             }
+            call.audit("admin.session_revoked", "admin.ok", user, session);
+            Ok(json(StatusCode::OK, serde_json::json!({"revoked": true})))
         }
         (&Method::POST, "/admin/users/revoke") => {
             let body: RevokeUser = read_json(request).await?;
-            // Tokens issued up to now are refused for as long as any of them can live.
+            let user = Some(body.user.as_str());
             let runtime = gateway.runtime();
-            let longest = runtime
-                .verifier
-                .keys
-                .issuers
-                .iter()
-                .map(|i| i.max_lifetime.as_secs() as i64)
-                .max()
-                .unwrap_or(86_400);
-            store
-                .revoke_user(&body.user, now, now + longest + runtime.verifier.leeway)
+            crate::pipeline::identify::revoke_user(store, &runtime.identify, &body.user, now)
                 .await
-                .map_err(|e| {
-                    event(
-                        "admin.user_revoked",
-                        "admin.store_unavailable",
-                        Some(&body.user),
-                        None,
-                    );
-                    unavailable(e)
-                })?;
-            event("admin.user_revoked", "admin.ok", Some(&body.user), None);
+                .map_err(call.unavailable("admin.user_revoked", user, None))?;
+            call.audit("admin.user_revoked", "admin.ok", user, None);
             Ok(json(StatusCode::OK, serde_json::json!({"revoked": true})))
         }
         (&Method::POST, "/admin/reload") => {
-            let outcome = crate::reload::reload_file(gateway, "admin").await;
             // The outcome, not the attempt: a refused file is `admin.refused` here, and
             // `config.reload` carries the key or line that refused it.
-            let reason = if outcome.is_ok() {
-                "admin.ok"
-            } else {
-                "admin.refused"
+            let report = match crate::reload::reload_file(gateway, "admin").await {
+                Ok(report) => report,
+                Err(e) => {
+                    let refused = AdminError::ReloadRefused(e);
+                    call.audit("admin.reload", refused.reason_id(), None, None);
+                    return Err(refused);
+                }
             };
-            event("admin.reload", reason, None, None);
-            match outcome {
-                Ok(report) => Ok(json(
-                    StatusCode::OK,
-                    serde_json::json!({
-                        "applied": true,
-                        "generation": report.generation,
-                        "restart_needed": report.restart_needed,
-                        "keys_changed": report.keys_changed,
-                    }),
-                )),
-                Err(e) => Err(json(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    serde_json::json!({"applied": false, "error": e.to_string()}),
-                )),
-            }
+            call.audit("admin.reload", "admin.ok", None, None);
+            Ok(json(
+                StatusCode::OK,
+                serde_json::json!({
+                    "applied": true,
+                    "generation": report.generation,
+                    "restart_needed": report.restart_needed,
+                    "keys_changed": report.keys_changed,
+                }),
+            ))
         }
         (&Method::POST, "/admin/store/resume") => {
             let crate::store::Store::Redis(redis) = store else {
-                return Err(json(
-                    StatusCode::CONFLICT,
-                    serde_json::json!({"error": "the memory store has no epoch to resume"}),
-                ));
+                return Err(AdminError::NoEpoch);
             };
-            let was_halted = redis.resume().await.map_err(|e| {
-                event("admin.store_resumed", "admin.store_unavailable", None, None);
-                unavailable(e)
-            })?;
-            event("admin.store_resumed", "admin.ok", None, None);
+            let was_halted = redis.resume().await.map_err(call.unavailable(
+                "admin.store_resumed",
+                None,
+                None,
+            ))?;
+            call.audit("admin.store_resumed", "admin.ok", None, None);
             Ok(json(
                 StatusCode::OK,
                 serde_json::json!({"resumed": true, "was_halted": was_halted}),
@@ -377,46 +456,20 @@ async fn admin(
             | "/admin/users/revoke"
             | "/admin/reload"
             | "/admin/store/resume",
-        ) => Err(json(
-            StatusCode::METHOD_NOT_ALLOWED,
-            serde_json::json!({"error": "method_not_allowed"}),
-        )),
-        _ => Err(json(
-            StatusCode::NOT_FOUND,
-            serde_json::json!({"error": "not_found"}),
-        )),
+        ) => Err(AdminError::MethodNotAllowed),
+        _ => Err(AdminError::NotFound),
     }
 }
 
 async fn read_json<T: for<'de> Deserialize<'de>>(
     request: Request<Incoming>,
-) -> Result<T, AdminResponse> {
+) -> Result<T, AdminError> {
     let body = Limited::new(request.into_body(), MAX_BODY)
         .collect()
         .await
-        .map_err(|_| {
-            json(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                serde_json::json!({"error": "body too large"}),
-            )
-        })?
+        .map_err(|_| AdminError::BodyTooLarge)?
         .to_bytes();
-    serde_json::from_slice(&body).map_err(|e| bad(&format!("invalid JSON body: {e}")))
-}
-
-fn bad(message: &str) -> AdminResponse {
-    json(
-        StatusCode::BAD_REQUEST,
-        serde_json::json!({"error": message}),
-    )
-}
-
-fn unavailable(e: crate::store::StoreError) -> AdminResponse {
-    tracing::warn!(error = %e, "admin request: store unavailable");
-    json(
-        StatusCode::SERVICE_UNAVAILABLE,
-        serde_json::json!({"error": "store unavailable"}),
-    )
+    serde_json::from_slice(&body).map_err(AdminError::BadJson)
 }
 
 fn json(status: StatusCode, value: serde_json::Value) -> AdminResponse {
@@ -429,4 +482,54 @@ fn json(status: StatusCode, value: serde_json::Value) -> AdminResponse {
         HeaderValue::from_static("no-store"),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_admin_error_has_its_status_and_json_body() {
+        let bad_json = serde_json::from_str::<RevokeUser>("{").unwrap_err();
+        let store = StoreError::Unavailable {
+            source: "down".into(),
+        };
+        let cases: Vec<(AdminError, u16, &str)> = vec![
+            (AdminError::ApiOff, 404, "not_found"),
+            (AdminError::BadToken, 401, "unauthorized"),
+            (AdminError::NotFound, 404, "not_found"),
+            (AdminError::MethodNotAllowed, 405, "method_not_allowed"),
+            (
+                AdminError::MissingUser,
+                400,
+                "the query parameter `user` is required",
+            ),
+            (AdminError::BadJson(bad_json), 400, "invalid JSON body: "),
+            (AdminError::BodyTooLarge, 413, "body too large"),
+            (
+                AdminError::NoSuchSession,
+                404,
+                "no such session for this user",
+            ),
+            (AdminError::Store(store), 503, "store unavailable"),
+            (
+                AdminError::ReloadRefused(crate::reload::ReloadError::NoFile),
+                422,
+                "the gateway was not started from a config file",
+            ),
+            (
+                AdminError::NoEpoch,
+                409,
+                "the memory store has no epoch to resume",
+            ),
+        ];
+        for (err, status, error) in cases {
+            let response = err.response();
+            assert_eq!(response.status().as_u16(), status, "{err:?}");
+            assert_eq!(response.headers()["cache-control"], "no-store", "{err:?}");
+            assert!(err.code().starts_with(error), "{err:?}: {}", err.code());
+            let challenge = response.headers().get("www-authenticate");
+            assert_eq!(challenge.is_some(), status == 401, "{err:?}");
+        }
+    }
 }

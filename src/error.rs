@@ -9,14 +9,16 @@
 use http::header::{CACHE_CONTROL, CONNECTION, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 
-use crate::auth_flow::csrf::CsrfError;
 use crate::body::GatewayBody;
 use crate::pipeline::authorize::Forbidden;
 use crate::pipeline::credential::CredentialError;
+use crate::pipeline::identify::IdentifyError;
 use crate::pipeline::normalize::PathError;
 use crate::pipeline::route::RouteError;
+use crate::pipeline::session::Refusal;
 use crate::pipeline::verify::TokenError;
-use crate::store::{StoreError, Verdict};
+use crate::store::StoreError;
+use crate::users::LoginFailure;
 
 /// A malformed request: 400 (or 431/413), and the upstream sees nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -39,6 +41,68 @@ pub enum BadRequest {
     Body,
 }
 
+/// Why a state-changing request was refused as cross-site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CsrfError {
+    /// `Sec-Fetch-Site` names another site, or `Origin` another origin.
+    #[error("cross-site request")]
+    CrossSite,
+    /// The CSRF token is missing or does not match the cookie.
+    #[error("missing or wrong CSRF token")]
+    Token,
+}
+
+impl CsrfError {
+    /// A stable identifier for logs and audit.
+    pub fn reason_id(self) -> &'static str {
+        match self {
+            CsrfError::CrossSite => "csrf.cross_site",
+            CsrfError::Token => "csrf.token",
+        }
+    }
+}
+
+/// Why a refresh was refused (for the audit trail; the client is told only `invalid_grant`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RefreshFailure {
+    /// No refresh token: neither in the body nor a refresh cookie.
+    #[error("no refresh token")]
+    Missing,
+    /// Not a refresh token, unknown, expired, or its session ended.
+    #[error("refresh token invalid")]
+    Invalid,
+    /// A browser's (bound) refresh token sent in a body instead of its cookie.
+    #[error("bound refresh token in a body")]
+    BoundInBody,
+    /// Doubled or conflicting access credentials next to the refresh token.
+    #[error("mixed credentials: {0}")]
+    MixedCredentials(CredentialError),
+    /// An access token of another user next to the refresh token (docs/security.md 21).
+    #[error("access token of another subject")]
+    SubjectMismatch,
+    /// The user no longer exists or is disabled; the session was ended.
+    #[error("user unknown or disabled")]
+    UserDisabled,
+    /// Refresh cookies none of which is bound to this browser (docs/security.md 36).
+    #[error("refresh cookie not bound to this browser")]
+    Unbound,
+}
+
+impl RefreshFailure {
+    /// A stable identifier for logs and audit.
+    pub fn reason_id(self) -> &'static str {
+        match self {
+            RefreshFailure::Missing => "refresh.missing",
+            RefreshFailure::Invalid => "refresh.invalid",
+            RefreshFailure::BoundInBody => "refresh.bound_in_body",
+            RefreshFailure::MixedCredentials(e) => e.reason_id(),
+            RefreshFailure::SubjectMismatch => "refresh.subject_mismatch",
+            RefreshFailure::UserDisabled => "refresh.user_disabled",
+            RefreshFailure::Unbound => "refresh.unbound",
+        }
+    }
+}
+
 /// A refusal by the auth flow (`/auth/*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
@@ -47,7 +111,7 @@ pub enum AuthError {
     Csrf(#[from] CsrfError),
     /// Wrong username or password, or a disabled user (the client is not told which).
     #[error("login failed: {0}")]
-    LoginFailed(&'static str),
+    LoginFailed(LoginFailure),
     /// Too many failed logins from this address or for this username.
     #[error("login throttled")]
     Throttled {
@@ -56,7 +120,7 @@ pub enum AuthError {
     },
     /// The refresh token is missing, unknown, expired, or names a disabled user.
     #[error("refresh refused: {0}")]
-    RefreshInvalid(&'static str),
+    RefreshInvalid(RefreshFailure),
     /// A used refresh token came back outside the grace window: its session was revoked.
     #[error("refresh token reuse")]
     RefreshReuse,
@@ -78,6 +142,22 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// The `Retry-After` a throttled login is answered with.
+    pub fn retry_after(self) -> Option<u64> {
+        match self {
+            AuthError::Throttled { retry_after } => Some(retry_after),
+            AuthError::Csrf(_)
+            | AuthError::LoginFailed(_)
+            | AuthError::RefreshInvalid(_)
+            | AuthError::RefreshReuse
+            | AuthError::NotSignedIn
+            | AuthError::SessionNotFound
+            | AuthError::BadBody
+            | AuthError::UnsupportedMediaType
+            | AuthError::Busy => None,
+        }
+    }
+
     fn status(self) -> StatusCode {
         match self {
             AuthError::Csrf(_) => StatusCode::FORBIDDEN,
@@ -96,7 +176,8 @@ impl AuthError {
     fn reason_id(self) -> &'static str {
         match self {
             AuthError::Csrf(e) => e.reason_id(),
-            AuthError::LoginFailed(reason) | AuthError::RefreshInvalid(reason) => reason,
+            AuthError::LoginFailed(failure) => failure.reason_id(),
+            AuthError::RefreshInvalid(failure) => failure.reason_id(),
             AuthError::Throttled { .. } => "login.throttled",
             AuthError::RefreshReuse => "refresh.reuse_detected",
             AuthError::NotSignedIn => "auth.not_signed_in",
@@ -142,7 +223,7 @@ pub enum GatewayError {
     Token(#[from] TokenError),
     /// The token verified but its session, `jti` or user is revoked.
     #[error("session refused: {}", .0.reason_id())]
-    Session(Verdict),
+    Session(Refusal),
     /// The identity lacks a permission.
     #[error(transparent)]
     Forbidden(#[from] Forbidden),
@@ -175,6 +256,19 @@ pub enum GatewayError {
     /// A bug or a broken key: 500, details in the log only.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<IdentifyError> for GatewayError {
+    fn from(refused: IdentifyError) -> Self {
+        match refused {
+            IdentifyError::MissingCredential => GatewayError::MissingCredential,
+            IdentifyError::BadCredential(e) => GatewayError::Credential(e),
+            IdentifyError::TokenRefused(e) => GatewayError::Token(e),
+            IdentifyError::SessionRefused { refusal, .. } => GatewayError::Session(refusal),
+            IdentifyError::UserDisabled { .. } => GatewayError::UserDisabled,
+            IdentifyError::StoreUnavailable { source, .. } => GatewayError::Store(source),
+        }
+    }
 }
 
 impl GatewayError {
@@ -391,8 +485,10 @@ pub fn error_response(err: &GatewayError, ctx: &ErrorContext<'_>) -> Response<Ga
         );
     } else if status == StatusCode::SERVICE_UNAVAILABLE {
         headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-    } else if let GatewayError::Auth(AuthError::Throttled { retry_after }) = err {
-        headers.insert(http::header::RETRY_AFTER, HeaderValue::from(*retry_after));
+    } else if let GatewayError::Auth(auth) = err
+        && let Some(retry_after) = auth.retry_after()
+    {
+        headers.insert(http::header::RETRY_AFTER, HeaderValue::from(retry_after));
     }
     response
 }
@@ -424,8 +520,10 @@ fn login_location(login: &str, return_to: Option<&str>) -> String {
     format!("{login}{sep}return_to={}", percent_encode(&target))
 }
 
-/// Percent-encodes everything but unreserved characters and `/` (for a path in a query value).
-pub(crate) fn percent_encode(text: &str) -> String {
+/// Percent-encodes everything but unreserved characters and `/`, for a value in a URL's query
+/// (RFC 3986 §3.4 allows `/` there): the login redirect's return path, the admin CLI's user.
+/// The one percent-encoder of the crate.
+pub fn percent_encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len() * 3);
     for b in text.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
@@ -468,7 +566,7 @@ mod tests {
             (CredentialError::NotBearer.into(), 401),
             (CredentialError::BadCharacters.into(), 401),
             (TokenError::Expired.into(), 401),
-            (GatewayError::Session(Verdict::JtiDenied), 401),
+            (GatewayError::Session(Refusal::JtiDenied), 401),
             (Forbidden.into(), 403),
             (GatewayError::PayloadTooLarge, 413),
             (GatewayError::BodyStalled, 408),
@@ -485,10 +583,16 @@ mod tests {
             (GatewayError::UserDisabled, 401),
             (AuthError::Csrf(CsrfError::CrossSite).into(), 403),
             (AuthError::Csrf(CsrfError::Token).into(), 403),
-            (AuthError::LoginFailed("login.bad_password").into(), 401),
+            (
+                AuthError::LoginFailed(LoginFailure::BadPassword).into(),
+                401,
+            ),
             (AuthError::Throttled { retry_after: 5 }.into(), 429),
             (AuthError::Busy.into(), 503),
-            (AuthError::RefreshInvalid("refresh.invalid").into(), 401),
+            (
+                AuthError::RefreshInvalid(RefreshFailure::Invalid).into(),
+                401,
+            ),
             (AuthError::RefreshReuse.into(), 401),
             (AuthError::NotSignedIn.into(), 401),
             (AuthError::SessionNotFound.into(), 404),

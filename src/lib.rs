@@ -6,23 +6,40 @@
 //! the permissions `gateway.yaml` sets for the route, and forwards the request with verified
 //! identity headers.
 //!
+//! The request path, written once in [`proxy`] (each stage is one call; the first refusal ends
+//! the request) and drawn once, here:
+//!
 //! ```text
-//! client ─TLS─▶ listener (server) ─▶ pipeline::handle
-//!   0 framing     refuse ambiguous Content-Length / Transfer-Encoding
-//!   1 route       normalize the path; host + path + method → Route, or 404/405
-//!   2 credential  cookie or bearer → Option<token>         (absent ≠ invalid)
-//!   3 verify      kid → pinned key → alg pinned by the key; typ, crit, claims → VerifiedToken
-//!   4 session     jti denylist, session alive, user not revoked since iat
-//!   5 authorize   the route's policy against the token's permissions
-//!   6 mutate      strip client-sent identity headers and the gateway's cookies; inject verified ones
-//!   7 forward     pooled upstream client; streaming bodies; WebSocket upgrade; timeouts
-//!   errors → error::error_response: 401 JSON + WWW-Authenticate, login redirect, 403, 502, 503, 504
+//! client ─TLS─▶ listener (server) ─▶ proxy::handle
+//!   0 framing     refuse ambiguous Content-Length / Transfer-Encoding, CONNECT    (400, 405)
+//!   1 route       normalize the path; /auth/* and the JWKS → auth_flow;
+//!                 else host + path + method → Route                              (400, 404, 405)
+//!   2–4 identify  credential: cookie or bearer → token; absent ≠ invalid          (401, 400)
+//!                 verify: kid → pinned key → signature → typ/crit/claims          (401)
+//!                 session: jti denylist, live session, user not revoked since iat (401, 503)
+//!                 grant: own tokens' user exists and is enabled, roles as now     (401)
+//!   5 authorize   the route's policy against the identity's permissions           (403)
+//!     body limit  a declared Content-Length over the route's max_body             (413)
+//!   6 mutate      strip client identity/forwarding headers and the gateway's cookies;
+//!                 inject the verified identity
+//!   7 forward     pooled upstream client, streamed bodies, upgrades               (502, 504)
+//!   6' protect    the response: no Set-Cookie for the gateway's cookies, no Clear-Site-Data
+//!   finish        refusal → error::error_response (401 + WWW-Authenticate or a login
+//!                 redirect, 403, 413, 502, 503, 504); metrics; one audit event
+//!                 (access.granted / forbidden / unauthorized); the log line
 //! ```
 //!
-//! Where to look: the token is checked in [`pipeline::verify`], the session in
-//! [`pipeline::session`] over a [`store::SessionStore`], permissions in
-//! [`pipeline::authorize`], headers in [`pipeline::mutate`]; the config is compiled once in
-//! [`config`].
+//! Public routes skip 2–5 but still go through 6, so spoofed identity headers are stripped
+//! there too. Only a well-formed WebSocket handshake on a route with `websocket: true` keeps
+//! its `Upgrade`; every other `Upgrade` (`h2c` above all) is removed in 6 and forward refuses
+//! a `101` to anything but that handshake (docs/security.md 34). The auth flow's endpoints
+//! that need a signed-in user ask the same [`pipeline::identify`] as the proxy.
+//!
+//! Where to look: who a request is and what it may do is decided in [`pipeline::identify`]
+//! (the token in [`pipeline::verify`], the session in [`pipeline::session`] over a
+//! [`store::SessionStore`]); permissions are checked in [`pipeline::authorize`], headers made
+//! in [`pipeline::mutate`]; the config is compiled once in [`config`]; docs/architecture.md
+//! has the layering.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
@@ -38,9 +55,11 @@ pub mod keys;
 pub mod metrics;
 pub mod net;
 pub mod pipeline;
+pub mod proxy;
 pub mod reload;
 pub mod server;
 pub mod store;
+pub mod users;
 
 use std::sync::Arc;
 

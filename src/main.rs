@@ -201,7 +201,7 @@ fn main() -> ExitCode {
                     config.display(),
                     loaded.listeners.len(),
                     loaded.runtime.router.len(),
-                    loaded.runtime.verifier.keys.len()
+                    loaded.runtime.identify.verifier.keys.len()
                 );
                 ExitCode::SUCCESS
             }
@@ -243,7 +243,10 @@ fn main() -> ExitCode {
             let (method, path, body) = match command {
                 SessionsCommand::List { user } => (
                     "GET",
-                    format!("/admin/sessions?user={}", percent_encode(&user)),
+                    format!(
+                        "/admin/sessions?user={}",
+                        portcullis::error::percent_encode(&user)
+                    ),
                     None,
                 ),
                 SessionsCommand::Revoke { user, session } => (
@@ -315,7 +318,7 @@ fn mint(args: &TokenArgs) -> anyhow::Result<String> {
 }
 
 fn hash_password(from_stdin: bool) -> anyhow::Result<String> {
-    use portcullis::auth_flow::users::{MAX_PASSWORD_BYTES, Password};
+    use portcullis::users::{MAX_PASSWORD_BYTES, Password};
     let password = if from_stdin {
         let mut line = String::new();
         std::io::stdin()
@@ -346,9 +349,7 @@ fn hash_password(from_stdin: bool) -> anyhow::Result<String> {
         password.len() <= MAX_PASSWORD_BYTES,
         "the password is longer than {MAX_PASSWORD_BYTES} bytes; logins refuse longer ones"
     );
-    Ok(portcullis::auth_flow::users::hash_password(
-        password.expose_secret(),
-    ))
+    Ok(portcullis::users::hash_password(password.expose_secret()))
 }
 
 /// Writes `<kid>.key.pem` and `<kid>.pub.pem` into `out` and prints the kid and config line.
@@ -610,16 +611,4 @@ async fn admin_request(
     let status = response.status();
     let body = response.into_body().collect().await?.to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
-
-fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }

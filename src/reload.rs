@@ -108,8 +108,9 @@ pub fn apply(gateway: &Gateway, config: Config, trigger: &'static str) -> Reload
         }
     }
     let old = gateway.runtime();
-    let old_kids: std::collections::BTreeSet<&str> = old.verifier.keys.kids().collect();
-    let new_kids: std::collections::BTreeSet<&str> = config.runtime.verifier.keys.kids().collect();
+    let old_kids: std::collections::BTreeSet<&str> = old.identify.verifier.keys.kids().collect();
+    let new_kids: std::collections::BTreeSet<&str> =
+        config.runtime.identify.verifier.keys.kids().collect();
     let keys_changed = old_kids != new_kids;
     drop(old_kids);
     drop(new_kids);

@@ -29,6 +29,8 @@ use std::time::Duration;
 use cookie::{Cookie, SameSite};
 use http::HeaderValue;
 
+use crate::pipeline::credential::cookie_values;
+
 /// The refresh-token cookie: `__Secure-` rather than `__Host-` because it is scoped to the auth
 /// path, so it is never sent to an upstream or to the proxy routes.
 pub const REFRESH_COOKIE: &str = "__Secure-portcullis-rt";
@@ -222,23 +224,10 @@ pub fn bound_refresh(headers: &http::HeaderMap) -> RefreshCookies<'_> {
     }
 }
 
-/// Every value sent for cookie `name`, in the order sent, across every `Cookie` header.
-fn values<'h>(headers: &'h http::HeaderMap, name: &str) -> impl Iterator<Item = &'h str> {
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|text| text.split(';'))
-        .filter_map(move |pair| {
-            let (n, v) = pair.trim().split_once('=')?;
-            (n.trim() == name).then(|| v.trim())
-        })
-}
-
 /// Every value of cookie `name` in the request, in the order sent (at most
 /// [`MAX_REFRESH_COOKIES`]; a request with more is treated as having none of them).
 fn read_all<'h>(headers: &'h http::HeaderMap, name: &str) -> Vec<&'h str> {
-    let found: Vec<&str> = values(headers, name)
+    let found: Vec<&str> = cookie_values(headers, name)
         .take(MAX_REFRESH_COOKIES + 1)
         .collect();
     if found.len() > MAX_REFRESH_COOKIES {
@@ -249,7 +238,7 @@ fn read_all<'h>(headers: &'h http::HeaderMap, name: &str) -> Vec<&'h str> {
 
 /// The value of cookie `name` in the request, when it is sent exactly once.
 pub fn read<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
-    let mut found = values(headers, name);
+    let mut found = cookie_values(headers, name);
     let first = found.next()?;
     // Two cookies of one name: a planted one (cookie tossing) among them.
     found.next().is_none().then_some(first)

@@ -14,26 +14,7 @@
 
 use http::HeaderMap;
 
-/// Why a state-changing request was refused as cross-site.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum CsrfError {
-    /// `Sec-Fetch-Site` names another site, or `Origin` another origin.
-    #[error("cross-site request")]
-    CrossSite,
-    /// The CSRF token is missing or does not match the cookie.
-    #[error("missing or wrong CSRF token")]
-    Token,
-}
-
-impl CsrfError {
-    /// A stable identifier for logs and audit.
-    pub fn reason_id(self) -> &'static str {
-        match self {
-            CsrfError::CrossSite => "csrf.cross_site",
-            CsrfError::Token => "csrf.token",
-        }
-    }
-}
+use crate::error::CsrfError;
 
 /// Check 1: the request comes from this origin, or from no browser at all.
 pub fn same_origin(headers: &HeaderMap, own_origin: &str) -> Result<(), CsrfError> {

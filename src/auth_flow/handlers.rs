@@ -8,17 +8,17 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use super::csrf::{self, CsrfError};
+use super::csrf;
 use super::tokens::{self, AccessClaims};
-use super::users;
 use super::{AuthSettings, Client, JWKS_PATH, LOGIN_PATH, cookies, pages};
 use crate::audit::{Audit, AuditEvent};
 use crate::body::GatewayBody;
-use crate::config::Runtime;
-use crate::error::{AuthError, GatewayError};
+use crate::error::{AuthError, CsrfError, GatewayError, RefreshFailure};
+use crate::pipeline::identify::{self, Identify, IdentifyError};
 use crate::pipeline::route::RouteError;
-use crate::pipeline::{credential, session, verify};
+use crate::pipeline::{credential, verify};
 use crate::store::{RefreshGrant, RotateOutcome, Rotation, SessionRecord, SessionStore, Store};
+use crate::users;
 
 /// Largest body accepted on an auth endpoint.
 const MAX_BODY: usize = 16 * 1024;
@@ -28,10 +28,12 @@ const MAX_USER_AGENT: usize = 256;
 /// What a handler needs besides the request.
 #[derive(Debug)]
 pub struct Env<'a> {
-    /// The runtime snapshot of this request.
-    pub rt: &'a Runtime,
-    /// Its auth settings.
+    /// The auth settings of this request's runtime snapshot.
     pub auth: &'a AuthSettings,
+    /// Who a request is, in the same snapshot.
+    pub identify: &'a Identify,
+    /// Longest wait for the next part of a request body (`limits.body_read_timeout`).
+    pub body_read_timeout: std::time::Duration,
     /// The session store.
     pub store: &'a Store,
     /// The audit trail.
@@ -226,7 +228,8 @@ async fn login(
 
     let current_users = auth.users.current();
     let password = users::Password::new(std::mem::take(&mut input.password));
-    let user = match users::authenticate(current_users, &input.username, password).await {
+    let slots = auth.users.slots();
+    let user = match users::authenticate(slots, current_users, &input.username, password).await {
         Ok(user) => user,
         Err(users::LoginFailure::Busy) => {
             // Nothing was verified: not a failed attempt, so no throttle count.
@@ -259,7 +262,7 @@ async fn login(
                     "The username or password is not correct.",
                 ));
             }
-            return Err(AuthError::LoginFailed(reason).into());
+            return Err(AuthError::LoginFailed(failure).into());
         }
     };
     env.store.throttle_clear(&user_key).await?;
@@ -366,6 +369,9 @@ fn login_deferred(
     refusal: AuthError,
     message: &str,
 ) -> Result<Response<GatewayBody>, GatewayError> {
+    // Seconds until a retry can succeed: the throttle window's end, or a moment for a busy
+    // verifier.
+    let retry_after = refusal.retry_after().unwrap_or(1);
     let refusal = GatewayError::Auth(refusal);
     let (subject, digest) = audit_username(env, username);
     env.audit.emit(&AuditEvent {
@@ -375,10 +381,6 @@ fn login_deferred(
     });
     let Some(input) = form else {
         return Err(refusal);
-    };
-    let retry_after = match refusal {
-        GatewayError::Auth(AuthError::Throttled { retry_after }) => retry_after,
-        _ => 1,
     };
     let mut response = login_form_again(refusal.status(), input, message);
     response
@@ -519,7 +521,7 @@ async fn refresh(
                         env,
                         form,
                         input.return_to.as_deref(),
-                        "refresh.missing",
+                        RefreshFailure::Missing,
                         None,
                     );
                 }
@@ -542,7 +544,7 @@ async fn refresh(
             env,
             form,
             input.return_to.as_deref(),
-            "refresh.invalid",
+            RefreshFailure::Invalid,
             None,
         );
     };
@@ -553,7 +555,7 @@ async fn refresh(
             env,
             form,
             input.return_to.as_deref(),
-            "refresh.bound_in_body",
+            RefreshFailure::BoundInBody,
             Some(&parsed.subject),
         );
     }
@@ -574,7 +576,7 @@ async fn refresh(
                 env,
                 form,
                 input.return_to.as_deref(),
-                e.reason_id(),
+                RefreshFailure::MixedCredentials(e),
                 Some(&subject),
             );
         }
@@ -583,15 +585,19 @@ async fn refresh(
     // A browser refreshes because its access token expired, so expiry must not hide whose
     // token it is: everything but the expiry is verified (one signature check per refresh).
     if let Some(token) = presented_access
-        && let Ok(verified) =
-            verify::verify_ignoring_expiry(token, &env.rt.verifier, &env.rt.permissions, now)
+        && let Ok(verified) = verify::verify_ignoring_expiry(
+            token,
+            &env.identify.verifier,
+            &env.identify.permissions,
+            now,
+        )
         && *verified.subject != *subject
     {
         return refresh_failed(
             env,
             form,
             input.return_to.as_deref(),
-            "refresh.subject_mismatch",
+            RefreshFailure::SubjectMismatch,
             Some(&subject),
         );
     }
@@ -605,7 +611,7 @@ async fn refresh(
                 env,
                 form,
                 input.return_to.as_deref(),
-                "refresh.user_disabled",
+                RefreshFailure::UserDisabled,
                 Some(&subject),
             );
         }
@@ -614,7 +620,7 @@ async fn refresh(
                 env,
                 form,
                 input.return_to.as_deref(),
-                "refresh.invalid",
+                RefreshFailure::Invalid,
                 Some(&subject),
             );
         }
@@ -688,7 +694,13 @@ fn refresh_unbound(
     return_to: Option<&str>,
     subject: Option<String>,
 ) -> Result<Response<GatewayBody>, GatewayError> {
-    let mut response = refresh_failed(env, form, return_to, "refresh.unbound", subject.as_deref())?;
+    let mut response = refresh_failed(
+        env,
+        form,
+        return_to,
+        RefreshFailure::Unbound,
+        subject.as_deref(),
+    )?;
     for c in cookies::expire_planted(&env.client.origin) {
         response.headers_mut().append(SET_COOKIE, c);
     }
@@ -701,15 +713,15 @@ fn refresh_failed(
     env: &Env<'_>,
     form: bool,
     return_to: Option<&str>,
-    reason: &'static str,
+    failure: RefreshFailure,
     subject: Option<&str>,
 ) -> Result<Response<GatewayBody>, GatewayError> {
     env.audit.emit(&AuditEvent {
         subject,
-        ..env.event("refresh.failure", reason, "/auth/refresh")
+        ..env.event("refresh.failure", failure.reason_id(), "/auth/refresh")
     });
     let mut response =
-        refresh_error_response(form, return_to, env, AuthError::RefreshInvalid(reason));
+        refresh_error_response(form, return_to, env, AuthError::RefreshInvalid(failure));
     for c in cookies::expire_tokens(&env.auth.access_cookie) {
         response.headers_mut().append(SET_COOKIE, c);
     }
@@ -877,42 +889,31 @@ async fn rotate(
     }))
 }
 
-/// The request's access token, verified, issued by this gateway, with a live session and an
-/// enabled user; `None` when there is none or it is not usable.
+/// The request's identity ([`identify`]) when the gateway issued its token: verified, with a
+/// live session and an enabled user. `None` when there is none, or it is refused or another
+/// issuer's; `Err` only when the store cannot answer, which fails closed (503) rather than
+/// pass for "not signed in".
 async fn signed_in(headers: &HeaderMap, env: &Env<'_>) -> Result<Option<Signed>, GatewayError> {
-    let Ok(Some(token)) = credential::credential(headers, &env.auth.access_cookie) else {
-        return Ok(None);
+    let identity = match identify::identify(headers, env.identify, env.store, env.now).await {
+        Ok(identity) => identity,
+        Err(IdentifyError::StoreUnavailable { source, .. }) => return Err(source.into()),
+        Err(
+            IdentifyError::MissingCredential
+            | IdentifyError::BadCredential(_)
+            | IdentifyError::TokenRefused(_)
+            | IdentifyError::SessionRefused { .. }
+            | IdentifyError::UserDisabled { .. },
+        ) => return Ok(None),
     };
-    let now = env.now;
-    let Ok(verified) = verify::verify(
-        token,
-        &env.rt.verifier,
-        &env.rt.token_cache,
-        &env.rt.permissions,
-        now,
-    ) else {
-        return Ok(None);
-    };
-    if verified.issuer != env.auth.issuer_index {
+    if !identity.is_own() {
         return Ok(None);
     }
-    match session::session(&verified, env.store, now).await {
-        Ok(()) => {}
-        Err(GatewayError::Store(e)) => return Err(GatewayError::Store(e)),
-        Err(_) => return Ok(None),
-    }
-    if env
-        .auth
-        .grant(&verified.subject, &env.rt.permissions)
-        .is_none()
-    {
-        return Ok(None);
-    }
+    let token = identity.token();
     Ok(Some(Signed {
-        subject: verified.subject.to_string(),
-        session: verified.session.as_deref().unwrap_or_default().to_owned(),
-        jti: Some(verified.jti.to_string()),
-        expires_at: verified.expires_at,
+        subject: token.subject.to_string(),
+        session: token.session.as_deref().unwrap_or_default().to_owned(),
+        jti: Some(token.jti.to_string()),
+        expires_at: token.expires_at,
         rotated: None,
     }))
 }
@@ -922,13 +923,8 @@ async fn signed_in(headers: &HeaderMap, env: &Env<'_>) -> Result<Option<Signed>,
 /// a browser acting for someone else, and gets no cookie fallback (see [`caller`]).
 fn needs_csrf(headers: &HeaderMap, auth: &AuthSettings) -> bool {
     !headers.contains_key(http::header::AUTHORIZATION)
-        && (headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|pair| pair.split_once('=').map(|(n, _)| n.trim()))
-            .any(|n| n == auth.access_cookie || n == cookies::REFRESH_COOKIE))
+        && credential::cookies(headers)
+            .any(|(name, _)| name == auth.access_cookie || name == cookies::REFRESH_COOKIE)
 }
 
 /// The double-submit check: the request repeats the CSRF cookie's value in the form field
@@ -1043,11 +1039,6 @@ async fn logout_all(
     let Some(signed) = caller(&headers, env).await? else {
         return Err(not_signed_in(env, "POST", "/auth/logout-all"));
     };
-    let now = env.now;
-    // Tokens issued up to the second before now are refused by the user mark; those issued in
-    // this very second name a session, and every session ends here. A new login a moment
-    // later (its tokens issued after the mark) works.
-    let keep_until = now + auth.access_ttl.as_secs() as i64 + env.rt.verifier.leeway;
     let unrevoked = |e| {
         store_refused(
             env,
@@ -1058,13 +1049,12 @@ async fn logout_all(
             e,
         )
     };
-    env.store
-        .revoke_user(&signed.subject, now - 1, keep_until)
+    identify::revoke_user(env.store, env.identify, &signed.subject, env.now)
         .await
         .map_err(unrevoked)?;
     if let Some(jti) = &signed.jti {
         env.store
-            .deny_jti(&auth.issuer, jti, signed.expires_at, now)
+            .deny_jti(&auth.issuer, jti, signed.expires_at, env.now)
             .await
             .map_err(unrevoked)?;
     }
@@ -1411,7 +1401,7 @@ async fn read_body_or_empty(
     let has_type = request.headers().contains_key(CONTENT_TYPE);
     let limited = http_body_util::Limited::new(request.into_body(), MAX_BODY);
     // A form is a few hundred bytes: all of it within `limits.body_read_timeout`.
-    let body = tokio::time::timeout(env.rt.body_read_timeout, limited.collect())
+    let body = tokio::time::timeout(env.body_read_timeout, limited.collect())
         .await
         .map_err(|_| GatewayError::BodyStalled)?
         .map_err(|_| GatewayError::PayloadTooLarge)?

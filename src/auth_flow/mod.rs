@@ -36,23 +36,19 @@ pub mod csrf;
 pub mod pages;
 pub mod redirect;
 pub mod tokens;
-pub mod users;
 
 pub mod handlers;
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::HeaderValue;
 
 use crate::keys::signing::SigningKeys;
-use crate::pipeline::authorize::{PermissionSet, PermissionTable};
+use crate::users::UsersHandle;
 pub use handlers::handle;
-use users::{Users, UsersHandle};
 
 /// Paths the auth flow answers (everything under `/auth/` and the JWKS document).
 pub fn owns(path: &str) -> bool {
@@ -99,31 +95,12 @@ pub struct Throttle {
     pub window: Duration,
 }
 
-/// A user's current permissions, compiled against the runtime's role table.
-#[derive(Debug)]
-pub struct Grant {
-    /// The permissions of the user's roles.
-    pub permissions: PermissionSet,
-    /// The same, as the header the upstream receives.
-    pub permissions_header: HeaderValue,
-}
-
-/// The grants of every enabled user for one version of the users file, built on first use.
-#[derive(Debug, Default)]
-pub(crate) struct Grants {
-    /// The users snapshot these were built from.
-    users: Option<Arc<Users>>,
-    by_user: HashMap<String, Arc<Grant>>,
-}
-
 /// The auth flow's compiled settings: part of the runtime, swapped with it on reload.
 pub struct AuthSettings {
     /// `iss` of issued tokens.
     pub issuer: String,
     /// `aud` of issued tokens.
     pub audience: String,
-    /// Index of the gateway's own issuer in the verifier's key set.
-    pub issuer_index: usize,
     /// Signing keys; the newest signs.
     pub signing: Arc<SigningKeys>,
     /// The users file, reloaded when it changes.
@@ -144,8 +121,6 @@ pub struct AuthSettings {
     pub jwks_cache_control: HeaderValue,
     /// Name of the access-token cookie (`tokens.cookie`).
     pub access_cookie: String,
-    /// Per-user grants, rebuilt when the users file changes (start empty).
-    pub(crate) grants: ArcSwap<Grants>,
 }
 
 impl std::fmt::Debug for AuthSettings {
@@ -155,46 +130,6 @@ impl std::fmt::Debug for AuthSettings {
             .field("audience", &self.audience)
             .field("access_ttl", &self.access_ttl)
             .finish_non_exhaustive()
-    }
-}
-
-impl AuthSettings {
-    /// The current permissions of `subject`, from the users file as it is now: `None` when the
-    /// user no longer exists or is disabled (docs/security.md 11). A change to the users file or to
-    /// `roles:` applies from the next request on.
-    pub fn grant(&self, subject: &str, table: &PermissionTable) -> Option<Arc<Grant>> {
-        let users = self.users.current();
-        let grants = self.grants.load();
-        let fresh = grants
-            .users
-            .as_ref()
-            .is_some_and(|built| Arc::ptr_eq(built, &users));
-        if fresh {
-            return grants.by_user.get(subject).cloned();
-        }
-        // The users file changed (or this is the first request): rebuild every grant once, so
-        // the hot path is one map lookup and no string building per request.
-        let by_user: HashMap<String, Arc<Grant>> = users
-            .iter()
-            .filter(|u| !u.disabled)
-            .map(|u| {
-                let permissions = table.resolve(u.roles.iter().map(String::as_str));
-                let permissions_header = table.header_value(&permissions);
-                (
-                    u.username.clone(),
-                    Arc::new(Grant {
-                        permissions,
-                        permissions_header,
-                    }),
-                )
-            })
-            .collect();
-        let found = by_user.get(subject).cloned();
-        self.grants.store(Arc::new(Grants {
-            users: Some(users),
-            by_user,
-        }));
-        found
     }
 }
 

@@ -10,10 +10,11 @@ use http::HeaderValue;
 use super::error::{ConfigError, invalid};
 use super::raw::RawAuth;
 use super::units::duration;
-use crate::auth_flow::users::UsersHandle;
 use crate::auth_flow::{AuthSettings, Lifetimes, Throttle, redirect::RedirectPolicy};
 use crate::keys::signing::SigningKeys;
 use crate::keys::{self, Issuer, KeySet, VerificationKey};
+use crate::pipeline::identify::OwnIssuer;
+use crate::users::UsersHandle;
 
 /// Checks `login_url:`: a path on this gateway or an `https://` URL, never a
 /// protocol-relative or backslashed one a browser would read as another host.
@@ -50,7 +51,7 @@ pub(super) fn compile(
     keyset: &mut KeySet,
     cookie_name: &str,
     base: &Path,
-) -> Result<AuthSettings, ConfigError> {
+) -> Result<(AuthSettings, OwnIssuer), ConfigError> {
     if !a.issuer.starts_with("https://") && !a.issuer.starts_with("http://") {
         return Err(invalid(
             "auth.issuer",
@@ -210,13 +211,14 @@ pub(super) fn compile(
     let jwks_cache_control =
         HeaderValue::from_str(&format!("public, max-age={}", jwks_max_age.as_secs()))
             .map_err(|_| invalid("auth.jwks_max_age", "out of range"))?;
-    Ok(AuthSettings {
+    let users = Arc::new(users);
+    let own = OwnIssuer::new(issuer_index, Arc::clone(&users));
+    let auth = AuthSettings {
         issuer: a.issuer.clone(),
         audience,
-        issuer_index,
         jwks: signing.jwks_json(),
         signing,
-        users: Arc::new(users),
+        users,
         access_ttl,
         lifetimes,
         refresh_grace,
@@ -224,6 +226,6 @@ pub(super) fn compile(
         throttle,
         jwks_cache_control,
         access_cookie: cookie_name.to_owned(),
-        grants: Default::default(),
-    })
+    };
+    Ok((auth, own))
 }

@@ -29,8 +29,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::auth_flow::AuthSettings;
-use crate::pipeline::authorize::PermissionTable;
 use crate::pipeline::forward::Upstream;
+use crate::pipeline::identify::Identify;
 use crate::pipeline::mutate::MutateConfig;
 use crate::pipeline::route::Router;
 use crate::pipeline::verify::{TokenCache, Verifier};
@@ -52,17 +52,10 @@ pub struct Runtime {
     pub router: Router,
     /// Upstreams, indexed by [`Route::upstream`].
     pub upstreams: Vec<Upstream>,
-    /// Keys, issuers and verification settings.
-    pub verifier: Verifier,
-    /// Role → permission mapping.
-    pub permissions: PermissionTable,
-    /// Verified tokens. Owned by the runtime so a key or role change never serves a verdict
-    /// reached under the old config.
-    pub token_cache: TokenCache,
+    /// Who a request is: cookie name, keys, token cache, roles, the gateway's own issuer.
+    pub identify: Identify,
     /// Header stripping and injection settings.
     pub mutate: MutateConfig,
-    /// Name of the access-token cookie.
-    pub cookie_name: String,
     /// Where browsers are sent to log in.
     pub login_url: Option<String>,
     /// The login flow, when the gateway issues its own tokens.
@@ -135,9 +128,12 @@ fn compile(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
     let identity = mutate::identity_headers(&raw.identity_headers)?;
     let trusted_proxies = mutate::trusted_proxies(&raw.trusted_proxies)?;
     auth::login_url(raw.login_url.as_deref())?;
-    let auth = match &raw.auth {
-        None => None,
-        Some(a) => Some(auth::compile(a, &mut keys, &tokens.cookie, base)?),
+    let (auth, own) = match &raw.auth {
+        None => (None, None),
+        Some(a) => {
+            let (auth, own) = auth::compile(a, &mut keys, &tokens.cookie, base)?;
+            (Some(auth), Some(own))
+        }
     };
     if auth.is_some() {
         routes::outside_login_flow(&raw.routes)?;
@@ -153,15 +149,18 @@ fn compile(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
     let runtime = Runtime {
         router,
         upstreams: upstreams.upstreams,
-        verifier: Verifier {
-            keys,
-            leeway: tokens.leeway.as_secs() as i64,
-            max_bytes: tokens.max_bytes,
-        },
-        permissions,
-        token_cache: TokenCache::new(tokens.cache_capacity),
         mutate: mutate::config(identity, trusted_proxies, &tokens.cookie, auth.is_some()),
-        cookie_name: tokens.cookie,
+        identify: Identify {
+            cookie_name: tokens.cookie,
+            verifier: Verifier {
+                keys,
+                leeway: tokens.leeway.as_secs() as i64,
+                max_bytes: tokens.max_bytes,
+            },
+            token_cache: TokenCache::new(tokens.cache_capacity),
+            permissions,
+            own,
+        },
         login_url,
         auth,
         body_read_timeout: body.read_timeout,

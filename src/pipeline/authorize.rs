@@ -115,6 +115,19 @@ impl PermissionTable {
         set
     }
 
+    /// What `roles` grant under this table: the permission set authorize checks and the header
+    /// the upstream receives. The one place role names become permissions, for the roles a
+    /// token claims ([`crate::pipeline::verify`]) and for a user's roles in the users file
+    /// ([`crate::pipeline::identify`]).
+    pub fn grant<'a>(&self, roles: impl IntoIterator<Item = &'a str>) -> Grant {
+        let permissions = self.resolve(roles);
+        let permissions_header = self.header_value(&permissions);
+        Grant {
+            permissions,
+            permissions_header,
+        }
+    }
+
     /// The permissions of `set`, sorted and comma-separated, for the upstream.
     pub fn header_value(&self, set: &PermissionSet) -> HeaderValue {
         let joined = set
@@ -125,6 +138,15 @@ impl PermissionTable {
         // Permission names were validated as header-safe when the config was compiled.
         HeaderValue::from_str(&joined).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
+}
+
+/// A set of permissions and the header that lists them, compiled once per token or per user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The permissions.
+    pub permissions: PermissionSet,
+    /// The same, sorted and comma-separated, as the upstream receives them.
+    pub permissions_header: HeaderValue,
 }
 
 /// A route's compiled policy.

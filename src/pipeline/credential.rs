@@ -69,7 +69,11 @@ pub fn credential<'h>(
     Ok(Some(token))
 }
 
-fn bearer(headers: &HeaderMap) -> Result<Option<&str>, CredentialError> {
+/// The token of the request's `Authorization: Bearer` header: `Ok(None)` without the header,
+/// `Err` when it is doubled, not text, of another scheme, or empty. The scheme is matched in
+/// any case (RFC 7235 §2.1) and the token trimmed of spaces; its characters are the caller's to
+/// judge. The one bearer parser: the proxy's credential and the admin API's secret.
+pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, CredentialError> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Ok(None);
@@ -89,26 +93,42 @@ fn bearer(headers: &HeaderMap) -> Result<Option<&str>, CredentialError> {
     Ok(Some(token))
 }
 
+/// Every cookie the request sends, as `(name, value)`, in the order sent, across every
+/// `Cookie` header (HTTP/2 sends one per cookie). The one cookie reader of the gateway.
+///
+/// Read as RFC 6265 §4.1.1 writes them: pairs split on `;`, spaces around names and values
+/// dropped, and a value wrapped in one pair of `DQUOTE`s is the text between them (the quotes
+/// are not part of the value; an unbalanced quote is kept). A pair without `=` is no cookie,
+/// and a header that is not text holds none: other cookies are not ours to judge.
+pub fn cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|text| text.split(';'))
+        .filter_map(|pair| {
+            let (name, value) = pair.split_once('=')?;
+            let value = value.trim();
+            let value = value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(value);
+            Some((name.trim(), value))
+        })
+}
+
+/// Every value sent for cookie `name`, in the order sent (see [`cookies`]).
+pub fn cookie_values<'h>(headers: &'h HeaderMap, name: &str) -> impl Iterator<Item = &'h str> {
+    cookies(headers).filter_map(move |(n, v)| (n == name).then_some(v))
+}
+
 fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, CredentialError> {
-    let mut found = None;
-    for header in headers.get_all(COOKIE) {
-        // A cookie header that is not text cannot hold our cookie; other cookies are not ours to judge.
-        let Ok(header) = header.to_str() else {
-            continue;
-        };
-        for pair in header.split(';') {
-            let Some((n, v)) = pair.split_once('=') else {
-                continue;
-            };
-            if n.trim() == name {
-                if found.is_some() {
-                    return Err(CredentialError::DuplicateCookie);
-                }
-                found = Some(v.trim().trim_matches('"'));
-            }
-        }
+    let mut values = cookie_values(headers, name);
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(CredentialError::DuplicateCookie);
     }
-    Ok(found)
+    Ok(first)
 }
 
 #[cfg(test)]
@@ -170,6 +190,45 @@ mod tests {
         assert_eq!(credential(&both, "at"), Err(CredentialError::Conflicting));
         let same = headers(&[("authorization", "Bearer a.b.c"), ("cookie", "at=a.b.c")]);
         assert_eq!(credential(&same, "at"), Ok(Some("a.b.c")));
+    }
+
+    #[test]
+    fn cookies_are_read_as_rfc_6265_writes_them_one_pair_of_quotes_is_not_the_value() {
+        let h = headers(&[
+            ("cookie", "a=1; at=\"a.b.c\" ;b = 2"),
+            ("cookie", "c=\"x; d=\"\"y\"\"; novalue; e=\"z"),
+        ]);
+        let all: Vec<_> = cookies(&h).collect();
+        assert_eq!(
+            all,
+            [
+                ("a", "1"),
+                ("at", "a.b.c"),
+                ("b", "2"),
+                ("c", "\"x"),
+                ("d", "\"y\""),
+                ("e", "\"z"),
+            ]
+        );
+        assert_eq!(credential(&h, "at"), Ok(Some("a.b.c")));
+        // An unbalanced quote stays, and a token cannot contain one.
+        assert_eq!(
+            credential(&headers(&[("cookie", "at=\"a.b.c")]), "at"),
+            Err(CredentialError::BadCharacters)
+        );
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_matched_in_any_case() {
+        for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+            let h = headers(&[("authorization", &format!("{scheme}   secret "))]);
+            assert_eq!(bearer(&h), Ok(Some("secret")), "{scheme}");
+        }
+        assert_eq!(bearer(&HeaderMap::new()), Ok(None));
+        assert_eq!(
+            bearer(&headers(&[("authorization", "Bearerx secret")])),
+            Err(CredentialError::NotBearer)
+        );
     }
 
     #[test]

@@ -434,8 +434,10 @@ fn verify_inner(
             .collect::<Result<_, _>>()?,
         Some(_) => return Err(TokenError::MissingClaim),
     };
-    let granted = permissions.resolve(roles.iter().copied());
-    let permissions_header = permissions.header_value(&granted);
+    let crate::pipeline::authorize::Grant {
+        permissions: granted,
+        permissions_header,
+    } = permissions.grant(roles.iter().copied());
 
     Ok(VerifiedToken {
         token_key: token_key.unwrap_or_else(|| cache_key(token)),

@@ -82,7 +82,7 @@ impl Handler for Proxy {
         // The runtime snapshot is taken once per request: a reload never changes the rules
         // halfway through one.
         let runtime = gateway.runtime();
-        pipeline::handle(
+        crate::proxy::handle(
             request,
             &conn,
             runtime,

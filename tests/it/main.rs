@@ -16,6 +16,7 @@ mod config;
 mod config_errors;
 mod edge;
 mod hash_password_cli;
+mod identify;
 mod keys_cli;
 mod login_flow;
 mod operations;

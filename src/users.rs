@@ -576,16 +576,28 @@ impl LoginFailure {
 /// fail with [`LoginFailure::Busy`]. Without the bound a login flood would start as many as the
 /// blocking pool has threads (512), ~10 GiB of argon2 memory, and starve the proxy's workers.
 pub async fn authenticate(
+    slots: &LoginSlots,
     users: Arc<Users>,
     username: &str,
     password: Password,
 ) -> Result<Authenticated, LoginFailure> {
-    static SLOTS: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
-    let slots = SLOTS.get_or_init(|| {
+    authenticate_in(&slots.0, SLOT_WAIT, users, username, password).await
+}
+
+/// The password-verification slots: how many argon2 verifications may run at once (one per
+/// core; see [`authenticate`]). Owned by the users handle, and so by the gateway's runtime,
+/// rather than by the process: two gateways in one process (tests, a future multi-tenant
+/// build) do not share them. A config reload builds a new handle with new slots; logins that
+/// already hold or wait for a slot of the old one finish there.
+#[derive(Debug, Clone)]
+pub struct LoginSlots(Arc<tokio::sync::Semaphore>);
+
+impl LoginSlots {
+    /// One slot per core the process may use.
+    pub fn per_core() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Arc::new(tokio::sync::Semaphore::new(cores))
-    });
-    authenticate_in(slots, SLOT_WAIT, users, username, password).await
+        Self(Arc::new(tokio::sync::Semaphore::new(cores)))
+    }
 }
 
 /// How long a login waits for a verification slot before it is refused as busy.
@@ -657,6 +669,8 @@ pub struct UsersHandle {
     /// Held across file I/O and hashing, which is why reloads run on the blocking pool.
     reloading: Mutex<()>,
     minimums: &'static [(u32, u32)],
+    /// Bounds the argon2 verifications of logins against these users.
+    slots: LoginSlots,
 }
 
 impl fmt::Debug for UsersHandle {
@@ -681,12 +695,18 @@ impl UsersHandle {
             current: ArcSwap::from_pointee(users),
             reloading: Mutex::new(()),
             minimums,
+            slots: LoginSlots::per_core(),
         })
     }
 
     /// The users file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The verification slots logins against these users share.
+    pub fn slots(&self) -> &LoginSlots {
+        &self.slots
     }
 
     /// The current users. Hold on to the `Arc` for the length of one login.
@@ -986,8 +1006,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn verification_slots_belong_to_a_users_handle_not_to_the_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.yaml");
+        std::fs::write(&path, users_yaml()).unwrap();
+        let (a, b) = (handle_on(&path), handle_on(&path));
+        // Every slot of `a` taken: a login against `a` is busy, one against `b` is not.
+        let all = u32::try_from(a.slots().0.available_permits()).unwrap();
+        let _taken = Arc::clone(&a.slots().0)
+            .acquire_many_owned(all)
+            .await
+            .unwrap();
+        let wait = std::time::Duration::from_millis(50);
+        let busy = authenticate_in(&a.slots().0, wait, a.current(), "alice", pw("alice-pw")).await;
+        assert!(matches!(busy, Err(LoginFailure::Busy)), "{busy:?}");
+        let ok = authenticate(b.slots(), b.current(), "alice", pw("alice-pw")).await;
+        assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    #[tokio::test]
     async fn the_right_password_authenticates() {
-        let ok = authenticate(test_users(), "  ALICE ", pw("alice-pw")).await;
+        let ok = authenticate(
+            &LoginSlots::per_core(),
+            test_users(),
+            "  ALICE ",
+            pw("alice-pw"),
+        )
+        .await;
         assert_eq!(
             ok,
             Ok(Authenticated {
@@ -1002,11 +1047,17 @@ mod tests {
     async fn a_wrong_password_is_refused() {
         let users = test_users();
         assert_eq!(
-            authenticate(users.clone(), "alice", pw("Alice-pw")).await,
+            authenticate(
+                &LoginSlots::per_core(),
+                users.clone(),
+                "alice",
+                pw("Alice-pw")
+            )
+            .await,
             Err(LoginFailure::BadPassword)
         );
         assert_eq!(
-            authenticate(users, "alice", pw("")).await,
+            authenticate(&LoginSlots::per_core(), users, "alice", pw("")).await,
             Err(LoginFailure::BadPassword)
         );
     }
@@ -1014,7 +1065,7 @@ mod tests {
     #[tokio::test]
     async fn an_unknown_user_is_refused() {
         assert_eq!(
-            authenticate(test_users(), "eve", pw("alice-pw")).await,
+            authenticate(&LoginSlots::per_core(), test_users(), "eve", pw("alice-pw")).await,
             Err(LoginFailure::UnknownUser)
         );
     }
@@ -1023,11 +1074,17 @@ mod tests {
     async fn a_disabled_user_is_refused_even_with_the_right_password() {
         let users = test_users();
         assert_eq!(
-            authenticate(users.clone(), "mallory", pw("mallory-pw")).await,
+            authenticate(
+                &LoginSlots::per_core(),
+                users.clone(),
+                "mallory",
+                pw("mallory-pw")
+            )
+            .await,
             Err(LoginFailure::Disabled)
         );
         assert_eq!(
-            authenticate(users, "mallory", pw("wrong")).await,
+            authenticate(&LoginSlots::per_core(), users, "mallory", pw("wrong")).await,
             Err(LoginFailure::BadPassword)
         );
     }
@@ -1041,7 +1098,7 @@ mod tests {
         );
         let users = Arc::new(Users::parse_with(&yaml, "u.yaml", TEST_MINIMUMS).unwrap());
         assert_eq!(
-            authenticate(users, "long", Password::new(long)).await,
+            authenticate(&LoginSlots::per_core(), users, "long", Password::new(long)).await,
             Err(LoginFailure::BadPassword)
         );
     }
@@ -1063,12 +1120,30 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/users.yaml");
         let users = Arc::new(Users::load(&path).unwrap());
         assert_eq!(users.len(), 3);
-        let alice = authenticate(users.clone(), "alice", pw("demo-password-alice")).await;
+        let alice = authenticate(
+            &LoginSlots::per_core(),
+            users.clone(),
+            "alice",
+            pw("demo-password-alice"),
+        )
+        .await;
         assert_eq!(alice.unwrap().roles, ["reader", "editor"]);
-        let bob = authenticate(users.clone(), "Bob", pw("demo-password-bob")).await;
+        let bob = authenticate(
+            &LoginSlots::per_core(),
+            users.clone(),
+            "Bob",
+            pw("demo-password-bob"),
+        )
+        .await;
         assert_eq!(bob.unwrap().roles, ["reader"]);
         assert_eq!(
-            authenticate(users, "mallory", pw("demo-password-mallory")).await,
+            authenticate(
+                &LoginSlots::per_core(),
+                users,
+                "mallory",
+                pw("demo-password-mallory")
+            )
+            .await,
             Err(LoginFailure::Disabled)
         );
     }
