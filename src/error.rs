@@ -12,6 +12,7 @@ use http::{HeaderValue, Response, StatusCode};
 use crate::body::GatewayBody;
 use crate::pipeline::authorize::Forbidden;
 use crate::pipeline::credential::CredentialError;
+use crate::pipeline::forward::ForwardError;
 use crate::pipeline::identify::IdentifyError;
 use crate::pipeline::normalize::PathError;
 use crate::pipeline::route::RouteError;
@@ -256,6 +257,19 @@ pub enum GatewayError {
     /// A bug or a broken key: 500, details in the log only.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<ForwardError> for GatewayError {
+    fn from(e: ForwardError) -> Self {
+        match e {
+            ForwardError::Unavailable(cause) => GatewayError::UpstreamUnavailable(cause),
+            ForwardError::Timeout => GatewayError::UpstreamTimeout,
+            ForwardError::Upgrade => GatewayError::UpstreamUpgrade,
+            ForwardError::BodyTooLarge => GatewayError::PayloadTooLarge,
+            ForwardError::BodyStalled => GatewayError::BodyStalled,
+            ForwardError::BodyIncomplete => GatewayError::BadRequest(BadRequest::Body),
+        }
+    }
 }
 
 impl From<IdentifyError> for GatewayError {

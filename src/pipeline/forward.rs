@@ -8,7 +8,7 @@
 //! [`crate::pipeline`]) is passed on and, on a `101` that switches to `websocket`, the two
 //! connections are spliced together until either side closes. Any other `101` — to a request
 //! that was no WebSocket handshake, or switching to another protocol such as `h2c` — is
-//! [`GatewayError::UpstreamUpgrade`]: 502, the upstream connection dropped unjoined and the
+//! [`ForwardError::Upgrade`]: 502, the upstream connection dropped unjoined and the
 //! client's closed, so nothing either side sends next is read as a request
 //! (docs/security.md 34).
 //!
@@ -31,9 +31,43 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::body::{BodyError, GatewayBody};
-use crate::error::{BadRequest, GatewayError};
 use crate::pipeline::mutate;
 use crate::pipeline::pool::H1Pool;
+
+/// Why a request was not answered by its upstream. The variants the client caused (its body)
+/// are told apart from the upstream's failures, because they are answered differently: the
+/// crate's error vocabulary maps each to its status and reason id.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// The upstream refused, reset or broke the protocol (502).
+    #[error("upstream unavailable: {0}")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// No response head within `response_timeout` (504).
+    #[error("upstream timed out")]
+    Timeout,
+    /// A `101` nothing asked for, or one switching to anything but `websocket` (502).
+    #[error("unexpected protocol switch from the upstream")]
+    Upgrade,
+    /// The request body grew past the route's limit while streaming (413).
+    #[error("request body too large")]
+    BodyTooLarge,
+    /// The client stalled sending its body (408).
+    #[error("request body stalled")]
+    BodyStalled,
+    /// The client's body broke off or was badly chunked (400).
+    #[error("request body incomplete or malformed")]
+    BodyIncomplete,
+}
+
+impl From<&BodyError> for ForwardError {
+    fn from(e: &BodyError) -> Self {
+        match e {
+            BodyError::TooLarge => ForwardError::BodyTooLarge,
+            BodyError::Stalled => ForwardError::BodyStalled,
+            BodyError::Stream(_) => ForwardError::BodyIncomplete,
+        }
+    }
+}
 
 /// Timeouts and pool settings of an HTTP upstream.
 #[derive(Debug, Clone)]
@@ -174,7 +208,7 @@ pub struct Outgoing {
 pub async fn forward(
     upstream: &Upstream,
     outgoing: Outgoing,
-) -> Result<Response<GatewayBody>, GatewayError> {
+) -> Result<Response<GatewayBody>, ForwardError> {
     match upstream {
         Upstream::Echo => echo(outgoing).await,
         Upstream::Http(http) => forward_http(http, outgoing).await,
@@ -184,7 +218,7 @@ pub async fn forward(
 async fn forward_http(
     up: &HttpUpstream,
     out: Outgoing,
-) -> Result<Response<GatewayBody>, GatewayError> {
+) -> Result<Response<GatewayBody>, ForwardError> {
     let Outgoing {
         mut request,
         path,
@@ -202,7 +236,7 @@ async fn forward_http(
         path_and_query.push_str(q);
     }
     let path_and_query = PathAndQuery::try_from(path_and_query)
-        .map_err(|e| GatewayError::UpstreamUnavailable(Box::new(e)))?;
+        .map_err(|e| ForwardError::Unavailable(Box::new(e)))?;
     let pooled = up.pool.as_ref().filter(|_| !upgrade);
     *request.uri_mut() = if pooled.is_some() {
         // hyper's connection API writes the URI as given: origin-form, as RFC 9112 asks of a
@@ -215,7 +249,7 @@ async fn forward_http(
             .authority(up.authority.clone())
             .path_and_query(path_and_query)
             .build()
-            .map_err(|e| GatewayError::UpstreamUnavailable(Box::new(e)))?
+            .map_err(|e| ForwardError::Unavailable(Box::new(e)))?
     };
     *request.version_mut() = if up.settings.h2 {
         Version::HTTP_2
@@ -234,7 +268,7 @@ async fn forward_http(
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             // Nothing was asked to switch. Dropping the lease unfinished closes the
             // connection (hyper hands a 101 connection to nobody without `with_upgrades`).
-            return Err(GatewayError::UpstreamUpgrade);
+            return Err(ForwardError::Upgrade);
         }
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
@@ -255,7 +289,7 @@ async fn forward_http(
             Some(client_upgrade) if switches_to_websocket(response.headers()) => {
                 Ok(splice(response, client_upgrade))
             }
-            Some(_) | None => Err(GatewayError::UpstreamUpgrade),
+            Some(_) | None => Err(ForwardError::Upgrade),
         };
     }
     let (mut parts, body) = response.into_parts();
@@ -302,14 +336,14 @@ fn splice(
 async fn exchange<T, E>(
     up: &HttpUpstream,
     sent: impl Future<Output = Result<T, E>>,
-) -> Result<T, GatewayError>
+) -> Result<T, ForwardError>
 where
     E: std::error::Error + Send + Sync + 'static,
 {
     match tokio::time::timeout(up.settings.response_timeout, sent).await {
-        Err(_) => Err(GatewayError::UpstreamTimeout),
+        Err(_) => Err(ForwardError::Timeout),
         Ok(Err(e)) => {
-            Err(body_refusal(&e).unwrap_or_else(|| GatewayError::UpstreamUnavailable(Box::new(e))))
+            Err(body_refusal(&e).unwrap_or_else(|| ForwardError::Unavailable(Box::new(e))))
         }
         Ok(Ok(response)) => Ok(response),
     }
@@ -318,13 +352,11 @@ where
 /// The client's refusal behind an upstream exchange that failed while sending the request
 /// body: the body grew past the route's limit (413), the client stalled (408), or the client's
 /// body broke off or was badly chunked (400, not an upstream failure).
-fn body_refusal(e: &(dyn std::error::Error + 'static)) -> Option<GatewayError> {
+fn body_refusal(e: &(dyn std::error::Error + 'static)) -> Option<ForwardError> {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cause {
         match err.downcast_ref::<BodyError>() {
-            Some(BodyError::TooLarge) => return Some(GatewayError::PayloadTooLarge),
-            Some(BodyError::Stalled) => return Some(GatewayError::BodyStalled),
-            Some(BodyError::Stream(_)) => return Some(BadRequest::Body.into()),
+            Some(body) => return Some(body.into()),
             None => cause = err.source(),
         }
     }
@@ -348,13 +380,11 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The built-in echo service: method, path, query, headers and body size, as JSON.
-async fn echo(out: Outgoing) -> Result<Response<GatewayBody>, GatewayError> {
+async fn echo(out: Outgoing) -> Result<Response<GatewayBody>, ForwardError> {
     let (parts, body) = out.request.into_parts();
     let body_bytes = match body.collect().await {
         Ok(collected) => collected.to_bytes().len(),
-        Err(BodyError::TooLarge) => return Err(GatewayError::PayloadTooLarge),
-        Err(BodyError::Stalled) => return Err(GatewayError::BodyStalled),
-        Err(BodyError::Stream(_)) => return Err(BadRequest::Body.into()),
+        Err(e) => return Err(ForwardError::from(&e)),
     };
     let mut headers: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (name, value) in &parts.headers {

@@ -19,6 +19,7 @@ mod hash_password_cli;
 mod identify;
 mod keys_cli;
 mod login_flow;
+mod module_graph;
 mod operations;
 mod redis_cluster;
 mod redis_gateway;
