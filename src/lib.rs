@@ -21,7 +21,8 @@
 //!   5 authorize   the route's policy against the identity's permissions           (403)
 //!     body limit  a declared Content-Length over the route's max_body             (413)
 //!   6 mutate      strip client identity/forwarding headers and the gateway's cookies;
-//!                 inject the verified identity
+//!                 inject the verified identity and a traceparent (the trusted caller's
+//!                 trace continued, else a new one; always the gateway's own span id)
 //!   7 forward     pooled upstream client, streamed bodies, upgrades               (502, 504)
 //!   6' protect    the response: no Set-Cookie for the gateway's cookies, no Clear-Site-Data
 //!   finish        refusal → error::error_response (401 + WWW-Authenticate or a login

@@ -12,33 +12,30 @@ use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 use jsonwebtoken::Algorithm;
 use portcullis::clock::Clock;
-use portcullis::config::Config;
-use portcullis::server::Running;
 use serde_json::{Value, json};
 
 use common::auth::{ALICE_PASSWORD, AuthSetup, api_login, post_json};
-use common::{EchoUpstream, TestKey, TestResponse, send};
+use common::{TestGateway, TestKey, TestResponse, send};
 
 const ADMIN_SECRET: &str = "identify-test-admin-secret-0c9d8e7f6a5b4c3d2e1f0a9b";
 
 /// An auth-enabled gateway on a manual clock, with an admin listener and a second, external
-/// issuer (no sessions) whose tokens name the gateway's users.
+/// issuer (no sessions) whose tokens name the gateway's users: the harness's [`TestGateway`]
+/// and what this suite adds to it.
 struct Gateway {
-    running: Running,
-    addr: SocketAddr,
+    gw: TestGateway,
     admin: SocketAddr,
     external: TestKey,
-    audit_path: std::path::PathBuf,
-    _upstream: EchoUpstream,
-    _dir: tempfile::TempDir,
+    /// The admin secret and the external issuer's key, written before the gateway's own dir
+    /// exists.
+    _files: tempfile::TempDir,
 }
 
 impl Gateway {
     async fn start() -> Self {
-        let upstream = EchoUpstream::start().await;
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("users.yaml"), common::auth::demo_users()).unwrap();
-        std::fs::write(dir.path().join("admin.token"), ADMIN_SECRET).unwrap();
+        let files = tempfile::tempdir().unwrap();
+        let token_file = files.path().join("admin.token");
+        std::fs::write(&token_file, ADMIN_SECRET).unwrap();
         let external = TestKey::generate(Algorithm::EdDSA, "idp-1");
         let extra = format!(
             r#"
@@ -49,38 +46,34 @@ issuers:
     max_lifetime: 2h
     keys:
       - {key}
-admin: {{ bind: 127.0.0.1:0, token_file: admin.token }}
+admin: {{ bind: 127.0.0.1:0, token_file: "{token}" }}
 "#,
             iss = common::ISSUER,
             aud = common::AUDIENCE,
-            key = external.yaml_entry(dir.path()),
+            key = external.yaml_entry(files.path()),
+            token = token_file.display(),
         );
-        let setup = AuthSetup {
+        let gw = AuthSetup {
             extra,
+            clock: Clock::manual(),
             ..AuthSetup::default()
-        };
-        let yaml = setup.yaml(&upstream.url());
-        let config = Config::from_yaml(&yaml, dir.path()).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
-        let running = portcullis::start_with(config, None, Clock::manual())
-            .await
-            .unwrap();
+        }
+        .start()
+        .await;
         Self {
-            addr: running.local_addrs()[0],
-            admin: running.admin_addr().unwrap(),
-            running,
+            admin: gw.running.admin_addr().unwrap(),
+            gw,
             external,
-            audit_path: dir.path().join("audit.jsonl"),
-            _upstream: upstream,
-            _dir: dir,
+            _files: files,
         }
     }
 
     fn clock(&self) -> &Clock {
-        self.running.gateway().clock()
+        self.gw.clock()
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        self.gw.url(path)
     }
 
     /// A sessionless token of the external issuer for `sub`, issued at `iat`.
@@ -125,22 +118,17 @@ admin: {{ bind: 127.0.0.1:0, token_file: admin.token }}
         .await
     }
 
-    /// The audit events named `event`, once the writer thread has written `count` of them.
+    /// The audit events named `event`, of which there must be at least `count`: read once the
+    /// file holds every line the gateway has emitted.
     async fn audited(&self, event: &str, count: usize) -> Vec<Value> {
-        let mut found = Vec::new();
-        for _ in 0..100 {
-            let text = std::fs::read_to_string(&self.audit_path).unwrap_or_default();
-            found = text
-                .lines()
-                .map(|l| serde_json::from_str::<Value>(l).unwrap())
-                .filter(|e| e["event"] == event)
-                .collect();
-            if found.len() >= count {
-                break;
-            }
-            // The audit file is written by a thread of the gateway: wait for it, not a clock.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let found: Vec<Value> = self
+            .gw
+            .audit_events()
+            .await
+            .into_iter()
+            .filter(|e| e["event"] == event)
+            .collect();
+        assert!(found.len() >= count, "{count} {event} expected: {found:?}");
         found
     }
 }
