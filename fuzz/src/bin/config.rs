@@ -27,8 +27,8 @@ fn main() {
             Err(err) => {
                 assert!(!err.to_string().trim().is_empty(), "{err:?}");
                 assert!(!err.location().is_empty(), "{err:?}");
-                if let ConfigError::Invalid { key, message } = &err {
-                    assert!(!key.is_empty() && !message.is_empty(), "{err:?}");
+                if let ConfigError::Invalid { key, cause, .. } = &err {
+                    assert!(!key.is_empty() && !cause.to_string().is_empty(), "{err:?}");
                 }
             }
         }

@@ -1,5 +1,5 @@
 //! The HTTP/1 head handling before routing: any bytes, as a client's side of a connection, go
-//! through hyper's HTTP/1 server (the gateway's header limits) into `pipeline::handle` with
+//! through hyper's HTTP/1 server (the gateway's header limits) into `proxy::handle` with
 //! the fixed config of `fuzz/fixtures/verifier.yaml`. That covers framing checks
 //! (`check_framing`), `Host` handling (`request_host`), `X-Request-Id` parsing, path
 //! normalization and routing, credential and token checks, on the real request type.
@@ -17,7 +17,9 @@ use std::sync::Arc;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use portcullis::audit::Audit;
+use portcullis::clock::Clock;
 use portcullis::pipeline::{self, Connection};
+use portcullis::proxy;
 use portcullis::store::{MemoryStore, Store};
 use portcullis_fuzz::{EXPIRED_TOKENS, VALID_TOKENS, verifier_config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,10 +30,12 @@ fn main() {
         .build()
         .unwrap();
     let runtime = Arc::new(verifier_config().runtime);
+    // The gateway's one clock, shared by the store and the request path.
+    let clock = Clock::system();
     // Inside the runtime: the memory store starts its sweeper task there.
     let store = {
         let _entered = rt.enter();
-        Store::Memory(MemoryStore::new())
+        Store::Memory(MemoryStore::new(clock.clone()))
     };
     let audit = Audit::new(None, None).unwrap();
     let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
@@ -42,10 +46,10 @@ fn main() {
         hsts: None,
     };
     // Asserted unwind-safe: a panic aborts the process (afl), nothing observes the state after.
-    let state = AssertUnwindSafe((rt, conn, runtime, store, audit));
+    let state = AssertUnwindSafe((rt, conn, runtime, store, audit, clock));
     afl::fuzz!(|data: &[u8]| {
-        let (rt, conn, runtime, store, audit) = &*state;
-        let response = rt.block_on(exchange(data, conn, runtime, store, audit));
+        let (rt, conn, runtime, store, audit, clock) = &*state;
+        let response = rt.block_on(exchange(data, conn, runtime, store, audit, clock));
         check(data, &response);
     });
 }
@@ -57,11 +61,12 @@ async fn exchange(
     runtime: &Arc<portcullis::config::Runtime>,
     store: &Store,
     audit: &Audit,
+    clock: &Clock,
 ) -> Vec<u8> {
     let (mut client, server) = tokio::io::duplex(64 * 1024);
     let service = service_fn(|request| async move {
         Ok::<_, Infallible>(
-            pipeline::handle(request, conn, Arc::clone(runtime), store, audit).await,
+            proxy::handle(request, conn, Arc::clone(runtime), store, audit, clock).await,
         )
     });
     let serve = hyper::server::conn::http1::Builder::new()

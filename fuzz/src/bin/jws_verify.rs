@@ -21,10 +21,25 @@ fn main() {
             return;
         };
         let valid = VALID_TOKENS.contains(&token);
-        let uncached = verify::verify_uncached(token, &runtime.verifier, &runtime.permissions, NOW);
-        let cached = verify::verify(token, &runtime.verifier, cache, &runtime.permissions, NOW);
-        let lenient =
-            verify::verify_ignoring_expiry(token, &runtime.verifier, &runtime.permissions, NOW);
+        let uncached = verify::verify_uncached(
+            token,
+            &runtime.identify.verifier,
+            &runtime.identify.permissions,
+            NOW,
+        );
+        let cached = verify::verify(
+            token,
+            &runtime.identify.verifier,
+            cache,
+            &runtime.identify.permissions,
+            NOW,
+        );
+        let lenient = verify::verify_ignoring_expiry(
+            token,
+            &runtime.identify.verifier,
+            &runtime.identify.permissions,
+            NOW,
+        );
         assert_eq!(
             uncached.is_ok(),
             valid,
@@ -45,7 +60,7 @@ fn main() {
         if let Ok(v) = &uncached {
             assert!(!v.subject.is_empty() && !v.subject.chars().any(char::is_control));
             assert_eq!(v.subject_header.to_str().ok(), Some(&*v.subject));
-            assert!(v.expires_at > NOW - runtime.verifier.leeway);
+            assert!(v.expires_at > NOW - runtime.identify.verifier.leeway);
         }
     });
 }
