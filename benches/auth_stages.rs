@@ -36,7 +36,7 @@ use portcullis::pipeline::mutate::ForwardFacts;
 use portcullis::pipeline::normalize::{NormalizedPath, normalize};
 use portcullis::pipeline::route::{Route, canonical_host};
 use portcullis::pipeline::trace_context::TraceContext;
-use portcullis::pipeline::verify::{TokenCache, VerifiedToken, unix_now, verify, verify_uncached};
+use portcullis::pipeline::verify::{TokenCache, VerifiedToken, verify, verify_uncached};
 use portcullis::pipeline::{authorize, credential, mutate, session};
 use portcullis::store::{MemoryStore, SessionRecord, SessionStore, Store};
 use serde_json::{Value, json};
@@ -143,7 +143,7 @@ impl Key {
 
     /// A signed access token with realistic claims; `jti` makes it distinct.
     fn token(&self, jti: u64) -> String {
-        let now = unix_now();
+        let now = Clock::system().now();
         let header = json!({ "alg": self.alg_name(), "typ": "at+jwt", "kid": self.kid });
         let claims: Value = json!({
             "iss": ISSUER,
@@ -347,7 +347,7 @@ impl HotPath {
 
         // A store with a thousand other users' sessions besides alice's.
         let store = Store::Memory(MemoryStore::new(Clock::system()));
-        let now = unix_now();
+        let now = Clock::system().now();
         for i in 0..=1000 {
             let (id, subject) = if i == 1000 {
                 (
@@ -381,7 +381,7 @@ impl HotPath {
             &rt.identify.verifier,
             &rt.identify.token_cache,
             &rt.identify.permissions,
-            unix_now(),
+            Clock::system().now(),
         )
         .unwrap();
         let headers = browser_headers(&token);
@@ -452,7 +452,7 @@ impl HotPath {
             .unwrap()
             .unwrap();
         // The clock is read once per request, as `pipeline::run` does.
-        let now = unix_now();
+        let now = Clock::system().now();
         let verified = self.verify(token, now);
         self.session(&verified, now);
         authorize::authorize(&route.policy, &verified.permissions).unwrap();
@@ -496,9 +496,9 @@ fn hot_path(c: &mut Criterion) {
     });
     // Includes the one clock read per request.
     g.bench_function("3_verify_cache_hit", |b| {
-        b.iter(|| hp.verify(black_box(&hp.token), unix_now()))
+        b.iter(|| hp.verify(black_box(&hp.token), Clock::system().now()))
     });
-    let now = unix_now();
+    let now = Clock::system().now();
     let verified = hp.verify(&hp.token, now);
     g.bench_function("4_session_memory", |b| {
         b.iter(|| hp.session(black_box(&verified), now))
@@ -539,7 +539,7 @@ fn hot_path(c: &mut Criterion) {
     g.finish();
 
     let mut g = c.benchmark_group("verify_uncached");
-    let now = unix_now();
+    let now = Clock::system().now();
     for key in &hp.keys {
         let token = key.token(1);
         verify_uncached(
@@ -644,7 +644,7 @@ fn token_cache(c: &mut Criterion) {
         &config_yaml(dir.path(), std::slice::from_ref(&key), HOT_ROUTES),
         dir.path(),
     );
-    let now = unix_now();
+    let now = Clock::system().now();
 
     let mut g = c.benchmark_group("token_cache");
     for n in [10usize, 100_000] {

@@ -58,7 +58,7 @@ fn ready<F: Future>(f: F) -> F::Output {
 }
 
 fn now() -> i64 {
-    portcullis::pipeline::verify::unix_now()
+    portcullis::clock::Clock::system().now()
 }
 
 struct Redis {

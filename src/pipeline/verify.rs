@@ -22,7 +22,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -30,6 +30,7 @@ use http::HeaderValue;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
+use crate::clock::Clock;
 use crate::keys::{KeySet, VerificationKey, algorithm_name};
 use crate::metrics::Metrics;
 use crate::pipeline::authorize::{PermissionSet, PermissionTable};
@@ -155,14 +156,6 @@ pub struct Verifier {
     pub leeway: i64,
     /// Longest accepted token.
     pub max_bytes: usize,
-}
-
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// The stage's entry point: a cached verdict when there is one, else a full verification.
@@ -690,7 +683,12 @@ impl moka::Expiry<[u8; 32], Arc<VerifiedToken>> for UntilExp {
         value: &Arc<VerifiedToken>,
         _created_at: Instant,
     ) -> Option<Duration> {
-        let left = value.expires_at.saturating_sub(unix_now()).max(0);
+        // Eviction only frees memory, so the system clock: every hit is re-checked against
+        // the request's own instant.
+        let left = value
+            .expires_at
+            .saturating_sub(Clock::system().now())
+            .max(0);
         Some(Duration::from_secs(left as u64))
     }
 }
@@ -900,7 +898,7 @@ mod tests {
         let cache = TokenCache::new(64);
         // This test's own counters: other tests verify tokens on other threads meanwhile.
         let metrics = Metrics::default();
-        let now = unix_now();
+        let now = Clock::system().now();
         let valid = f.token("valid", now - 10, now + 600);
         let first = f.verify(&valid, &cache, &metrics, now).unwrap();
         assert_eq!(count(&metrics.token_signature_checks), 1);
@@ -976,7 +974,7 @@ mod tests {
         let f = Fixture::new();
         let cache = TokenCache::new(64);
         let metrics = Metrics::default();
-        let now = unix_now();
+        let now = Clock::system().now();
         let valid = f.token("valid", now - 10, now + 600);
         f.verify(&valid, &cache, &metrics, now).unwrap();
         let forged = f.forged(&Fixture::claims("forged", now, now + 600));
@@ -1025,7 +1023,7 @@ mod tests {
         let f = Fixture::new();
         let cache = TokenCache::new(1024);
         let metrics = Metrics::default();
-        let now = unix_now();
+        let now = Clock::system().now();
         let barrier = std::sync::Barrier::new(THREADS);
         for round in 0..ROUNDS {
             let token = f.token(&format!("first-sight-{round}"), now - 10, now + 600);
