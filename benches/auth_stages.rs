@@ -32,6 +32,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use portcullis::clock::Clock;
 use portcullis::config::{Config, Runtime};
+use portcullis::metrics::Metrics;
 use portcullis::pipeline::mutate::ForwardFacts;
 use portcullis::pipeline::normalize::{NormalizedPath, normalize};
 use portcullis::pipeline::route::{Route, canonical_host};
@@ -267,6 +268,8 @@ fn table_routes(n: usize) -> String {
 // The hot-path fixture
 
 struct HotPath {
+    /// What the stages count into, as a gateway's registry.
+    metrics: Metrics,
     _dir: TempDir,
     rt: Runtime,
     store: Store,
@@ -375,6 +378,7 @@ impl HotPath {
         }
 
         let token = keys[0].token(0);
+        let metrics = Metrics::default();
         // Warm the cache: the hot path is a cache hit.
         verify(
             &token,
@@ -382,10 +386,12 @@ impl HotPath {
             &rt.identify.token_cache,
             &rt.identify.permissions,
             Clock::system().now(),
+            &metrics,
         )
         .unwrap();
         let headers = browser_headers(&token);
         Self {
+            metrics,
             _dir: dir,
             rt,
             store,
@@ -420,6 +426,7 @@ impl HotPath {
             &rt.identify.token_cache,
             &rt.identify.permissions,
             now,
+            &self.metrics,
         )
         .unwrap()
     }
@@ -646,6 +653,7 @@ fn token_cache(c: &mut Criterion) {
     );
     let now = Clock::system().now();
 
+    let metrics = Metrics::default();
     let mut g = c.benchmark_group("token_cache");
     for n in [10usize, 100_000] {
         // Capacity above n, so that nothing is evicted and every lookup below is a hit.
@@ -658,6 +666,7 @@ fn token_cache(c: &mut Criterion) {
                 &cache,
                 &rt.identify.permissions,
                 now,
+                &metrics,
             )
             .unwrap();
         }
@@ -669,6 +678,7 @@ fn token_cache(c: &mut Criterion) {
                 &cache,
                 &rt.identify.permissions,
                 now,
+                &metrics,
             )
             .unwrap()
         };

@@ -303,6 +303,7 @@ tokens: { cache_capacity: 200000 }
         ..jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256)
     };
     let n = now();
+    let metrics = portcullis::metrics::Metrics::default();
     let before = rss_kib();
     for i in 0..M {
         let claims = serde_json::json!({
@@ -317,6 +318,7 @@ tokens: { cache_capacity: 200000 }
             &rt.identify.token_cache,
             &rt.identify.permissions,
             n,
+            &metrics,
         )
         .unwrap();
     }
@@ -849,16 +851,9 @@ tokens: {{ cache_capacity: 10000 }}
             })
             .collect()
     };
-    let checks = || {
-        portcullis::metrics::global()
-            .token_signature_checks
-            .load(Ordering::Relaxed)
-    };
-    let hits = || {
-        portcullis::metrics::global()
-            .token_cache_hits
-            .load(Ordering::Relaxed)
-    };
+    let metrics = portcullis::metrics::Metrics::default();
+    let checks = || metrics.token_signature_checks.load(Ordering::Relaxed);
+    let hits = || metrics.token_cache_hits.load(Ordering::Relaxed);
 
     // 5a. Cost per refused token, next to a valid token's first sight, in alternating blocks:
     // 10 times, 500 first sights of valid tokens (`verify_uncached`, which caches nothing, so
@@ -895,6 +890,7 @@ tokens: {{ cache_capacity: 10000 }}
                     &rt.identify.token_cache,
                     &rt.identify.permissions,
                     n,
+                    &metrics,
                 );
                 assert_eq!(refused.unwrap_err(), TokenError::BadSignature);
             }
@@ -909,6 +905,7 @@ tokens: {{ cache_capacity: 10000 }}
                     &rt.identify.token_cache,
                     &rt.identify.permissions,
                     n,
+                    &metrics,
                 );
                 assert_eq!(refused.unwrap_err(), TokenError::Expired);
             }
@@ -947,6 +944,7 @@ tokens: {{ cache_capacity: 10000 }}
             &rt.identify.token_cache,
             &rt.identify.permissions,
             n,
+            &metrics,
         )
         .unwrap();
     }
@@ -960,6 +958,7 @@ tokens: {{ cache_capacity: 10000 }}
             &rt.identify.token_cache,
             &rt.identify.permissions,
             n,
+            &metrics,
         );
         assert_eq!(refused.unwrap_err(), TokenError::BadSignature);
     }
@@ -974,6 +973,7 @@ tokens: {{ cache_capacity: 10000 }}
             &rt.identify.token_cache,
             &rt.identify.permissions,
             n,
+            &metrics,
         )
         .unwrap();
     }

@@ -276,13 +276,14 @@ fn metrics(gateway: &Gateway) -> AdminResponse {
     let runtime = gateway.runtime();
     let healthy = gateway.store().is_healthy();
     let gauges = crate::metrics::Gauges {
+        store: gateway.store().counters(),
         store_healthy: healthy,
         pubsub_connected: gateway.store().is_subscribed(),
         generation: gateway.generation(),
         token_cache_entries: runtime.identify.token_cache.entry_count(),
         audit_dropped: gateway.audit().dropped(),
     };
-    let body = crate::metrics::global().render(&gauges);
+    let body = gateway.metrics().render(&gauges);
     let mut r = Response::new(Full::new(Bytes::from(body)));
     r.headers_mut().insert(
         CONTENT_TYPE,

@@ -69,6 +69,7 @@ use arc_swap::ArcSwap;
 use audit::Audit;
 use clock::Clock;
 use config::{Config, ListenerSpec, Runtime, StoreKind};
+use metrics::Metrics;
 use store::{MemoryStore, RedisStore, Store, StoreError};
 
 /// The state every connection shares: the current runtime (swapped whole on reload) and the
@@ -90,6 +91,8 @@ pub struct Gateway {
     admin_configured: bool,
     /// The time every decision reads.
     clock: Clock,
+    /// What this gateway counts, for `/metrics`.
+    metrics: Metrics,
 }
 
 impl Gateway {
@@ -114,6 +117,8 @@ impl Gateway {
                     .map(|c| Arc::new(ArcSwap::new(Arc::clone(c))))
             })
             .collect();
+        let metrics = Metrics::default();
+        let runtime = adopt(runtime, &metrics);
         Self {
             runtime: ArcSwap::from_pointee(runtime),
             store,
@@ -124,12 +129,18 @@ impl Gateway {
             generation: std::sync::atomic::AtomicU64::new(1),
             admin_configured: false,
             clock,
+            metrics,
         }
     }
 
     /// The gateway's clock.
     pub fn clock(&self) -> &Clock {
         &self.clock
+    }
+
+    /// The gateway's metrics registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The TLS certificate holder of listener `i` (in `listeners:` order), if it terminates TLS.
@@ -159,13 +170,20 @@ impl Gateway {
 
     /// Replaces the runtime; requests already running keep the one they started with.
     pub fn swap_runtime(&self, runtime: Runtime) {
-        self.runtime.store(Arc::new(runtime));
+        self.runtime.store(Arc::new(adopt(runtime, &self.metrics)));
     }
 
     /// The session store.
     pub fn store(&self) -> &Store {
         &self.store
     }
+}
+
+/// `runtime` counting into `metrics`: each route takes the registry's counters for its id, so
+/// a route's counts go on across reloads.
+fn adopt(mut runtime: Runtime, metrics: &Metrics) -> Runtime {
+    runtime.router.count_into(metrics);
+    runtime
 }
 
 /// Builds the store a config asks for, on the gateway's `clock`. A single Redis server is

@@ -1,16 +1,18 @@
-//! Process-wide counters and histograms, rendered in the Prometheus text format on the admin
-//! listener's `/metrics`.
+//! Counters and histograms, rendered in the Prometheus text format on the admin listener's
+//! `/metrics`.
 //!
-//! The hot path only touches atomics: each compiled route holds its own [`RouteCounters`]
-//! (looked up by route id once, when the config is compiled, so counts survive a reload), and
+//! One registry per [`crate::Gateway`], made when it is made and passed down to what counts:
+//! several gateways in one process (the test suites) each count their own requests. The hot
+//! path only touches atomics: each compiled route holds its own [`RouteCounters`] (taken from
+//! the registry by route id when the gateway adopts a runtime, so counts survive a reload), and
 //! histograms are fixed arrays of atomic buckets. Refusal reasons are counted under a mutex,
-//! on the refusal path only. One registry per process ([`global`]): several gateways in one
-//! process (the test suites) share it, so tests read differences, not absolute values.
+//! on the refusal path only. The session store counts its own operations
+//! ([`StoreCounters`]); they are read when the page is rendered.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Status codes counted individually; anything else is counted by class (`2xx`, …).
@@ -29,7 +31,9 @@ pub struct RouteCounters {
 }
 
 impl RouteCounters {
-    fn new(id: &str) -> Self {
+    /// Counters of route `id` that belong to no registry yet: what a compiled route holds
+    /// until a gateway adopts its runtime ([`Metrics::route`] then hands it the registry's).
+    pub fn new(id: &str) -> Self {
         Self {
             id: id.into(),
             by_status: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -101,10 +105,14 @@ impl Histogram {
     }
 }
 
-/// Every metric of the process.
-#[derive(Debug, Default)]
+/// Every metric of one gateway.
+#[derive(Debug)]
 pub struct Metrics {
     routes: Mutex<BTreeMap<Box<str>, Arc<RouteCounters>>>,
+    /// Responses of the auth flow's endpoints (route `(auth)`).
+    pub auth_flow: Arc<RouteCounters>,
+    /// Responses given before or without a route: 400, 404 (route `(none)`).
+    pub unrouted: Arc<RouteCounters>,
     /// Refusals by reason id.
     refusals: Mutex<BTreeMap<&'static str, u64>>,
     /// Requests that passed authentication and authorization.
@@ -128,16 +136,6 @@ pub struct Metrics {
     /// Requests refused from the failed-token cache: a token whose signature check (or the
     /// claims after it) failed within the last 30 s, refused again without a check.
     pub token_cache_failed_hits: AtomicU64,
-    /// Session checks answered from the Redis store's local cache.
-    pub store_cache_hits: AtomicU64,
-    /// Session checks that went to Redis.
-    pub store_cache_misses: AtomicU64,
-    /// Store operations that failed (timeouts, connection errors).
-    pub store_errors: AtomicU64,
-    /// Times this instance found the store's epoch replaced (the store lost its data).
-    pub store_resets_detected: AtomicU64,
-    /// Revoking writes that too few replicas acknowledged in time (answered 503).
-    pub store_unreplicated_writes: AtomicU64,
     /// Client connections closed at accept because their address had
     /// `limits.max_connections_per_ip` open already.
     pub connections_refused_per_ip: AtomicU64,
@@ -147,10 +145,51 @@ pub struct Metrics {
     pub reloads_refused: AtomicU64,
 }
 
-/// The process's metrics.
-pub fn global() -> &'static Metrics {
-    static METRICS: OnceLock<Metrics> = OnceLock::new();
-    METRICS.get_or_init(Metrics::default)
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut routes = BTreeMap::new();
+        let mut named = |id: &str| {
+            let counters = Arc::new(RouteCounters::new(id));
+            routes.insert(id.into(), Arc::clone(&counters));
+            counters
+        };
+        let auth_flow = named("(auth)");
+        let unrouted = named("(none)");
+        Self {
+            routes: Mutex::new(routes),
+            auth_flow,
+            unrouted,
+            refusals: Mutex::default(),
+            allowed: AtomicU64::new(0),
+            request_latency: Histogram::default(),
+            verify_latency: Histogram::default(),
+            store_latency: Histogram::default(),
+            upstream_latency: Histogram::default(),
+            token_cache_hits: AtomicU64::new(0),
+            token_cache_misses: AtomicU64::new(0),
+            token_signature_checks: AtomicU64::new(0),
+            token_cache_failed_hits: AtomicU64::new(0),
+            connections_refused_per_ip: AtomicU64::new(0),
+            reloads_applied: AtomicU64::new(0),
+            reloads_refused: AtomicU64::new(0),
+        }
+    }
+}
+
+/// What the session store counts of its own work: it holds these (the Redis store and its
+/// subscriber share them) and the registry reads them at render time.
+#[derive(Debug, Default)]
+pub struct StoreCounters {
+    /// Session checks answered from the Redis store's local cache.
+    pub cache_hits: AtomicU64,
+    /// Session checks that went to Redis.
+    pub cache_misses: AtomicU64,
+    /// Store operations that failed (timeouts, connection errors).
+    pub errors: AtomicU64,
+    /// Times this instance found the store's epoch replaced (the store lost its data).
+    pub resets_detected: AtomicU64,
+    /// Revoking writes that too few replicas acknowledged in time (answered 503).
+    pub unreplicated_writes: AtomicU64,
 }
 
 impl Metrics {
@@ -243,6 +282,8 @@ impl Metrics {
             "Upstream time to response head.",
         );
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let none = StoreCounters::default();
+        let store = gauges.store.unwrap_or(&none);
         let counters: [(&str, &str, u64); 13] = [
             (
                 "portcullis_token_cache_hits_total",
@@ -272,27 +313,27 @@ impl Metrics {
             (
                 "portcullis_store_cache_hits_total",
                 "Session checks answered by the local cache over Redis.",
-                load(&self.store_cache_hits),
+                load(&store.cache_hits),
             ),
             (
                 "portcullis_store_cache_misses_total",
                 "Session checks that read Redis.",
-                load(&self.store_cache_misses),
+                load(&store.cache_misses),
             ),
             (
                 "portcullis_store_errors_total",
                 "Store operations that failed.",
-                load(&self.store_errors),
+                load(&store.errors),
             ),
             (
                 "portcullis_store_resets_detected_total",
                 "Times the store's epoch was found replaced: the store lost its data.",
-                load(&self.store_resets_detected),
+                load(&store.resets_detected),
             ),
             (
                 "portcullis_store_unreplicated_writes_total",
                 "Revoking writes too few replicas acknowledged in time (refused with 503).",
-                load(&self.store_unreplicated_writes),
+                load(&store.unreplicated_writes),
             ),
             (
                 "portcullis_config_reloads_applied_total",
@@ -348,7 +389,9 @@ impl Metrics {
 
 /// Values read from the gateway at render time.
 #[derive(Debug, Default)]
-pub struct Gauges {
+pub struct Gauges<'a> {
+    /// The session store's counters (`None`: a store that counts nothing, all zero).
+    pub store: Option<&'a StoreCounters>,
     /// Store healthy.
     pub store_healthy: bool,
     /// Subscribed to invalidations.

@@ -23,13 +23,14 @@ use http::header::{ACCEPT, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use crate::Gateway;
 use crate::audit::{Audit, AuditEvent};
 use crate::auth_flow::{self, AuthSettings};
 use crate::body::GatewayBody;
 use crate::clock::Clock;
 use crate::config::Runtime;
 use crate::error::{BadRequest, ErrorContext, GatewayError, error_response};
-use crate::metrics::RouteCounters;
+use crate::metrics::Metrics;
 use crate::pipeline::Connection;
 use crate::pipeline::authorize::{self, Policy};
 use crate::pipeline::forward::{self, Outgoing, Upstream};
@@ -41,16 +42,16 @@ use crate::pipeline::trace_context::TraceContext;
 use crate::pipeline::verify::VerifiedToken;
 use crate::store::Store;
 
-/// Handles one request with the runtime snapshot it started with; never fails.
+/// Handles one request of `gateway`'s; never fails (a refusal is a response).
 pub async fn handle(
     request: Request<Incoming>,
     conn: &Connection,
-    runtime: Arc<Runtime>,
-    store: &Store,
-    audit: &Audit,
-    clock: &Clock,
+    gateway: &Gateway,
 ) -> Response<GatewayBody> {
     let started = Instant::now();
+    // The runtime snapshot is taken once per request: a reload never changes the rules halfway
+    // through one.
+    let runtime = gateway.runtime();
     let request_id = request_id(request.headers());
     // A reference-counted clone of the header, not a copy of the text: it is read only by the
     // audit trail and the auth flow.
@@ -60,9 +61,10 @@ pub async fn handle(
         TraceContext::of(request.headers(), runtime.mutate.is_trusted(conn.peer.ip()));
     let env = RunEnv {
         conn,
-        store,
-        audit,
-        clock,
+        store: gateway.store(),
+        audit: gateway.audit(),
+        clock: gateway.clock(),
+        metrics: gateway.metrics(),
         request_id: &request_id,
         client_ip: mutate::client_ip(conn.peer.ip(), request.headers(), &runtime.mutate),
         user_agent: user_agent.as_ref().and_then(|v| v.to_str().ok()),
@@ -92,6 +94,7 @@ struct RunEnv<'a> {
     store: &'a Store,
     audit: &'a Audit,
     clock: &'a Clock,
+    metrics: &'a Metrics,
     request_id: &'a HeaderValue,
     client_ip: IpAddr,
     user_agent: Option<&'a str>,
@@ -209,6 +212,7 @@ async fn auth_flow(
         body_read_timeout: rt.body_read_timeout,
         store: env.store,
         audit: env.audit,
+        metrics: env.metrics,
         request_id: env.request_id,
         now: env.clock.now(),
         client: auth_flow::Client {
@@ -231,7 +235,7 @@ async fn identify(
     trace: &mut Trace<'_>,
 ) -> Result<Identity, GatewayError> {
     let now = env.clock.now();
-    identify::identify(request.headers(), &rt.identify, env.store, now)
+    identify::identify(request.headers(), &rt.identify, env.store, now, env.metrics)
         .await
         .map_err(|refused| {
             // Copied for the refusal's audit event only, not on every request.
@@ -345,7 +349,7 @@ fn finish(
     trace: &Trace<'_>,
     started: Instant,
 ) -> Response<GatewayBody> {
-    let metrics = crate::metrics::global();
+    let metrics = env.metrics;
     if let Some(elapsed) = trace.upstream_latency {
         metrics.upstream_latency.observe(elapsed);
     }
@@ -434,9 +438,9 @@ fn finish(
     }
     let status = response.status().as_u16();
     let counters = match (trace.auth_flow, trace.route) {
-        (true, _) => auth_flow_counters(),
+        (true, _) => &metrics.auth_flow,
         (false, Some(route)) => &route.counters,
-        (false, None) => unrouted(),
+        (false, None) => &metrics.unrouted,
     };
     counters.record(status);
     metrics.request_latency.observe(started.elapsed());
@@ -459,18 +463,6 @@ fn audit_access(env: &RunEnv<'_>, trace: &Trace<'_>, event: &'static str, reason
         request_id: env.request_id.to_str().ok(),
         detail: None,
     });
-}
-
-/// Counters for the auth flow's endpoints.
-fn auth_flow_counters() -> &'static RouteCounters {
-    static AUTH: std::sync::OnceLock<Arc<RouteCounters>> = std::sync::OnceLock::new();
-    AUTH.get_or_init(|| crate::metrics::global().route("(auth)"))
-}
-
-/// Counters for responses given before or without a route (400, 404).
-fn unrouted() -> &'static RouteCounters {
-    static UNROUTED: std::sync::OnceLock<Arc<RouteCounters>> = std::sync::OnceLock::new();
-    UNROUTED.get_or_init(|| crate::metrics::global().route("(none)"))
 }
 
 /// `scheme://host[:port]` the client addressed, as a browser writes it in `Origin`. The scheme

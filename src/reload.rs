@@ -70,7 +70,8 @@ pub async fn reload_file(
     match loaded {
         Ok(config) => Ok(apply(gateway, config, trigger)),
         Err(e) => {
-            crate::metrics::global()
+            gateway
+                .metrics()
                 .reloads_refused
                 .fetch_add(1, Ordering::Relaxed);
             tracing::error!(trigger, error = %e, "config reload refused; the previous config keeps serving");
@@ -119,7 +120,8 @@ pub fn apply(gateway: &Gateway, config: Config, trigger: &'static str) -> Reload
     }
     gateway.swap_runtime(config.runtime);
     let generation = gateway.generation.fetch_add(1, Ordering::Relaxed) + 1;
-    crate::metrics::global()
+    gateway
+        .metrics()
         .reloads_applied
         .fetch_add(1, Ordering::Relaxed);
     tracing::info!(

@@ -142,7 +142,7 @@ pub(super) fn compile(raw: &[RawRoute], cx: Context<'_>) -> Result<Router, Confi
             ));
         }
         let route = Route {
-            counters: crate::metrics::global().route(&id),
+            counters: std::sync::Arc::new(crate::metrics::RouteCounters::new(&id)),
             id: id.as_str().into(),
             prefix: prefix.into(),
             methods,

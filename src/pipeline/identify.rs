@@ -43,6 +43,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use http::HeaderMap;
 
+use crate::metrics::Metrics;
 use crate::pipeline::authorize::{Grant, PermissionSet, PermissionTable};
 use crate::pipeline::credential::{self, CredentialError};
 use crate::pipeline::mutate;
@@ -230,16 +231,17 @@ impl IdentifyError {
     }
 }
 
-/// The stage's entry point: the identity of a request with `headers`, at `now`.
+/// The stage's entry point: the identity of a request with `headers`, at `now`. The token
+/// cache's hits and the verify and session-check latencies are counted into `metrics`.
 pub async fn identify<S: SessionStore>(
     headers: &HeaderMap,
     settings: &Identify,
     store: &S,
     now: i64,
+    metrics: &Metrics,
 ) -> Result<Identity, IdentifyError> {
     let token = credential::credential(headers, &settings.cookie_name)?
         .ok_or(IdentifyError::MissingCredential)?;
-    let metrics = crate::metrics::global();
     let t = Instant::now();
     let token = verify::verify(
         token,
@@ -247,6 +249,7 @@ pub async fn identify<S: SessionStore>(
         &settings.token_cache,
         &settings.permissions,
         now,
+        metrics,
     )?;
     metrics.verify_latency.observe(t.elapsed());
     let t = Instant::now();

@@ -14,9 +14,11 @@
 //! does not grow with the number of routes.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use http::Method;
 
+use crate::metrics::{Metrics, RouteCounters};
 use crate::pipeline::authorize::Policy;
 
 /// A compiled route.
@@ -41,8 +43,9 @@ pub struct Route {
     pub websocket: bool,
     /// Audit every request let through (`access.granted`).
     pub audit: bool,
-    /// This route's response counters (shared by every config generation with this id).
-    pub counters: std::sync::Arc<crate::metrics::RouteCounters>,
+    /// This route's response counters: its own until a gateway adopts the runtime, then the
+    /// gateway's for this id (shared by every config generation with this id).
+    pub counters: Arc<RouteCounters>,
 }
 
 impl Route {
@@ -123,6 +126,13 @@ impl HostPattern {
 }
 
 impl Router {
+    /// Makes every route count into `metrics`, under its id.
+    pub fn count_into(&mut self, metrics: &Metrics) {
+        for route in &mut self.routes {
+            route.counters = metrics.route(&route.id);
+        }
+    }
+
     /// Adds a route. Two routes with the same host and prefix whose methods overlap are
     /// ambiguous and refused, naming the route already there.
     pub fn add(&mut self, host: HostPattern, route: Route) -> Result<(), String> {
@@ -261,7 +271,7 @@ mod tests {
 
     fn route(id: &str, prefix: &str, methods: Option<Vec<Method>>) -> Route {
         Route {
-            counters: crate::metrics::global().route(id),
+            counters: Arc::new(RouteCounters::new(id)),
             id: id.into(),
             prefix: prefix.into(),
             methods,

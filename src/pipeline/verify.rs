@@ -167,28 +167,8 @@ pub struct Verifier {
 /// signature check is remembered for [`FAILED_TTL`] in the failed-token cache, so each distinct
 /// forged token costs at most one failed signature check however often it is sent (and none
 /// for a token refused before its signature is looked at: malformed, unknown `kid`, wrong
-/// `alg`).
+/// `alg`). Hits, misses and signature checks are counted into `metrics`, the gateway's.
 pub fn verify(
-    token: &str,
-    verifier: &Verifier,
-    cache: &TokenCache,
-    permissions: &PermissionTable,
-    now: i64,
-) -> Result<Arc<VerifiedToken>, TokenError> {
-    verify_counted(
-        token,
-        verifier,
-        cache,
-        permissions,
-        now,
-        crate::metrics::global(),
-    )
-}
-
-/// [`verify`], counting hits, misses and signature checks into `metrics`. The process's metrics
-/// in production; a test's own [`Metrics`] in unit tests, whose counts must not mix with those
-/// of tests running on other threads of the same process.
-fn verify_counted(
     token: &str,
     verifier: &Verifier,
     cache: &TokenCache,
@@ -285,15 +265,16 @@ fn cache_key(token: &str) -> [u8; 32] {
     key
 }
 
-/// Full verification, no cache. Public for benchmarks and tests of the cold path.
+/// Full verification, no cache, counted nowhere. Public for benchmarks and tests of the cold
+/// path; requests go through [`verify`].
 pub fn verify_uncached(
     token: &str,
     verifier: &Verifier,
     permissions: &PermissionTable,
     now: i64,
 ) -> Result<VerifiedToken, TokenError> {
-    let checks = &crate::metrics::global().token_signature_checks;
-    verify_inner(token, verifier, permissions, now, false, None, checks)
+    let checks = AtomicU64::new(0);
+    verify_inner(token, verifier, permissions, now, false, None, &checks)
 }
 
 /// Every check of [`verify_uncached`] except expiry: for telling whose token an expired one
@@ -304,8 +285,9 @@ pub fn verify_ignoring_expiry(
     verifier: &Verifier,
     permissions: &PermissionTable,
     now: i64,
+    metrics: &Metrics,
 ) -> Result<VerifiedToken, TokenError> {
-    let checks = &crate::metrics::global().token_signature_checks;
+    let checks = &metrics.token_signature_checks;
     verify_inner(token, verifier, permissions, now, true, None, checks)
 }
 
@@ -875,7 +857,7 @@ mod tests {
             metrics: &Metrics,
             now: i64,
         ) -> Result<Arc<VerifiedToken>, TokenError> {
-            verify_counted(
+            super::verify(
                 token,
                 &self.verifier,
                 cache,

@@ -78,19 +78,7 @@ impl Handler for Proxy {
         request: Request<Incoming>,
         conn: Arc<Connection>,
     ) -> Response<GatewayBody> {
-        let gateway = &self.0;
-        // The runtime snapshot is taken once per request: a reload never changes the rules
-        // halfway through one.
-        let runtime = gateway.runtime();
-        crate::proxy::handle(
-            request,
-            &conn,
-            runtime,
-            gateway.store(),
-            gateway.audit(),
-            gateway.clock(),
-        )
-        .await
+        crate::proxy::handle(request, &conn, &self.0).await
     }
 }
 
@@ -414,7 +402,8 @@ async fn accept_loop<H: Handler>(listener: TcpListener, mut ctx: AcceptContext<H
                 Some(slot) => slot,
                 None => {
                     // Closed before a byte is read; the permit goes back with `permit`.
-                    crate::metrics::global()
+                    ctx.gateway
+                        .metrics()
                         .connections_refused_per_ip
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::debug!(client.ip = %peer.ip(), "max_connections_per_ip reached: connection closed");

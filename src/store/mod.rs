@@ -356,6 +356,15 @@ impl Store {
             Store::Redis(r) => r.is_subscribed(),
         }
     }
+
+    /// What the store counted of its own work, for `/metrics` (`None` for memory, which has
+    /// no cache, no remote calls and nothing that fails).
+    pub fn counters(&self) -> Option<&crate::metrics::StoreCounters> {
+        match self {
+            Store::Memory(_) => None,
+            Store::Redis(r) => Some(r.counters()),
+        }
+    }
 }
 
 macro_rules! dispatch {

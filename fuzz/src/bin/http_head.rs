@@ -12,10 +12,10 @@
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use portcullis::Gateway;
 use portcullis::audit::Audit;
 use portcullis::clock::Clock;
 use portcullis::pipeline::{self, Connection};
@@ -29,15 +29,14 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let runtime = Arc::new(verifier_config().runtime);
-    // The gateway's one clock, shared by the store and the request path.
-    let clock = Clock::system();
-    // Inside the runtime: the memory store starts its sweeper task there.
+    // Inside the runtime: the memory store starts its sweeper task there. `Gateway::new` reads
+    // the system clock, as the store's does.
     let store = {
         let _entered = rt.enter();
-        Store::Memory(MemoryStore::new(clock.clone()))
+        Store::Memory(MemoryStore::new(Clock::system()))
     };
     let audit = Audit::new(None, None).unwrap();
+    let gateway = Gateway::new(verifier_config().runtime, store, audit);
     let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
     let conn = Connection {
         peer: SocketAddr::new(ip, 40000),
@@ -46,28 +45,19 @@ fn main() {
         hsts: None,
     };
     // Asserted unwind-safe: a panic aborts the process (afl), nothing observes the state after.
-    let state = AssertUnwindSafe((rt, conn, runtime, store, audit, clock));
+    let state = AssertUnwindSafe((rt, conn, gateway));
     afl::fuzz!(|data: &[u8]| {
-        let (rt, conn, runtime, store, audit, clock) = &*state;
-        let response = rt.block_on(exchange(data, conn, runtime, store, audit, clock));
+        let (rt, conn, gateway) = &*state;
+        let response = rt.block_on(exchange(data, conn, gateway));
         check(data, &response);
     });
 }
 
 /// Writes `data` as the client, half-closes, and returns every byte the gateway answered.
-async fn exchange(
-    data: &[u8],
-    conn: &Connection,
-    runtime: &Arc<portcullis::config::Runtime>,
-    store: &Store,
-    audit: &Audit,
-    clock: &Clock,
-) -> Vec<u8> {
+async fn exchange(data: &[u8], conn: &Connection, gateway: &Gateway) -> Vec<u8> {
     let (mut client, server) = tokio::io::duplex(64 * 1024);
     let service = service_fn(|request| async move {
-        Ok::<_, Infallible>(
-            proxy::handle(request, conn, Arc::clone(runtime), store, audit, clock).await,
-        )
+        Ok::<_, Infallible>(proxy::handle(request, conn, gateway).await)
     });
     let serve = hyper::server::conn::http1::Builder::new()
         .half_close(true)

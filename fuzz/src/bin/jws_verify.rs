@@ -8,15 +8,20 @@
 
 use std::panic::AssertUnwindSafe;
 
+use portcullis::metrics::Metrics;
 use portcullis::pipeline::verify::{self, TokenCache};
 use portcullis_fuzz::{EXPIRED_TOKENS, NOW, VALID_TOKENS, verifier_config};
 
 fn main() {
     // Asserted unwind-safe: a panic aborts the process (afl), nothing observes the state after.
-    let state = AssertUnwindSafe((verifier_config().runtime, TokenCache::new(1024)));
+    let state = AssertUnwindSafe((
+        verifier_config().runtime,
+        TokenCache::new(1024),
+        Metrics::default(),
+    ));
     afl::fuzz!(|data: &[u8]| {
         // The cache is the target's own: verified seeds stay in it, as in production.
-        let (runtime, cache) = &*state;
+        let (runtime, cache, metrics) = &*state;
         let Ok(token) = std::str::from_utf8(data) else {
             return;
         };
@@ -33,12 +38,14 @@ fn main() {
             cache,
             &runtime.identify.permissions,
             NOW,
+            metrics,
         );
         let lenient = verify::verify_ignoring_expiry(
             token,
             &runtime.identify.verifier,
             &runtime.identify.permissions,
             NOW,
+            metrics,
         );
         assert_eq!(
             uncached.is_ok(),

@@ -22,6 +22,7 @@ use super::{AuthSettings, Client, JWKS_PATH, LOGIN_PATH, pages};
 use crate::audit::{Audit, AuditEvent};
 use crate::body::GatewayBody;
 use crate::error::GatewayError;
+use crate::metrics::Metrics;
 use crate::pipeline::identify::Identify;
 use crate::pipeline::route::RouteError;
 use crate::store::Store;
@@ -56,6 +57,8 @@ pub struct Env<'a> {
     pub store: &'a Store,
     /// The audit trail.
     pub audit: &'a Audit,
+    /// The gateway's metrics (the signature checks the auth flow performs count there too).
+    pub metrics: &'a Metrics,
     /// The request id.
     pub request_id: &'a HeaderValue,
     /// The instant of this request, read once from the gateway's clock: every decision the

@@ -143,6 +143,7 @@ pub(super) async fn refresh(
             &env.identify.verifier,
             &env.identify.permissions,
             now,
+            env.metrics,
         )
         && *verified.subject != *subject
     {

@@ -60,6 +60,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::clock::Clock;
+use crate::metrics::StoreCounters;
 
 use super::cache::{Alive, Invalidation, Known, LocalCache};
 use super::epoch::{Epoch, EpochWatch};
@@ -176,6 +177,7 @@ impl RedisStore {
             audit: std::sync::OnceLock::new(),
             clock: clock.clone(),
             scripts: Arc::clone(&scripts),
+            counters: StoreCounters::default(),
             subscriptions: std::sync::Mutex::new(0),
             delivered: moka::sync::Cache::builder()
                 .max_capacity(10_000)
@@ -235,6 +237,12 @@ impl RedisStore {
     /// it when missing) and refreshes the health flag (a readiness probe after an outage).
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.guard.beat().await
+    }
+
+    /// What this store counted: local-cache hits and misses, errors, resets, unreplicated
+    /// writes.
+    pub fn counters(&self) -> &StoreCounters {
+        &self.guard.counters
     }
 
     /// Whether this instance is subscribed to invalidations.
@@ -322,8 +330,9 @@ impl RedisStore {
             })
             .await?;
         if acked < i64::from(wanted) {
-            crate::metrics::global()
-                .store_unreplicated_writes
+            self.guard
+                .counters
+                .unreplicated_writes
                 .fetch_add(1, Ordering::Relaxed);
             return Err(unavailable(NotReplicated { acked, wanted }));
         }
@@ -339,9 +348,9 @@ impl RedisStore {
 
 impl SessionStore for RedisStore {
     async fn check(&self, token: &TokenRef<'_>, now: i64) -> Result<Verdict, StoreError> {
-        let metrics = crate::metrics::global();
+        let counters = &self.guard.counters;
         if self.cache.alive(token.token_key, now).is_some() {
-            metrics.store_cache_hits.fetch_add(1, Ordering::Relaxed);
+            counters.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Verdict::Alive);
         }
         if let Some(known) = self.cache.known_revoked(
@@ -351,14 +360,14 @@ impl SessionStore for RedisStore {
             token.issued_at,
             now,
         ) {
-            metrics.store_cache_hits.fetch_add(1, Ordering::Relaxed);
+            counters.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(match known {
                 Known::JtiDenied => Verdict::JtiDenied,
                 Known::SessionRevoked => Verdict::SessionUnknown,
                 Known::UserRevoked => Verdict::UserRevoked,
             });
         }
-        metrics.store_cache_misses.fetch_add(1, Ordering::Relaxed);
+        counters.cache_misses.fetch_add(1, Ordering::Relaxed);
         let sequence = self.cache.sequence();
         let read = self.read_verdict(token, now).await?;
         match read.verdict {

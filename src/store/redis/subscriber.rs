@@ -18,6 +18,7 @@ use super::connection::{Conn, PubSubSource, SentinelConn};
 use super::scripts::Scripts;
 use super::{BadEpoch, Halted, Timeout, unavailable};
 use crate::clock::Clock;
+use crate::metrics::StoreCounters;
 use crate::store::StoreError;
 use crate::store::cache::{Invalidation, LocalCache};
 use crate::store::epoch::{Epoch, EpochWatch, Observation, OnDataLoss};
@@ -39,6 +40,8 @@ pub(super) struct Guard {
     pub(super) clock: Clock,
     /// The heartbeat and epoch scripts (shared with the store).
     pub(super) scripts: Arc<Scripts>,
+    /// What the store counts of its work (shared with the store through this guard).
+    pub(super) counters: StoreCounters,
     /// Confirmed subscriptions (one per Cluster seed node, else at most one). Under a mutex so
     /// that the cache's subscribed/unsubscribed transitions happen in the order of the counts.
     pub(super) subscriptions: std::sync::Mutex<usize>,
@@ -98,9 +101,7 @@ impl Guard {
         };
         self.last_ok.store(result.is_ok(), Ordering::Relaxed);
         if result.is_err() {
-            crate::metrics::global()
-                .store_errors
-                .fetch_add(1, Ordering::Relaxed);
+            self.counters.errors.fetch_add(1, Ordering::Relaxed);
         }
         result
     }
@@ -147,8 +148,8 @@ impl Guard {
     /// refuses until an operator resumes.
     fn reset_detected(&self, previous: &Epoch, seen: &Epoch) {
         self.cache.forget_alive();
-        crate::metrics::global()
-            .store_resets_detected
+        self.counters
+            .resets_detected
             .fetch_add(1, Ordering::Relaxed);
         let detail = format!(
             "epoch {} (created {}) replaced by {} (created {}); tokens without a session issued \

@@ -6,17 +6,15 @@
 //!   per request — none for a token refused before its signature is looked at.
 //! - Many concurrent requests carrying one token never seen before cost one signature check.
 //!
-//! The counters are process-wide and the tests of this file run on parallel threads, so each
-//! test holds [`SERIAL`] for its whole run: a counter's growth is then that test's own, and the
-//! assertions can be exact rather than "at least".
-
-mod common;
+//! Each test starts its own gateway, whose metrics registry is its own: a counter's growth is
+//! that test's requests and nothing else, so the assertions are exact rather than "at least",
+//! even with the other suites running on parallel threads of the same process.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use futures_util::StreamExt as _;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -25,9 +23,6 @@ use jsonwebtoken::Algorithm;
 use prometheus_parse::{Scrape, Value as Metric};
 use serde_json::json;
 use tokio::net::TcpStream;
-
-/// Held by every test for its whole run; see the module docs.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The authenticated route.
 const PATH: &str = "/api/x";
@@ -115,7 +110,6 @@ async fn flood(gw: &TestGateway, tokens: &[String]) -> Vec<StatusCode> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_forged_and_expired_tokens_is_refused_and_leaves_the_valid_token_a_cache_hit() {
-    let _serial = SERIAL.lock().await;
     let gw = gateway().await;
     let valid = gw.token(json!({}));
     assert_eq!(gw.get_bearer(PATH, &valid).await.status, StatusCode::OK);
@@ -209,7 +203,6 @@ async fn thirty_two_concurrent_requests_with_a_never_seen_token_cost_one_signatu
     const REQUESTS: usize = 32;
     // One round may not overlap on 2 cores; over several, unshared checks would show.
     const ROUNDS: usize = 20;
-    let _serial = SERIAL.lock().await;
     let gw = gateway().await;
     let mut senders = Vec::with_capacity(REQUESTS);
     for _ in 0..REQUESTS {
@@ -262,7 +255,6 @@ async fn thirty_two_concurrent_requests_with_a_never_seen_token_cost_one_signatu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_forged_token_sent_ten_thousand_times_costs_one_signature_check() {
     const REQUESTS: usize = 10_000;
-    let _serial = SERIAL.lock().await;
     let gw = gateway().await;
     let valid = gw.token(json!({}));
     assert_eq!(gw.get_bearer(PATH, &valid).await.status, StatusCode::OK);
