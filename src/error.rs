@@ -13,6 +13,7 @@ use crate::body::GatewayBody;
 use crate::pipeline::authorize::Forbidden;
 use crate::pipeline::credential::CredentialError;
 use crate::pipeline::forward::ForwardError;
+use crate::pipeline::forward_auth::{Contract, ForwardAuthError, LOGIN_HEADER};
 use crate::pipeline::identify::IdentifyError;
 use crate::pipeline::normalize::PathError;
 use crate::pipeline::route::RouteError;
@@ -254,6 +255,10 @@ pub enum GatewayError {
     /// A refusal by the auth flow.
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// A forward-auth sub-request that cannot be decided (untrusted peer, malformed original
+    /// request).
+    #[error(transparent)]
+    ForwardAuth(#[from] ForwardAuthError),
     /// A bug or a broken key: 500, details in the log only.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -311,6 +316,8 @@ impl GatewayError {
             GatewayError::UpstreamUpgrade => StatusCode::BAD_GATEWAY,
             GatewayError::UserDisabled => StatusCode::UNAUTHORIZED,
             GatewayError::Auth(e) => e.status(),
+            GatewayError::ForwardAuth(ForwardAuthError::UntrustedPeer) => StatusCode::FORBIDDEN,
+            GatewayError::ForwardAuth(_) => StatusCode::BAD_REQUEST,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -338,6 +345,7 @@ impl GatewayError {
             GatewayError::UpstreamUpgrade => "upstream.unexpected_upgrade",
             GatewayError::UserDisabled => "user.disabled",
             GatewayError::Auth(e) => e.reason_id(),
+            GatewayError::ForwardAuth(e) => e.reason_id(),
             GatewayError::Internal(_) => "internal",
         }
     }
@@ -365,6 +373,8 @@ impl GatewayError {
             GatewayError::UpstreamUpgrade => "bad_gateway",
             GatewayError::UserDisabled => "invalid_token",
             GatewayError::Auth(e) => e.code(),
+            GatewayError::ForwardAuth(ForwardAuthError::UntrustedPeer) => "forbidden",
+            GatewayError::ForwardAuth(_) => "invalid_request",
             GatewayError::Internal(_) => "internal_error",
         }
     }
@@ -391,6 +401,7 @@ impl GatewayError {
             | GatewayError::UpstreamTimeout
             | GatewayError::UpstreamUpgrade
             | GatewayError::Auth(_)
+            | GatewayError::ForwardAuth(_)
             | GatewayError::Internal(_) => false,
         }
     }
@@ -420,6 +431,7 @@ impl GatewayError {
             | GatewayError::UpstreamTimeout
             | GatewayError::UserDisabled
             | GatewayError::Auth(_)
+            | GatewayError::ForwardAuth(_)
             | GatewayError::Internal(_) => false,
         }
     }
@@ -503,6 +515,69 @@ pub fn error_response(err: &GatewayError, ctx: &ErrorContext<'_>) -> Response<Ga
         && let Some(retry_after) = auth.retry_after()
     {
         headers.insert(http::header::RETRY_AFTER, HeaderValue::from(retry_after));
+    }
+    response
+}
+
+/// A forward-auth endpoint's refusal, shaped for the front proxy of `contract`: the refusal
+/// [`error_response`] makes, except that no route (404, 405) is a 403 for every contract (a
+/// request the route table does not know is denied, as a proxied one is), and how a browser
+/// navigation that logging in would fix is sent there:
+/// - `nginx` acts on nothing but 401 and 403 (anything else becomes a 500 there; a 503 is kept,
+///   since it still refuses): 401 stays 401, with the login location in
+///   [`LOGIN_HEADER`] for `error_page 401`; any other client error is a 403.
+/// - `forwarded` and `envoy` pass the answer to the client: the redirect itself, 302 when the
+///   original method was `GET` or `HEAD` and 303 otherwise (so the browser comes back with a
+///   `GET`).
+pub fn forward_auth_response(
+    err: &GatewayError,
+    ctx: &ErrorContext<'_>,
+    contract: Contract,
+    original_read: bool,
+) -> Response<GatewayBody> {
+    let login = (ctx.browser && err.wants_login())
+        .then_some(ctx.login_url)
+        .flatten()
+        .map(|login| login_location(login, ctx.return_to));
+    if contract != Contract::Nginx
+        && let Some(location) = &login
+    {
+        let mut response = Response::new(GatewayBody::Empty);
+        *response.status_mut() = if original_read {
+            StatusCode::FOUND
+        } else {
+            StatusCode::SEE_OTHER
+        };
+        if let Ok(value) = HeaderValue::from_str(location) {
+            response.headers_mut().insert(LOCATION, value);
+        }
+        harden(response.headers_mut());
+        response
+            .headers_mut()
+            .insert("x-request-id", ctx.request_id.clone());
+        return response;
+    }
+    let plain = ErrorContext {
+        browser: false,
+        ..*ctx
+    };
+    let mut response = error_response(err, &plain);
+    let status = match (contract, response.status()) {
+        (_, StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED) => StatusCode::FORBIDDEN,
+        (Contract::Nginx, s)
+            if s != StatusCode::UNAUTHORIZED
+                && s != StatusCode::FORBIDDEN
+                && s != StatusCode::SERVICE_UNAVAILABLE =>
+        {
+            StatusCode::FORBIDDEN
+        }
+        (_, s) => s,
+    };
+    *response.status_mut() = status;
+    if let Some(location) = login
+        && let Ok(value) = HeaderValue::from_str(&location)
+    {
+        response.headers_mut().insert(LOGIN_HEADER, value);
     }
     response
 }

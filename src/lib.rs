@@ -183,6 +183,7 @@ impl Gateway {
 /// a route's counts go on across reloads.
 fn adopt(mut runtime: Runtime, metrics: &Metrics) -> Runtime {
     runtime.router.count_into(metrics);
+    runtime.forward_auth.count_into(metrics);
     runtime
 }
 

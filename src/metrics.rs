@@ -53,6 +53,71 @@ impl RouteCounters {
     }
 }
 
+/// The outcomes a forward-auth decision is counted under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardAuthResult {
+    /// 2xx: the front proxy forwards.
+    Allowed,
+    /// No usable credential, or one refused (401, or the login redirect).
+    Unauthorized,
+    /// Authenticated but not permitted, or no route (403).
+    Forbidden,
+    /// The sub-request did not describe a request that can be decided (400).
+    Invalid,
+    /// The peer is not trusted to ask.
+    Untrusted,
+    /// The store could not answer (503).
+    Unavailable,
+}
+
+impl ForwardAuthResult {
+    /// Every outcome, in the order they are rendered.
+    pub const ALL: [ForwardAuthResult; 6] = [
+        ForwardAuthResult::Allowed,
+        ForwardAuthResult::Unauthorized,
+        ForwardAuthResult::Forbidden,
+        ForwardAuthResult::Invalid,
+        ForwardAuthResult::Untrusted,
+        ForwardAuthResult::Unavailable,
+    ];
+
+    /// The `result` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            ForwardAuthResult::Allowed => "allowed",
+            ForwardAuthResult::Unauthorized => "unauthorized",
+            ForwardAuthResult::Forbidden => "forbidden",
+            ForwardAuthResult::Invalid => "invalid",
+            ForwardAuthResult::Untrusted => "untrusted",
+            ForwardAuthResult::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// Decisions of one forward-auth endpoint, by outcome: atomics, so counting an allowed
+/// request is one add.
+#[derive(Debug)]
+pub struct ForwardAuthCounters {
+    endpoint: Box<str>,
+    by_result: [AtomicU64; ForwardAuthResult::ALL.len()],
+}
+
+impl ForwardAuthCounters {
+    /// Counters of the endpoint at `path` that belong to no registry yet (what a compiled
+    /// endpoint holds until a gateway adopts its runtime).
+    pub fn new(path: &str) -> Self {
+        Self {
+            endpoint: path.into(),
+            by_result: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    /// Counts one decision.
+    pub fn record(&self, result: ForwardAuthResult) {
+        self.by_result[result as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Upper bounds of the latency buckets, in microseconds.
 const BUCKETS_US: [u64; 18] = [
     5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
@@ -113,6 +178,9 @@ pub struct Metrics {
     pub auth_flow: Arc<RouteCounters>,
     /// Responses given before or without a route: 400, 404 (route `(none)`).
     pub unrouted: Arc<RouteCounters>,
+    /// Responses of the forward-auth endpoints (route `(forward-auth)`).
+    pub forward_auth_responses: Arc<RouteCounters>,
+    forward_auth: Mutex<BTreeMap<Box<str>, Arc<ForwardAuthCounters>>>,
     /// Refusals by reason id.
     refusals: Mutex<BTreeMap<&'static str, u64>>,
     /// Requests that passed authentication and authorization.
@@ -155,10 +223,13 @@ impl Default for Metrics {
         };
         let auth_flow = named("(auth)");
         let unrouted = named("(none)");
+        let forward_auth_responses = named("(forward-auth)");
         Self {
             routes: Mutex::new(routes),
             auth_flow,
             unrouted,
+            forward_auth_responses,
+            forward_auth: Mutex::default(),
             refusals: Mutex::default(),
             allowed: AtomicU64::new(0),
             request_latency: Histogram::default(),
@@ -200,6 +271,17 @@ impl Metrics {
             routes
                 .entry(id.into())
                 .or_insert_with(|| Arc::new(RouteCounters::new(id))),
+        )
+    }
+
+    /// The decision counters of the forward-auth endpoint at `path`, created on first use and
+    /// kept across reloads.
+    pub fn forward_auth(&self, path: &str) -> Arc<ForwardAuthCounters> {
+        let mut endpoints = self.forward_auth.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(
+            endpoints
+                .entry(path.into())
+                .or_insert_with(|| Arc::new(ForwardAuthCounters::new(path))),
         )
     }
 
@@ -260,6 +342,26 @@ impl Metrics {
                 "portcullis_auth_decisions_total{{reason=\"{}\"}} {n}",
                 escape_label(reason)
             );
+        }
+        out.push_str(
+            "# HELP portcullis_forward_auth_decisions_total Forward-auth decisions by endpoint and result.\n\
+             # TYPE portcullis_forward_auth_decisions_total counter\n",
+        );
+        for counters in self
+            .forward_auth
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            let endpoint = escape_label(&counters.endpoint);
+            for result in ForwardAuthResult::ALL {
+                let n = counters.by_result[result as usize].load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "portcullis_forward_auth_decisions_total{{endpoint=\"{endpoint}\",result=\"{}\"}} {n}",
+                    result.label()
+                );
+            }
         }
         self.request_latency.render(
             &mut out,

@@ -29,11 +29,12 @@ use crate::auth_flow::{self, AuthSettings};
 use crate::body::GatewayBody;
 use crate::clock::Clock;
 use crate::config::Runtime;
-use crate::error::{BadRequest, ErrorContext, GatewayError, error_response};
-use crate::metrics::Metrics;
+use crate::error::{BadRequest, ErrorContext, GatewayError, error_response, forward_auth_response};
+use crate::metrics::{ForwardAuthResult, Metrics};
 use crate::pipeline::Connection;
 use crate::pipeline::authorize::{self, Policy};
 use crate::pipeline::forward::{self, Outgoing, Upstream};
+use crate::pipeline::forward_auth::{self, Endpoint};
 use crate::pipeline::identify::{self, Identity};
 use crate::pipeline::mutate::{self, ForwardFacts};
 use crate::pipeline::normalize::{self, NormalizedPath};
@@ -122,6 +123,22 @@ struct Trace<'rt> {
     /// The normalized path, copied only when an audit event will name it.
     path: Option<String>,
     upstream_latency: Option<Duration>,
+    /// A forward-auth endpoint answered: the decision is the response.
+    forward_auth: Option<AskedFor<'rt>>,
+}
+
+/// What finish needs to answer a forward-auth sub-request in its front proxy's terms.
+#[derive(Debug)]
+struct AskedFor<'rt> {
+    endpoint: &'rt Endpoint,
+    /// The original request's method, once read.
+    method: Option<Method>,
+    /// The original method was `GET` or `HEAD` (a login redirect is then a 302, else a 303).
+    original_read: bool,
+    /// The original request is a browser navigation.
+    browser: bool,
+    /// Where that browser comes back to after logging in.
+    return_to: Option<String>,
 }
 
 impl Trace<'_> {
@@ -147,6 +164,9 @@ async fn run<'rt>(
         Target::AuthFlow(auth, path) => {
             return auth_flow(request, auth, &path, rt, env, trace).await;
         }
+        Target::ForwardAuth(endpoint) => {
+            return forward_auth(&request, endpoint, rt, env, trace).await;
+        }
         Target::Route(route, path, host) => (route, path, host),
     };
     trace.route = Some(route);
@@ -157,8 +177,9 @@ async fn run<'rt>(
         authorize(route, identity, &path, trace)?;
     }
     body_limit(&request, route)?;
+    let upstream = route.upstream.ok_or(route::RouteError::NotFound)?;
     let outgoing = prepare(request, route, path, host, trace.identity.as_ref(), rt, env);
-    forward(&rt.upstreams[route.upstream], outgoing, rt, trace).await
+    forward(&rt.upstreams[upstream], outgoing, rt, trace).await
 }
 
 /// Stage 0, framing: refuse what two parsers could read differently, and `CONNECT`.
@@ -176,13 +197,19 @@ fn check_framing<B>(request: &Request<B>) -> Result<(), GatewayError> {
 enum Target<'rt> {
     /// The gateway's own endpoints.
     AuthFlow(&'rt AuthSettings, NormalizedPath),
+    /// A front proxy asking for a decision.
+    ForwardAuth(&'rt Endpoint),
     /// A route, with the normalized path and the canonical host.
     Route(&'rt Route, NormalizedPath, Option<String>),
 }
 
-/// Stage 1, route: normalize the path, then the auth flow's paths (a route cannot shadow the
-/// login flow), else host + path + method → route.
+/// Stage 1, route: a forward-auth endpoint (matched on the path as sent, see
+/// [`Endpoint`]), else normalize the path, then the auth flow's paths (a route cannot shadow
+/// the login flow), else host + path + method → route.
 fn route<'rt>(request: &Request<Incoming>, rt: &'rt Runtime) -> Result<Target<'rt>, GatewayError> {
+    if let Some(endpoint) = rt.forward_auth.endpoint(request.uri().path()) {
+        return Ok(Target::ForwardAuth(endpoint));
+    }
     let path = normalize::normalize(request.uri().path()).map_err(BadRequest::Path)?;
     let host = request_host(request)?;
     if let Some(auth) = &rt.auth
@@ -224,6 +251,71 @@ async fn auth_flow(
     // Boxed: the login handlers' state is large, and unboxed it would size (and be copied
     // with) every proxied request's future, which never enters this branch.
     Box::pin(auth_flow::handle(request, &path.path, &flow)).await
+}
+
+/// A forward-auth sub-request: the original request read back (trusted peers only), then the
+/// same route, identify and authorize stages a proxied request goes through, on its host,
+/// normalized path and method; the answer is the decision, not a forwarded response.
+async fn forward_auth<'rt>(
+    request: &Request<Incoming>,
+    endpoint: &'rt Endpoint,
+    rt: &'rt Runtime,
+    env: &RunEnv<'_>,
+    trace: &mut Trace<'rt>,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    let mut asked = AskedFor {
+        endpoint,
+        method: None,
+        original_read: true,
+        browser: false,
+        return_to: None,
+    };
+    let original = forward_auth::original(request, endpoint, env.conn.peer.ip());
+    let original = match original {
+        Ok(original) => original,
+        Err(e) => {
+            trace.forward_auth = Some(asked);
+            return Err(e.into());
+        }
+    };
+    asked.original_read = original.method == Method::GET || original.method == Method::HEAD;
+    asked.method = Some(original.method.clone());
+    asked.browser = forward_auth::is_navigation(&original.method, request.headers());
+    if asked.browser {
+        asked.return_to = Some(return_target(endpoint.login_url.as_deref(), &original));
+    }
+    trace.forward_auth = Some(asked);
+    // The login flow's own pages are public: a front proxy that asks about them is told yes.
+    if rt.auth.is_some() && auth_flow::owns(&original.path.path) {
+        return Ok(forward_auth::allowed(None, &rt.mutate.identity));
+    }
+    let route = rt.router.route(
+        Some(original.host.as_str()),
+        original.path.segments(),
+        &original.method,
+    )?;
+    trace.route = Some(route);
+    if matches!(route.policy, Policy::Public) {
+        return Ok(forward_auth::allowed(None, &rt.mutate.identity));
+    }
+    let identity = identify(request, &original.path, rt, env, trace).await?;
+    authorize(route, identity, &original.path, trace)?;
+    let identity = trace.identity.as_ref().map(Identity::headers);
+    Ok(forward_auth::allowed(identity, &rt.mutate.identity))
+}
+
+/// Where a browser refused by forward-auth comes back to after logging in: the path, when it
+/// logs in on the same host; the absolute URL, when the login page is on another host (a
+/// central auth host for many subdomains).
+fn return_target(login_url: Option<&str>, original: &forward_auth::Original) -> String {
+    let login_host = login_url
+        .and_then(|l| l.strip_prefix("https://"))
+        .map(|rest| rest.split(['/', '?']).next().unwrap_or(""))
+        .and_then(route::canonical_host);
+    match login_host {
+        Some(host) if host != original.host => original.return_url(),
+        Some(_) | None => original.return_path(),
+    }
 }
 
 /// Stages 2–4, identify, at the request's instant.
@@ -366,6 +458,9 @@ fn finish(
     let route_id = trace.route.map(|r| &*r.id);
     let mut response = match outcome {
         Ok(mut response) => {
+            if let Some(asked) = &trace.forward_auth {
+                asked.endpoint.counters.record(ForwardAuthResult::Allowed);
+            }
             if let Some(route_id) = route_id {
                 tracing::debug!(
                     request_id = env.request_id.to_str().unwrap_or(""),
@@ -419,16 +514,27 @@ fn finish(
             } else {
                 refused!(tracing::Level::DEBUG);
             }
-            let return_to = (env.browser && rt.login_url.is_some())
-                .then(|| env.target.as_ref().and_then(return_path))
-                .flatten();
-            let ctx = ErrorContext {
-                request_id: env.request_id,
-                browser: env.browser,
-                login_url: rt.login_url.as_deref(),
-                return_to: return_to.as_deref(),
-            };
-            error_response(&err, &ctx)
+            if let Some(asked) = &trace.forward_auth {
+                asked.endpoint.counters.record(forward_auth_result(&err));
+                let ctx = ErrorContext {
+                    request_id: env.request_id,
+                    browser: asked.browser,
+                    login_url: asked.endpoint.login_url.as_deref(),
+                    return_to: asked.return_to.as_deref(),
+                };
+                forward_auth_response(&err, &ctx, asked.endpoint.contract, asked.original_read)
+            } else {
+                let return_to = (env.browser && rt.login_url.is_some())
+                    .then(|| env.target.as_ref().and_then(return_path))
+                    .flatten();
+                let ctx = ErrorContext {
+                    request_id: env.request_id,
+                    browser: env.browser,
+                    login_url: rt.login_url.as_deref(),
+                    return_to: return_to.as_deref(),
+                };
+                error_response(&err, &ctx)
+            }
         }
     };
     if let Some(hsts) = &env.conn.hsts {
@@ -437,14 +543,28 @@ fn finish(
             .insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
     }
     let status = response.status().as_u16();
-    let counters = match (trace.auth_flow, trace.route) {
-        (true, _) => &metrics.auth_flow,
-        (false, Some(route)) => &route.counters,
-        (false, None) => &metrics.unrouted,
+    let counters = match (trace.auth_flow, &trace.forward_auth, trace.route) {
+        (true, _, _) => &metrics.auth_flow,
+        (false, Some(_), _) => &metrics.forward_auth_responses,
+        (false, None, Some(route)) => &route.counters,
+        (false, None, None) => &metrics.unrouted,
     };
     counters.record(status);
     metrics.request_latency.observe(started.elapsed());
     response
+}
+
+/// What a forward-auth refusal is counted as.
+fn forward_auth_result(err: &GatewayError) -> ForwardAuthResult {
+    match err {
+        GatewayError::ForwardAuth(forward_auth::ForwardAuthError::UntrustedPeer) => {
+            ForwardAuthResult::Untrusted
+        }
+        GatewayError::Route(_) | GatewayError::Forbidden(_) => ForwardAuthResult::Forbidden,
+        GatewayError::Store(_) => ForwardAuthResult::Unavailable,
+        other if other.status() == StatusCode::UNAUTHORIZED => ForwardAuthResult::Unauthorized,
+        _ => ForwardAuthResult::Invalid,
+    }
 }
 
 /// The proxy's one audit event about a request's access decision.
@@ -458,10 +578,16 @@ fn audit_access(env: &RunEnv<'_>, trace: &Trace<'_>, event: &'static str, reason
         client_ip: Some(env.client_ip),
         user_agent: env.user_agent,
         route: trace.route.map(|r| &*r.id),
-        method: Some(env.method.as_str()),
+        method: Some(match &trace.forward_auth {
+            Some(AskedFor {
+                method: Some(m), ..
+            }) => m.as_str(),
+            _ => env.method.as_str(),
+        }),
         path: trace.path.as_deref(),
         request_id: env.request_id.to_str().ok(),
-        detail: None,
+        // A forward-auth decision names the endpoint that was asked.
+        detail: trace.forward_auth.as_ref().map(|a| &*a.endpoint.path),
     });
 }
 

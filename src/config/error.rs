@@ -57,6 +57,19 @@ impl ConfigError {
         }
     }
 
+    /// The error of a check written for a top-level key, found under `section` (a key like
+    /// `trusted_proxies[0]` becomes `forward_auth[1].trusted_proxies[0]`).
+    pub(super) fn within(self, section: &str) -> Self {
+        match self {
+            ConfigError::Invalid { key, line, cause } => ConfigError::Invalid {
+                key: format!("{section}.{key}"),
+                line,
+                cause,
+            },
+            other => other,
+        }
+    }
+
     /// The error with the line of its key in `yaml` (the checks after parsing know the key,
     /// the text knows its line).
     pub(super) fn with_line_in(self, yaml: &str) -> Self {

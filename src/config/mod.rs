@@ -13,6 +13,7 @@ mod admin;
 mod audit;
 mod auth;
 mod error;
+mod forward_auth;
 mod issuers;
 mod limits;
 mod listeners;
@@ -30,6 +31,7 @@ use std::time::Duration;
 
 use crate::auth_flow::AuthSettings;
 use crate::pipeline::forward::Upstream;
+use crate::pipeline::forward_auth::ForwardAuth;
 use crate::pipeline::identify::Identify;
 use crate::pipeline::mutate::MutateConfig;
 use crate::pipeline::route::Router;
@@ -58,6 +60,8 @@ pub struct Runtime {
     pub mutate: MutateConfig,
     /// Where browsers are sent to log in.
     pub login_url: Option<String>,
+    /// The forward-auth endpoints (none unless `forward_auth:` lists some).
+    pub forward_auth: ForwardAuth,
     /// The login flow, when the gateway issues its own tokens.
     pub auth: Option<AuthSettings>,
     /// Longest wait for the next part of a request body (a client that stalls mid-body holds
@@ -146,10 +150,17 @@ fn compile(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         auth.as_ref()
             .map(|_| crate::auth_flow::LOGIN_PATH.to_owned())
     });
+    let forward_auth = forward_auth::compile(
+        &raw.forward_auth,
+        &raw.routes,
+        &trusted_proxies,
+        login_url.as_deref(),
+    )?;
     let runtime = Runtime {
         router,
         upstreams: upstreams.upstreams,
         mutate: mutate::config(identity, trusted_proxies, &tokens.cookie, auth.is_some()),
+        forward_auth,
         identify: Identify {
             cookie_name: tokens.cookie,
             verifier: Verifier {

@@ -53,6 +53,29 @@ pub struct RawConfig {
     /// The admin listener: health, readiness, metrics and the admin API.
     #[serde(default)]
     pub admin: Option<RawAdmin>,
+    /// Forward-auth endpoints on the proxy listeners, for a front proxy (nginx, Traefik,
+    /// Caddy, Envoy) that asks the gateway before it forwards.
+    #[serde(default)]
+    pub forward_auth: Vec<RawForwardAuth>,
+}
+
+/// One forward-auth endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForwardAuth {
+    /// How the front proxy describes the original request: `nginx`, `forwarded` (Traefik,
+    /// Caddy, generic `X-Forwarded-*`) or `envoy`.
+    pub contract: String,
+    /// The endpoint's path (`envoy`: a prefix); defaults per contract.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Peers allowed to ask (CIDR or address); defaults to the top-level `trusted_proxies`,
+    /// and one of the two must list someone.
+    #[serde(default)]
+    pub trusted_proxies: Option<Vec<String>>,
+    /// Where refused browsers log in; defaults to the top-level `login_url`.
+    #[serde(default)]
+    pub login_url: Option<String>,
 }
 
 /// The admin listener.
@@ -406,8 +429,10 @@ pub struct RawRoute {
     /// Allowed methods; absent allows all. `GET` implies `HEAD`.
     #[serde(default)]
     pub methods: Option<Vec<String>>,
-    /// Name of an entry in `upstreams`.
-    pub upstream: String,
+    /// Name of an entry in `upstreams`. Absent: the route is only decided for forward-auth,
+    /// and a proxied request to it is answered 404.
+    #[serde(default)]
+    pub upstream: Option<String>,
     /// Who may pass.
     pub policy: RawPolicy,
     /// Largest request body accepted on this route.

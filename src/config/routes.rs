@@ -97,15 +97,15 @@ pub(super) fn compile(raw: &[RawRoute], cx: Context<'_>) -> Result<Router, Confi
                     .collect::<Result<Vec<_>, _>>()?,
             ),
         };
-        let upstream = upstreams
-            .iter()
-            .position(|n| *n == r.upstream)
-            .ok_or_else(|| {
+        let upstream = match &r.upstream {
+            None => None,
+            Some(name) => Some(upstreams.iter().position(|n| n == name).ok_or_else(|| {
                 invalid(
                     format!("{key}.upstream"),
-                    format!("no upstream is named `{}`", r.upstream),
+                    format!("no upstream is named `{name}`"),
                 )
-            })?;
+            })?),
+        };
         let policy = match &r.policy {
             RawPolicy::Public => Policy::Public,
             RawPolicy::Authenticated => Policy::Authenticated,

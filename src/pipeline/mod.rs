@@ -14,6 +14,7 @@
 pub mod authorize;
 pub mod credential;
 pub mod forward;
+pub mod forward_auth;
 pub mod identify;
 pub mod mutate;
 pub mod normalize;

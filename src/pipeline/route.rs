@@ -30,8 +30,9 @@ pub struct Route {
     pub prefix: Box<str>,
     /// Allowed methods; `None` allows every method.
     pub methods: Option<Vec<Method>>,
-    /// Index into the runtime's upstreams.
-    pub upstream: usize,
+    /// Index into the runtime's upstreams; `None` for a route only decided for forward-auth
+    /// (a proxied request to it is answered 404).
+    pub upstream: Option<usize>,
     /// Who may pass.
     pub policy: Policy,
     /// Largest request body.
@@ -275,7 +276,7 @@ mod tests {
             id: id.into(),
             prefix: prefix.into(),
             methods,
-            upstream: 0,
+            upstream: Some(0),
             policy: Policy::Public,
             max_body: 0,
             forward_authorization: false,
