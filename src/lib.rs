@@ -12,7 +12,9 @@
 //! ```text
 //! client ─TLS─▶ listener (server) ─▶ proxy::handle
 //!   0 framing     refuse ambiguous Content-Length / Transfer-Encoding, CONNECT    (400, 405)
-//!   1 route       normalize the path; /auth/* and the JWKS → auth_flow;
+//!   1 route       a forward-auth endpoint → the same 2–5 on the request it describes,
+//!                 answered with the decision (proxy::forward_auth);
+//!                 normalize the path; /auth/* and the JWKS → auth_flow;
 //!                 else host + path + method → Route                              (400, 404, 405)
 //!   2–4 identify  credential: cookie or bearer → token; absent ≠ invalid          (401, 400)
 //!                 verify: kid → pinned key → signature → typ/crit/claims          (401)
