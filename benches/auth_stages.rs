@@ -9,6 +9,8 @@
 //!   and all together. Mutate works on a clone of a 12-header browser request, made in
 //!   `iter_batched`'s untimed setup; `all_1_to_6_clone_inside` times the clone and the drop
 //!   too, and `header_map_clone` times the clone alone, so it can be subtracted.
+//!   `forward_auth_decision` is one nginx `auth_request` decision about the same request: the
+//!   original request read back and normalized, stages 1–5, and the allowed answer.
 //! - `verify_uncached`: first sight of a token (`pipeline::verify::verify_uncached`), per algorithm.
 //! - `route_table`: route lookup with 10 and with 10,000 routes, for a path that matches a deep
 //!   route and one that falls through to `/`; `router` is `Router::route` alone on a
@@ -30,9 +32,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use jsonwebtoken::{Algorithm, EncodingKey};
+use portcullis::body::GatewayBody;
 use portcullis::clock::Clock;
 use portcullis::config::{Config, Runtime};
 use portcullis::metrics::Metrics;
+use portcullis::pipeline::forward_auth;
 use portcullis::pipeline::mutate::ForwardFacts;
 use portcullis::pipeline::normalize::{NormalizedPath, normalize};
 use portcullis::pipeline::route::{Route, canonical_host};
@@ -194,6 +198,8 @@ roles:
   editor: [docs:read, docs:write]
   admin: [admin, docs:read, docs:write]
 trusted_proxies: [10.0.0.0/8, 192.168.0.0/16]
+forward_auth:
+  - {{ contract: nginx }}
 upstreams:
   app: {{ url: "http://127.0.0.1:9", response_timeout: 5s }}
 routes:
@@ -477,6 +483,55 @@ impl HotPath {
     }
 }
 
+impl HotPath {
+    /// One forward-auth decision as `proxy::forward_auth` makes it for an nginx sub-request
+    /// from a trusted peer: the endpoint, the original request read back and normalized,
+    /// route, credential, verify (a cache hit), session, authorize, and the allowed answer
+    /// with the identity headers. Not inlined, for the same reason as [`HotPath::run`].
+    #[inline(never)]
+    fn forward_auth(&self, request: &http::Request<()>) -> http::Response<GatewayBody> {
+        let endpoint = self.rt.forward_auth.endpoint(request.uri().path()).unwrap();
+        let original = forward_auth::original(request, endpoint, FRONT_PROXY).unwrap();
+        let route = self
+            .rt
+            .router
+            .route(
+                Some(original.host.as_str()),
+                original.path.segments(),
+                &original.method,
+            )
+            .unwrap();
+        let token = credential::credential(request.headers(), &self.rt.identify.cookie_name)
+            .unwrap()
+            .unwrap();
+        let now = Clock::system().now();
+        let verified = self.verify(token, now);
+        self.session(&verified, now);
+        authorize::authorize(&route.policy, &verified.permissions).unwrap();
+        forward_auth::allowed(
+            Some(mutate::Identity::of(&verified)),
+            &self.rt.mutate.identity,
+        )
+    }
+
+    /// The browser request of [`HotPath::run`] as nginx's `auth_request` sends it to the
+    /// gateway: the same headers, the original URL and method in `X-Original-*`.
+    fn nginx_sub_request(&self) -> http::Request<()> {
+        let mut request = http::Request::get("/_portcullis/nginx").body(()).unwrap();
+        *request.headers_mut() = self.headers.clone();
+        let headers = request.headers_mut();
+        headers.insert(
+            "x-original-url",
+            HeaderValue::from_str(&format!("https://app.example.com{PATH}")).unwrap(),
+        );
+        headers.insert("x-original-method", HeaderValue::from_static("GET"));
+        request
+    }
+}
+
+/// The front proxy's address in the forward-auth bench (in `trusted_proxies`).
+const FRONT_PROXY: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 5));
+
 fn hot_path(c: &mut Criterion) {
     let hp = HotPath::new();
     // The fixture must do what the gateway does, or the figures mean nothing.
@@ -533,6 +588,17 @@ fn hot_path(c: &mut Criterion) {
     });
     g.bench_function("all_1_to_6", |b| {
         b.iter_batched(|| hp.headers.clone(), |headers| hp.run(headers), HOT_BATCH)
+    });
+    // A forward-auth decision about the same request, next to the proxied one above.
+    let sub_request = hp.nginx_sub_request();
+    let answer = hp.forward_auth(&sub_request);
+    assert_eq!(answer.status(), http::StatusCode::OK);
+    assert_eq!(
+        answer.headers()["x-auth-subject"],
+        "user-4f1c2a9e-alice@example.com"
+    );
+    g.bench_function("forward_auth_decision", |b| {
+        b.iter(|| hp.forward_auth(black_box(&sub_request)))
     });
     // The same with the clone (and the drop) inside the timed loop, where every map is hot in
     // the CPU cache; subtract `header_map_clone` to compare with the figure above.
