@@ -17,7 +17,8 @@
 #   4. For each target, a warm-up (WARMUP seconds, default 3), then
 #      `wrk -t2 -c64 -d<duration>s --latency`:
 #        direct upstream · nginx proxy · gateway public route ·
-#        gateway authenticated route, Bearer · gateway authenticated route, cookie
+#        gateway authenticated route, Bearer · gateway authenticated route, cookie ·
+#        nginx `auth_request` → the gateway's forward-auth endpoint (nginx forwards), Bearer
 #      The authenticated rows are full authentication of a cached token: verify (cache hit),
 #      session + revocation check, permission check, identity headers, then forward.
 #   5. Prints a Markdown table: requests/s, ratio to the direct upstream, p50/p99 (wrk's latency
@@ -173,6 +174,8 @@ PX_PORT=$(free_port)
 GW_PORT=$(free_port)
 while [[ $PX_PORT == "$UP_PORT" ]]; do PX_PORT=$(free_port); done
 while [[ $GW_PORT == "$UP_PORT" || $GW_PORT == "$PX_PORT" ]]; do GW_PORT=$(free_port); done
+FA_PORT=$(free_port)
+while [[ $FA_PORT == "$UP_PORT" || $FA_PORT == "$PX_PORT" || $FA_PORT == "$GW_PORT" ]]; do FA_PORT=$(free_port); done
 NPROC=$(nproc)
 PROXY_WORKERS=${NGINX_PROXY_WORKERS:-$NPROC}
 
@@ -197,7 +200,7 @@ http {
 EOF
 }
 
-mkdir -p "$TMP/upstream" "$TMP/proxy" "$TMP/gateway"
+mkdir -p "$TMP/upstream" "$TMP/proxy" "$TMP/gateway" "$TMP/authreq"
 {
     nginx_prelude "$TMP/upstream" 1
     cat <<EOF
@@ -227,6 +230,43 @@ EOF
 }
 EOF
 } >"$TMP/proxy/nginx.conf"
+# nginx in front with `auth_request` to the gateway's forward-auth endpoint: the decision is the
+# gateway's, the bytes go from nginx to the upstream directly. Both pools keep connections.
+{
+    nginx_prelude "$TMP/authreq" "$PROXY_WORKERS"
+    cat <<EOF
+    upstream origin {
+        server 127.0.0.1:$UP_PORT;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    upstream portcullis {
+        server 127.0.0.1:$GW_PORT;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$FA_PORT;
+        location / {
+            auth_request /_portcullis/nginx;
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+        location = /_portcullis/nginx {
+            internal;
+            proxy_pass http://portcullis;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_set_header X-Original-URL \$scheme://\$http_host\$request_uri;
+            proxy_set_header X-Original-Method \$request_method;
+        }
+    }
+}
+EOF
+} >"$TMP/authreq/nginx.conf"
 
 "$NGINX" -p "$TMP/upstream" -c "$TMP/upstream/nginx.conf" 2>"$TMP/upstream/stderr" &
 UP_PID=$!
@@ -270,6 +310,9 @@ routes:
     path: /private
     upstream: origin
     policy: { all_of: [bench:read] }
+trusted_proxies: [127.0.0.1]
+forward_auth:
+  - { contract: nginx }
 auth:
   issuer: http://127.0.0.1:$GW_PORT
   audience: portcullis-load
@@ -290,6 +333,11 @@ LOGIN=$(curl -s --max-time 10 -H 'Content-Type: application/json' \
 TOKEN=$(printf '%s' "$LOGIN" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])') ||
     die "no access_token in the login answer: $LOGIN"
 
+"$NGINX" -p "$TMP/authreq" -c "$TMP/authreq/nginx.conf" 2>"$TMP/authreq/stderr" &
+FA_PID=$!
+PIDS+=("$FA_PID")
+wait_http "$FA_PORT" /public/
+
 # --- 4. measure --------------------------------------------------------------------------------
 # Each target: name | URL | extra wrk header (or empty) | server pids (space-separated) | proxy pids
 TARGETS=(
@@ -298,6 +346,7 @@ TARGETS=(
     "gateway, public route|http://127.0.0.1:$GW_PORT/public/x||$GW_PID $UP_PID|$GW_PID"
     "gateway, all_of route, Bearer|http://127.0.0.1:$GW_PORT/private/x|Authorization: Bearer $TOKEN|$GW_PID $UP_PID|$GW_PID"
     "gateway, all_of route, cookie|http://127.0.0.1:$GW_PORT/private/x|Cookie: __Host-portcullis-at=$TOKEN|$GW_PID $UP_PID|$GW_PID"
+    "nginx auth_request → gateway forward-auth, all_of route, Bearer|http://127.0.0.1:$FA_PORT/private/x|Authorization: Bearer $TOKEN|$FA_PID $GW_PID $UP_PID|$FA_PID $GW_PID"
 )
 
 # Exactly 200 with the upstream's body, or die.
