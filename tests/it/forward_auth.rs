@@ -536,3 +536,58 @@ async fn forward_auth_decisions_are_counted_by_endpoint_and_result_and_audited()
         "{audit}"
     );
 }
+
+#[tokio::test]
+async fn an_envoy_check_over_http2_reads_the_host_from_its_authority() {
+    // Envoy talks to its authorization service over HTTP/2 as often as not; there the host is
+    // `:authority`, not a `Host` header.
+    let gw = gateway("").await;
+    let auth = bearer(&gw.token(json!({})));
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut ask = |path: &str, authority: &str, token: Option<&str>| {
+        let mut r = Request::get(format!("http://{authority}/_portcullis/envoy{path}"));
+        if let Some(t) = token {
+            r = r.header("authorization", t);
+        }
+        sender.send_request(r.body(Full::new(Bytes::new())).unwrap())
+    };
+    let r = ask("/api/x", "api.example.com", Some(&auth)).await.unwrap();
+    assert_eq!(r.version(), http::Version::HTTP_2);
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["x-auth-subject"], "alice");
+    // The host-bound route does not exist on another host.
+    let r = ask("/api/x", "app.example.com", Some(&auth)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = ask("/api/x", "api.example.com", None).await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_websocket_handshake_behind_the_front_proxy_is_decided_like_any_request() {
+    // Traefik and Caddy copy the client's headers, `Upgrade` included, into the sub-request:
+    // the gateway decides and answers 200 (never 101), so the front proxy does the upgrade.
+    let gw = gateway("").await;
+    let auth = bearer(&gw.token(json!({})));
+    let handshake = [
+        ("connection", "Upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    let mut with_token = handshake.to_vec();
+    with_token.push(("authorization", auth.as_str()));
+    let r = forwarded(&gw, "GET", "app.example.com", "/docs/live", &with_token).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["x-auth-subject"], "alice");
+    assert!(!r.headers.contains_key("upgrade"));
+    let r = forwarded(&gw, "GET", "app.example.com", "/docs/live", &handshake).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(gw.upstream.count(), 0);
+}
