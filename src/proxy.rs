@@ -123,6 +123,8 @@ struct Trace<'rt> {
     /// The normalized path, copied only when an audit event will name it.
     path: Option<String>,
     upstream_latency: Option<Duration>,
+    /// How long identify's verify and session check took.
+    timings: identify::Timings,
     /// A forward-auth endpoint answered: the decision is the response.
     forward_auth: Option<AskedFor<'rt>>,
 }
@@ -327,14 +329,21 @@ async fn identify(
     trace: &mut Trace<'_>,
 ) -> Result<Identity, GatewayError> {
     let now = env.clock.now();
-    identify::identify(request.headers(), &rt.identify, env.store, now, env.metrics)
-        .await
-        .map_err(|refused| {
-            // Copied for the refusal's audit event only, not on every request.
-            trace.refused = refused.token().cloned();
-            trace.path = Some(path.path.clone());
-            refused.into()
-        })
+    identify::identify(
+        request.headers(),
+        &rt.identify,
+        env.store,
+        now,
+        env.metrics,
+        &mut trace.timings,
+    )
+    .await
+    .map_err(|refused| {
+        // Copied for the refusal's audit event only, not on every request.
+        trace.refused = refused.token().cloned();
+        trace.path = Some(path.path.clone());
+        refused.into()
+    })
 }
 
 /// Stage 5, authorize: the route's policy against the identity's permissions. The identity
@@ -442,6 +451,12 @@ fn finish(
     started: Instant,
 ) -> Response<GatewayBody> {
     let metrics = env.metrics;
+    if let Some(elapsed) = trace.timings.verify {
+        metrics.verify_latency.observe(elapsed);
+    }
+    if let Some(elapsed) = trace.timings.session {
+        metrics.store_latency.observe(elapsed);
+    }
     if let Some(elapsed) = trace.upstream_latency {
         metrics.upstream_latency.observe(elapsed);
     }

@@ -156,18 +156,28 @@ pub(super) async fn signed_in(
     headers: &HeaderMap,
     env: &Env<'_>,
 ) -> Result<Option<Signed>, GatewayError> {
-    let identity =
-        match identify::identify(headers, env.identify, env.store, env.now, env.metrics).await {
-            Ok(identity) => identity,
-            Err(IdentifyError::StoreUnavailable { source, .. }) => return Err(source.into()),
-            Err(
-                IdentifyError::MissingCredential
-                | IdentifyError::BadCredential(_)
-                | IdentifyError::TokenRefused(_)
-                | IdentifyError::SessionRefused { .. }
-                | IdentifyError::UserDisabled { .. },
-            ) => return Ok(None),
-        };
+    // The latency histograms describe proxied requests; the auth flow's own are not in them.
+    let mut timings = identify::Timings::default();
+    let identity = match identify::identify(
+        headers,
+        env.identify,
+        env.store,
+        env.now,
+        env.metrics,
+        &mut timings,
+    )
+    .await
+    {
+        Ok(identity) => identity,
+        Err(IdentifyError::StoreUnavailable { source, .. }) => return Err(source.into()),
+        Err(
+            IdentifyError::MissingCredential
+            | IdentifyError::BadCredential(_)
+            | IdentifyError::TokenRefused(_)
+            | IdentifyError::SessionRefused { .. }
+            | IdentifyError::UserDisabled { .. },
+        ) => return Ok(None),
+    };
     if !identity.is_own() {
         return Ok(None);
     }
