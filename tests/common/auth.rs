@@ -205,25 +205,9 @@ impl TestGateway {
         .await
     }
 
-    /// The audit events written so far. The writer thread appends asynchronously: this first
-    /// waits until the file holds every line the gateway had emitted when it was called.
+    /// The audit events written so far (see [`super::audit_events`]).
     pub async fn audit_events(&self) -> Vec<Value> {
-        let emitted = self.running.gateway().audit().emitted();
-        let read = || std::fs::read_to_string(self.audit_path()).unwrap_or_default();
-        let caught_up = super::eventually(std::time::Duration::from_secs(10), || {
-            let lines = read().lines().count() as u64;
-            async move { lines >= emitted }
-        })
-        .await;
-        assert!(
-            caught_up.is_some(),
-            "the audit file never held the {emitted} lines emitted:\n{}",
-            read()
-        );
-        read()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        super::audit_events(self.running.gateway(), &self.audit_path()).await
     }
 }
 

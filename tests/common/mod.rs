@@ -857,6 +857,28 @@ pub fn wait_for(within: Duration, mut probe: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// The audit events `gateway` wrote to its file at `path` so far. The writer thread appends
+/// asynchronously: this first waits until the file holds every line the gateway had emitted
+/// when it was called.
+pub async fn audit_events(gateway: &portcullis::Gateway, path: &Path) -> Vec<Value> {
+    let emitted = gateway.audit().emitted();
+    let read = || std::fs::read_to_string(path).unwrap_or_default();
+    let caught_up = eventually(Duration::from_secs(10), || {
+        let lines = read().lines().count() as u64;
+        async move { lines >= emitted }
+    })
+    .await;
+    assert!(
+        caught_up.is_some(),
+        "the audit file never held the {emitted} lines emitted:\n{}",
+        read()
+    );
+    read()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// Polls `probe` until it returns true or `within` passes; returns how long it took.
 pub async fn eventually<F, Fut>(within: Duration, mut probe: F) -> Option<Duration>
 where

@@ -514,11 +514,8 @@ async fn forward_auth_decisions_are_counted_by_endpoint_and_result_and_audited()
 
     // The refusals are audited like proxied ones, naming the original route, path and method
     // and the endpoint asked.
-    let audit = std::fs::read_to_string(gw.dir.path().join("audit.jsonl")).unwrap();
-    let events: Vec<serde_json::Value> = audit
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let events = audit_events(gw.running.gateway(), &gw.dir.path().join("audit.jsonl")).await;
+    let audit = format!("{events:#?}");
     let forbidden = events
         .iter()
         .find(|e| e["event"] == "access.forbidden")
