@@ -306,12 +306,19 @@ fn prepare(
         upgrade,
         trace: env.trace_context,
     };
-    mutate::mutate(
-        &mut parts.headers,
-        identity.map(Identity::headers),
-        &rt.mutate,
-        &facts,
-    );
+    // The signed assertion goes with the identity, on routes that send one (docs/security.md
+    // 42), minted at the instant identify accepted the request.
+    let assertion = match (identity, &route.assertion, &rt.assertions) {
+        (Some(identity), Some(spec), Some(assertions)) => assertions
+            .header_for(spec.audience, identity, identity.at(), env.metrics)
+            .map(|value| (&spec.header, value)),
+        _ => None,
+    };
+    let identity = identity.map(|identity| mutate::Identity {
+        assertion: assertion.as_ref().map(|(name, value)| (*name, value)),
+        ..identity.headers()
+    });
+    mutate::mutate(&mut parts.headers, identity, &rt.mutate, &facts);
     Outgoing {
         request: Request::from_parts(
             parts,
