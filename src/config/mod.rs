@@ -229,7 +229,10 @@ fn access_audiences(raw: &RawConfig) -> Vec<(String, String)> {
         all.push(match &a.audience {
             Some(audience) => (audience.clone(), "auth.audience".to_owned()),
             // The gateway's tokens are for itself when `auth.audience` is not set.
-            None => (a.issuer.clone(), "auth.issuer".to_owned()),
+            None => (
+                a.issuer.clone(),
+                "auth.issuer, which auth.audience defaults to".to_owned(),
+            ),
         });
     }
     all
