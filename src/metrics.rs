@@ -207,6 +207,10 @@ pub struct Metrics {
     /// Client connections closed at accept because their address had
     /// `limits.max_connections_per_ip` open already.
     pub connections_refused_per_ip: AtomicU64,
+    /// Identity assertions signed for backends (a cache miss, or one too close to its `exp`).
+    pub assertions_minted: AtomicU64,
+    /// Identity assertions sent again from the assertion cache, without signing.
+    pub assertions_cached: AtomicU64,
     /// Config reloads applied.
     pub reloads_applied: AtomicU64,
     /// Config reloads refused (the old config kept serving).
@@ -241,6 +245,8 @@ impl Default for Metrics {
             token_signature_checks: AtomicU64::new(0),
             token_cache_failed_hits: AtomicU64::new(0),
             connections_refused_per_ip: AtomicU64::new(0),
+            assertions_minted: AtomicU64::new(0),
+            assertions_cached: AtomicU64::new(0),
             reloads_applied: AtomicU64::new(0),
             reloads_refused: AtomicU64::new(0),
         }
@@ -386,7 +392,7 @@ impl Metrics {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let none = StoreCounters::default();
         let store = gauges.store.unwrap_or(&none);
-        let counters: [(&str, &str, u64); 13] = [
+        let counters: [(&str, &str, u64); 15] = [
             (
                 "portcullis_token_cache_hits_total",
                 "Verified-token cache hits.",
@@ -436,6 +442,16 @@ impl Metrics {
                 "portcullis_store_unreplicated_writes_total",
                 "Revoking writes too few replicas acknowledged in time (refused with 503).",
                 load(&store.unreplicated_writes),
+            ),
+            (
+                "portcullis_assertions_minted_total",
+                "Identity assertions signed for backends.",
+                load(&self.assertions_minted),
+            ),
+            (
+                "portcullis_assertions_cached_total",
+                "Identity assertions sent again from the cache, without signing.",
+                load(&self.assertions_cached),
             ),
             (
                 "portcullis_config_reloads_applied_total",

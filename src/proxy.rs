@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::header::{ACCEPT, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::Gateway;
@@ -180,7 +180,17 @@ async fn run<'rt>(
     }
     body_limit(&request, route)?;
     let upstream = route.upstream.ok_or(route::RouteError::NotFound)?;
-    let outgoing = prepare(request, route, path, host, trace.identity.as_ref(), rt, env);
+    let assertion = assertion(route, trace.identity.as_ref(), rt, env)?;
+    let outgoing = prepare(
+        request,
+        route,
+        path,
+        host,
+        trace.identity.as_ref(),
+        assertion,
+        rt,
+        env,
+    );
     forward(&rt.upstreams[upstream], outgoing, rt, trace).await
 }
 
@@ -302,7 +312,11 @@ async fn forward_auth<'rt>(
     }
     let identity = identify(request, &original.path, rt, env, trace).await?;
     authorize(route, identity, &original.path, trace)?;
-    let identity = trace.identity.as_ref().map(Identity::headers);
+    let assertion = assertion(route, trace.identity.as_ref(), rt, env)?;
+    let identity = trace.identity.as_ref().map(|identity| mutate::Identity {
+        assertion: assertion.as_ref().map(|(name, value)| (*name, value)),
+        ..identity.headers()
+    });
     Ok(forward_auth::allowed(identity, &rt.mutate.identity))
 }
 
@@ -378,12 +392,14 @@ fn body_limit<B>(request: &Request<B>, route: &Route) -> Result<(), GatewayError
 }
 
 /// Stage 6, mutate: strip, then inject; the request as it goes upstream.
+#[allow(clippy::too_many_arguments)] // each is one fact mutate needs, from a different stage
 fn prepare(
     request: Request<Incoming>,
     route: &Route,
     path: NormalizedPath,
     host: Option<String>,
     identity: Option<&Identity>,
+    assertion: Option<(&HeaderName, HeaderValue)>,
     rt: &Runtime,
     env: &RunEnv<'_>,
 ) -> Outgoing {
@@ -407,12 +423,11 @@ fn prepare(
         upgrade,
         trace: env.trace_context,
     };
-    mutate::mutate(
-        &mut parts.headers,
-        identity.map(Identity::headers),
-        &rt.mutate,
-        &facts,
-    );
+    let identity = identity.map(|identity| mutate::Identity {
+        assertion: assertion.as_ref().map(|(name, value)| (*name, value)),
+        ..identity.headers()
+    });
+    mutate::mutate(&mut parts.headers, identity, &rt.mutate, &facts);
     Outgoing {
         request: Request::from_parts(
             parts,
@@ -423,6 +438,25 @@ fn prepare(
         client_host,
         upgrade,
     }
+}
+
+/// The signed identity assertion for `route`'s backend, on routes that send one
+/// (docs/security.md 42), minted at the instant identify accepted the request. Failing
+/// closed: a route that promises its backend an assertion gets none forwarded without one.
+fn assertion<'r>(
+    route: &'r Route,
+    identity: Option<&Identity>,
+    rt: &Runtime,
+    env: &RunEnv<'_>,
+) -> Result<Option<(&'r HeaderName, HeaderValue)>, GatewayError> {
+    let (Some(identity), Some(spec)) = (identity, &route.assertion) else {
+        return Ok(None);
+    };
+    rt.assertions
+        .as_ref()
+        .and_then(|a| a.header_for(spec.audience, identity, identity.at(), env.metrics))
+        .map(|value| Some((&spec.header, value)))
+        .ok_or_else(|| GatewayError::Internal("the identity assertion could not be signed".into()))
 }
 
 /// Stage 7, forward, and 6' on the way back: whatever the upstream says, it cannot set the

@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::auth_flow::AuthSettings;
+use crate::pipeline::assertion::{Assertions, AudienceTable};
 use crate::pipeline::forward::Upstream;
 use crate::pipeline::forward_auth::ForwardAuth;
 use crate::pipeline::identify::Identify;
@@ -58,6 +59,11 @@ pub struct Runtime {
     pub identify: Identify,
     /// Header stripping and injection settings.
     pub mutate: MutateConfig,
+    /// Signs and caches the identity assertions routes send ([`Route::assertion`]); `None`
+    /// when no route has one.
+    ///
+    /// [`Route::assertion`]: crate::pipeline::route::Route::assertion
+    pub assertions: Option<Assertions>,
     /// Where browsers are sent to log in.
     pub login_url: Option<String>,
     /// The forward-auth endpoints (none unless `forward_auth:` lists some).
@@ -119,7 +125,15 @@ fn compile(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
     let permissions = roles::compile(&raw.roles)?;
     let tokens = tokens::compile(&raw.tokens)?;
     let mut keys = issuers::compile(&raw.issuers, base)?;
-    let upstreams = upstreams::compile(&raw.upstreams, base)?;
+    let identity = mutate::identity_headers(&raw.identity_headers)?;
+    let access_audiences = access_audiences(&raw);
+    let assertion = upstreams::AssertionContext {
+        signing: raw.auth.is_some(),
+        access_audiences: &access_audiences,
+        identity: &identity.headers,
+    };
+    let mut audiences = AudienceTable::default();
+    let upstreams = upstreams::compile(&raw.upstreams, base, assertion, &mut audiences)?;
     let router = routes::compile(
         &raw.routes,
         routes::Context {
@@ -127,9 +141,11 @@ fn compile(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
             permissions: &permissions,
             default_max_body: body.default_max,
             tokens_verified: !keys.is_empty() || raw.auth.is_some(),
+            upstream_assertions: &upstreams.assertions,
+            assertion,
         },
+        &mut audiences,
     )?;
-    let identity = mutate::identity_headers(&raw.identity_headers)?;
     let trusted_proxies = mutate::trusted_proxies(&raw.trusted_proxies)?;
     auth::login_url(raw.login_url.as_deref())?;
     let (auth, own) = match &raw.auth {
@@ -156,11 +172,28 @@ fn compile(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         &trusted_proxies,
         login_url.as_deref(),
     )?;
+    let assertion_headers = audiences.headers().to_vec();
+    // Every assertion needs `auth:` (checked where it is written), so without it there is none.
+    let assertions = auth.as_ref().filter(|_| !audiences.is_empty()).map(|a| {
+        Assertions::new(
+            audiences,
+            std::sync::Arc::clone(&a.signing),
+            &a.issuer,
+            tokens.cache_capacity,
+        )
+    });
     let runtime = Runtime {
         router,
         upstreams: upstreams.upstreams,
-        mutate: mutate::config(identity, trusted_proxies, &tokens.cookie, auth.is_some()),
+        mutate: mutate::config(
+            identity,
+            trusted_proxies,
+            assertion_headers,
+            &tokens.cookie,
+            auth.is_some(),
+        ),
         forward_auth,
+        assertions,
         identify: Identify {
             cookie_name: tokens.cookie,
             verifier: Verifier {
@@ -186,6 +219,34 @@ fn compile(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         watched,
         runtime,
     })
+}
+
+/// Every audience an access token is accepted for, with the key that sets it: an identity
+/// assertion's audience must be none of them (docs/security.md 42).
+fn access_audiences(raw: &RawConfig) -> Vec<(String, String)> {
+    let mut all: Vec<(String, String)> = raw
+        .issuers
+        .iter()
+        .enumerate()
+        .flat_map(|(i, issuer)| {
+            issuer
+                .audiences
+                .iter()
+                .enumerate()
+                .map(move |(j, a)| (a.clone(), format!("issuers[{i}].audiences[{j}]")))
+        })
+        .collect();
+    if let Some(a) = &raw.auth {
+        all.push(match &a.audience {
+            Some(audience) => (audience.clone(), "auth.audience".to_owned()),
+            // The gateway's tokens are for itself when `auth.audience` is not set.
+            None => (
+                a.issuer.clone(),
+                "auth.issuer, which auth.audience defaults to".to_owned(),
+            ),
+        });
+    }
+    all
 }
 
 /// The files besides the config whose change is a reason to reload: certificates and keys.

@@ -11,7 +11,7 @@ use crate::pipeline::mutate::{IdentityHeaders, MutateConfig, StripRule};
 /// `identity_headers:`, compiled: the names injected, and the extra client headers stripped.
 #[derive(Debug)]
 pub(super) struct Identity {
-    headers: IdentityHeaders,
+    pub(super) headers: IdentityHeaders,
     strip: Vec<StripRule>,
 }
 
@@ -85,10 +85,12 @@ pub(super) fn trusted_proxies(raw: &[String]) -> Result<Vec<IpNet>, ConfigError>
 }
 
 /// The mutate stage's settings. `access_cookie` is `tokens.cookie`; with `auth` the login
-/// flow's cookies are the gateway's too.
+/// flow's cookies are the gateway's too. `assertion_headers` are the names identity assertions
+/// may go in, stripped from client requests like the identity headers.
 pub(super) fn config(
     identity: Identity,
     trusted_proxies: Vec<IpNet>,
+    assertion_headers: Vec<HeaderName>,
     access_cookie: &str,
     auth: bool,
 ) -> MutateConfig {
@@ -117,6 +119,7 @@ pub(super) fn config(
         gateway_cookies,
         protected_cookies,
         strip: identity.strip,
+        assertion_headers,
         trusted_proxies,
     }
 }

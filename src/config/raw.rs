@@ -412,6 +412,61 @@ pub struct RawUpstream {
     /// PEM bundle of CAs trusted for an `https://` upstream instead of the system roots.
     #[serde(default)]
     pub ca: Option<String>,
+    /// A signed identity assertion (JWT) sent with every request that has an identity.
+    #[serde(default)]
+    pub assertion: Option<RawAssertion>,
+}
+
+/// A signed identity assertion for a backend: `{ audience, ttl, header }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAssertion {
+    /// `aud` of the assertion: the backend, never an access-token audience.
+    pub audience: String,
+    /// Lifetime, at most 60 s (default 60 s).
+    #[serde(default)]
+    pub ttl: Option<String>,
+    /// The header it goes in (default `X-Auth-Assertion`).
+    #[serde(default)]
+    pub header: Option<String>,
+}
+
+/// A route's `assertion:`: its own settings in place of its upstream's, or `false` for none.
+#[derive(Debug)]
+pub enum RawRouteAssertion {
+    /// `false`: no assertion on this route, whatever its upstream says.
+    Off,
+    /// The route's own settings.
+    On(RawAssertion),
+}
+
+impl<'de> Deserialize<'de> for RawRouteAssertion {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct AssertionVisitor;
+        impl<'de> serde::de::Visitor<'de> for AssertionVisitor {
+            type Value = RawRouteAssertion;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("`false` or `{ audience: ..., ttl: ..., header: ... }`")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<RawRouteAssertion, E> {
+                if v {
+                    return Err(E::custom(
+                        "`true` is not a setting: the upstream's assertion applies unless the \
+                         route says `false` or writes its own `{ audience: ... }`",
+                    ));
+                }
+                Ok(RawRouteAssertion::Off)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawRouteAssertion, A::Error> {
+                RawAssertion::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawRouteAssertion::On)
+            }
+        }
+        d.deserialize_any(AssertionVisitor)
+    }
 }
 
 /// One routing rule.
@@ -447,6 +502,9 @@ pub struct RawRoute {
     /// Write an `access.granted` audit event for every request this route lets through.
     #[serde(default)]
     pub audit: Option<bool>,
+    /// This route's identity assertion, in place of its upstream's; `false`: none.
+    #[serde(default)]
+    pub assertion: Option<RawRouteAssertion>,
 }
 
 /// A route's access policy: `public`, `authenticated`, `{ all_of: [...] }` or `{ any_of: [...] }`.

@@ -1,13 +1,16 @@
-//! `routes:` → the [`Router`]: each route's host and path matcher, methods, upstream, policy
-//! and body limit, checked against the upstreams and permissions compiled before it.
+//! `routes:` → the [`Router`]: each route's host and path matcher, methods, upstream, policy,
+//! body limit and identity assertion, checked against the upstreams and permissions compiled
+//! before it.
 
 use std::collections::BTreeSet;
 
 use http::Method;
 
 use super::error::{ConfigError, ContextError, invalid};
-use super::raw::{RawPolicy, RawRoute};
+use super::raw::{RawPolicy, RawRoute, RawRouteAssertion};
 use super::units::size;
+use super::upstreams::{self, AssertionContext};
+use crate::pipeline::assertion::{AssertionSpec, AudienceTable};
 use crate::pipeline::authorize::{PermissionTable, Policy};
 use crate::pipeline::normalize::normalize;
 use crate::pipeline::route::{HostPattern, Route, Router};
@@ -24,15 +27,26 @@ pub(super) struct Context<'a> {
     /// Whether any token can be verified (an issuer, or the gateway's own `auth:`): without
     /// one, a route that needs a token could never be passed.
     pub(super) tokens_verified: bool,
+    /// Each upstream's assertion, in the order of `upstreams`: a route's unless it sets its own.
+    pub(super) upstream_assertions: &'a [Option<AssertionSpec>],
+    /// What a route's own `assertion:` is checked against.
+    pub(super) assertion: AssertionContext<'a>,
 }
 
-/// Compiles `routes:` (at least one: unmatched requests are denied, so none would deny all).
-pub(super) fn compile(raw: &[RawRoute], cx: Context<'_>) -> Result<Router, ConfigError> {
+/// Compiles `routes:` (at least one: unmatched requests are denied, so none would deny all);
+/// the audiences of the routes' own assertions go into `table`.
+pub(super) fn compile(
+    raw: &[RawRoute],
+    cx: Context<'_>,
+    table: &mut AudienceTable,
+) -> Result<Router, ConfigError> {
     let Context {
         upstreams,
         permissions,
         default_max_body,
         tokens_verified,
+        upstream_assertions,
+        assertion: assertion_cx,
     } = cx;
     if raw.is_empty() {
         return Err(invalid(
@@ -141,6 +155,22 @@ pub(super) fn compile(raw: &[RawRoute], cx: Context<'_>) -> Result<Router, Confi
                 "requires a token, but no issuer is configured",
             ));
         }
+        let assertion = match &r.assertion {
+            None => upstream.and_then(|u| upstream_assertions.get(u).cloned().flatten()),
+            Some(RawRouteAssertion::Off) => None,
+            Some(RawRouteAssertion::On(_)) if matches!(policy, Policy::Public) => {
+                return Err(invalid(
+                    format!("{key}.assertion"),
+                    "a public route has no identity to assert",
+                ));
+            }
+            Some(RawRouteAssertion::On(a)) => Some(upstreams::assertion(
+                &format!("{key}.assertion"),
+                a,
+                assertion_cx,
+                table,
+            )?),
+        };
         let route = Route {
             counters: std::sync::Arc::new(crate::metrics::RouteCounters::new(&id)),
             id: id.as_str().into(),
@@ -156,6 +186,7 @@ pub(super) fn compile(raw: &[RawRoute], cx: Context<'_>) -> Result<Router, Confi
             forward_authorization: r.forward_authorization.unwrap_or(false),
             websocket: r.websocket.unwrap_or(true),
             audit: r.audit.unwrap_or(false),
+            assertion,
         };
         router.add(host, route).map_err(|m| invalid(&key, m))?;
     }

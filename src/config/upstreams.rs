@@ -1,19 +1,22 @@
 //! `upstreams:` → the named origins routes forward to: an HTTP(S) client each (TLS roots,
-//! protocol, timeouts, pool size) or the built-in echo service.
+//! protocol, timeouts, pool size) or the built-in echo service, and the identity assertion
+//! each may receive (also compiled here for `routes[].assertion`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Uri;
+use http::{HeaderName, Uri};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
 use super::error::{Cause, ConfigError, ContextError, invalid};
-use super::raw::RawUpstream;
+use super::raw::{RawAssertion, RawUpstream};
 use super::units::duration;
+use crate::pipeline::assertion::{self, AssertionSpec, AudienceTable};
 use crate::pipeline::forward::{HttpUpstream, Upstream, UpstreamSettings};
+use crate::pipeline::mutate::{HOP_BY_HOP, IdentityHeaders};
 
 /// `upstreams:`, compiled: `names[i]` names `upstreams[i]`, the index a route forwards to.
 #[derive(Debug)]
@@ -22,6 +25,101 @@ pub(super) struct Upstreams {
     pub(super) names: Vec<String>,
     /// The upstreams, in the same order.
     pub(super) upstreams: Vec<Upstream>,
+    /// Each one's `assertion`, in the same order: what its routes send unless they say
+    /// otherwise.
+    pub(super) assertions: Vec<Option<AssertionSpec>>,
+}
+
+/// What an `assertion:` is checked against.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct AssertionContext<'a> {
+    /// Whether `auth:` is configured: assertions are signed with its keys.
+    pub(super) signing: bool,
+    /// Every audience access tokens are accepted for, with the key that names it
+    /// (`auth.audience`, `issuers[0].audiences[1]`): an assertion's must be none of them.
+    pub(super) access_audiences: &'a [(String, String)],
+    /// The identity header names, which an assertion may not take.
+    pub(super) identity: &'a IdentityHeaders,
+}
+
+/// Compiles the `assertion:` at `key` into `table`: `audience` set and no access-token
+/// audience, `ttl` between 1 s and 60 s, `header` a name with no other meaning; and `auth:`
+/// configured, whose keys sign it.
+pub(super) fn assertion(
+    key: &str,
+    raw: &RawAssertion,
+    cx: AssertionContext<'_>,
+    table: &mut AudienceTable,
+) -> Result<AssertionSpec, ConfigError> {
+    if !cx.signing {
+        return Err(invalid(
+            key,
+            "requires `auth:`: assertions are signed with the gateway's keys \
+             (auth.signing_keys, or the ephemeral key)",
+        ));
+    }
+    let audience = raw.audience.trim();
+    if audience.is_empty() || audience != raw.audience {
+        return Err(invalid(
+            format!("{key}.audience"),
+            "must name the backend, like https://backend.example, without surrounding spaces",
+        ));
+    }
+    if let Some((_, at)) = cx.access_audiences.iter().find(|(a, _)| *a == audience) {
+        return Err(invalid(
+            format!("{key}.audience"),
+            format!(
+                "`{audience}` is also an access-token audience ({at}): an assertion must never \
+                 be accepted as an access token"
+            ),
+        ));
+    }
+    let ttl = duration(&format!("{key}.ttl"), raw.ttl.as_ref(), assertion::MAX_TTL)?;
+    if ttl < Duration::from_secs(1) || ttl > assertion::MAX_TTL || ttl.subsec_nanos() != 0 {
+        return Err(invalid(
+            format!("{key}.ttl"),
+            "must be whole seconds between 1s and 60s",
+        ));
+    }
+    let header = match &raw.header {
+        None => assertion::DEFAULT_HEADER,
+        Some(name) => {
+            assertion_header(name, cx.identity).map_err(|m| invalid(format!("{key}.header"), m))?
+        }
+    };
+    Ok(table.spec(audience, ttl, header))
+}
+
+/// Headers an assertion may not go in: HTTP's own, and those the gateway sets for itself.
+const NOT_FOR_ASSERTIONS: [&str; 13] = [
+    "host",
+    "cookie",
+    "authorization",
+    "content-length",
+    "content-type",
+    "content-encoding",
+    "x-request-id",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+    "traceparent",
+    "tracestate",
+];
+
+/// `name` as an assertion header: a header name with no other meaning (it is stripped from
+/// every client request, so it must not be one a request needs).
+fn assertion_header(name: &str, identity: &IdentityHeaders) -> Result<HeaderName, String> {
+    let parsed = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+        .map_err(|_| format!("`{name}` is not a header name"))?;
+    let n = parsed.as_str();
+    let identity_header = [&identity.subject, &identity.session, &identity.permissions]
+        .iter()
+        .any(|h| h.as_str() == n);
+    if identity_header || NOT_FOR_ASSERTIONS.contains(&n) || HOP_BY_HOP.contains(&n) {
+        return Err(format!("`{name}` is a header with another meaning"));
+    }
+    Ok(parsed)
 }
 
 /// Compiles `upstreams:`; CA files are relative to `base`. The system roots are loaded once,
@@ -29,9 +127,12 @@ pub(super) struct Upstreams {
 pub(super) fn compile(
     raw: &BTreeMap<String, RawUpstream>,
     base: &Path,
+    cx: AssertionContext<'_>,
+    table: &mut AudienceTable,
 ) -> Result<Upstreams, ConfigError> {
     let mut names = Vec::with_capacity(raw.len());
     let mut upstreams = Vec::new();
+    let mut assertions = Vec::with_capacity(raw.len());
     let mut native_roots: Option<Arc<rustls::RootCertStore>> = None;
     for (name, up) in raw {
         let key = format!("upstreams.{name}");
@@ -94,10 +195,19 @@ pub(super) fn compile(
             }
             _ => return Err(invalid(&key, "set exactly one of `url` or `echo: true`")),
         };
+        let spec = match &up.assertion {
+            None => None,
+            Some(a) => Some(assertion(&format!("{key}.assertion"), a, cx, table)?),
+        };
         names.push(name.clone());
         upstreams.push(upstream);
+        assertions.push(spec);
     }
-    Ok(Upstreams { names, upstreams })
+    Ok(Upstreams {
+        names,
+        upstreams,
+        assertions,
+    })
 }
 
 /// The CA certificates of a PEM bundle, for an upstream's own `ca`.

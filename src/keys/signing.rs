@@ -252,9 +252,35 @@ impl SigningKey {
     /// Signs `claims` (which should serialize to a JSON object) into a compact JWT whose header
     /// is exactly `{"typ":"at+jwt","alg":…,"kid":…}`. An ES256 signature is always low-S.
     pub fn sign<T: Serialize>(&self, claims: &T) -> Result<String, jsonwebtoken::errors::Error> {
+        self.sign_with_header(&self.header, claims)
+    }
+
+    /// Signs `claims` like [`SigningKey::sign`], with `typ` in place of `at+jwt`: a token of
+    /// another type (the identity assertion sent to backends), which the verify stage, taking
+    /// only `at+jwt`, never accepts as an access token (docs/security.md 9, 42). The header is
+    /// encoded on each call; that costs little beside the signature.
+    pub fn sign_as<T: Serialize>(
+        &self,
+        typ: &'static str,
+        claims: &T,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        let header = serde_json::to_vec(&TokenHeader {
+            typ,
+            alg: algorithm_name(self.alg),
+            kid: &self.kid,
+        })?;
+        self.sign_with_header(&URL_SAFE_NO_PAD.encode(header), claims)
+    }
+
+    /// `header` (base64url) `.` base64url(`claims`) `.` signature.
+    fn sign_with_header<T: Serialize>(
+        &self,
+        header: &str,
+        claims: &T,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
         let claims = serde_json::to_vec(claims)?;
-        let mut token = String::with_capacity(self.header.len() + claims.len() * 4 / 3 + 400);
-        token.push_str(&self.header);
+        let mut token = String::with_capacity(header.len() + claims.len() * 4 / 3 + 400);
+        token.push_str(header);
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(&claims, &mut token);
         let signature = jsonwebtoken::crypto::sign(token.as_bytes(), &self.encoding, self.alg)?;
@@ -598,6 +624,11 @@ mod tests {
                 header,
                 serde_json::json!({"typ": "at+jwt", "alg": algorithm_name(alg), "kid": key.kid()})
             );
+            let other = key.sign_as("example+jwt", &serde_json::json!({})).unwrap();
+            let header = jsonwebtoken::decode_header(&other).unwrap();
+            assert_eq!(header.typ.as_deref(), Some("example+jwt"));
+            assert_eq!(header.kid.as_deref(), Some(key.kid()));
+            assert_eq!(header.alg, alg);
         }
     }
 

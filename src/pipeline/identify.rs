@@ -135,6 +135,8 @@ pub struct Identity {
     token: Arc<VerifiedToken>,
     /// The user's grant now, for a token the gateway issued; `None` for another issuer's.
     grant: Option<Arc<Grant>>,
+    /// The instant identify accepted the request at.
+    at: i64,
 }
 
 impl Identity {
@@ -151,6 +153,12 @@ impl Identity {
     /// `sid`, when the token has one.
     pub fn session(&self) -> Option<&str> {
         self.token.session.as_deref()
+    }
+
+    /// The instant (`now`) identify accepted the request at: what a later step that needs the
+    /// time (the identity assertion) reads, so that a request reads the clock once.
+    pub fn at(&self) -> i64 {
+        self.at
     }
 
     /// Whether the gateway issued the token (and so the user is in its users file).
@@ -286,7 +294,11 @@ pub async fn identify<S: SessionStore>(
         }
         Some(_) | None => None,
     };
-    Ok(Identity { token, grant })
+    Ok(Identity {
+        token,
+        grant,
+        at: now,
+    })
 }
 
 /// The instants of a user revocation made at `now`: `(before, keep_until)` for

@@ -8,9 +8,10 @@
 //! | 1 route | [`normalize`], [`route`] | which route, or 400/404/405 |
 //! | 2–4 identify | [`identify`] ([`credential`], [`verify`], [`session`]) | who is this, and what may they do |
 //! | 5 authorize | [`authorize`] | does the route's policy allow it |
-//! | 6 mutate | [`mutate`] | the headers the upstream sees (and 6', the response's) |
+//! | 6 mutate | [`mutate`], [`assertion`] | the headers the upstream sees (and 6', the response's) |
 //! | 7 forward | [`forward`], [`pool`] | the upstream's answer |
 
+pub mod assertion;
 pub mod authorize;
 pub mod credential;
 pub mod forward;

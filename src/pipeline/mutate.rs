@@ -2,18 +2,20 @@
 //!
 //! Runs after authorization (or after routing, for public routes), immediately before
 //! forwarding; it cannot fail. It removes, in any case and with `_` spelled for `-`:
-//! every client-sent identity header (`X-Auth-*` and the configured names), the identity and
-//! client-address headers other gateways and platforms inject (`foreign_identity`:
-//! `Remote-User`, `X-Forwarded-User`, `X-WEBAUTH-USER`, `True-Client-IP`, `X-Pomerium-*`, …)
-//! plus the operator's `identity_headers.strip` list, `X-Forwarded-*`, `Forwarded`,
-//! `X-Real-IP`, `X-Request-Id`, path and method overrides (`X-Original-URL`,
-//! `X-HTTP-Method-Override`, …), hop-by-hop headers (and those `Connection` names),
-//! `HTTP2-Settings`, framing headers spelled with `_` (`Content_Length`, `Transfer_Encoding`),
-//! the gateway's own cookies, and `Authorization` unless the route forwards it. Then it injects
-//! the verified identity, the request id and `X-Forwarded-For/-Proto/-Host` — keeping a client's
-//! forwarding chain only when the peer is a configured trusted proxy (docs/security.md 28) —
-//! and one `traceparent` naming the gateway's span ([`crate::pipeline::trace_context`]; a
-//! client's `tracestate` goes on only with a trace the gateway continued).
+//! every client-sent identity header (`X-Auth-*`, the configured names, and every header an
+//! identity assertion may go in), the identity and client-address headers other gateways and
+//! platforms inject (`foreign_identity`: `Remote-User`, `X-Forwarded-User`, `X-WEBAUTH-USER`,
+//! `True-Client-IP`, `X-Pomerium-*`, …) plus the operator's `identity_headers.strip` list,
+//! `X-Forwarded-*`, `Forwarded`, `X-Real-IP`, `X-Request-Id`, path and method overrides
+//! (`X-Original-URL`, `X-HTTP-Method-Override`, …), hop-by-hop headers (and those `Connection`
+//! names), `HTTP2-Settings`, framing headers spelled with `_` (`Content_Length`,
+//! `Transfer_Encoding`), the gateway's own cookies, and `Authorization` unless the route
+//! forwards it. Then it injects the verified identity (with its signed assertion on a route
+//! that has one, [`crate::pipeline::assertion`]), the request id and
+//! `X-Forwarded-For/-Proto/-Host` — keeping a client's forwarding chain only when the peer is a
+//! configured trusted proxy (docs/security.md 28) — and one `traceparent` naming the gateway's
+//! span ([`crate::pipeline::trace_context`]; a client's `tracestate` goes on only with a trace
+//! the gateway continued).
 //!
 //! On the way back, [`protect_response`] runs on every forwarded response (HTTP/1, h2, and the
 //! `101` of a WebSocket handshake): it drops any `Set-Cookie` for the gateway's own cookies, in
@@ -53,6 +55,9 @@ pub struct MutateConfig {
     pub protected_cookies: Vec<String>,
     /// Further request headers to remove (`identity_headers.strip`).
     pub strip: Vec<StripRule>,
+    /// Every header an identity assertion may go in ([`crate::pipeline::assertion`]): removed
+    /// from client requests on every route, like the identity headers.
+    pub assertion_headers: Vec<HeaderName>,
     /// Peers whose forwarding headers are believed.
     pub trusted_proxies: Vec<IpNet>,
 }
@@ -109,6 +114,8 @@ pub struct Identity<'a> {
     pub session: Option<&'a HeaderValue>,
     /// The granted permissions, comma-separated.
     pub permissions: &'a HeaderValue,
+    /// The signed identity assertion and the header it goes in, on a route that has one.
+    pub assertion: Option<(&'a HeaderName, &'a HeaderValue)>,
 }
 
 impl<'a> Identity<'a> {
@@ -118,6 +125,7 @@ impl<'a> Identity<'a> {
             subject: &token.subject_header,
             session: token.session.is_some().then_some(&token.session_header),
             permissions: &token.permissions_header,
+            assertion: None,
         }
     }
 }
@@ -266,6 +274,10 @@ fn spoofable(name: &str, config: &MutateConfig) -> bool {
     if foreign_identity(name)
         || underscore_framing(name)
         || config.strip.iter().any(|r| r.matches(name))
+        || config
+            .assertion_headers
+            .iter()
+            .any(|h| same_name(name, h.as_str()))
     {
         return true;
     }
@@ -396,6 +408,9 @@ pub fn mutate(
             config.identity.permissions.clone(),
             identity.permissions.clone(),
         );
+        if let Some((name, value)) = identity.assertion {
+            headers.insert(name.clone(), value.clone());
+        }
     }
     headers.insert(X_REQUEST_ID, facts.request_id.clone());
     // `insert` replaces every client-sent copy: the upstream sees exactly one.
@@ -553,6 +568,7 @@ mod tests {
                 StripRule::parse("X-Legacy-Login").unwrap(),
                 StripRule::parse("X-Corp-*").unwrap(),
             ],
+            assertion_headers: vec![HeaderName::from_static("backend-jwt")],
             trusted_proxies: trusted.iter().map(|t| IpNet::parse(t).unwrap()).collect(),
         }
     }
@@ -733,6 +749,43 @@ mod tests {
         assert_eq!(h["x-userland"], "kept");
         assert_eq!(h["remotely"], "kept");
         assert_eq!(h["content-length"], "0");
+    }
+
+    #[test]
+    fn a_client_sent_assertion_header_is_removed_in_every_spelling_and_only_ours_is_sent() {
+        let rid = HeaderValue::from_static("rid");
+        let cfg = config(&[]);
+        let client = || {
+            let mut h = HeaderMap::new();
+            for name in ["backend-jwt", "backend_jwt", "x-auth-assertion"] {
+                h.append(
+                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    HeaderValue::from_static("forged"),
+                );
+            }
+            h
+        };
+        // A public route: no identity, no assertion, and nothing of the client's left.
+        let mut h = client();
+        mutate(&mut h, None, &cfg, &facts("192.0.2.1", &rid));
+        assert!(h.values().all(|v| v != "forged"), "{h:?}");
+        // A route with one: exactly the gateway's.
+        let mut h = client();
+        let (sub, perms, jwt) = (
+            HeaderValue::from_static("alice"),
+            HeaderValue::from_static("docs:read"),
+            HeaderValue::from_static("h.p.s"),
+        );
+        let name = HeaderName::from_static("backend-jwt");
+        let identity = Identity {
+            subject: &sub,
+            session: None,
+            permissions: &perms,
+            assertion: Some((&name, &jwt)),
+        };
+        mutate(&mut h, Some(identity), &cfg, &facts("192.0.2.1", &rid));
+        assert!(h.values().all(|v| v != "forged"), "{h:?}");
+        assert_eq!(h.get_all("backend-jwt").iter().collect::<Vec<_>>(), [jwt]);
     }
 
     #[test]

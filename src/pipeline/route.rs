@@ -44,6 +44,9 @@ pub struct Route {
     pub websocket: bool,
     /// Audit every request let through (`access.granted`).
     pub audit: bool,
+    /// The signed identity assertion its upstream receives (the route's own setting, else
+    /// the upstream's); `None`: none.
+    pub assertion: Option<crate::pipeline::assertion::AssertionSpec>,
     /// This route's response counters: its own until a gateway adopts the runtime, then the
     /// gateway's for this id (shared by every config generation with this id).
     pub counters: Arc<RouteCounters>,
@@ -282,6 +285,7 @@ mod tests {
             forward_authorization: false,
             websocket: true,
             audit: false,
+            assertion: None,
         }
     }
 

@@ -8,6 +8,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod assertion;
 mod audit_sinks;
 mod browser_e2e;
 mod config;
