@@ -13,6 +13,7 @@ mod browser_e2e;
 mod config;
 mod config_errors;
 mod edge;
+mod forward_auth_proxies;
 mod hash_password_cli;
 mod identify;
 mod keys_cli;
