@@ -30,7 +30,7 @@ use serde_json::json;
 const NGINX: &str = "/usr/sbin/nginx";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     Nginx,
     Caddy,
 }
@@ -100,9 +100,9 @@ fn demo_token(sub: &str, roles: &[&str]) -> String {
 }
 
 /// A running nginx or caddy, stopped by its pid when dropped.
-struct FrontProxy {
+pub(crate) struct FrontProxy {
     kind: Kind,
-    port: u16,
+    pub(crate) port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
 }
@@ -196,7 +196,7 @@ impl FrontProxy {
         ([127, 0, 0, 1], self.port).into()
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         let mut text = String::new();
         if let Ok(mut f) = std::fs::File::open(self.dir.path().join("proxy.log")) {
             let _ = f.read_to_string(&mut text);
@@ -270,13 +270,13 @@ async fn example_gateway(kind: Kind, edit: &dyn Fn(String) -> String) -> TestGat
 }
 
 /// The example gateway (edited) and the front proxy in front of it.
-struct Stack {
-    gw: TestGateway,
-    proxy: FrontProxy,
+pub(crate) struct Stack {
+    pub(crate) gw: TestGateway,
+    pub(crate) proxy: FrontProxy,
 }
 
 impl Stack {
-    async fn start(kind: Kind) -> Self {
+    pub(crate) async fn start(kind: Kind) -> Self {
         Self::start_with(kind, &|yaml| yaml).await
     }
 
