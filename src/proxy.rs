@@ -179,6 +179,7 @@ async fn run<'rt>(
         authorize(route, identity, &path, trace)?;
     }
     body_limit(&request, route)?;
+    // `route` only returns routes with an upstream.
     let upstream = route.upstream.ok_or(route::RouteError::NotFound)?;
     let assertion = assertion(route, trace.identity.as_ref(), rt, env)?;
     let outgoing = prepare(
@@ -232,6 +233,11 @@ fn route<'rt>(request: &Request<Incoming>, rt: &'rt Runtime) -> Result<Target<'r
     let route = rt
         .router
         .route(host.as_deref(), path.segments(), request.method())?;
+    // A route without an upstream is decided for forward-auth only: proxied, it does not exist,
+    // before any credential is read.
+    if route.upstream.is_none() {
+        return Err(route::RouteError::NotFound.into());
+    }
     Ok(Target::Route(route, path, host))
 }
 

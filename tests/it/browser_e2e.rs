@@ -1,8 +1,12 @@
 //! The browser login flow in a real browser: headless Chromium driven by playwright-core
-//! (`tests/e2e/login_flow.mjs`) against a gateway started here. See the script for the steps.
+//! (`tests/e2e/login_flow.mjs`) against a gateway started here, and the same login through
+//! nginx in front of a backend, asking the gateway with forward-auth
+//! (`tests/e2e/forward_auth.mjs`, nginx from `examples/forward-auth/nginx`). See the scripts
+//! for the steps.
 //!
 //! Needs Debian's `chromium` (`/usr/bin/chromium`), Node.js and `npm ci --prefix tests/e2e`
-//! (with `PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1`); `.ci/run` installs them. A missing piece is a
+//! (with `PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1`), and nginx for the second; `.ci/run` installs
+//! them. A missing piece is a
 //! failure, not a skip: a skipped browser test would pass CI without testing anything.
 //!
 //! The screenshots go to a temporary directory; set `PORTCULLIS_UPDATE_SCREENSHOTS=1` to write
@@ -152,4 +156,43 @@ async fn a_real_browser_signs_in_refreshes_manages_sessions_and_logs_out() {
     println!("{report}");
     assert!(screenshots.join("login.png").is_file());
     assert!(screenshots.join("sessions.png").is_file());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_browser_signs_in_and_out_through_nginx_in_front_of_a_backend() {
+    require_tools();
+    let stack =
+        crate::forward_auth_proxies::Stack::start(crate::forward_auth_proxies::Kind::Nginx).await;
+    // `localhost`: a secure context for Chromium, which then keeps the `__Host-` cookies.
+    let base = format!("http://localhost:{}", stack.proxy.port);
+    let mut node = Command::new("node");
+    node.arg(e2e_dir().join("forward_auth.mjs"))
+        .current_dir(e2e_dir())
+        .env("PORTCULLIS_E2E_BASE_URL", &base)
+        .env("PORTCULLIS_E2E_USER", "alice")
+        .env("PORTCULLIS_E2E_PASSWORD", ALICE_PASSWORD);
+    let outcome = tokio::task::spawn_blocking(move || run_with_timeout(node, TIMEOUT))
+        .await
+        .unwrap();
+    let report = format!(
+        "--- stdout ---\n{}\n--- stderr ---\n{}\n--- nginx ---\n{}",
+        outcome.stdout,
+        outcome.stderr,
+        stack.proxy.log()
+    );
+    match outcome.status {
+        None => panic!(
+            "the browser flow was killed after {:?}\n{report}",
+            outcome.elapsed
+        ),
+        Some(status) => assert!(
+            status.success(),
+            "the browser flow failed ({status})\n{report}"
+        ),
+    }
+    println!("{report}");
+    assert!(
+        stack.gw.upstream.count() >= 1,
+        "the backend served the protected page"
+    );
 }

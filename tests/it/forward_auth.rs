@@ -588,3 +588,22 @@ async fn a_websocket_handshake_behind_the_front_proxy_is_decided_like_any_reques
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(gw.upstream.count(), 0);
 }
+
+#[tokio::test]
+async fn a_decision_only_route_requested_directly_is_404_before_any_credential_is_read() {
+    let gw = gateway("").await;
+    // Without a token, with a forged one, with a valid one lacking the permission: 404, as a
+    // path no route matches — never a 401 or 403 that would say the route exists.
+    assert_eq!(gw.get("/admin/x").await.status, StatusCode::NOT_FOUND);
+    let forged = format!("{}x", gw.token(json!({})));
+    assert_eq!(
+        gw.get_bearer("/admin/x", &forged).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let valid = gw.token(json!({}));
+    assert_eq!(
+        gw.get_bearer("/docs/x", &valid).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(gw.upstream.count(), 0);
+}

@@ -15,6 +15,7 @@ mod config;
 mod config_errors;
 mod edge;
 mod forward_auth;
+mod forward_auth_proxies;
 mod hash_password_cli;
 mod identify;
 mod keys_cli;
