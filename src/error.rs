@@ -446,7 +446,8 @@ pub struct ErrorContext<'a> {
     pub browser: bool,
     /// Where browsers log in, if configured.
     pub login_url: Option<&'a str>,
-    /// The normalized path and query to come back to after login.
+    /// The normalized path and query to come back to after login, or the absolute URL of
+    /// [`crate::auth_flow::redirect::return_target`] when the login page is on another host.
     pub return_to: Option<&'a str>,
 }
 
@@ -582,7 +583,7 @@ pub fn forward_auth_response(
     response
 }
 
-/// `login?return_to=<path>` with the return path percent-encoded. Query parameters that
+/// `login?return_to=<path or URL>` with the return target percent-encoded. Query parameters that
 /// commonly carry tokens are dropped so a token put in a URL by mistake is not copied further.
 fn login_location(login: &str, return_to: Option<&str>) -> String {
     let Some(return_to) = return_to else {
@@ -741,6 +742,16 @@ mod tests {
         assert_eq!(
             response.headers()["location"],
             "/auth/login?return_to=/docs/a%20b%3Fx%3D1%26y%3D2"
+        );
+        // A central auth host: the absolute URL to come back to, encoded, tokens dropped.
+        let central = ErrorContext {
+            login_url: Some("https://auth.example.com/auth/login"),
+            return_to: Some("https://app.example.com/docs?token=t&x=1"),
+            ..c
+        };
+        assert_eq!(
+            error_response(&GatewayError::MissingCredential, &central).headers()["location"],
+            "https://auth.example.com/auth/login?return_to=https%3A//app.example.com/docs%3Fx%3D1"
         );
         // A 403 is not fixed by logging in again.
         assert_eq!(

@@ -73,6 +73,14 @@ pub async fn handle(
         browser: is_browser_navigation(request.method(), request.headers()),
         // Kept (a reference-counted clone) only to build the login return path if one is needed.
         target: request.uri().path_and_query().cloned(),
+        // Only where a login redirect may need it: a browser navigation, with the login page at
+        // an absolute URL (possibly a central auth host on another host).
+        origin: (runtime
+            .login_url
+            .as_deref()
+            .is_some_and(|l| l.starts_with("https://"))
+            && is_browser_navigation(request.method(), request.headers()))
+        .then(|| own_origin(&request, conn, &runtime)),
         trace_context: &trace_context,
     };
     let mut trace = Trace::default();
@@ -109,6 +117,9 @@ struct RunEnv<'a> {
     /// A top-level browser navigation: a refusal that logging in fixes becomes a redirect.
     browser: bool,
     target: Option<http::uri::PathAndQuery>,
+    /// `scheme://host[:port]` the client addressed, when [`handle`] kept it for the login
+    /// return URL.
+    origin: Option<String>,
     /// The W3C trace this request belongs to (continued from a trusted proxy, or new).
     trace_context: &'a TraceContext,
 }
@@ -336,13 +347,14 @@ async fn forward_auth<'rt>(
 /// logs in on the same host; the absolute URL, when the login page is on another host (a
 /// central auth host for many subdomains).
 fn return_target(login_url: Option<&str>, original: &forward_auth::Original) -> String {
-    let login_host = login_url
-        .and_then(|l| l.strip_prefix("https://"))
-        .map(|rest| rest.split(['/', '?']).next().unwrap_or(""))
-        .and_then(route::canonical_host);
-    match login_host {
-        Some(host) if host != original.host => original.return_url(),
-        Some(_) | None => original.return_path(),
+    match login_url {
+        Some(login) => auth_flow::redirect::return_target(
+            login,
+            if original.https { "https" } else { "http" },
+            &original.authority,
+            &original.return_path(),
+        ),
+        None => original.return_path(),
     }
 }
 
@@ -586,9 +598,21 @@ fn finish(
                 };
                 forward_auth_response(&err, &ctx, asked.endpoint.contract, asked.original_read)
             } else {
+                // The path to come back to; an absolute URL when the login page is on another
+                // host.
                 let return_to = (env.browser && rt.login_url.is_some())
                     .then(|| env.target.as_ref().and_then(return_path))
-                    .flatten();
+                    .flatten()
+                    .map(
+                        |path| match (rt.login_url.as_deref(), env.origin.as_deref()) {
+                            (Some(login), Some(origin)) => {
+                                let (scheme, host) =
+                                    origin.split_once("://").unwrap_or(("", origin));
+                                auth_flow::redirect::return_target(login, scheme, host, &path)
+                            }
+                            _ => path,
+                        },
+                    );
                 let ctx = ErrorContext {
                     request_id: env.request_id,
                     browser: env.browser,

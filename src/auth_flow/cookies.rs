@@ -7,10 +7,17 @@
 //! | `__Host-portcullis-rb` | the refresh token's binding | `Path=/; Secure; HttpOnly; SameSite=Lax` |
 //! | `__Host-portcullis-csrf` | the CSRF token of the auth forms | `Path=/; Secure; HttpOnly; SameSite=Lax` |
 //!
-//! None carries `Domain`. Without "remember me" all are session cookies; with it the access,
-//! refresh and binding cookies get `Max-Age` so they survive a browser restart. Expiring a
-//! cookie repeats its name, path and attributes exactly (a cookie is only replaced by one with
-//! the same name, domain and path).
+//! None carries `Domain`, unless `auth.cookie_domain` is set (a central auth host): then the
+//! access cookie, and only it, carries `Domain=<cookie_domain>`, so the protected subdomains
+//! receive it, and its name is `__Secure-` (default `__Secure-portcullis-at`; a `__Host-`
+//! cookie cannot carry `Domain`). The others are read only by the auth host's own `/auth/*`
+//! and stay host-only there: the binding cookie and the CSRF cookie keep `__Host-`, which is
+//! what makes a planted refresh cookie or CSRF token useless (see below), and the refresh
+//! cookie stays scoped to the auth host's `/auth`. [`domain_for`] says when the `Domain` is
+//! written. Without "remember me" all are session cookies; with it the access, refresh and
+//! binding cookies get `Max-Age` so they survive a browser restart. Expiring a cookie repeats
+//! its name, domain, path and attributes exactly (a cookie is only replaced by one with the
+//! same name, domain and path).
 //!
 //! **Planted refresh cookies** (docs/security.md 36). `__Secure-` does not stop a sibling
 //! subdomain (`evil.example.com`) from setting `__Secure-portcullis-rt` with
@@ -31,6 +38,9 @@ use http::HeaderValue;
 
 use crate::pipeline::credential::cookie_values;
 
+/// The access cookie's name with `auth.cookie_domain` when `tokens.cookie` is not set: a cookie
+/// with `Domain` cannot be `__Host-`, so it is `__Secure-`.
+pub const SHARED_ACCESS_COOKIE: &str = "__Secure-portcullis-at";
 /// The refresh-token cookie: `__Secure-` rather than `__Host-` because it is scoped to the auth
 /// path, so it is never sent to an upstream or to the proxy routes.
 pub const REFRESH_COOKIE: &str = "__Secure-portcullis-rt";
@@ -53,12 +63,25 @@ const MAX_PARENT_DOMAINS: usize = 4;
 pub const MAX_COOKIE_BYTES: usize = 4096;
 
 fn build(name: &str, value: &str, path: &'static str, max_age: Option<Duration>) -> HeaderValue {
+    build_at(name, value, path, max_age, None)
+}
+
+fn build_at(
+    name: &str,
+    value: &str,
+    path: &'static str,
+    max_age: Option<Duration>,
+    domain: Option<&str>,
+) -> HeaderValue {
     let mut cookie = Cookie::build((name.to_owned(), value.to_owned()))
         .path(path)
         .secure(true)
         .http_only(true)
         .same_site(SameSite::Lax)
         .build();
+    if let Some(domain) = domain {
+        cookie.set_domain(domain.to_owned());
+    }
     if let Some(age) = max_age {
         cookie.set_max_age(cookie::time::Duration::seconds(age.as_secs() as i64));
     }
@@ -68,6 +91,32 @@ fn build(name: &str, value: &str, path: &'static str, max_age: Option<Duration>)
 
 fn expire(name: &str, path: &'static str) -> HeaderValue {
     expire_at(name, path, None)
+}
+
+/// The `Domain` the access cookie is set (and expired) with: `cookie_domain` when the host of
+/// `origin` (`scheme://host[:port]`) is that domain or under it, else none. A browser refuses a
+/// cookie whose `Domain` does not cover the host that sets it, so on any other host (an
+/// address, a health-check name) the cookie stays host-only rather than being dropped.
+pub fn domain_for<'d>(cookie_domain: Option<&'d str>, origin: &str) -> Option<&'d str> {
+    let domain = cookie_domain?;
+    let (host, domain_bytes) = (origin_host(origin).as_bytes(), domain.as_bytes());
+    let covered = host.eq_ignore_ascii_case(domain_bytes)
+        || (host.len() > domain_bytes.len() + 1
+            && host[host.len() - domain_bytes.len()..].eq_ignore_ascii_case(domain_bytes)
+            && host[host.len() - domain_bytes.len() - 1] == b'.');
+    covered.then_some(domain)
+}
+
+/// The host of `scheme://host[:port]`.
+fn origin_host(origin: &str) -> &str {
+    let host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    host.rsplit_once(':').map_or(host, |(h, port)| {
+        if port.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    })
 }
 
 fn expire_at(name: &str, path: &'static str, domain: Option<&str>) -> HeaderValue {
@@ -85,9 +134,14 @@ fn expire_at(name: &str, path: &'static str, domain: Option<&str>) -> HeaderValu
     HeaderValue::from_str(&cookie.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-/// `Set-Cookie` for the access token.
-pub fn access(name: &str, token: &str, max_age: Option<Duration>) -> HeaderValue {
-    build(name, token, "/", max_age)
+/// `Set-Cookie` for the access token, with `Domain=domain` when given (see [`domain_for`]).
+pub fn access(
+    name: &str,
+    token: &str,
+    max_age: Option<Duration>,
+    domain: Option<&str>,
+) -> HeaderValue {
+    build_at(name, token, "/", max_age, domain)
 }
 
 /// `Set-Cookie` for the refresh token.
@@ -106,10 +160,11 @@ pub fn csrf(token: &str) -> HeaderValue {
     build(CSRF_COOKIE, token, "/", None)
 }
 
-/// `Set-Cookie` headers that expire every auth cookie, as logout sends them.
-pub fn expire_all(access_name: &str) -> [HeaderValue; 4] {
+/// `Set-Cookie` headers that expire every auth cookie, as logout sends them; the access cookie
+/// with the `Domain` it was set with (`domain`, from [`domain_for`]).
+pub fn expire_all(access_name: &str, domain: Option<&str>) -> [HeaderValue; 4] {
     [
-        expire(access_name, "/"),
+        expire_at(access_name, "/", domain),
         expire(REFRESH_COOKIE, REFRESH_PATH),
         expire(BINDING_COOKIE, "/"),
         expire(CSRF_COOKIE, "/"),
@@ -117,10 +172,11 @@ pub fn expire_all(access_name: &str) -> [HeaderValue; 4] {
 }
 
 /// `Set-Cookie` headers that expire the access, refresh and binding cookies (a failed
-/// refresh), keeping the CSRF cookie the login form is about to use.
-pub fn expire_tokens(access_name: &str) -> [HeaderValue; 3] {
+/// refresh), keeping the CSRF cookie the login form is about to use. `domain` as for
+/// [`expire_all`].
+pub fn expire_tokens(access_name: &str, domain: Option<&str>) -> [HeaderValue; 3] {
     [
-        expire(access_name, "/"),
+        expire_at(access_name, "/", domain),
         expire(REFRESH_COOKIE, REFRESH_PATH),
         expire(BINDING_COOKIE, "/"),
     ]
@@ -133,14 +189,7 @@ pub fn expire_tokens(access_name: &str) -> [HeaderValue; 3] {
 /// (browsers refuse a public suffix anyway), nor for an IP address. A cookie planted at another
 /// path cannot be named from here; it stays, and is ignored (see [`bound_refresh`]).
 pub fn expire_planted(origin: &str) -> Vec<HeaderValue> {
-    let host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-    let host = host.rsplit_once(':').map_or(host, |(h, port)| {
-        if port.bytes().all(|b| b.is_ascii_digit()) {
-            h
-        } else {
-            host
-        }
-    });
+    let host = origin_host(origin);
     let labels: Vec<&str> = host.split('.').collect();
     let dns_name = labels.len() >= 3
         && labels.iter().all(|l| {
@@ -251,7 +300,7 @@ mod tests {
     #[test]
     fn auth_cookies_are_secure_httponly_lax_and_have_no_domain() {
         for v in [
-            access("__Host-portcullis-at", "tok", None),
+            access("__Host-portcullis-at", "tok", None, None),
             refresh("rt", Some(Duration::from_secs(60))),
             csrf("c"),
         ] {
@@ -272,7 +321,7 @@ mod tests {
 
     #[test]
     fn expiring_repeats_name_and_path() {
-        let [a, r, b, c] = expire_all("__Host-portcullis-at");
+        let [a, r, b, c] = expire_all("__Host-portcullis-at", None);
         assert!(a.to_str().unwrap().starts_with("__Host-portcullis-at=;"));
         assert!(a.to_str().unwrap().contains("Path=/;"));
         assert!(r.to_str().unwrap().contains("Path=/auth"));
@@ -280,6 +329,75 @@ mod tests {
         assert!(b.to_str().unwrap().starts_with("__Host-portcullis-rb=;"));
         assert!(b.to_str().unwrap().contains("Path=/;"));
         assert!(c.to_str().unwrap().starts_with("__Host-portcullis-csrf=;"));
+        for v in [a, r, b, c] {
+            assert!(!v.to_str().unwrap().contains("Domain"), "{v:?}");
+        }
+    }
+
+    fn domain_of(v: &HeaderValue) -> Option<String> {
+        v.to_str()
+            .unwrap()
+            .split("; ")
+            .find_map(|a| a.strip_prefix("Domain="))
+            .map(str::to_owned)
+    }
+
+    #[test]
+    fn sec22_with_a_cookie_domain_only_the_access_cookie_carries_it_and_is_expired_with_it() {
+        let at = "__Secure-portcullis-at";
+        let set = access(
+            at,
+            "tok",
+            Some(Duration::from_secs(60)),
+            Some("example.com"),
+        );
+        let s = set.to_str().unwrap();
+        assert!(s.starts_with("__Secure-portcullis-at=tok;"), "{s}");
+        assert!(s.contains("Secure") && s.contains("HttpOnly") && s.contains("SameSite=Lax"));
+        assert!(s.contains("Path=/;") && s.contains("Max-Age=60"), "{s}");
+        assert_eq!(domain_of(&set).as_deref(), Some("example.com"));
+        // Logout and a failed refresh expire it with the same Domain; the others stay
+        // host-only, as they were set.
+        let all = expire_all(at, Some("example.com"));
+        let tokens = expire_tokens(at, Some("example.com"));
+        for expired in [&all[..], &tokens[..]] {
+            assert!(
+                expired[0]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("__Secure-portcullis-at=;")
+            );
+            assert!(expired[0].to_str().unwrap().contains("Max-Age=0"));
+            assert_eq!(domain_of(&expired[0]).as_deref(), Some("example.com"));
+            for host_only in &expired[1..] {
+                assert_eq!(domain_of(host_only), None, "{host_only:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_cookie_domain_is_written_only_on_hosts_it_covers() {
+        let d = Some("example.com");
+        for covered in [
+            "https://auth.example.com",
+            "https://example.com",
+            "https://a.b.example.com:8443",
+            "http://AUTH.example.com",
+        ] {
+            assert_eq!(domain_for(d, covered), d, "{covered}");
+        }
+        for other in [
+            "https://badexample.com",
+            "https://example.com.evil.com",
+            "https://example.org",
+            "http://127.0.0.1:8080",
+            "http://[::1]:8080",
+            "https://.example.com",
+            "",
+        ] {
+            assert_eq!(domain_for(d, other), None, "{other}");
+        }
+        assert_eq!(domain_for(None, "https://auth.example.com"), None);
     }
 
     #[test]

@@ -22,6 +22,15 @@
 //! POST passes the same CSRF checks as every other state change. Without JavaScript the page
 //! shows a "Continue" button.
 //!
+//! **Two deployments.** On the protected host itself (the ingress sends its `/auth/*` here),
+//! every cookie is host-only. With `auth.cookie_domain`, one central auth host logs browsers in
+//! for its sibling subdomains: only the access cookie carries `Domain` (so a subdomain's
+//! proxy or forward-auth check receives it), the refresh, binding and CSRF cookies stay on
+//! the auth host ([`cookies`]); the proxy's login redirect then names the absolute URL to come
+//! back to ([`redirect::return_target`]), which the login page follows only to a host listed
+//! in `auth.redirect_hosts`. Every state change still posts from the auth host's own pages to
+//! themselves: a page on a subdomain is another origin, refused by [`csrf`].
+//!
 //! **Planted refresh cookies.** A sibling subdomain can plant a `__Secure-` refresh cookie
 //! (`Domain=` the parent), so a refresh cookie counts only next to the `__Host-` binding cookie
 //! it was issued with (docs/security.md 36; [`cookies`] says how, [`tokens`] what a bound
@@ -121,6 +130,20 @@ pub struct AuthSettings {
     pub jwks_cache_control: HeaderValue,
     /// Name of the access-token cookie (`tokens.cookie`).
     pub access_cookie: String,
+    /// `auth.cookie_domain`: the parent domain the access cookie is shared with, lower-case
+    /// (a central auth host); `None`: every cookie is host-only.
+    pub cookie_domain: Option<String>,
+    /// The pages' `Content-Security-Policy`: [`pages::CSP`] with the redirect hosts added to
+    /// `form-action` (a form POST may be answered with a redirect to one of them).
+    pub page_csp: HeaderValue,
+}
+
+impl AuthSettings {
+    /// The `Domain` of the access cookie set or expired in answer to a request to `origin`
+    /// ([`cookies::domain_for`]).
+    pub fn access_domain(&self, origin: &str) -> Option<&str> {
+        cookies::domain_for(self.cookie_domain.as_deref(), origin)
+    }
 }
 
 impl std::fmt::Debug for AuthSettings {
@@ -129,6 +152,7 @@ impl std::fmt::Debug for AuthSettings {
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
             .field("access_ttl", &self.access_ttl)
+            .field("cookie_domain", &self.cookie_domain)
             .finish_non_exhaustive()
     }
 }

@@ -11,6 +11,11 @@ use crate::store::SessionRecord;
 pub const CSP: &str = "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; \
                        form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
+/// [`CSP`] with `form_action` (`'self'` and the redirect hosts' sources) as its `form-action`.
+pub fn csp(form_action: &str) -> String {
+    CSP.replace("form-action 'self'", &format!("form-action {form_action}"))
+}
+
 /// `/auth/static/portcullis.css`.
 pub const STYLESHEET: &str = include_str!("static/portcullis.css");
 /// `/auth/static/refresh.js`: submits the refresh form on load.

@@ -10,7 +10,8 @@ use http::HeaderValue;
 use super::error::{ConfigError, invalid};
 use super::raw::RawAuth;
 use super::units::duration;
-use crate::auth_flow::{AuthSettings, Lifetimes, Throttle, redirect::RedirectPolicy};
+use crate::auth_flow::redirect::{self, HostPattern, RedirectPolicy};
+use crate::auth_flow::{AuthSettings, Lifetimes, Throttle, cookies, pages};
 use crate::keys::signing::SigningKeys;
 use crate::keys::{self, Issuer, KeySet, VerificationKey};
 use crate::pipeline::identify::OwnIssuer;
@@ -29,6 +30,50 @@ pub(super) fn login_url(login: Option<&str>) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// The default of `tokens.cookie` that `auth:` implies: [`cookies::SHARED_ACCESS_COOKIE`] with
+/// `auth.cookie_domain`, else none (the plain default stands).
+pub(super) fn access_cookie_default(auth: Option<&RawAuth>) -> Option<&'static str> {
+    auth.and_then(|a| a.cookie_domain.as_ref())
+        .map(|_| cookies::SHARED_ACCESS_COOKIE)
+}
+
+/// Checks `auth.cookie_domain` and lower-cases it: a registrable-looking domain name, like
+/// `example.com` — no scheme, port, path or leading dot, not an IP address, at least two
+/// labels. (Whether it is a public suffix, which browsers refuse as a `Domain`, cannot be told
+/// without the public suffix list: that stays the operator's to get right.)
+fn cookie_domain(raw: Option<&str>) -> Result<Option<String>, ConfigError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let domain = raw.trim().to_ascii_lowercase();
+    let refuse = |why: &str| Err(invalid("auth.cookie_domain", why.to_owned()));
+    if domain.contains("://") {
+        return refuse("must be a domain like example.com, not a URL");
+    }
+    if domain.starts_with('.') {
+        return refuse("must not start with a dot: write example.com");
+    }
+    if domain.contains(['/', '@', '?', '#', '\\']) {
+        return refuse("must be a domain like example.com, without a path");
+    }
+    if domain.contains([':', '[', ']']) {
+        return refuse("must be a domain like example.com, without a port");
+    }
+    if domain.parse::<std::net::IpAddr>().is_ok()
+        || domain
+            .rsplit('.')
+            .next()
+            .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return refuse("must be a domain name, not an IP address (browsers ignore Domain=<ip>)");
+    }
+    if !domain.contains('.') {
+        return refuse("must have at least two labels, like example.com");
+    }
+    if !redirect::dns_name(&domain) {
+        return refuse("must be a domain like example.com (letters, digits, hyphens, dots)");
+    }
+    Ok(Some(domain))
 }
 
 /// The key used when `auth.signing_keys` is empty: made once per process, so a config reload
@@ -64,7 +109,17 @@ pub(super) fn compile(
             format!("`{}` is also listed under `issuers`", a.issuer),
         ));
     }
-    if !cookie_name.starts_with("__Host-") {
+    let cookie_domain = cookie_domain(a.cookie_domain.as_deref())?;
+    if cookie_domain.is_some() {
+        if !cookie_name.starts_with("__Secure-") {
+            return Err(invalid(
+                "tokens.cookie",
+                "with `auth.cookie_domain`, the access-token cookie must use the `__Secure-` \
+                 prefix (a `__Host-` cookie cannot carry Domain); leave tokens.cookie out for \
+                 `__Secure-portcullis-at`",
+            ));
+        }
+    } else if !cookie_name.starts_with("__Host-") {
         return Err(invalid(
             "tokens.cookie",
             "with `auth:`, the access-token cookie must use the `__Host-` prefix",
@@ -128,14 +183,9 @@ pub(super) fn compile(
     let default_redirect = a.default_redirect.clone().unwrap_or_else(|| "/".to_owned());
     let mut hosts = Vec::new();
     for (i, h) in a.redirect_hosts.iter().enumerate() {
-        let h = h.trim().to_ascii_lowercase();
-        if h.is_empty() || h.contains(['/', '@', '\\', ' ']) {
-            return Err(invalid(
-                format!("auth.redirect_hosts[{i}]"),
-                "must be a host name (with an optional :port), like app.example.com",
-            ));
-        }
-        hosts.push(h);
+        hosts.push(
+            HostPattern::parse(h).map_err(|e| invalid(format!("auth.redirect_hosts[{i}]"), e))?,
+        );
     }
     let redirect = RedirectPolicy {
         default: "/".to_owned(),
@@ -151,6 +201,8 @@ pub(super) fn compile(
         default: default_redirect,
         ..redirect
     };
+    let page_csp = HeaderValue::from_str(&pages::csp(&redirect.form_action()))
+        .map_err(|_| invalid("auth.redirect_hosts", "not valid in a header"))?;
     let th = &a.throttle;
     let throttle = Throttle {
         per_ip: th.per_ip.unwrap_or(50),
@@ -226,6 +278,8 @@ pub(super) fn compile(
         throttle,
         jwks_cache_control,
         access_cookie: cookie_name.to_owned(),
+        cookie_domain,
+        page_csp,
     };
     Ok((auth, own))
 }

@@ -123,7 +123,12 @@ fn compile(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
     let listeners = listeners::compile(&raw.listeners, base)?;
     let store = store::compile(&raw.store, base)?;
     let permissions = roles::compile(&raw.roles)?;
-    let tokens = tokens::compile(&raw.tokens)?;
+    let mut tokens = tokens::compile(&raw.tokens)?;
+    if raw.tokens.cookie.is_none()
+        && let Some(name) = auth::access_cookie_default(raw.auth.as_ref())
+    {
+        tokens.cookie = name.to_owned();
+    }
     let mut keys = issuers::compile(&raw.issuers, base)?;
     let identity = mutate::identity_headers(&raw.identity_headers)?;
     let access_audiences = access_audiences(&raw);

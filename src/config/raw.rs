@@ -157,9 +157,14 @@ pub struct RawAuth {
     /// Where a login without a (safe) return path lands.
     #[serde(default)]
     pub default_redirect: Option<String>,
-    /// Absolute `https://` origins a return path may point to besides this gateway.
-    #[serde(default)]
+    /// Hosts an absolute `https://` return URL may name besides this gateway: exact
+    /// (`app.example.com`, optional `:port`) or every subdomain (`*.example.com`).
+    #[serde(default, alias = "return_hosts")]
     pub redirect_hosts: Vec<String>,
+    /// The parent domain the access cookie is shared with (a central auth host for many
+    /// subdomains): the cookie becomes `__Secure-` with `Domain=`. None: host-only cookies.
+    #[serde(default)]
+    pub cookie_domain: Option<String>,
     /// Login throttling.
     #[serde(default)]
     pub throttle: RawThrottle,

@@ -66,7 +66,7 @@ pub(super) fn login_page(
             ..pages::LoginForm::default()
         })
     };
-    let mut response = html(StatusCode::OK, body);
+    let mut response = html(StatusCode::OK, body, &env.auth.page_csp);
     if fresh {
         response
             .headers_mut()
@@ -113,6 +113,7 @@ pub(super) async fn login(
                 ..env.event("login.failure", e.reason_id(), audit_path)
             });
             return Ok(login_form_again(
+                env,
                 StatusCode::FORBIDDEN,
                 &input,
                 "Your sign-in form expired. Please try again.",
@@ -178,6 +179,7 @@ pub(super) async fn login(
             });
             if form {
                 return Ok(login_form_again(
+                    env,
                     StatusCode::UNAUTHORIZED,
                     &input,
                     "The username or password is not correct.",
@@ -257,7 +259,7 @@ pub(super) async fn login(
     };
     set_token_cookies(
         response.headers_mut(),
-        auth,
+        env,
         &access,
         binding.as_ref().map(|b| (refresh_token.as_str(), b)),
         input.remember_me.then_some(absolute),
@@ -303,7 +305,7 @@ fn login_deferred(
     let Some(input) = form else {
         return Err(refusal);
     };
-    let mut response = login_form_again(refusal.status(), input, message);
+    let mut response = login_form_again(env, refusal.status(), input, message);
     response
         .headers_mut()
         .insert(http::header::RETRY_AFTER, HeaderValue::from(retry_after));
@@ -321,6 +323,7 @@ fn username_digest(username: &str) -> String {
 }
 
 fn login_form_again(
+    env: &Env<'_>,
     status: StatusCode,
     input: &LoginInput,
     message: &str,
@@ -334,6 +337,7 @@ fn login_form_again(
             username: Some(&input.username),
             error: Some(message),
         }),
+        &env.auth.page_csp,
     );
     response
         .headers_mut()
@@ -363,21 +367,24 @@ pub(super) fn mint(
         .map_err(|e| GatewayError::Internal(Box::new(e)))
 }
 
-/// Sets the access cookie and, with `refresh`, the refresh cookie and the binding cookie it is
-/// bound to: always together, with one lifetime.
+/// Sets the access cookie (with `auth.cookie_domain` where it applies) and, with `refresh`,
+/// the refresh cookie and the binding cookie it is bound to: always together, with one
+/// lifetime, host-only.
 pub(super) fn set_token_cookies(
     headers: &mut HeaderMap,
-    auth: &AuthSettings,
+    env: &Env<'_>,
     access: &str,
     refresh: Option<(&str, &tokens::Binding)>,
     persistent: Option<std::time::Duration>,
 ) {
+    let auth = env.auth;
     headers.append(
         SET_COOKIE,
         cookies::access(
             &auth.access_cookie,
             access,
             persistent.map(|_| auth.access_ttl),
+            auth.access_domain(&env.client.origin),
         ),
     );
     if let Some((refresh, binding)) = refresh {

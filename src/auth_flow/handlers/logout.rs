@@ -69,10 +69,12 @@ pub(super) async fn logout(
     Ok(response)
 }
 
-/// Logout's cookies: every auth cookie expired, a refresh cookie planted for a parent domain
-/// too (docs/security.md 36), and `Clear-Site-Data`.
+/// Logout's cookies: every auth cookie expired (the access cookie with its `Domain` when
+/// `auth.cookie_domain` applies), a refresh cookie planted for a parent domain too
+/// (docs/security.md 36), and `Clear-Site-Data`.
 fn expire_everything(headers: &mut HeaderMap, env: &Env<'_>) {
-    for c in cookies::expire_all(&env.auth.access_cookie) {
+    let domain = env.auth.access_domain(&env.client.origin);
+    for c in cookies::expire_all(&env.auth.access_cookie, domain) {
         headers.append(SET_COOKIE, c);
     }
     for c in cookies::expire_planted(&env.client.origin) {

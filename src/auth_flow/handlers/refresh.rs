@@ -185,7 +185,8 @@ pub(super) async fn refresh(
                 env,
                 AuthError::RefreshReuse,
             );
-            for c in cookies::expire_tokens(&auth.access_cookie) {
+            let domain = auth.access_domain(&env.client.origin);
+            for c in cookies::expire_tokens(&auth.access_cookie, domain) {
                 response.headers_mut().append(SET_COOKIE, c);
             }
             return Ok(response);
@@ -225,7 +226,7 @@ pub(super) async fn refresh(
     let (_, absolute) = auth.lifetimes.of(rotated.remember_me);
     set_token_cookies(
         response.headers_mut(),
-        auth,
+        env,
         &access,
         rotated.cookie(),
         rotated.remember_me.then_some(absolute),
@@ -276,7 +277,8 @@ fn refresh_failed(
     });
     let mut response =
         refresh_error_response(form, return_to, env, AuthError::RefreshInvalid(failure));
-    for c in cookies::expire_tokens(&env.auth.access_cookie) {
+    let domain = env.auth.access_domain(&env.client.origin);
+    for c in cookies::expire_tokens(&env.auth.access_cookie, domain) {
         response.headers_mut().append(SET_COOKIE, c);
     }
     Ok(response)

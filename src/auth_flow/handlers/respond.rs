@@ -6,7 +6,6 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
 use super::Env;
 use crate::audit::AuditEvent;
-use crate::auth_flow::pages;
 use crate::body::GatewayBody;
 use crate::error::{AuthError, CsrfError, GatewayError};
 
@@ -49,12 +48,9 @@ pub(super) fn not_signed_in(env: &Env<'_>, method: &str, path: &str) -> GatewayE
     AuthError::NotSignedIn.into()
 }
 
-fn page_headers(h: &mut HeaderMap) {
+fn page_headers(h: &mut HeaderMap, csp: &HeaderValue) {
     crate::error::harden(h);
-    h.insert(
-        "content-security-policy",
-        HeaderValue::from_static(pages::CSP),
-    );
+    h.insert("content-security-policy", csp.clone());
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
     h.insert(
         "cross-origin-opener-policy",
@@ -62,7 +58,8 @@ fn page_headers(h: &mut HeaderMap) {
     );
 }
 
-pub(super) fn html(status: StatusCode, body: String) -> Response<GatewayBody> {
+/// A page, with the CSP of [`crate::auth_flow::AuthSettings::page_csp`] (`csp`).
+pub(super) fn html(status: StatusCode, body: String, csp: &HeaderValue) -> Response<GatewayBody> {
     let mut response = Response::new(GatewayBody::full(body));
     *response.status_mut() = status;
     let h = response.headers_mut();
@@ -70,7 +67,7 @@ pub(super) fn html(status: StatusCode, body: String) -> Response<GatewayBody> {
         CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
-    page_headers(h);
+    page_headers(h, csp);
     response
 }
 

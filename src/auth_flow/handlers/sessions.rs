@@ -72,7 +72,11 @@ pub(super) async fn sessions_page(
                 current: record.id == signed.session,
             })
             .collect();
-        html(StatusCode::OK, pages::sessions(&name, &rows, &csrf_token))
+        html(
+            StatusCode::OK,
+            pages::sessions(&name, &rows, &csrf_token),
+            &env.auth.page_csp,
+        )
     };
     if fresh {
         response
@@ -174,7 +178,7 @@ pub(super) async fn revoke(
         let (_, absolute) = env.auth.lifetimes.of(rotated.remember_me);
         set_token_cookies(
             response.headers_mut(),
-            env.auth,
+            env,
             &access,
             rotated.cookie(),
             rotated.remember_me.then_some(absolute),
