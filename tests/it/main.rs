@@ -13,6 +13,7 @@ mod audit_sinks;
 mod browser_e2e;
 mod config;
 mod config_errors;
+mod cookie_domain;
 mod edge;
 mod forward_auth;
 mod forward_auth_proxies;
