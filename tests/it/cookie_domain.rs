@@ -437,6 +437,53 @@ async fn an_expired_access_cookie_on_a_subdomain_is_refreshed_on_the_auth_host_a
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
 }
 
+/// A front proxy's forward-auth sub-request about `https://{host}{uri}` (the `forwarded`
+/// contract, as Traefik and Caddy send it), with the browser's cookies for that host.
+async fn forward_auth(gw: &TestGateway, b: &Browser, host: &str, uri: &str) -> TestResponse {
+    let mut req = Request::get(gw.url("/_portcullis/forward"))
+        .header("x-forwarded-method", "GET")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", host)
+        .header("x-forwarded-uri", uri)
+        .header("sec-fetch-mode", "navigate")
+        .header("accept", "text/html");
+    if let Some(c) = b.cookie_header(host, uri) {
+        req = req.header("cookie", c);
+    }
+    send(req.body(Full::new(Bytes::new())).unwrap()).await
+}
+
+#[tokio::test]
+async fn forward_auth_for_a_subdomain_reads_the_access_cookie_the_central_auth_host_set() {
+    let gw = AuthSetup {
+        extra: "login_url: https://auth.example.com/auth/login\n\
+                trusted_proxies: [127.0.0.1/32]\n\
+                forward_auth:\n  - { contract: forwarded }"
+            .into(),
+        ..central()
+    }
+    .start()
+    .await;
+    let mut b = Browser::new(&gw);
+    // Signed out: the front proxy passes on a redirect to the auth host, with the way back.
+    let r = forward_auth(&gw, &b, APP, "/app/x?y=1").await;
+    assert_eq!(r.status, StatusCode::FOUND, "{}", r.text());
+    assert_eq!(
+        r.headers["location"],
+        "https://auth.example.com/auth/login?return_to=https%3A//app.example.com/app/x%3Fy%3D1"
+    );
+    b.login("https://app.example.com/app/x?y=1").await;
+    // The only cookie the browser sends to the subdomain is the shared access cookie.
+    let sent = b.cookie_header(APP, "/app/x").unwrap();
+    assert!(
+        sent.starts_with(&format!("{AT}=")) && !sent.contains(';'),
+        "{sent}"
+    );
+    let r = forward_auth(&gw, &b, APP, "/app/x?y=1").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.headers["x-auth-subject"], "alice");
+}
+
 /// Return URLs a login or refresh on the auth host must not follow (docs/security.md 26).
 const NOT_FOLLOWED: &[&str] = &[
     "https://evil.com/",
