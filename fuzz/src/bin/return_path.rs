@@ -3,14 +3,17 @@
 //!
 //! Properties from its module docs: it never panics; the answer is the default page, a
 //! same-origin path (one leading `/`, not `//`, no `\`, only visible ASCII, no `.`/`..`/empty
-//! segment left), or an `https://` URL on a listed host with such a path; a browser resolving
-//! it against the gateway's page lands on the gateway or the listed host, never elsewhere (the
-//! `url` crate is a WHATWG URL parser, as browsers use); no token-carrying query parameter
-//! survives; and validating the answer again returns it unchanged.
+//! segment left), or an `https://` URL on a listed host (exact, or under the wildcard entry)
+//! with such a path; a browser resolving it against the gateway's page lands on the gateway or
+//! a listed host, never elsewhere (the `url` crate is a WHATWG URL parser, as browsers use); no
+//! token-carrying query parameter survives; and validating the answer again returns it
+//! unchanged.
 
-use portcullis::auth_flow::redirect::RedirectPolicy;
+use portcullis::auth_flow::redirect::{HostPattern, RedirectPolicy};
 
 const LISTED: &str = "app.example.com";
+/// The wildcard entry `*.apps.example.com`: any host ending in this.
+const UNDER: &str = ".apps.example.com";
 const TOKEN_PARAMETERS: &[&str] = &[
     "access_token",
     "id_token",
@@ -49,7 +52,10 @@ fn check_relative(requested: &str, target: &str) {
 fn main() {
     let policy = RedirectPolicy {
         default: "/".into(),
-        hosts: vec![LISTED.into()],
+        hosts: vec![
+            HostPattern::parse(LISTED).unwrap(),
+            HostPattern::parse(&format!("*{UNDER}")).unwrap(),
+        ],
     };
     let page = url::Url::parse("https://gw.example/auth/login").unwrap();
     afl::fuzz!(|data: &[u8]| {
@@ -59,9 +65,11 @@ fn main() {
         let target = policy.target(Some(requested));
         match target.strip_prefix("https://") {
             Some(rest) => {
-                let path = rest
-                    .strip_prefix(LISTED)
-                    .unwrap_or_else(|| panic!("{requested:?} → {target:?}"));
+                let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+                assert!(
+                    host == LISTED || (host.ends_with(UNDER) && host.len() > UNDER.len()),
+                    "{requested:?} → {target:?}"
+                );
                 check_relative(requested, path);
             }
             None => check_relative(requested, &target),
@@ -70,8 +78,10 @@ fn main() {
             .join(&target)
             .unwrap_or_else(|e| panic!("{target:?}: {e}"));
         assert_eq!(resolved.scheme(), "https");
+        let host = resolved.host_str().unwrap_or("");
         assert!(
-            matches!(resolved.host_str(), Some("gw.example" | LISTED))
+            (host == "gw.example" || host == LISTED || host.ends_with(UNDER))
+                && resolved.port().is_none()
                 && resolved.username().is_empty(),
             "{requested:?} → {target:?} → {resolved}"
         );
