@@ -200,13 +200,6 @@ impl Original {
             None => self.path.path.clone(),
         }
     }
-
-    /// The absolute URL of the original request (normalized path), for a login on another
-    /// host.
-    pub fn return_url(&self) -> String {
-        let scheme = if self.https { "https" } else { "http" };
-        format!("{scheme}://{}{}", self.authority, self.return_path())
-    }
 }
 
 /// The answer that lets the original request through: `200`, no body, and the identity in
@@ -425,7 +418,7 @@ mod tests {
         assert_eq!(o.host, "app.example.com");
         assert_eq!(o.path.path, "/docs/b");
         assert_eq!(o.return_path(), "/docs/b?x=1");
-        assert_eq!(o.return_url(), "https://app.example.com:8443/docs/b?x=1");
+        assert_eq!(o.authority, "app.example.com:8443");
     }
 
     #[test]
