@@ -244,6 +244,8 @@ pub async fn start_with(
         admin,
         runtime,
         watched,
+        // Already logged when the config was compiled.
+        warnings: _,
     } = config;
     let audit = Audit::with_window(
         audit.file.as_deref(),

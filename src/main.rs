@@ -196,6 +196,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match portcullis::config::Config::load(&config) {
             Ok(loaded) => {
+                for w in &loaded.warnings {
+                    eprintln!("{}: warning: {w}", config.display());
+                }
                 println!(
                     "{}: ok ({} listeners, {} routes, {} keys)",
                     config.display(),

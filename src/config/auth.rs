@@ -247,6 +247,7 @@ pub(super) fn compile(
         audiences: Box::new([audience.as_str().into()]),
         require_session: true,
         max_lifetime: access_ttl,
+        profile: keys::profile::TokenProfile::default(),
     });
     for (kid, alg, key) in signing.verification_keys() {
         keyset

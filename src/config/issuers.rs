@@ -1,5 +1,5 @@
 //! `issuers:` → the [`KeySet`] of trusted issuers and their verification keys (PEM, HS256
-//! secret or JWKS files).
+//! secret or JWKS files), each with its token profile ([`super::claims`]).
 
 use std::path::Path;
 use std::time::Duration;
@@ -38,6 +38,7 @@ pub(super) fn compile(raw: &[RawIssuer], base: &Path) -> Result<KeySet, ConfigEr
                 issuer.max_lifetime.as_ref(),
                 Duration::from_secs(86_400),
             )?,
+            profile: super::claims::profile(&key, issuer)?,
         });
         for (j, k) in issuer.keys.iter().enumerate() {
             let kkey = format!("{key}.keys[{j}]");

@@ -12,6 +12,7 @@
 mod admin;
 mod audit;
 mod auth;
+mod claims;
 mod error;
 mod forward_auth;
 mod issuers;
@@ -41,6 +42,7 @@ use raw::RawConfig;
 
 pub use admin::{AdminSettings, AdminToken};
 pub use audit::AuditSettings;
+pub use claims::ConfigWarning;
 pub use error::{Cause, ConfigError, ContextError, ReadError};
 pub use limits::ServerLimits;
 pub use listeners::ListenerSpec;
@@ -95,6 +97,8 @@ pub struct Config {
     pub watched: Vec<PathBuf>,
     /// The request-serving runtime.
     pub runtime: Runtime,
+    /// What loads but is probably not meant (logged at load; `portcullis check` prints them).
+    pub warnings: Vec<ConfigWarning>,
 }
 
 impl Config {
@@ -111,7 +115,12 @@ impl Config {
     /// Compiles YAML text; relative paths in it are resolved against `base`.
     pub fn from_yaml(text: &str, base: &Path) -> Result<Self, ConfigError> {
         let raw: RawConfig = serde_yaml::from_str(text)?;
-        compile(raw, base).map_err(|e| e.with_line_in(text))
+        let mut config = compile(raw, base).map_err(|e| e.with_line_in(text))?;
+        for w in &mut config.warnings {
+            w.line = units::line_of(text, &w.key);
+            tracing::warn!(key = %w.key, line = ?w.line, "config: {}", w.message);
+        }
+        Ok(config)
     }
 }
 
@@ -122,7 +131,8 @@ fn compile(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
     let (limits, body) = limits::compile(&raw.limits)?;
     let listeners = listeners::compile(&raw.listeners, base)?;
     let store = store::compile(&raw.store, base)?;
-    let permissions = roles::compile(&raw.roles)?;
+    let permissions = roles::compile(&raw.roles, &claims::direct_permissions(&raw))?;
+    let warnings = claims::warnings(&raw);
     let mut tokens = tokens::compile(&raw.tokens)?;
     if raw.tokens.cookie.is_none()
         && let Some(name) = auth::access_cookie_default(raw.auth.as_ref())
@@ -178,6 +188,7 @@ fn compile(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         login_url.as_deref(),
     )?;
     let assertion_headers = audiences.headers().to_vec();
+    let claim_headers = claims::claim_headers(&raw.issuers, &identity.headers, &assertion_headers)?;
     // Every assertion needs `auth:` (checked where it is written), so without it there is none.
     let assertions = auth.as_ref().filter(|_| !audiences.is_empty()).map(|a| {
         Assertions::new(
@@ -194,6 +205,7 @@ fn compile(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
             identity,
             trusted_proxies,
             assertion_headers,
+            claim_headers,
             &tokens.cookie,
             auth.is_some(),
         ),
@@ -223,6 +235,7 @@ fn compile(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         admin,
         watched,
         runtime,
+        warnings,
     })
 }
 

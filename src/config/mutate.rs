@@ -15,34 +15,38 @@ pub(super) struct Identity {
     strip: Vec<StripRule>,
 }
 
+/// An identity header name at `key`: a header name with no other meaning.
+pub(super) fn identity_header_name(key: &str, name: &str) -> Result<HeaderName, ConfigError> {
+    let parsed = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+        .map_err(|_| invalid(key, format!("`{name}` is not a header name")))?;
+    const RESERVED: [&str; 10] = [
+        "host",
+        "cookie",
+        "authorization",
+        "connection",
+        "content-length",
+        "transfer-encoding",
+        "upgrade",
+        "te",
+        "x-request-id",
+        "x-forwarded-for",
+    ];
+    if RESERVED.contains(&parsed.as_str()) {
+        return Err(invalid(
+            key,
+            format!("`{name}` is a header with another meaning"),
+        ));
+    }
+    Ok(parsed)
+}
+
 /// Compiles `identity_headers:`: each name must be a header with no other meaning.
 pub(super) fn identity_headers(ih: &RawIdentityHeaders) -> Result<Identity, ConfigError> {
     let header = |key: &str,
                   value: Option<&String>,
                   default: &'static str|
      -> Result<HeaderName, ConfigError> {
-        let name = value.map_or(default, String::as_str);
-        let parsed = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
-            .map_err(|_| invalid(key, format!("`{name}` is not a header name")))?;
-        const RESERVED: [&str; 10] = [
-            "host",
-            "cookie",
-            "authorization",
-            "connection",
-            "content-length",
-            "transfer-encoding",
-            "upgrade",
-            "te",
-            "x-request-id",
-            "x-forwarded-for",
-        ];
-        if RESERVED.contains(&parsed.as_str()) {
-            return Err(invalid(
-                key,
-                format!("`{name}` is a header with another meaning"),
-            ));
-        }
-        Ok(parsed)
+        identity_header_name(key, value.map_or(default, String::as_str))
     };
     let identity = IdentityHeaders {
         subject: header(
@@ -86,11 +90,13 @@ pub(super) fn trusted_proxies(raw: &[String]) -> Result<Vec<IpNet>, ConfigError>
 
 /// The mutate stage's settings. `access_cookie` is `tokens.cookie`; with `auth` the login
 /// flow's cookies are the gateway's too. `assertion_headers` are the names identity assertions
-/// may go in, stripped from client requests like the identity headers.
+/// may go in, and `claim_headers` those of the issuers' `identity_claims`, both stripped from
+/// client requests like the identity headers.
 pub(super) fn config(
     identity: Identity,
     trusted_proxies: Vec<IpNet>,
     assertion_headers: Vec<HeaderName>,
+    claim_headers: Vec<HeaderName>,
     access_cookie: &str,
     auth: bool,
 ) -> MutateConfig {
@@ -120,6 +126,7 @@ pub(super) fn config(
         protected_cookies,
         strip: identity.strip,
         assertion_headers,
+        claim_headers,
         trusted_proxies,
     }
 }

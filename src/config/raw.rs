@@ -335,6 +335,39 @@ pub struct RawIssuer {
     /// Longest accepted `exp - iat`; longer-lived tokens are refused.
     #[serde(default)]
     pub max_lifetime: Option<String>,
+    /// Accepted `typ` header values (default `[at+jwt]`; `none`: no `typ`).
+    #[serde(default)]
+    pub token_types: Option<Vec<String>>,
+    /// Whether `jti` is required (default true).
+    #[serde(default)]
+    pub require_jti: Option<bool>,
+    /// Accepted `azp` (else `client_id`) values; absent: not checked.
+    #[serde(default)]
+    pub clients: Option<Vec<String>>,
+    /// The claim path that names the subject (default `sub`).
+    #[serde(default)]
+    pub subject_claim: Option<String>,
+    /// Where permissions come from; absent: the `roles` claim through `roles:`.
+    #[serde(default)]
+    pub permissions: Option<Vec<RawPermissionSource>>,
+    /// Claim path → extra identity header name.
+    #[serde(default)]
+    pub identity_claims: BTreeMap<String, String>,
+}
+
+/// One entry of an issuer's `permissions:`: a claim path and either `via: roles` or a
+/// `prefix:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPermissionSource {
+    /// The claim path (`realm_access.roles`, `scope`).
+    pub claim: String,
+    /// `roles`: values are role names mapped through `roles:`.
+    #[serde(default)]
+    pub via: Option<String>,
+    /// Values are permissions, with this prefix.
+    #[serde(default)]
+    pub prefix: Option<String>,
 }
 
 /// A verification key: a PEM file with its algorithm and id, or a local JWKS file.

@@ -7,18 +7,15 @@ use super::error::{ConfigError, invalid};
 use crate::pipeline::authorize::PermissionTable;
 
 /// Compiles `roles:`: every permission name is checked, so a route's policy can only name a
-/// permission some role grants.
+/// permission some role grants — or, among `direct`, one an issuer's `prefix:` mapping can
+/// produce ([`super::claims::direct_permissions`]).
 pub(super) fn compile(
     roles: &BTreeMap<String, Vec<String>>,
+    direct: &[String],
 ) -> Result<PermissionTable, ConfigError> {
     for (role, perms) in roles {
         for (j, p) in perms.iter().enumerate() {
-            if p.is_empty()
-                || !p.bytes().all(|b| {
-                    b.is_ascii_alphanumeric()
-                        || matches!(b, b':' | b'.' | b'_' | b'-' | b'/' | b'*')
-                })
-            {
+            if !super::claims::is_permission_name(p) {
                 return Err(invalid(
                     format!("roles.{role}[{j}]"),
                     format!("`{p}` is not a permission name (letters, digits and : . _ - / *)"),
@@ -26,7 +23,8 @@ pub(super) fn compile(
             }
         }
     }
-    Ok(PermissionTable::new(
+    Ok(PermissionTable::with_direct(
         roles.iter().map(|(r, p)| (r.as_str(), p.as_slice())),
+        direct,
     ))
 }

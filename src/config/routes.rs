@@ -139,7 +139,9 @@ pub(super) fn compile(
                     let j = names.iter().position(|n| n == missing).unwrap_or(0);
                     invalid(
                         format!("{key}.policy.{which}[{j}]"),
-                        format!("no role grants the permission `{missing}`"),
+                        format!(
+                            "no role grants the permission `{missing}`, nor can an issuer's `prefix:` mapping produce it"
+                        ),
                     )
                 })?;
                 if which == "all_of" {

@@ -2,6 +2,7 @@
 //! compiled, and is found by `kid` alone. Nothing about a key is ever read from a token.
 
 pub mod ecdsa;
+pub mod profile;
 pub mod signing;
 
 use std::collections::HashMap;
@@ -25,6 +26,8 @@ pub struct Issuer {
     pub require_session: bool,
     /// Longest accepted `exp - iat`.
     pub max_lifetime: Duration,
+    /// `typ`, `jti`, clients, subject claim, permissions and identity claims.
+    pub profile: profile::TokenProfile,
 }
 
 /// One public key (or HMAC secret) and the only algorithm it verifies.

@@ -68,10 +68,21 @@ impl PermissionTable {
     /// Compiles `roles:`. Permission names are interned in sorted order so that the header the
     /// upstream sees lists them sorted.
     pub fn new<'a>(roles: impl IntoIterator<Item = (&'a str, &'a [String])> + Clone) -> Self {
+        Self::with_direct(roles, &[])
+    }
+
+    /// Compiles `roles:` and the permissions no role grants that a token may carry directly
+    /// (through an issuer's `prefix:` mapping) and a route's policy names: those are interned
+    /// too, so a policy can require them and a token's claims can set them.
+    pub fn with_direct<'a>(
+        roles: impl IntoIterator<Item = (&'a str, &'a [String])> + Clone,
+        direct: &[String],
+    ) -> Self {
         let mut names: Vec<Box<str>> = roles
             .clone()
             .into_iter()
             .flat_map(|(_, perms)| perms.iter().map(|p| p.as_str().into()))
+            .chain(direct.iter().map(|p| p.as_str().into()))
             .collect();
         names.sort();
         names.dedup();
@@ -124,6 +135,43 @@ impl PermissionTable {
         let permissions_header = self.header_value(&permissions);
         Grant {
             permissions,
+            permissions_header,
+        }
+    }
+
+    /// An empty set sized for this table, to fill with [`add_role`] and [`add_permission`].
+    ///
+    /// [`add_role`]: PermissionTable::add_role
+    /// [`add_permission`]: PermissionTable::add_permission
+    pub fn empty_set(&self) -> PermissionSet {
+        PermissionSet::with_capacity(self.names.len())
+    }
+
+    /// Adds the permissions of `role` to `set`; an unknown role adds nothing.
+    pub fn add_role(&self, set: &mut PermissionSet, role: &str) {
+        if let Some(perms) = self.roles.get(role) {
+            set.union_with(perms);
+        }
+    }
+
+    /// Adds the permission `name` to `set` when the config knows it (a role grants it or a
+    /// route requires it); an unknown name adds nothing, since no route could ask for it.
+    pub fn add_permission(&self, set: &mut PermissionSet, name: &str) {
+        if let Some(&bit) = self.index.get(name) {
+            set.insert(bit);
+        }
+    }
+
+    /// Whether any role is defined.
+    pub fn has_roles(&self) -> bool {
+        !self.roles.is_empty()
+    }
+
+    /// `set` with the header that lists it.
+    pub fn grant_of(&self, set: PermissionSet) -> Grant {
+        let permissions_header = self.header_value(&set);
+        Grant {
+            permissions: set,
             permissions_header,
         }
     }
@@ -226,5 +274,23 @@ mod tests {
         let t = table();
         let set = t.resolve(["editor", "admin"]);
         assert_eq!(t.header_value(&set), "admin,docs:read,docs:write");
+    }
+
+    #[test]
+    fn direct_permissions_are_interned_and_set_by_name_only_when_known() {
+        let reader = vec!["docs:read".to_string()];
+        let t = PermissionTable::with_direct(
+            [("reader", reader.as_slice())],
+            &["scope:documents.read".to_string()],
+        );
+        let mut set = t.empty_set();
+        t.add_permission(&mut set, "scope:documents.read");
+        t.add_permission(&mut set, "scope:unknown");
+        t.add_role(&mut set, "reader");
+        t.add_role(&mut set, "nobody");
+        let grant = t.grant_of(set);
+        assert_eq!(grant.permissions_header, "docs:read,scope:documents.read");
+        let required = t.set_of(&["scope:documents.read".into()]).unwrap();
+        assert!(grant.permissions.contains_all(&required));
     }
 }

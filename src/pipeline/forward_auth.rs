@@ -203,9 +203,9 @@ impl Original {
 }
 
 /// The answer that lets the original request through: `200`, no body, and the identity in
-/// the configured header names (and the signed assertion, on a route whose upstream or
-/// route config asks for one) for the front proxy to copy onto the request it forwards (none
-/// for a public route). Never cached: a revocation must apply to the next request.
+/// the configured header names with the token issuer's `identity_claims` headers (and the
+/// signed assertion, on a route whose upstream or route config asks for one) for the front
+/// proxy to copy onto the request it forwards (none for a public route). Never cached: a revocation must apply to the next request.
 pub fn allowed(
     identity: Option<mutate::Identity<'_>>,
     names: &IdentityHeaders,
@@ -218,6 +218,9 @@ pub fn allowed(
             headers.insert(names.session.clone(), session.clone());
         }
         headers.insert(names.permissions.clone(), identity.permissions.clone());
+        for (name, value) in identity.claims {
+            headers.insert(name.clone(), value.clone());
+        }
         if let Some((name, value)) = identity.assertion {
             headers.insert(name.clone(), value.clone());
         }

@@ -354,6 +354,7 @@ mod tests {
                 audiences: Box::new(["aud".into()]),
                 require_session: i == 0,
                 max_lifetime: Duration::from_secs(*secs),
+                profile: Default::default(),
             });
         }
         Verifier {

@@ -6,13 +6,14 @@
 //! | stage | module | answers |
 //! |---|---|---|
 //! | 1 route | [`normalize`], [`route`] | which route, or 400/404/405 |
-//! | 2–4 identify | [`identify`] ([`credential`], [`verify`], [`session`]) | who is this, and what may they do |
+//! | 2–4 identify | [`identify`] ([`credential`], [`verify`] with [`claims`], [`session`]) | who is this, and what may they do |
 //! | 5 authorize | [`authorize`] | does the route's policy allow it |
 //! | 6 mutate | [`mutate`], [`assertion`] | the headers the upstream sees (and 6', the response's) |
 //! | 7 forward | [`forward`], [`pool`] | the upstream's answer |
 
 pub mod assertion;
 pub mod authorize;
+pub mod claims;
 pub mod credential;
 pub mod forward;
 pub mod forward_auth;

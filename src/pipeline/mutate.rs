@@ -58,6 +58,10 @@ pub struct MutateConfig {
     /// Every header an identity assertion may go in ([`crate::pipeline::assertion`]): removed
     /// from client requests on every route, like the identity headers.
     pub assertion_headers: Vec<HeaderName>,
+    /// Every header an issuer's `identity_claims` names: removed from client requests on every
+    /// route, like the identity headers, and injected only for a token of an issuer that maps
+    /// them.
+    pub claim_headers: Vec<HeaderName>,
     /// Peers whose forwarding headers are believed.
     pub trusted_proxies: Vec<IpNet>,
 }
@@ -116,6 +120,8 @@ pub struct Identity<'a> {
     pub permissions: &'a HeaderValue,
     /// The signed identity assertion and the header it goes in, on a route that has one.
     pub assertion: Option<(&'a HeaderName, &'a HeaderValue)>,
+    /// The extra identity headers of the token's issuer (`identity_claims`).
+    pub claims: &'a [(HeaderName, HeaderValue)],
 }
 
 impl<'a> Identity<'a> {
@@ -126,6 +132,7 @@ impl<'a> Identity<'a> {
             session: token.session.is_some().then_some(&token.session_header),
             permissions: &token.permissions_header,
             assertion: None,
+            claims: &token.identity_claims,
         }
     }
 }
@@ -277,6 +284,7 @@ fn spoofable(name: &str, config: &MutateConfig) -> bool {
         || config
             .assertion_headers
             .iter()
+            .chain(&config.claim_headers)
             .any(|h| same_name(name, h.as_str()))
     {
         return true;
@@ -408,6 +416,9 @@ pub fn mutate(
             config.identity.permissions.clone(),
             identity.permissions.clone(),
         );
+        for (name, value) in identity.claims {
+            headers.insert(name.clone(), value.clone());
+        }
         if let Some((name, value)) = identity.assertion {
             headers.insert(name.clone(), value.clone());
         }
@@ -569,6 +580,7 @@ mod tests {
                 StripRule::parse("X-Corp-*").unwrap(),
             ],
             assertion_headers: vec![HeaderName::from_static("backend-jwt")],
+            claim_headers: vec![HeaderName::from_static("x-email")],
             trusted_proxies: trusted.iter().map(|t| IpNet::parse(t).unwrap()).collect(),
         }
     }
@@ -782,6 +794,7 @@ mod tests {
             session: None,
             permissions: &perms,
             assertion: Some((&name, &jwt)),
+            claims: &[],
         };
         mutate(&mut h, Some(identity), &cfg, &facts("192.0.2.1", &rid));
         assert!(h.values().all(|v| v != "forged"), "{h:?}");

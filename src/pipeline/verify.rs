@@ -2,8 +2,12 @@
 //!
 //! Runs after the credential stage found a token, for every route that is not public.
 //! `Ok` means the signature was made by a configured key with the algorithm that key is pinned
-//! to, the token is an access token (`typ: at+jwt`), and `iss`, `aud`, `exp`, `nbf`, `iat`,
-//! `sub`, `jti` (and `sid` where the issuer requires sessions) all check out at `now`.
+//! to, the token's `typ` is one its issuer accepts (`at+jwt` unless `token_types` says more),
+//! and `iss`, `aud`, `exp`, `nbf`, `iat`, the subject claim (`sub` unless `subject_claim`
+//! says otherwise), `jti` (unless the issuer sets `require_jti: false`), `azp`/`client_id`
+//! (when the issuer lists `clients`) and `sid` (where the issuer requires sessions) all check
+//! out at `now`. Its permissions and extra identity headers are then read from its claims
+//! through the issuer's profile ([`crate::pipeline::claims`]), once, and cached with it.
 //! `Err` is always a 401: the stage never falls through to another credential.
 //!
 //! It must not touch the session store (stage 4) nor the request. It does more than
@@ -26,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
@@ -53,9 +57,12 @@ pub enum TokenError {
     /// A nested JWT (`cty: JWT`).
     #[error("token is a nested JWT")]
     Nested,
-    /// `typ` is absent or not `at+jwt`.
+    /// `typ` is absent or not one of the issuer's `token_types` (`at+jwt` by default).
     #[error("token is not an access token")]
     WrongType,
+    /// `azp` (else `client_id`) is missing or not one of the issuer's `clients`.
+    #[error("token client is not accepted")]
+    WrongClient,
     /// No `kid`, or a `kid` no configured key has.
     #[error("token key id is unknown")]
     UnknownKey,
@@ -99,6 +106,7 @@ impl TokenError {
             TokenError::CriticalHeader => "token.crit",
             TokenError::Nested => "token.nested",
             TokenError::WrongType => "token.typ",
+            TokenError::WrongClient => "token.client",
             TokenError::UnknownKey => "token.unknown_kid",
             TokenError::AlgorithmMismatch => "token.alg_mismatch",
             TokenError::BadSignature => "token.bad_signature",
@@ -119,13 +127,15 @@ impl TokenError {
 pub struct VerifiedToken {
     /// SHA-256 of the token string: the key of cached verdicts about it.
     pub token_key: [u8; 32],
-    /// SHA-256 of issuer and `jti`: the denylist key.
+    /// SHA-256 of issuer and `jti`: the denylist key. For a token without `jti` (an issuer with
+    /// `require_jti: false`) the token's own [`token_key`](Self::token_key), which no denylist
+    /// entry can name: such a token is revoked with its user or session, never alone.
     pub jti_key: [u8; 32],
-    /// `sub`.
+    /// The subject: `sub`, or the issuer's `subject_claim`.
     pub subject: Box<str>,
     /// `sid`, when present.
     pub session: Option<Box<str>>,
-    /// `jti`.
+    /// `jti`; empty when the token has none (only for an issuer with `require_jti: false`).
     pub jti: Box<str>,
     /// Index of the issuer in the key set.
     pub issuer: usize,
@@ -145,6 +155,8 @@ pub struct VerifiedToken {
     pub session_header: HeaderValue,
     /// The permissions, comma-separated, as a header value.
     pub permissions_header: HeaderValue,
+    /// The extra identity headers of the issuer's `identity_claims`, with this token's values.
+    pub identity_claims: Box<[(HeaderName, HeaderValue)]>,
 }
 
 /// Verification settings compiled from `issuers:` and `tokens:`.
@@ -254,6 +266,7 @@ fn remember_failure(e: TokenError) -> bool {
         | TokenError::MissingClaim
         | TokenError::WrongIssuer
         | TokenError::WrongAudience
+        | TokenError::WrongClient
         | TokenError::Expired => true,
     }
 }
@@ -327,11 +340,20 @@ fn verify_inner(
             return Err(TokenError::Nested);
         }
     }
-    match header.get("typ").and_then(Value::as_str) {
-        Some(typ)
-            if typ.eq_ignore_ascii_case("at+jwt")
-                || typ.eq_ignore_ascii_case("application/at+jwt") => {}
-        _ => return Err(TokenError::WrongType),
+    // `typ` is checked against the key's issuer below; a value no issuer accepts is refused
+    // here already, before the key is looked up.
+    let typ = match header.get("typ") {
+        None => None,
+        Some(Value::String(typ)) => Some(typ.as_str()),
+        Some(_) => return Err(TokenError::WrongType),
+    };
+    if !verifier
+        .keys
+        .issuers
+        .iter()
+        .any(|i| i.profile.token_types.accepts(typ))
+    {
+        return Err(TokenError::WrongType);
     }
     let alg = header
         .get("alg")
@@ -346,6 +368,13 @@ fn verify_inner(
     if alg != algorithm_name(key.alg) {
         // Exact comparison: `none`, `NONE`, `rs256`, or an HS256 token aimed at an RSA key.
         return Err(TokenError::AlgorithmMismatch);
+    }
+    if !verifier.keys.issuers[key.issuer]
+        .profile
+        .token_types
+        .accepts(typ)
+    {
+        return Err(TokenError::WrongType);
     }
     let message_len = header_b64.len() + 1 + payload_b64.len();
     signature_checks.fetch_add(1, Ordering::Relaxed);
@@ -387,41 +416,64 @@ fn verify_inner(
         return Err(TokenError::BadIssuedAt);
     }
 
-    let subject = identifier(&claims, "sub", 1024)?;
-    let jti = identifier(&claims, "jti", 256)?;
+    let profile = &issuer.profile;
+    if let Some(clients) = &profile.clients {
+        // `azp` (OpenID Connect) names the client when present; `client_id` (RFC 9068) else.
+        let client = claims.get("azp").or_else(|| claims.get("client_id"));
+        if !client
+            .and_then(Value::as_str)
+            .is_some_and(|c| clients.iter().any(|a| **a == *c))
+        {
+            return Err(TokenError::WrongClient);
+        }
+    }
+    let subject = plain(profile.subject_claim.find(&claims), 1024)?;
+    let jti = match claims.get("jti") {
+        None if !profile.require_jti => None,
+        value => Some(plain(value, 256)?),
+    };
     let session = match claims.get("sid") {
         None if issuer.require_session => return Err(TokenError::MissingClaim),
         None => None,
         Some(_) => Some(identifier(&claims, "sid", 256)?),
     };
-    // Role names only select permissions from the config (the permissions header is built
-    // from the config's names, never from the token's text), but a role that could not be an
-    // identifier is a malformed token, not an unknown role.
-    let roles: Vec<&str> = match claims.get("roles") {
-        None => Vec::new(),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|r| {
-                r.as_str()
-                    .filter(|r| is_plain_identifier(r))
-                    .ok_or(TokenError::MissingClaim)
-            })
-            .collect::<Result<_, _>>()?,
-        Some(_) => return Err(TokenError::MissingClaim),
+    let grant = match &profile.permissions {
+        Some(sources) => crate::pipeline::claims::grant(&claims, sources, permissions),
+        None => {
+            // Role names only select permissions from the config (the permissions header is
+            // built from the config's names, never from the token's text), but a role that
+            // could not be an identifier is a malformed token, not an unknown role.
+            let roles: Vec<&str> = match claims.get("roles") {
+                None => Vec::new(),
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .map(|r| {
+                        r.as_str()
+                            .filter(|r| is_plain_identifier(r))
+                            .ok_or(TokenError::MissingClaim)
+                    })
+                    .collect::<Result<_, _>>()?,
+                Some(_) => return Err(TokenError::MissingClaim),
+            };
+            permissions.grant(roles.iter().copied())
+        }
     };
     let crate::pipeline::authorize::Grant {
         permissions: granted,
         permissions_header,
-    } = permissions.grant(roles.iter().copied());
+    } = grant;
+    let identity_claims =
+        crate::pipeline::claims::identity_headers(&claims, &profile.identity_claims);
 
+    let token_key = token_key.unwrap_or_else(|| cache_key(token));
     Ok(VerifiedToken {
-        token_key: token_key.unwrap_or_else(|| cache_key(token)),
-        jti_key: crate::store::jti_key(iss, jti),
+        token_key,
+        jti_key: jti.map_or(token_key, |jti| crate::store::jti_key(iss, jti)),
         subject_header: header_value(subject)?,
         session_header: header_value(session.unwrap_or(""))?,
         subject: subject.into(),
         session: session.map(Into::into),
-        jti: jti.into(),
+        jti: jti.unwrap_or("").into(),
         issuer: key.issuer,
         issued_at,
         expires_at,
@@ -429,6 +481,7 @@ fn verify_inner(
         require_session: issuer.require_session,
         permissions: granted,
         permissions_header,
+        identity_claims,
     })
 }
 
@@ -576,7 +629,14 @@ fn identifier<'a>(
     name: &str,
     max: usize,
 ) -> Result<&'a str, TokenError> {
-    let value = claim_str(claims, name)?;
+    plain(claims.get(name), max)
+}
+
+/// [`identifier`] for a claim already found (absent: `None`).
+fn plain(value: Option<&Value>, max: usize) -> Result<&str, TokenError> {
+    let value = value
+        .and_then(Value::as_str)
+        .ok_or(TokenError::MissingClaim)?;
     if value.len() > max || !is_plain_identifier(value) {
         return Err(TokenError::MissingClaim);
     }
@@ -810,6 +870,7 @@ mod tests {
                 audiences: vec![AUD.into()].into(),
                 require_session: true,
                 max_lifetime: Duration::from_secs(3600),
+                profile: Default::default(),
             });
             let key = VerificationKey {
                 alg: Algorithm::EdDSA,

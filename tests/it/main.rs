@@ -35,5 +35,6 @@ mod smoke;
 mod store_clock;
 mod store_contract;
 mod token_cache_abuse;
+mod token_profile;
 mod transport;
 mod wycheproof;
