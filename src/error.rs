@@ -472,16 +472,7 @@ pub fn error_response(err: &GatewayError, ctx: &ErrorContext<'_>) -> Response<Ga
         && let Some(login) = ctx.login_url
     {
         let location = login_location(login, ctx.return_to);
-        let mut response = Response::new(GatewayBody::Empty);
-        *response.status_mut() = StatusCode::SEE_OTHER;
-        if let Ok(value) = HeaderValue::from_str(&location) {
-            response.headers_mut().insert(LOCATION, value);
-        }
-        harden(response.headers_mut());
-        response
-            .headers_mut()
-            .insert("x-request-id", ctx.request_id.clone());
-        return response;
+        return login_redirect(StatusCode::SEE_OTHER, &location, ctx.request_id);
     }
     let status = err.status();
     let body = format!(
@@ -543,20 +534,12 @@ pub fn forward_auth_response(
     if contract != Contract::Nginx
         && let Some(location) = &login
     {
-        let mut response = Response::new(GatewayBody::Empty);
-        *response.status_mut() = if original_read {
+        let status = if original_read {
             StatusCode::FOUND
         } else {
             StatusCode::SEE_OTHER
         };
-        if let Ok(value) = HeaderValue::from_str(location) {
-            response.headers_mut().insert(LOCATION, value);
-        }
-        harden(response.headers_mut());
-        response
-            .headers_mut()
-            .insert("x-request-id", ctx.request_id.clone());
-        return response;
+        return login_redirect(status, location, ctx.request_id);
     }
     let plain = ErrorContext {
         browser: false,
@@ -580,6 +563,24 @@ pub fn forward_auth_response(
     {
         response.headers_mut().insert(LOGIN_HEADER, value);
     }
+    response
+}
+
+/// A redirect to the login page: `status`, `Location`, the hardening headers, the request id.
+fn login_redirect(
+    status: StatusCode,
+    location: &str,
+    request_id: &HeaderValue,
+) -> Response<GatewayBody> {
+    let mut response = Response::new(GatewayBody::Empty);
+    *response.status_mut() = status;
+    if let Ok(value) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(LOCATION, value);
+    }
+    harden(response.headers_mut());
+    response
+        .headers_mut()
+        .insert("x-request-id", request_id.clone());
     response
 }
 

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use http::header::{ACCEPT, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
@@ -31,7 +31,6 @@ use crate::clock::Clock;
 use crate::config::Runtime;
 use crate::error::{BadRequest, ErrorContext, GatewayError, error_response, forward_auth_response};
 use crate::metrics::{ForwardAuthResult, Metrics};
-use crate::pipeline::Connection;
 use crate::pipeline::authorize::{self, Policy};
 use crate::pipeline::forward::{self, Outgoing, Upstream};
 use crate::pipeline::forward_auth::{self, Endpoint};
@@ -41,6 +40,7 @@ use crate::pipeline::normalize::{self, NormalizedPath};
 use crate::pipeline::route::{self, Route};
 use crate::pipeline::trace_context::TraceContext;
 use crate::pipeline::verify::VerifiedToken;
+use crate::pipeline::{self, Connection};
 use crate::store::Store;
 
 /// Handles one request of `gateway`'s; never fails (a refusal is a response).
@@ -60,6 +60,7 @@ pub async fn handle(
     // Decided before any stage, so every line about the request names its trace.
     let trace_context =
         TraceContext::of(request.headers(), runtime.mutate.is_trusted(conn.peer.ip()));
+    let browser = is_browser_navigation(request.method(), request.headers());
     let env = RunEnv {
         conn,
         store: gateway.store(),
@@ -70,7 +71,7 @@ pub async fn handle(
         client_ip: mutate::client_ip(conn.peer.ip(), request.headers(), &runtime.mutate),
         user_agent: user_agent.as_ref().and_then(|v| v.to_str().ok()),
         method: request.method().clone(),
-        browser: is_browser_navigation(request.method(), request.headers()),
+        browser,
         // Kept (a reference-counted clone) only to build the login return path if one is needed.
         target: request.uri().path_and_query().cloned(),
         // Only where a login redirect may need it: a browser navigation, with the login page at
@@ -79,8 +80,8 @@ pub async fn handle(
             .login_url
             .as_deref()
             .is_some_and(|l| l.starts_with("https://"))
-            && is_browser_navigation(request.method(), request.headers()))
-        .then(|| own_origin(&request, conn, &runtime)),
+            && browser)
+            .then(|| own_origin(&request, conn, &runtime)),
         trace_context: &trace_context,
     };
     let mut trace = Trace::default();
@@ -315,7 +316,7 @@ async fn forward_auth<'rt>(
     };
     asked.original_read = original.method == Method::GET || original.method == Method::HEAD;
     asked.method = Some(original.method.clone());
-    asked.browser = forward_auth::is_navigation(&original.method, request.headers());
+    asked.browser = pipeline::is_navigation(&original.method, request.headers());
     if asked.browser {
         asked.return_to = Some(return_target(endpoint.login_url.as_deref(), &original));
     }
@@ -336,10 +337,7 @@ async fn forward_auth<'rt>(
     let identity = identify(request, &original.path, rt, env, trace).await?;
     authorize(route, identity, &original.path, trace)?;
     let assertion = assertion(route, trace.identity.as_ref(), rt, env)?;
-    let identity = trace.identity.as_ref().map(|identity| mutate::Identity {
-        assertion: assertion.as_ref().map(|(name, value)| (*name, value)),
-        ..identity.headers()
-    });
+    let identity = identity_headers(trace.identity.as_ref(), assertion.as_ref());
     Ok(forward_auth::allowed(identity, &rt.mutate.identity))
 }
 
@@ -447,10 +445,7 @@ fn prepare(
         upgrade,
         trace: env.trace_context,
     };
-    let identity = identity.map(|identity| mutate::Identity {
-        assertion: assertion.as_ref().map(|(name, value)| (*name, value)),
-        ..identity.headers()
-    });
+    let identity = identity_headers(identity, assertion.as_ref());
     mutate::mutate(&mut parts.headers, identity, &rt.mutate, &facts);
     Outgoing {
         request: Request::from_parts(
@@ -462,6 +457,17 @@ fn prepare(
         client_host,
         upgrade,
     }
+}
+
+/// The identity headers a backend is told about: the identity's, with the route's assertion.
+fn identity_headers<'a>(
+    identity: Option<&'a Identity>,
+    assertion: Option<&'a (&'a HeaderName, HeaderValue)>,
+) -> Option<mutate::Identity<'a>> {
+    identity.map(|identity| mutate::Identity {
+        assertion: assertion.map(|(name, value)| (*name, value)),
+        ..identity.headers()
+    })
 }
 
 /// The signed identity assertion for `route`'s backend, on routes that send one
@@ -791,19 +797,10 @@ fn websocket_handshake<B>(request: &Request<B>) -> bool {
     connection_upgrade && websocket && version && key
 }
 
-/// A top-level navigation by a browser, which is better served by the login page than by JSON.
+/// A top-level `GET`/`HEAD` navigation by a browser, which is better served by the login page
+/// than by JSON ([`pipeline::is_navigation`] for those methods).
 fn is_browser_navigation(method: &Method, headers: &HeaderMap) -> bool {
-    if method != Method::GET && method != Method::HEAD {
-        return false;
-    }
-    const SEC_FETCH_MODE: http::HeaderName = http::HeaderName::from_static("sec-fetch-mode");
-    if let Some(mode) = headers.get(SEC_FETCH_MODE) {
-        return mode == "navigate";
-    }
-    headers
-        .get(ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|accept| accept.contains("text/html"))
+    (method == Method::GET || method == Method::HEAD) && pipeline::is_navigation(method, headers)
 }
 
 static REQUEST_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -848,6 +845,7 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::ACCEPT;
 
     #[test]
     fn framing_refuses_cl_with_te_and_odd_encodings() {

@@ -28,7 +28,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use http::header::{ACCEPT, CACHE_CONTROL, HOST};
+use http::header::{CACHE_CONTROL, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
 
 use crate::body::GatewayBody;
@@ -227,21 +227,6 @@ pub fn allowed(
     }
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
-}
-
-/// Whether the original request is a browser's navigation, which a login fixes with a
-/// redirect rather than a 401: `Sec-Fetch-Mode: navigate` for any method (a form post is one),
-/// else a `GET` or `HEAD` that accepts HTML (browsers without Fetch Metadata).
-pub fn is_navigation(method: &Method, headers: &HeaderMap) -> bool {
-    const SEC_FETCH_MODE: HeaderName = HeaderName::from_static("sec-fetch-mode");
-    if let Some(mode) = headers.get(SEC_FETCH_MODE) {
-        return mode == "navigate";
-    }
-    (method == Method::GET || method == Method::HEAD)
-        && headers
-            .get(ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|accept| accept.contains("text/html"))
 }
 
 /// Reads the original request out of a sub-request to `endpoint` from `peer`: refused unless

@@ -28,7 +28,8 @@ pub mod verify;
 
 use std::net::SocketAddr;
 
-use http::HeaderValue;
+use http::header::ACCEPT;
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 /// Facts about the client connection a request arrived on.
 #[derive(Debug, Clone)]
@@ -46,4 +47,21 @@ pub struct Connection {
 /// An IP address as a header value, for [`Connection::peer_header`].
 pub fn peer_header(ip: std::net::IpAddr) -> HeaderValue {
     HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value")
+}
+
+/// Whether a request with `method` and `headers` is a browser's navigation, which a login
+/// fixes with a redirect rather than a 401: `Sec-Fetch-Mode: navigate` for any method (a form
+/// post is one), else a `GET` or `HEAD` that accepts HTML (browsers without Fetch Metadata).
+/// The proxy asks it of `GET`/`HEAD` requests only; forward-auth of the original request,
+/// whatever its method (a refused form post is sent to log in with a 303).
+pub fn is_navigation(method: &Method, headers: &HeaderMap) -> bool {
+    const SEC_FETCH_MODE: HeaderName = HeaderName::from_static("sec-fetch-mode");
+    if let Some(mode) = headers.get(SEC_FETCH_MODE) {
+        return mode == "navigate";
+    }
+    (method == Method::GET || method == Method::HEAD)
+        && headers
+            .get(ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|accept| accept.contains("text/html"))
 }

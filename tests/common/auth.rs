@@ -373,7 +373,8 @@ impl Browser {
     }
 }
 
-fn enc(s: &str) -> String {
+/// `s` form-encoded (`application/x-www-form-urlencoded` for a value or a query parameter).
+pub fn enc(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {

@@ -16,7 +16,7 @@ use http_body_util::Full;
 use portcullis::clock::Clock;
 use portcullis::config::Config;
 
-use crate::common::auth::{ALICE_PASSWORD, AuthSetup, demo_users};
+use crate::common::auth::{ALICE_PASSWORD, AuthSetup, demo_users, enc};
 use crate::common::{SetCookie, TestGateway, TestResponse, send, set_cookies};
 
 const AUTH: &str = "auth.example.com";
@@ -250,18 +250,6 @@ impl Browser {
         )
         .await
     }
-}
-
-fn enc(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 fn location(r: &TestResponse) -> String {
