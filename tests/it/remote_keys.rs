@@ -1,0 +1,598 @@
+//! Issuers by discovery or JWKS URI and their key sets' lifecycle (docs/security.md 40),
+//! black-box: a document server started here on loopback ([`JwksServer`]: the documents can be
+//! changed at any time and every request is counted) and a gateway on a manual clock. Time
+//! moves with [`TestGateway::advance`]; a background refresh is run at a known point with
+//! [`portcullis::reload::fetch_remote_keys`] (what the refresher runs every second), so no
+//! test sleeps for a schedule.
+
+use crate::common::*;
+
+use std::time::Duration;
+
+use http::StatusCode;
+use jsonwebtoken::{Algorithm, EncodingKey};
+use portcullis::clock::Clock;
+use portcullis::config::Config;
+use portcullis::keys::remote::Trigger;
+use serde_json::{Value, json};
+
+const ISSUER_B: &str = "https://issuer-b.test";
+const COOLDOWN: Duration = Duration::from_secs(31);
+const PAST_REFRESH: Duration = Duration::from_secs(301);
+
+const ROLES_AND_ROUTES: &str = r#"
+roles:
+  reader: [docs:read]
+  editor: [docs:read, docs:write]
+routes:
+  - { id: api, path: /api, upstream: echo, policy: authenticated }
+  - { id: docs-read, path: /docs, methods: [GET], upstream: echo, policy: { all_of: [docs:read] } }
+  - { id: docs-write, path: /docs, methods: [POST], upstream: echo, policy: { all_of: [docs:write] } }
+"#;
+
+/// An `issuers:` entry for `iss` whose keys come from `source` (`discovery: …` or
+/// `jwks_uri: …`), with `extra` lines (indented by four spaces).
+fn issuer(iss: &str, source: &str, extra: &str) -> String {
+    format!(
+        "  - issuer: {iss}\n    audiences: [{AUDIENCE}]\n    require_session: false\n    {source}\n{extra}\n"
+    )
+}
+
+fn yaml(issuers: &str, upstream: &str) -> String {
+    format!(
+        "listeners:\n  - bind: 127.0.0.1:0\nadmin: {{ bind: 127.0.0.1:0 }}\nissuers:\n{issuers}upstreams:\n  echo: {{ url: \"{upstream}\", response_timeout: 5s }}\n{ROLES_AND_ROUTES}"
+    )
+}
+
+/// A gateway on a manual clock trusting `issuers`.
+async fn gateway(issuers: &str) -> TestGateway {
+    let upstream = EchoUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let running = launch(&yaml(issuers, &upstream.url()), dir.path(), Clock::manual()).await;
+    TestGateway::new(running, upstream, dir, Vec::new())
+}
+
+/// A gateway trusting [`ISSUER`] by the discovery document of `idp`.
+async fn by_discovery(idp: &JwksServer) -> TestGateway {
+    gateway(&issuer(
+        ISSUER,
+        &format!("discovery: {}", idp.discovery_url()),
+        "",
+    ))
+    .await
+}
+
+/// An access token of `iss` signed by `key`, claiming `roles`, at the gateway's time.
+fn token(gw: &TestGateway, key: &TestKey, iss: &str, roles: &[&str]) -> String {
+    let n = gw.now();
+    key.sign_raw(
+        &key.header(),
+        &claims(json!({ "iss": iss, "sid": null, "roles": roles, "iat": n - 10, "exp": n + 600 })),
+    )
+}
+
+async fn status(gw: &TestGateway, token: &str) -> StatusCode {
+    gw.get_bearer("/docs", token).await.status
+}
+
+async fn refresh(gw: &TestGateway) {
+    portcullis::reload::fetch_remote_keys(gw.running.gateway(), Trigger::Refresh)
+        .await
+        .unwrap();
+}
+
+async fn readyz(gw: &TestGateway) -> Value {
+    let addr = gw.running.admin_addr().unwrap();
+    let r = send(
+        http::Request::get(format!("http://{addr}/readyz"))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    r.json()
+}
+
+fn counter(gw: &TestGateway, name: &str) -> u64 {
+    use std::sync::atomic::Ordering::Relaxed;
+    let m = gw.running.gateway().metrics();
+    match name {
+        "fetches" => m.jwks_fetches.load(Relaxed),
+        "failures" => m.jwks_fetch_failures.load(Relaxed),
+        "refetches" => m.jwks_refetches.load(Relaxed),
+        "refused" => m.jwks_refetches_refused.load(Relaxed),
+        _ => unreachable!(),
+    }
+}
+
+fn permissions(gw: &TestGateway) -> String {
+    gw.upstream.last().headers["x-auth-permissions"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn sec40_an_issuer_by_discovery_accepts_tokens_signed_by_its_served_keys_with_mapped_permissions()
+ {
+    let key = TestKey::generate(Algorithm::RS256, "idp-rsa-1");
+    let idp = JwksServer::start(ISSUER, vec![key.jwk()]).await;
+    let gw = by_discovery(&idp).await;
+    assert_eq!(idp.hits("/.well-known/openid-configuration"), 1);
+    assert_eq!(idp.hits("/jwks"), 1, "fetched once, at start");
+
+    let r = gw
+        .get_bearer("/docs", &token(&gw, &key, ISSUER, &["editor"]))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(permissions(&gw), "docs:read,docs:write");
+    assert_eq!(readyz(&gw).await["keys"], "ok");
+    assert_eq!(idp.total_hits(), 2, "a request fetches nothing");
+}
+
+#[tokio::test]
+async fn sec40_an_issuer_by_jwks_uri_accepts_tokens_of_a_jwk_without_alg_through_its_one_algorithm()
+{
+    let key = TestKey::generate(Algorithm::ES256, "idp-ec");
+    let mut jwk = key.jwk();
+    jwk.as_object_mut().unwrap().remove("alg");
+    let idp = JwksServer::start(ISSUER, vec![jwk]).await;
+    let gw = gateway(&issuer(
+        ISSUER,
+        &format!("jwks_uri: {}", idp.jwks_url()),
+        "    algorithms: [ES256, RS256]",
+    ))
+    .await;
+    assert_eq!(
+        status(&gw, &token(&gw, &key, ISSUER, &["reader"])).await,
+        StatusCode::OK
+    );
+    assert_eq!(idp.hits("/.well-known/openid-configuration"), 0);
+}
+
+#[tokio::test]
+async fn sec40_a_discovery_document_naming_another_issuer_is_refused_at_start() {
+    let key = TestKey::generate(Algorithm::EdDSA, "idp-ed");
+    // One trailing slash more: byte for byte means no normalisation.
+    let idp = JwksServer::start(&format!("{ISSUER}/"), vec![key.jwk()]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = yaml(
+        &issuer(ISSUER, &format!("discovery: {}", idp.discovery_url()), ""),
+        "http://127.0.0.1:9",
+    );
+    let config = Config::from_yaml(&yaml, dir.path()).unwrap();
+    let refused = portcullis::start_with(config, None, Clock::manual()).await;
+    let Err(e) = refused else {
+        panic!("the gateway must not start")
+    };
+    assert!(e.to_string().contains("remote keys"), "{e}");
+    assert_eq!(
+        idp.hits("/jwks"),
+        0,
+        "the JWKS of a wrong issuer is not read"
+    );
+}
+
+#[tokio::test]
+async fn sec40_a_new_kid_is_picked_up_by_a_refetch_and_a_removed_kid_is_refused_after_the_refresh()
+{
+    let old = TestKey::generate(Algorithm::EdDSA, "idp-old");
+    let new = TestKey::generate(Algorithm::EdDSA, "idp-new");
+    let idp = JwksServer::start(ISSUER, vec![old.jwk()]).await;
+    let gw = by_discovery(&idp).await;
+    let old_token = token(&gw, &old, ISSUER, &["reader"]);
+    assert_eq!(status(&gw, &old_token).await, StatusCode::OK);
+
+    // The provider rotates: the new key is published beside the old one.
+    idp.set_keys(vec![old.jwk(), new.jwk()]);
+    // Within the cool-down since the start's fetch, an unknown kid fetches nothing.
+    assert_eq!(
+        status(&gw, &token(&gw, &new, ISSUER, &["reader"])).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(idp.hits("/jwks"), 1);
+    gw.advance(COOLDOWN);
+    let new_token = token(&gw, &new, ISSUER, &["reader"]);
+    assert_eq!(status(&gw, &new_token).await, StatusCode::OK);
+    assert_eq!(idp.hits("/jwks"), 2, "one refetch for the unknown kid");
+    assert_eq!(counter(&gw, "refetches"), 1);
+
+    // The old key is retired; the next refresh drops it, and its cached token with it.
+    idp.set_keys(vec![new.jwk()]);
+    assert_eq!(status(&gw, &old_token).await, StatusCode::OK, "until then");
+    gw.advance(PAST_REFRESH);
+    refresh(&gw).await;
+    assert_eq!(idp.hits("/jwks"), 3);
+    assert_eq!(status(&gw, &old_token).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(status(&gw, &new_token).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn sec40_a_provider_down_at_start_gets_503_and_readyz_names_it_until_its_keys_are_fetched() {
+    let key = TestKey::generate(Algorithm::EdDSA, "idp-ed");
+    let idp = JwksServer::start(ISSUER, vec![key.jwk()]).await;
+    idp.set_down(true);
+    let gw = by_discovery(&idp).await;
+    let ready = readyz(&gw).await;
+    assert_eq!(ready["keys"], "missing");
+    assert_eq!(ready["issuers_without_keys"], json!([ISSUER]));
+
+    let t = token(&gw, &key, ISSUER, &["reader"]);
+    let r = gw.get_bearer("/docs", &t).await;
+    assert_eq!(
+        r.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not 401: {}",
+        r.text()
+    );
+    assert_eq!(gw.upstream.count(), 0);
+
+    idp.set_down(false);
+    assert_eq!(
+        status(&gw, &t).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no fetch within the cool-down"
+    );
+    gw.advance(COOLDOWN);
+    assert_eq!(status(&gw, &t).await, StatusCode::OK);
+    assert_eq!(readyz(&gw).await["keys"], "ok");
+}
+
+#[tokio::test]
+async fn sec40_a_failed_refresh_keeps_the_last_good_key_set() {
+    let key = TestKey::generate(Algorithm::EdDSA, "idp-ed");
+    let idp = JwksServer::start(ISSUER, vec![key.jwk()]).await;
+    let gw = by_discovery(&idp).await;
+
+    idp.serve("/jwks", Serve::Status(500));
+    gw.advance(PAST_REFRESH);
+    refresh(&gw).await;
+    assert_eq!(idp.hits("/jwks"), 2);
+    assert_eq!(counter(&gw, "failures"), 1);
+    // A token never seen before still verifies with the kept key.
+    assert_eq!(
+        status(&gw, &token(&gw, &key, ISSUER, &["reader"])).await,
+        StatusCode::OK
+    );
+    // Down altogether: the same.
+    idp.set_down(true);
+    gw.advance(PAST_REFRESH);
+    refresh(&gw).await;
+    assert_eq!(counter(&gw, "failures"), 2);
+    assert_eq!(
+        status(&gw, &token(&gw, &key, ISSUER, &["editor"])).await,
+        StatusCode::OK
+    );
+    assert_eq!(readyz(&gw).await["keys"], "ok");
+}
+
+#[tokio::test]
+async fn sec40_the_refresh_honours_cache_control_max_age_within_the_configured_bounds() {
+    let key = TestKey::generate(Algorithm::EdDSA, "idp-ed");
+    let idp = JwksServer::start(ISSUER, vec![]).await;
+    let jwks = json!({ "keys": [key.jwk()] });
+    idp.serve(
+        "/jwks",
+        Serve::Json(jwks.clone(), Some("public, max-age=600".into())),
+    );
+    let gw = by_discovery(&idp).await;
+    gw.advance(Duration::from_secs(400));
+    refresh(&gw).await;
+    assert_eq!(idp.hits("/jwks"), 1, "max-age 600 is not over yet");
+    gw.advance(Duration::from_secs(201));
+    refresh(&gw).await;
+    assert_eq!(idp.hits("/jwks"), 2);
+
+    // Below the floor (5 min by default): the floor.
+    idp.serve("/jwks", Serve::Json(jwks, Some("max-age=5".into())));
+    gw.advance(Duration::from_secs(601));
+    refresh(&gw).await;
+    assert_eq!(idp.hits("/jwks"), 3);
+    gw.advance(Duration::from_secs(60));
+    refresh(&gw).await;
+    assert_eq!(idp.hits("/jwks"), 3, "max-age 5 is clamped to min_refresh");
+}
+
+#[tokio::test]
+async fn sec40_a_forged_kid_flood_costs_one_fetch_per_cooldown() {
+    let key = TestKey::generate(Algorithm::EdDSA, "idp-ed");
+    let idp = JwksServer::start(ISSUER, vec![key.jwk()]).await;
+    let gw = std::sync::Arc::new(by_discovery(&idp).await);
+
+    let flood = |gw: std::sync::Arc<TestGateway>| async move {
+        let tasks: Vec<_> = (0..50)
+            .map(|i| {
+                let gw = std::sync::Arc::clone(&gw);
+                let forged = TestKey::generate(Algorithm::EdDSA, &format!("forged-{i}"));
+                let t = token(&gw, &forged, ISSUER, &["editor"]);
+                tokio::spawn(async move { status(&gw, &t).await })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), StatusCode::UNAUTHORIZED);
+        }
+    };
+    gw.advance(COOLDOWN);
+    flood(std::sync::Arc::clone(&gw)).await;
+    assert_eq!(
+        idp.hits("/jwks"),
+        2,
+        "one fetch for 50 concurrent forged kids"
+    );
+    flood(std::sync::Arc::clone(&gw)).await;
+    assert_eq!(idp.hits("/jwks"), 2, "none more within the cool-down");
+    gw.advance(COOLDOWN);
+    flood(std::sync::Arc::clone(&gw)).await;
+    assert_eq!(idp.hits("/jwks"), 3, "one more after it");
+    assert_eq!(counter(&gw, "refetches"), 2);
+    // The others waited for the fetch in flight, or found the cool-down running.
+    assert!(counter(&gw, "refused") > 0);
+    assert_eq!(gw.upstream.count(), 0);
+    // The good key still works.
+    assert_eq!(
+        status(&gw, &token(&gw, &key, ISSUER, &["reader"])).await,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn sec40_a_token_signed_with_provider_a_key_but_claiming_provider_b_is_refused() {
+    let a = TestKey::generate(Algorithm::EdDSA, "idp-a");
+    let b = TestKey::generate(Algorithm::EdDSA, "idp-b");
+    let idp_a = JwksServer::start(ISSUER, vec![a.jwk()]).await;
+    let idp_b = JwksServer::start(ISSUER_B, vec![b.jwk()]).await;
+    let gw = gateway(&format!(
+        "{}{}",
+        issuer(ISSUER, &format!("discovery: {}", idp_a.discovery_url()), ""),
+        issuer(
+            ISSUER_B,
+            &format!("discovery: {}", idp_b.discovery_url()),
+            ""
+        ),
+    ))
+    .await;
+    assert_eq!(
+        status(&gw, &token(&gw, &a, ISSUER, &["reader"])).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status(&gw, &token(&gw, &b, ISSUER_B, &["reader"])).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status(&gw, &token(&gw, &a, ISSUER_B, &["reader"])).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        status(&gw, &token(&gw, &b, ISSUER, &["reader"])).await,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn sec40_a_kid_served_by_two_issuers_is_a_fetch_error_never_an_override() {
+    let a = TestKey::generate(Algorithm::EdDSA, "shared-kid");
+    let b = TestKey::generate(Algorithm::EdDSA, "shared-kid");
+    let idp_a = JwksServer::start(ISSUER, vec![a.jwk()]).await;
+    let idp_b = JwksServer::start(ISSUER_B, vec![b.jwk()]).await;
+    let gw = gateway(&format!(
+        "{}{}",
+        issuer(ISSUER, &format!("jwks_uri: {}", idp_a.jwks_url()), ""),
+        issuer(ISSUER_B, &format!("jwks_uri: {}", idp_b.jwks_url()), ""),
+    ))
+    .await;
+    // Both are fetched at once at start: whichever came second was refused, and at most one
+    // of them has keys. B's key never verifies as A's, nor A's as B's.
+    let missing = readyz(&gw).await["issuers_without_keys"].clone();
+    assert_eq!(missing.as_array().unwrap().len(), 1, "{missing}");
+    for (key, iss) in [(&a, ISSUER_B), (&b, ISSUER)] {
+        assert_ne!(
+            status(&gw, &token(&gw, key, iss, &["reader"])).await,
+            StatusCode::OK
+        );
+    }
+}
+
+#[tokio::test]
+async fn sec40_jku_x5u_and_embedded_jwk_headers_are_never_fetched_nor_used() {
+    let key = TestKey::generate(Algorithm::EdDSA, "idp-ed");
+    let idp = JwksServer::start(ISSUER, vec![key.jwk()]).await;
+    let gw = by_discovery(&idp).await;
+    let attacker = TestKey::generate(Algorithm::EdDSA, "attacker");
+    idp.serve(
+        "/evil",
+        Serve::Json(json!({ "keys": [attacker.jwk()] }), None),
+    );
+    let payload = claims(json!({ "sid": null, "roles": ["editor"] }));
+    for (name, value) in [
+        ("jku", json!(idp.url("/evil"))),
+        ("x5u", json!(idp.url("/evil"))),
+        ("jwk", attacker.jwk()),
+    ] {
+        for kid in ["attacker", "idp-ed"] {
+            let mut header = attacker.header();
+            header["kid"] = json!(kid);
+            header[name] = value.clone();
+            let t = attacker.sign_raw(&header, &payload);
+            assert_eq!(
+                status(&gw, &t).await,
+                StatusCode::UNAUTHORIZED,
+                "{name} {kid}"
+            );
+        }
+    }
+    assert_eq!(idp.hits("/evil"), 0);
+    assert_eq!(gw.upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn sec40_the_jwk_alg_pins_the_algorithm_and_hs256_with_the_rsa_key_is_refused() {
+    let key = TestKey::generate(Algorithm::RS256, "idp-rsa");
+    let idp = JwksServer::start(ISSUER, vec![key.jwk()]).await;
+    let gw = by_discovery(&idp).await;
+    let payload = claims(json!({ "sid": null, "roles": ["reader"] }));
+    assert_eq!(
+        status(&gw, &key.sign_raw(&key.header(), &payload)).await,
+        StatusCode::OK
+    );
+
+    // The same RSA key, re-signed as PS256.
+    let mut ps = TestKey::generate(Algorithm::PS256, "idp-rsa");
+    ps.encoding = key.encoding.clone();
+    assert_eq!(
+        status(&gw, &ps.sign_raw(&ps.header(), &payload)).await,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // HS256 whose secret is the public key in every spelling a verifier might hold it in.
+    let jwk_json = key.jwk().to_string();
+    let pem_trimmed = key.public_pem.trim_end().to_owned();
+    let secrets: [&[u8]; 4] = [
+        key.public_pem.as_bytes(),
+        pem_trimmed.as_bytes(),
+        &key.public_der,
+        jwk_json.as_bytes(),
+    ];
+    for secret in secrets {
+        let mut hs = TestKey::generate(Algorithm::HS256, "idp-rsa");
+        hs.encoding = EncodingKey::from_secret(secret);
+        let t = hs.sign_raw(&hs.header(), &payload);
+        assert_eq!(status(&gw, &t).await, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(gw.upstream.count(), 1);
+}
+
+#[tokio::test]
+async fn sec40_encryption_private_and_symmetric_jwks_are_skipped_and_the_rest_of_the_set_used() {
+    let good = TestKey::generate(Algorithm::EdDSA, "good");
+    let enc = TestKey::generate(Algorithm::EdDSA, "enc");
+    let private = TestKey::generate(Algorithm::EdDSA, "private");
+    let oct = TestKey::generate(Algorithm::HS256, "oct");
+    let mut enc_jwk = enc.jwk();
+    enc_jwk["use"] = json!("enc");
+    let mut private_jwk = private.jwk();
+    private_jwk["d"] = json!(b64([7u8; 32]));
+    let oct_jwk = json!({ "kty": "oct", "kid": "oct", "alg": "HS256", "k": b64(&oct.public_der) });
+    let idp = JwksServer::start(ISSUER, vec![enc_jwk, private_jwk, oct_jwk, good.jwk()]).await;
+    let gw = by_discovery(&idp).await;
+
+    assert_eq!(
+        status(&gw, &token(&gw, &good, ISSUER, &["reader"])).await,
+        StatusCode::OK
+    );
+    for refused in [&enc, &private, &oct] {
+        assert_eq!(
+            status(&gw, &token(&gw, refused, ISSUER, &["reader"])).await,
+            StatusCode::UNAUTHORIZED,
+            "{}",
+            refused.kid
+        );
+    }
+}
+
+#[tokio::test]
+async fn sec40_a_redirect_is_not_followed() {
+    let key = TestKey::generate(Algorithm::EdDSA, "idp-ed");
+    let idp = JwksServer::start(ISSUER, vec![]).await;
+    idp.serve("/jwks", Serve::Status(302));
+    idp.serve("/moved", Serve::Json(json!({ "keys": [key.jwk()] }), None));
+    let gw = by_discovery(&idp).await;
+    assert_eq!(idp.hits("/jwks"), 1);
+    assert_eq!(idp.hits("/moved"), 0);
+    assert_eq!(readyz(&gw).await["issuers_without_keys"], json!([ISSUER]));
+    assert_eq!(
+        status(&gw, &token(&gw, &key, ISSUER, &["reader"])).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
+
+#[tokio::test]
+async fn sec40_an_oversized_document_is_refused() {
+    let idp = JwksServer::start(ISSUER, vec![]).await;
+    idp.serve("/jwks", Serve::Oversized(64 * 1024));
+    let gw = gateway(&issuer(
+        ISSUER,
+        &format!("discovery: {}", idp.discovery_url()),
+        "    fetch: { max_bytes: 16KiB }",
+    ))
+    .await;
+    assert_eq!(idp.hits("/jwks"), 1);
+    assert_eq!(counter(&gw, "failures"), 1);
+    assert_eq!(readyz(&gw).await["keys"], "missing");
+}
+
+#[tokio::test]
+async fn sec40_plain_http_to_a_non_loopback_host_and_bad_algorithm_lists_are_refused_at_config_load()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let load = |source: &str, extra: &str| {
+        Config::from_yaml(
+            &yaml(&issuer(ISSUER, source, extra), "http://127.0.0.1:9"),
+            dir.path(),
+        )
+        .err()
+        .map(|e| e.to_string())
+    };
+    for (source, extra, key) in [
+        (
+            "jwks_uri: http://idp.example/jwks",
+            "",
+            "issuers[0].jwks_uri",
+        ),
+        (
+            "discovery: http://10.1.2.3/.well-known/openid-configuration",
+            "",
+            "issuers[0].discovery",
+        ),
+        (
+            "jwks_uri: https://idp.example/jwks",
+            "    algorithms: [RS256, PS256]",
+            "issuers[0].algorithms[1]",
+        ),
+        (
+            "jwks_uri: https://idp.example/jwks",
+            "    algorithms: [HS256]",
+            "issuers[0].algorithms[0]",
+        ),
+        (
+            "jwks_uri: https://idp.example/jwks",
+            "    fetch: { refresh: 1m }",
+            "refresh",
+        ),
+        (
+            "jwks_uri: https://idp.example/jwks\n    discovery: https://idp.example/.well-known/openid-configuration",
+            "",
+            "issuers[0].jwks_uri",
+        ),
+    ] {
+        let e = load(source, extra).unwrap_or_else(|| panic!("{source} {extra} loaded"));
+        assert!(e.contains(key), "{e}");
+    }
+    assert_eq!(load("jwks_uri: https://idp.example/jwks", ""), None);
+    assert_eq!(load("jwks_uri: http://127.0.0.1:1/jwks", ""), None);
+}
+
+#[tokio::test]
+async fn sec40_a_reload_keeps_the_fetched_key_set_of_an_unchanged_issuer() {
+    let key = TestKey::generate(Algorithm::EdDSA, "idp-ed");
+    let idp = JwksServer::start(ISSUER, vec![key.jwk()]).await;
+    let upstream = EchoUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = yaml(
+        &issuer(ISSUER, &format!("discovery: {}", idp.discovery_url()), ""),
+        &upstream.url(),
+    );
+    let path = write(dir.path(), "gateway.yaml", &text);
+    let running = launch_file(&path, Clock::manual()).await;
+    let gw = TestGateway::new(running, upstream, dir, Vec::new());
+    assert_eq!(idp.hits("/jwks"), 1);
+    idp.set_down(true);
+    portcullis::reload::reload_file(gw.running.gateway(), "admin")
+        .await
+        .unwrap();
+    assert_eq!(
+        status(&gw, &token(&gw, &key, ISSUER, &["reader"])).await,
+        StatusCode::OK,
+        "the new runtime took the set over without a fetch"
+    );
+    assert_eq!(idp.hits("/jwks"), 1);
+}
