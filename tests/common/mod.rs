@@ -1251,6 +1251,7 @@ pub enum Serve {
 #[derive(Clone)]
 pub struct JwksServer {
     pub addr: SocketAddr,
+    scheme: &'static str,
     docs: Arc<Mutex<BTreeMap<String, Serve>>>,
     hits: Arc<Mutex<BTreeMap<String, usize>>>,
     down: Arc<std::sync::atomic::AtomicBool>,
@@ -1260,10 +1261,36 @@ impl JwksServer {
     /// A server whose discovery document names `issuer` and this server's `/jwks`, which
     /// serves `keys` (JWKs).
     pub async fn start(issuer: &str, keys: Vec<Value>) -> Self {
+        Self::start_with(issuer, keys, None).await
+    }
+
+    /// The same over TLS, with a certificate for `127.0.0.1` and `localhost` from a CA of its
+    /// own; returns the CA certificate (PEM) beside the server.
+    pub async fn start_tls(issuer: &str, keys: Vec<Value>) -> (Self, String) {
+        let rcgen::CertifiedKey { cert, key_pair } =
+            rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+                .unwrap();
+        let tls = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key_pair.serialize_der().into()),
+            )
+            .unwrap();
+        let server = Self::start_with(issuer, keys, Some(Arc::new(tls))).await;
+        (server, cert.pem())
+    }
+
+    async fn start_with(
+        issuer: &str,
+        keys: Vec<Value>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = Self {
             addr,
+            scheme: if tls.is_some() { "https" } else { "http" },
             docs: Arc::default(),
             hits: Arc::default(),
             down: Arc::default(),
@@ -1281,14 +1308,24 @@ impl JwksServer {
                     continue;
                 }
                 let s = s.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let s = s.clone();
                         async move { Ok::<_, Infallible>(s.answer(req.uri().path())) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    let _ = match tls {
+                        None => http.serve_connection(TokioIo::new(stream), service).await,
+                        Some(tls) => {
+                            let Ok(stream) =
+                                tokio_rustls::TlsAcceptor::from(tls).accept(stream).await
+                            else {
+                                return;
+                            };
+                            http.serve_connection(TokioIo::new(stream), service).await
+                        }
+                    };
                 });
             }
         });
@@ -1316,7 +1353,7 @@ impl JwksServer {
             }
             Some(Serve::Status(status)) => r
                 .status(status)
-                .header("location", format!("http://{}/moved", self.addr))
+                .header("location", self.url("/moved"))
                 .body(Full::new(Bytes::new()))
                 .unwrap(),
             Some(Serve::Oversized(n)) => {
@@ -1329,7 +1366,7 @@ impl JwksServer {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}://{}{path}", self.scheme, self.addr)
     }
 
     pub fn discovery_url(&self) -> String {

@@ -326,6 +326,19 @@ async fn sec40_a_forged_kid_flood_costs_one_fetch_per_cooldown() {
     assert_eq!(counter(&gw, "refetches"), 2);
     // The others waited for the fetch in flight, or found the cool-down running.
     assert!(counter(&gw, "refused") > 0);
+    let addr = gw.running.admin_addr().unwrap();
+    let metrics = send(
+        http::Request::get(format!("http://{addr}/metrics"))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap(),
+    )
+    .await
+    .text();
+    assert!(
+        metrics.contains("\nportcullis_jwks_refetches_total 2\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("portcullis_jwks_refetches_refused_total"));
     assert_eq!(gw.upstream.count(), 0);
     // The good key still works.
     assert_eq!(
@@ -487,6 +500,35 @@ async fn sec40_encryption_private_and_symmetric_jwks_are_skipped_and_the_rest_of
             refused.kid
         );
     }
+}
+
+#[tokio::test]
+async fn sec40_an_https_provider_is_trusted_through_the_issuers_ca_file_and_not_without_it() {
+    let key = TestKey::generate(Algorithm::EdDSA, "idp-ed");
+    let (idp, ca) = JwksServer::start_tls(ISSUER, vec![key.jwk()]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write(dir.path(), "idp-ca.pem", &ca);
+    let trusting = gateway(&issuer(
+        ISSUER,
+        &format!("discovery: {}", idp.discovery_url()),
+        &format!("    ca: {}", ca.display()),
+    ))
+    .await;
+    assert!(idp.discovery_url().starts_with("https://127.0.0.1:"));
+    assert_eq!(
+        status(&trusting, &token(&trusting, &key, ISSUER, &["reader"])).await,
+        StatusCode::OK
+    );
+    assert_eq!(idp.hits("/jwks"), 1);
+
+    // The system roots do not know this CA: no document is read, no key is had.
+    let untrusting = by_discovery(&idp).await;
+    assert_eq!(readyz(&untrusting).await["keys"], "missing");
+    assert_eq!(idp.hits("/.well-known/openid-configuration"), 1);
+    assert_eq!(
+        status(&untrusting, &token(&untrusting, &key, ISSUER, &["reader"])).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
 }
 
 #[tokio::test]
