@@ -678,6 +678,7 @@ mod tests {
                 .into(),
                 503,
             ),
+            (GatewayError::KeysUnavailable, 503),
             (GatewayError::UpstreamUnavailable("refused".into()), 502),
             (GatewayError::UpstreamTimeout, 504),
             (GatewayError::UpstreamUpgrade, 502),
