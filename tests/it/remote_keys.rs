@@ -3,10 +3,12 @@
 //! changed at any time and every request is counted) and a gateway on a manual clock. Time
 //! moves with [`TestGateway::advance`]; a background refresh is run at a known point with
 //! [`portcullis::reload::fetch_remote_keys`] (what the refresher runs every second), so no
-//! test sleeps for a schedule.
+//! test sleeps for a schedule. The [`oidc`] module runs the lifecycle against a real OpenID
+//! Provider.
 
 use crate::common::*;
 
+use std::path::Path;
 use std::time::Duration;
 
 use http::StatusCode;
@@ -637,4 +639,241 @@ async fn sec40_a_reload_keeps_the_fetched_key_set_of_an_unchanged_issuer() {
         "the new runtime took the set over without a fetch"
     );
     assert_eq!(idp.hits("/jwks"), 1);
+}
+
+/// The same behaviours against a real OpenID Provider: `oidc-provider` from npm (certified by
+/// the OpenID Foundation), run by `tests/oidc/provider.mjs` on a loopback port, issuing RFC 9068
+/// access tokens to a client-credentials client. Its keys rotate by restarting it on the same
+/// port with other key names. Needs Node.js 20 or newer; the npm project is installed from its
+/// lockfile (`npm ci --prefix tests/oidc`) on first use when it is not yet.
+mod oidc {
+    use super::*;
+
+    use std::path::PathBuf;
+    use std::process::{Child, Command, Stdio};
+
+    use bytes::Bytes;
+    use http_body_util::Full;
+
+    const CLIENT_ID: &str = "portcullis-tests";
+    const CLIENT_SECRET: &str = "a-test-client-secret-long-enough-for-hs256-0123456789";
+    /// The provider's tokens live 10 minutes from the real time they are minted at, while the
+    /// gateway's clock moves ahead: so these gateways refresh every minute, not every five.
+    const PAST_MINUTE_REFRESH: Duration = Duration::from_secs(61);
+
+    fn project() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc")
+    }
+
+    /// `npm ci` once per test binary when `oidc-provider` is not installed.
+    fn require_provider() {
+        static INSTALL: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+        let mut done = INSTALL.lock().unwrap();
+        if *done || project().join("node_modules/oidc-provider").is_dir() {
+            *done = true;
+            return;
+        }
+        let status = Command::new("npm")
+            .args([
+                "ci",
+                "--no-audit",
+                "--no-fund",
+                "--loglevel=error",
+                "--prefix",
+            ])
+            .arg(project())
+            .status();
+        assert!(
+            status.as_ref().is_ok_and(|s| s.success()),
+            "the OpenID Provider tests need Node.js 20+ and npm: npm ci --prefix tests/oidc ({status:?})"
+        );
+        *done = true;
+    }
+
+    /// A running provider; stopped (by its own pid) when dropped.
+    struct Provider {
+        child: Child,
+        port: u16,
+        keys: tempfile::TempDir,
+    }
+
+    impl Provider {
+        /// Starts a provider on `port` (0: any) signing with the first of `kids`, publishing all.
+        fn start(port: u16, kids: &[&str]) -> Self {
+            Self::start_in(port, kids, tempfile::tempdir().unwrap())
+        }
+
+        fn start_in(port: u16, kids: &[&str], keys: tempfile::TempDir) -> Self {
+            require_provider();
+            let out = keys.path().join(format!("out-{}.log", kids.join("-")));
+            let child = Command::new("node")
+                .arg(project().join("provider.mjs"))
+                .args(["--port", &port.to_string(), "--kids", &kids.join(",")])
+                .arg("--key-dir")
+                .arg(keys.path())
+                .stdout(Stdio::from(std::fs::File::create(&out).unwrap()))
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("node");
+            let mut issuer = String::new();
+            let up = wait_for(Duration::from_secs(20), || {
+                let text = std::fs::read_to_string(&out).unwrap_or_default();
+                match text.lines().find_map(|l| l.strip_prefix("listening ")) {
+                    Some(found) => {
+                        issuer = found.to_owned();
+                        true
+                    }
+                    None => false,
+                }
+            });
+            assert!(up, "the OpenID Provider did not start");
+            let port = issuer.rsplit(':').next().unwrap().parse().unwrap();
+            Self { child, port, keys }
+        }
+
+        fn issuer(&self) -> String {
+            format!("http://127.0.0.1:{}", self.port)
+        }
+
+        /// Stops it and starts it again on the same port with `kids` (keys already made keep
+        /// their key material): a rotation at the provider.
+        fn restart(mut self, kids: &[&str]) -> Self {
+            let port = self.port;
+            self.stop();
+            let keys = std::mem::replace(&mut self.keys, tempfile::tempdir().unwrap());
+            Self::start_in(port, kids, keys)
+        }
+
+        fn stop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+
+        /// An access token from the client-credentials grant with `scope`.
+        async fn token(&self, scope: &str) -> String {
+            let r = send(
+                http::Request::post(format!("{}/token", self.issuer()))
+                    .header(
+                        "authorization",
+                        format!(
+                            "Basic {}",
+                            base64::Engine::encode(
+                                &base64::engine::general_purpose::STANDARD,
+                                format!("{CLIENT_ID}:{CLIENT_SECRET}")
+                            )
+                        ),
+                    )
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(Full::new(Bytes::from(format!(
+                        "grant_type=client_credentials&scope={scope}"
+                    ))))
+                    .unwrap(),
+            )
+            .await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+            r.json()["access_token"].as_str().unwrap().to_owned()
+        }
+    }
+
+    impl Drop for Provider {
+        fn drop(&mut self) {
+            self.stop();
+        }
+    }
+
+    /// A gateway trusting the provider at `issuer` by discovery, mapping its scopes to
+    /// `scope:`-prefixed permissions.
+    async fn trusting(issuer: &str) -> TestGateway {
+        let upstream = EchoUpstream::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = format!(
+            r#"listeners:
+  - bind: 127.0.0.1:0
+admin: {{ bind: 127.0.0.1:0 }}
+issuers:
+  - issuer: {issuer}
+    audiences: [{AUDIENCE}]
+    require_session: false
+    discovery: {issuer}/.well-known/openid-configuration
+    algorithms: [RS256]
+    fetch: {{ min_refresh: 1m }}
+    permissions:
+      - {{ claim: scope, prefix: "scope:" }}
+upstreams:
+  echo: {{ url: "{}", response_timeout: 5s }}
+routes:
+  - {{ id: read, path: /docs, upstream: echo, policy: {{ all_of: ["scope:documents.read"] }} }}
+  - {{ id: write, path: /write, upstream: echo, policy: {{ all_of: ["scope:documents.write"] }} }}
+"#,
+            upstream.url()
+        );
+        let running = launch(&yaml, dir.path(), Clock::manual()).await;
+        TestGateway::new(running, upstream, dir, Vec::new())
+    }
+
+    #[tokio::test]
+    async fn sec40_tokens_of_a_real_openid_provider_are_accepted_by_discovery_with_their_scopes_as_permissions()
+     {
+        let idp = Provider::start(0, &["k1"]);
+        let gw = trusting(&idp.issuer()).await;
+        let read = idp.token("documents.read").await;
+        let r = gw.get_bearer("/docs", &read).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert_eq!(permissions(&gw), "scope:documents.read");
+        assert_eq!(
+            gw.get_bearer("/write", &read).await.status,
+            StatusCode::FORBIDDEN
+        );
+        let both = idp.token("documents.read documents.write").await;
+        assert_eq!(gw.get_bearer("/write", &both).await.status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn sec40_a_key_rotation_at_a_real_openid_provider_is_picked_up_and_the_retired_key_dropped()
+     {
+        let idp = Provider::start(0, &["k1"]);
+        let gw = trusting(&idp.issuer()).await;
+        let old = idp.token("documents.read").await;
+        assert_eq!(status(&gw, &old).await, StatusCode::OK);
+
+        // The provider signs with a new key and publishes both.
+        let idp = idp.restart(&["k2", "k1"]);
+        let new = idp.token("documents.read").await;
+        gw.advance(COOLDOWN);
+        assert_eq!(
+            status(&gw, &new).await,
+            StatusCode::OK,
+            "refetched for kid k2"
+        );
+        assert_eq!(status(&gw, &old).await, StatusCode::OK);
+
+        // The old key is retired; after the next refresh its tokens are refused.
+        let idp = idp.restart(&["k2"]);
+        gw.advance(PAST_MINUTE_REFRESH);
+        refresh(&gw).await;
+        assert_eq!(status(&gw, &old).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(status(&gw, &new).await, StatusCode::OK);
+
+        // Down during a refresh: the last good keys stay.
+        drop(idp);
+        gw.advance(PAST_MINUTE_REFRESH);
+        refresh(&gw).await;
+        assert_eq!(counter(&gw, "failures"), 1);
+        assert_eq!(status(&gw, &new).await, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn sec40_a_real_openid_provider_down_at_start_gets_503_until_it_is_up() {
+        let port = free_port();
+        let issuer = format!("http://127.0.0.1:{port}");
+        let gw = trusting(&issuer).await;
+        assert_eq!(readyz(&gw).await["issuers_without_keys"], json!([issuer]));
+
+        let idp = Provider::start(port, &["k1"]);
+        let t = idp.token("documents.read").await;
+        assert_eq!(status(&gw, &t).await, StatusCode::SERVICE_UNAVAILABLE);
+        gw.advance(COOLDOWN);
+        assert_eq!(status(&gw, &t).await, StatusCode::OK);
+        assert_eq!(readyz(&gw).await["keys"], "ok");
+    }
 }
