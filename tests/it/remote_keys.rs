@@ -641,6 +641,39 @@ async fn sec40_a_reload_keeps_the_fetched_key_set_of_an_unchanged_issuer() {
     assert_eq!(idp.hits("/jwks"), 1);
 }
 
+#[tokio::test]
+async fn sec40_a_reload_adding_an_issuer_whose_discovery_names_another_is_refused_and_the_old_config_serves()
+ {
+    let key = TestKey::generate(Algorithm::EdDSA, "idp-ed");
+    let idp = JwksServer::start(ISSUER, vec![key.jwk()]).await;
+    let impostor = JwksServer::start("https://someone-else.test", vec![]).await;
+    let upstream = EchoUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let good = issuer(ISSUER, &format!("discovery: {}", idp.discovery_url()), "");
+    let path = write(dir.path(), "gateway.yaml", &yaml(&good, &upstream.url()));
+    let running = launch_file(&path, Clock::manual()).await;
+    let gw = TestGateway::new(running, upstream, dir, Vec::new());
+
+    let bad = issuer(
+        ISSUER_B,
+        &format!("discovery: {}", impostor.discovery_url()),
+        "",
+    );
+    write(
+        gw.dir.path(),
+        "gateway.yaml",
+        &yaml(&format!("{good}{bad}"), &gw.upstream.url()),
+    );
+    let refused = portcullis::reload::reload_file(gw.running.gateway(), "admin").await;
+    let e = refused.expect_err("the reload must be refused");
+    assert!(e.to_string().contains(ISSUER_B), "{e}");
+    assert_eq!(gw.running.gateway().generation(), 1);
+    assert_eq!(
+        status(&gw, &token(&gw, &key, ISSUER, &["reader"])).await,
+        StatusCode::OK
+    );
+}
+
 /// The same behaviours against a real OpenID Provider: `oidc-provider` from npm (certified by
 /// the OpenID Foundation), run by `tests/oidc/provider.mjs` on a loopback port, issuing RFC 9068
 /// access tokens to a client-credentials client. Its keys rotate by restarting it on the same
