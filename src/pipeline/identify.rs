@@ -11,7 +11,7 @@
 //! 2. **verify** ([`verify`]): signature, key, algorithm and claims at `now`, from the token
 //!    cache when the token was seen before. A refusal is [`IdentifyError::TokenRefused`].
 //!    A `kid` no key has, on a token that claims a remote issuer (discovery or JWKS URI), asks
-//!    that issuer's key set for a refetch ([`refetch`]: at most one fetch per issuer per
+//!    that issuer's key set for a refetch (at most one fetch per issuer per
 //!    cool-down, shared by concurrent askers) and verifies once more. While that issuer has no
 //!    key set at all, its tokens are [`IdentifyError::KeysUnavailable`] (503): the gateway
 //!    cannot tell a good token from a bad one, and must not call it invalid.

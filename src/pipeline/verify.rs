@@ -10,6 +10,11 @@
 //! through the issuer's profile ([`crate::pipeline::claims`]), once, and cached with it.
 //! `Err` is always a 401: the stage never falls through to another credential.
 //!
+//! Keys are looked up by `kid` in the key set as it is at that moment: the file keys and the
+//! remote key sets of issuers by discovery or JWKS URI ([`crate::keys::remote`]). An unknown
+//! `kid` is refused here without any fetch; whether it is worth one refetch is identify's
+//! decision, for which [`unverified_issuer`] reads the `iss` a token claims.
+//!
 //! It must not touch the session store (stage 4) nor the request. It does more than
 //! `jsonwebtoken` does on its own: `crit` is refused, `typ` is required, duplicate JSON members
 //! are refused, base64url must be canonical, `aud`/`nbf` are always checked, and the key — never
