@@ -140,6 +140,8 @@ pub struct Change {
 #[derive(Debug)]
 pub struct FetchedSet {
     keys: HashMap<Box<str>, Arc<VerificationKey>>,
+    /// Each key's JWK as published: a kid whose JWK changed is a removed key and a new one.
+    jwks: HashMap<Box<str>, Value>,
     /// The JWKS as fetched: a reload that keeps the source re-reads it instead of refetching.
     document: Value,
 }
@@ -333,18 +335,7 @@ impl KeySet {
         };
         match outcome {
             Ok((set, interval)) => {
-                let old = remote.kids();
-                let mut added: Vec<Box<str>> = set
-                    .keys
-                    .keys()
-                    .filter(|k| old.binary_search(k).is_err())
-                    .cloned()
-                    .collect();
-                added.sort();
-                let removed: Vec<Box<str>> = old
-                    .into_iter()
-                    .filter(|k| !set.keys.contains_key(k))
-                    .collect();
+                let Change { added, removed } = diff(remote.current.load().as_deref(), &set);
                 remote.current.store(Some(Arc::new(set)));
                 remote.generation.fetch_add(1, Ordering::Release);
                 remote
@@ -397,7 +388,7 @@ impl KeySet {
     /// Reads a JWKS document into `remote`'s key set, checking its kids against every other
     /// key of this key set.
     fn read_set(&self, remote: &RemoteKeys, document: Value) -> Result<FetchedSet, RemoteError> {
-        let keys = read_jwks(&document, &remote.spec, remote.issuer, &remote.iss)?;
+        let (keys, jwks) = read_jwks(&document, &remote.spec, remote.issuer, &remote.iss)?;
         for kid in keys.keys() {
             let elsewhere = self.static_key(kid).is_some()
                 || self
@@ -408,8 +399,37 @@ impl KeySet {
                 return Err(RemoteError::KidCollision(kid.to_string()));
             }
         }
-        Ok(FetchedSet { keys, document })
+        Ok(FetchedSet {
+            keys,
+            jwks,
+            document,
+        })
     }
+}
+
+/// What replacing `old` by `new` changes. A kid whose published JWK changed (the provider put
+/// other key material under the same id) counts as removed and added: tokens verified with the
+/// old material must leave the cache.
+fn diff(old: Option<&FetchedSet>, new: &FetchedSet) -> Change {
+    let same = |a: &FetchedSet, b: &FetchedSet, kid: &str| a.jwks.get(kid) == b.jwks.get(kid);
+    let mut added: Vec<Box<str>> = new
+        .jwks
+        .keys()
+        .filter(|kid| old.is_none_or(|old| !same(old, new, kid)))
+        .cloned()
+        .collect();
+    let mut removed: Vec<Box<str>> = old
+        .map(|old| {
+            old.jwks
+                .keys()
+                .filter(|kid| !same(old, new, kid))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    added.sort();
+    removed.sort();
+    Change { added, removed }
 }
 
 fn secs(d: Duration) -> i64 {
@@ -420,18 +440,25 @@ fn secs(d: Duration) -> i64 {
 /// key is used.
 const PRIVATE_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
 
+/// Keys by kid, and the JWK each came from.
+type ReadSet = (
+    HashMap<Box<str>, Arc<VerificationKey>>,
+    HashMap<Box<str>, Value>,
+);
+
 /// The usable keys of a JWKS document, each pinned to one algorithm (see the module docs).
 fn read_jwks(
     doc: &Value,
     spec: &RemoteSpec,
     issuer: usize,
     iss: &str,
-) -> Result<HashMap<Box<str>, Arc<VerificationKey>>, RemoteError> {
+) -> Result<ReadSet, RemoteError> {
     let keys = doc
         .get("keys")
         .and_then(Value::as_array)
         .ok_or(RemoteError::NotAJwks)?;
     let mut out: HashMap<Box<str>, Arc<VerificationKey>> = HashMap::new();
+    let mut jwks: HashMap<Box<str>, Value> = HashMap::new();
     for (i, raw) in keys.iter().enumerate() {
         match read_jwk(raw, spec) {
             Ok((kid, alg, key)) => {
@@ -439,6 +466,7 @@ fn read_jwks(
                     return Err(RemoteError::DuplicateKid(kid.to_owned()));
                 }
                 out.insert(kid.into(), Arc::new(VerificationKey { alg, key, issuer }));
+                jwks.insert(kid.into(), raw.clone());
             }
             Err(why) => {
                 let kid = raw.get("kid").and_then(Value::as_str).unwrap_or("");
@@ -449,7 +477,7 @@ fn read_jwks(
     if out.is_empty() {
         return Err(RemoteError::NoUsableKey);
     }
-    Ok(out)
+    Ok((out, jwks))
 }
 
 /// One JWK, or why it is skipped.
@@ -557,6 +585,36 @@ mod tests {
         let wrong =
             serde_json::json!({"kty":"OKP","crv":"Ed25519","x":ED_X,"kid":"a","alg":"RS256"});
         assert!(read_jwk(&wrong, &spec(None)).is_err());
+    }
+
+    #[test]
+    fn a_kid_whose_jwk_changed_counts_as_removed_and_added() {
+        let set = |jwks: Vec<Value>| {
+            let document = serde_json::json!({ "keys": jwks });
+            let (keys, jwks) = read_jwks(&document, &spec(None), 0, "iss").unwrap();
+            FetchedSet {
+                keys,
+                jwks,
+                document,
+            }
+        };
+        let a = serde_json::json!({"kty":"OKP","crv":"Ed25519","x":ED_X,"kid":"a","alg":"EdDSA"});
+        let b = serde_json::json!({"kty":"OKP","crv":"Ed25519","x":ED_X,"kid":"b","alg":"EdDSA"});
+        let mut a2 = a.clone();
+        a2["x"] = serde_json::json!("iWNGWXkaVvEx0ikOrEb7gDTTmmTDxSKAxRaMw2Df_Gs");
+        let first = set(vec![a.clone()]);
+        assert_eq!(diff(None, &first).added, vec![Box::from("a")]);
+        let change = diff(Some(&first), &set(vec![a.clone(), b]));
+        assert_eq!(
+            (change.added, change.removed),
+            (vec![Box::from("b")], vec![])
+        );
+        let change = diff(Some(&first), &set(vec![a2]));
+        assert_eq!(
+            (change.added, change.removed),
+            (vec![Box::from("a")], vec![Box::from("a")])
+        );
+        assert_eq!(diff(Some(&first), &set(vec![a])), Change::default());
     }
 
     #[test]

@@ -209,6 +209,25 @@ async fn sec40_a_new_kid_is_picked_up_by_a_refetch_and_a_removed_kid_is_refused_
 }
 
 #[tokio::test]
+async fn sec40_a_kid_given_new_key_material_at_the_provider_drops_the_tokens_of_the_old_one() {
+    let before = TestKey::generate(Algorithm::EdDSA, "same-kid");
+    let after = TestKey::generate(Algorithm::EdDSA, "same-kid");
+    let idp = JwksServer::start(ISSUER, vec![before.jwk()]).await;
+    let gw = by_discovery(&idp).await;
+    let old_token = token(&gw, &before, ISSUER, &["reader"]);
+    assert_eq!(status(&gw, &old_token).await, StatusCode::OK);
+
+    idp.set_keys(vec![after.jwk()]);
+    gw.advance(PAST_REFRESH);
+    refresh(&gw).await;
+    assert_eq!(status(&gw, &old_token).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        status(&gw, &token(&gw, &after, ISSUER, &["reader"])).await,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
 async fn sec40_a_provider_down_at_start_gets_503_and_readyz_names_it_until_its_keys_are_fetched() {
     let key = TestKey::generate(Algorithm::EdDSA, "idp-ed");
     let idp = JwksServer::start(ISSUER, vec![key.jwk()]).await;
