@@ -133,8 +133,11 @@ pub struct Alive {
     pub jti_key: [u8; 32],
     /// The session, if the verdict depended on one.
     pub session: Option<Box<str>>,
-    /// The subject.
+    /// The subject, whose session it is.
     pub subject: Box<str>,
+    /// The user, as revocation marks name them ([`super::TokenRef::user`]): the subject, or
+    /// `<iss>#<sub>` for another issuer's token.
+    pub user: Box<str>,
     /// When the verdict stops being true: the token's `exp`, or its session's idle or absolute
     /// expiry if earlier. It is served only at a `now` before this, and never kept longer.
     pub expires_at: i64,
@@ -420,7 +423,11 @@ impl LocalCache {
                 self.raise_mark(subject, mark);
                 let subject = subject.clone();
                 self.alive
-                    .invalidate_entries_if(move |_, v| *v.subject == *subject)
+                    // The user's mark refuses their tokens; the sessions the revocation
+                    // ended are the subject's (the same name for the gateway's own tokens).
+                    .invalidate_entries_if(move |_, v| {
+                        *v.user == *subject || *v.subject == *subject
+                    })
             }
             Invalidation::Jti { key, until } => {
                 self.deny(*key, *until);
@@ -489,6 +496,7 @@ mod tests {
             jti_key: [jti; 32],
             session: Some(sid.into()),
             subject: sub.into(),
+            user: sub.into(),
             expires_at: NOW + 600,
         }
     }

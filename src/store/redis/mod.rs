@@ -361,7 +361,7 @@ impl SessionStore for RedisStore {
         if let Some(known) = self.cache.known_revoked(
             token.jti_key,
             token.session,
-            token.subject,
+            token.user,
             token.issued_at,
             now,
         ) {
@@ -382,6 +382,7 @@ impl SessionStore for RedisStore {
                     jti_key: *token.jti_key,
                     session: token.session.map(Into::into),
                     subject: token.subject.into(),
+                    user: token.user.into(),
                     expires_at: read.alive_until,
                 },
                 sequence,
@@ -393,7 +394,7 @@ impl SessionStore for RedisStore {
             }
             Verdict::UserRevoked => {
                 if let Some(mark) = read.mark {
-                    self.cache.remember_mark(token.subject, mark);
+                    self.cache.remember_mark(token.user, mark);
                 }
             }
             // A session that is merely absent might be one whose creation has not reached this
