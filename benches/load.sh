@@ -390,11 +390,13 @@ for t in "${TARGETS[@]}"; do
     log "$name: ${DURATION}s"
     # shellcheck disable=SC2086
     s0=$(cpu_ticks $server)
-    p0=0; [[ -n $proxy ]] && p0=$(cpu_ticks "$proxy")
+    # shellcheck disable=SC2086  # several pids (nginx in front and the gateway)
+    p0=0; [[ -n $proxy ]] && p0=$(cpu_ticks $proxy)
     run_wrk "$TMP/wrk.$i" "$url" "$header" "$DURATION"
     # shellcheck disable=SC2086
     s1=$(cpu_ticks $server)
-    p1=0; [[ -n $proxy ]] && p1=$(cpu_ticks "$proxy")
+    # shellcheck disable=SC2086
+    p1=0; [[ -n $proxy ]] && p1=$(cpu_ticks $proxy)
     check_200 "$url" "$header"
 
     out=$TMP/wrk.$i

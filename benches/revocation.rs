@@ -150,6 +150,7 @@ impl Tok {
             jti_key: &self.jti_key,
             expires_at: now() + 600,
             subject: &self.sub,
+            user: &self.sub,
             session: Some(&self.sid),
             issued_at: now() - 1,
             require_session: true,
@@ -266,6 +267,7 @@ async fn main() {
                 jti_key: key,
                 session: Some(format!("{i:022}").into()),
                 subject: format!("user-{i}@example.com").into(),
+                user: format!("user-{i}@example.com").into(),
                 expires_at: now() + 600,
             },
             cache.sequence(),
@@ -657,6 +659,7 @@ async fn sessions_scale() -> Vec<Box<dyn std::any::Any>> {
             jti_key: t.jti_key,
             session: Some(t.sid.as_str().into()),
             subject: t.sub.as_str().into(),
+            user: t.sub.as_str().into(),
             expires_at: n + 3600,
         };
         store

@@ -14,7 +14,7 @@
 //! | `GET /metrics` | none | Prometheus text |
 //! | `GET /admin/sessions?user=U` | bearer | the user's live sessions |
 //! | `POST /admin/sessions/revoke` `{"user","session"}` | bearer | ends one session (404 if not the user's) |
-//! | `POST /admin/users/revoke` `{"user"}` | bearer | ends every session of the user and refuses their tokens issued before this second (the one rule, [`crate::pipeline::identify::revoke_user`], logout-all uses too) |
+//! | `POST /admin/users/revoke` `{"user", "issuer"?}` | bearer | ends every session of the user and refuses their tokens issued before this second (the one rule, [`crate::pipeline::identify::revoke_user`], logout-all uses too) |
 //! | `POST /admin/reload` | bearer | reloads gateway.yaml now; 422 with the reason if it is invalid |
 //! | `POST /admin/store/resume` | bearer | ends the halt after a detected loss of the store's data (`store.on_data_loss: unavailable`), on every instance |
 //!
@@ -119,6 +119,9 @@ enum AdminError {
     /// `POST /admin/store/resume` on the memory store.
     #[error("the memory store has no epoch to resume")]
     NoEpoch,
+    /// An `issuer` that no `issuers:` entry (nor `auth.issuer`) names.
+    #[error("no configured issuer has this `iss`")]
+    UnknownIssuer,
 }
 
 impl AdminError {
@@ -129,7 +132,9 @@ impl AdminError {
             }
             AdminError::BadToken => StatusCode::UNAUTHORIZED,
             AdminError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            AdminError::MissingUser | AdminError::BadJson(_) => StatusCode::BAD_REQUEST,
+            AdminError::MissingUser | AdminError::BadJson(_) | AdminError::UnknownIssuer => {
+                StatusCode::BAD_REQUEST
+            }
             AdminError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             AdminError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             AdminError::ReloadRefused(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -150,7 +155,8 @@ impl AdminError {
             | AdminError::NoSuchSession
             | AdminError::Store(_)
             | AdminError::ReloadRefused(_)
-            | AdminError::NoEpoch => self.to_string(),
+            | AdminError::NoEpoch
+            | AdminError::UnknownIssuer => self.to_string(),
         }
     }
 
@@ -167,7 +173,8 @@ impl AdminError {
             | AdminError::MissingUser
             | AdminError::BadJson(_)
             | AdminError::BodyTooLarge
-            | AdminError::NoEpoch => "admin.invalid",
+            | AdminError::NoEpoch
+            | AdminError::UnknownIssuer => "admin.invalid",
         }
     }
 
@@ -187,7 +194,8 @@ impl AdminError {
             | AdminError::BadJson(_)
             | AdminError::BodyTooLarge
             | AdminError::NoSuchSession
-            | AdminError::NoEpoch => {}
+            | AdminError::NoEpoch
+            | AdminError::UnknownIssuer => {}
         }
         let mut response = json(self.status(), body);
         if matches!(self, AdminError::BadToken) {
@@ -310,6 +318,10 @@ struct RevokeSession {
 #[serde(deny_unknown_fields)]
 struct RevokeUser {
     user: String,
+    /// The issuer whose user this is (its `iss`); absent: a user of the gateway's own users
+    /// file. `alice` at two issuers are two users.
+    #[serde(default)]
+    issuer: Option<String>,
 }
 
 /// One admin API call: who made it, for its audit event.
@@ -412,9 +424,30 @@ async fn admin(request: Request<Incoming>, call: &Call<'_>) -> Result<AdminRespo
         }
         (&Method::POST, "/admin/users/revoke") => {
             let body: RevokeUser = read_json(request).await?;
-            let user = Some(body.user.as_str());
             let runtime = gateway.runtime();
-            crate::pipeline::identify::revoke_user(store, &runtime.identify, &body.user, now)
+            let key = match &body.issuer {
+                None => body.user.as_str().into(),
+                Some(iss) => runtime
+                    .identify
+                    .verifier
+                    .keys
+                    .issuers
+                    .iter()
+                    .find(|i| *i.iss == **iss)
+                    .map(|i| i.user_key(&body.user))
+                    .ok_or_else(|| {
+                        let refused = AdminError::UnknownIssuer;
+                        call.audit(
+                            "admin.user_revoked",
+                            refused.reason_id(),
+                            Some(&body.user),
+                            None,
+                        );
+                        refused
+                    })?,
+            };
+            let user = Some(&*key);
+            crate::pipeline::identify::revoke_user(store, &runtime.identify, &key, now)
                 .await
                 .map_err(call.unavailable("admin.user_revoked", user, None))?;
             call.audit("admin.user_revoked", "admin.ok", user, None);
@@ -529,6 +562,11 @@ mod tests {
                 AdminError::NoEpoch,
                 409,
                 "the memory store has no epoch to resume",
+            ),
+            (
+                AdminError::UnknownIssuer,
+                400,
+                "no configured issuer has this `iss`",
             ),
         ];
         for (err, status, error) in cases {

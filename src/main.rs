@@ -150,6 +150,10 @@ enum SessionsCommand {
         /// The user.
         #[arg(long)]
         user: String,
+        /// The issuer (`iss`) whose user this is, for a user of an external identity
+        /// provider; omitted: a user of the gateway's own users file.
+        #[arg(long)]
+        issuer: Option<String>,
     },
 }
 
@@ -263,11 +267,13 @@ fn main() -> ExitCode {
                     "/admin/sessions/revoke".to_owned(),
                     Some(serde_json::json!({"user": user, "session": session})),
                 ),
-                SessionsCommand::RevokeAll { user } => (
-                    "POST",
-                    "/admin/users/revoke".to_owned(),
-                    Some(serde_json::json!({"user": user})),
-                ),
+                SessionsCommand::RevokeAll { user, issuer } => {
+                    let mut body = serde_json::json!({"user": user});
+                    if let Some(issuer) = issuer {
+                        body["issuer"] = issuer.into();
+                    }
+                    ("POST", "/admin/users/revoke".to_owned(), Some(body))
+                }
             };
             admin_call(&admin, method, &path, body)
         }

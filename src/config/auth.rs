@@ -248,6 +248,7 @@ pub(super) fn compile(
         require_session: true,
         max_lifetime: access_ttl,
         profile: keys::profile::TokenProfile::default(),
+        qualify_users: false,
     });
     for (kid, alg, key) in signing.verification_keys() {
         keyset

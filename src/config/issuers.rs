@@ -24,6 +24,13 @@ pub(super) fn compile(raw: &[RawIssuer], base: &Path) -> Result<KeySet, ConfigEr
         if issuer.issuer.is_empty() {
             return Err(invalid(format!("{key}.issuer"), "must not be empty"));
         }
+        if issuer.issuer.contains('#') {
+            // Users of another issuer are named `<iss>#<sub>`: the first `#` must end `iss`.
+            return Err(invalid(
+                format!("{key}.issuer"),
+                "must not contain `#` (an issuer identifier has no fragment)",
+            ));
+        }
         if issuer.audiences.is_empty() {
             return Err(invalid(
                 format!("{key}.audiences"),
@@ -55,6 +62,8 @@ pub(super) fn compile(raw: &[RawIssuer], base: &Path) -> Result<KeySet, ConfigEr
                 Duration::from_secs(86_400),
             )?,
             profile: super::claims::profile(&key, issuer)?,
+            // Never the gateway's own `iss` (refused under `issuers:`), so never its users.
+            qualify_users: true,
         });
         for (j, k) in issuer.keys.iter().enumerate() {
             let kkey = format!("{key}.keys[{j}]");

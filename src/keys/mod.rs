@@ -31,6 +31,24 @@ pub struct Issuer {
     pub max_lifetime: Duration,
     /// `typ`, `jti`, clients, subject claim, permissions and identity claims.
     pub profile: profile::TokenProfile,
+    /// Whether the store knows this issuer's users by `iss` and subject (every issuer but the
+    /// gateway's own) rather than by the subject alone (the users file's names): `alice` at
+    /// two providers are two users, revoked one at a time. See [`Issuer::user_key`].
+    pub qualify_users: bool,
+}
+
+impl Issuer {
+    /// The name the store knows `subject` of this issuer by: per-user revocation marks and
+    /// session ownership key on it. The subject alone for the gateway's own issuer; else
+    /// `<iss>#<subject>` (an external issuer's `iss` holds no `#`, checked at load, so the
+    /// first `#` ends it).
+    pub fn user_key(&self, subject: &str) -> Box<str> {
+        if self.qualify_users {
+            format!("{}#{subject}", self.iss).into()
+        } else {
+            subject.into()
+        }
+    }
 }
 
 /// One public key (or HMAC secret) and the only algorithm it verifies.

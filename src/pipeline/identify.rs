@@ -426,6 +426,7 @@ mod tests {
                 require_session: i == 0,
                 max_lifetime: Duration::from_secs(*secs),
                 profile: Default::default(),
+                qualify_users: i != 0,
             });
         }
         Verifier {

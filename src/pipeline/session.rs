@@ -78,6 +78,7 @@ pub async fn session<S: SessionStore>(
         jti_key: &token.jti_key,
         expires_at: token.expires_at,
         subject: &token.subject,
+        user: &token.user,
         session: token.session.as_deref(),
         issued_at: token.issued_at,
         require_session: token.require_session,

@@ -138,6 +138,9 @@ pub struct VerifiedToken {
     pub jti_key: [u8; 32],
     /// The subject: `sub`, or the issuer's `subject_claim`.
     pub subject: Box<str>,
+    /// The name the store knows the user by ([`crate::keys::Issuer::user_key`]): the subject
+    /// for the gateway's own issuer, `<iss>#<subject>` for any other.
+    pub user: Box<str>,
     /// `sid`, when present.
     pub session: Option<Box<str>>,
     /// `jti`; empty when the token has none (only for an issuer with `require_jti: false`).
@@ -493,6 +496,7 @@ fn verify_inner(
         subject_header: header_value(subject)?,
         session_header: header_value(session.unwrap_or(""))?,
         subject: subject.into(),
+        user: issuer.user_key(subject),
         session: session.map(Into::into),
         jti: jti.unwrap_or("").into(),
         issuer: key.issuer,
@@ -914,6 +918,7 @@ mod tests {
                 require_session: true,
                 max_lifetime: Duration::from_secs(3600),
                 profile: Default::default(),
+                qualify_users: false,
             });
             let key = VerificationKey {
                 alg: Algorithm::EdDSA,

@@ -11,11 +11,18 @@
 //! - **Staleness is bounded in time, not only by the connection's state.** A subscription whose
 //!   socket goes silent (packets dropped, the socket still open) delivers nothing and reports
 //!   no error. So a positive verdict is served only while the invalidation channel has been
-//!   *heard from* within `max_staleness`: every instance publishes a heartbeat on the channel
-//!   several times per `max_staleness` (see the Redis store), and every message received —
-//!   heartbeat or invalidation — counts. Past the bound the cache serves and keeps no positive
+//!   *heard from* within `max_staleness`. What counts as heard is the instance's own heartbeat
+//!   coming back: every instance publishes one on the channel several times per
+//!   `max_staleness` (see the Redis store), stamped with the instant it was sent on this
+//!   instance's monotonic clock, and when it comes back the channel is known to have delivered
+//!   everything published before that instant (one connection delivers in publish order). So
+//!   freshness is dated by when the heartbeat was *sent*, not when it arrived: a revocation
+//!   acknowledged at instant R is either applied here or no positive verdict is served after
+//!   R + `max_staleness`, however long the last message before a partition spent in flight.
+//!   Other instances' heartbeats and invalidations prove nothing about what was published
+//!   after them, so they do not count. Past the bound the cache serves and keeps no positive
 //!   verdict (requests read through to the store, or get 503 when it cannot answer), and the
-//!   first message heard again empties it: anything published meanwhile may have been lost.
+//!   first heartbeat heard again empties it: anything published meanwhile may have been lost.
 //! - **Negative facts** (a denied `jti`, a revoked session, a user's "revoked before" instant).
 //!   Revocation is monotonic — a denied `jti` is never un-denied, a deleted session never comes
 //!   back, the "revoked before" instant only moves forward — so these never become wrong. They
@@ -126,8 +133,11 @@ pub struct Alive {
     pub jti_key: [u8; 32],
     /// The session, if the verdict depended on one.
     pub session: Option<Box<str>>,
-    /// The subject.
+    /// The subject, whose session it is.
     pub subject: Box<str>,
+    /// The user, as revocation marks name them ([`super::TokenRef::user`]): the subject, or
+    /// `<iss>#<sub>` for another issuer's token.
+    pub user: Box<str>,
     /// When the verdict stops being true: the token's `exp`, or its session's idle or absolute
     /// expiry if earlier. It is served only at a `now` before this, and never kept longer.
     pub expires_at: i64,
@@ -159,7 +169,8 @@ pub struct LocalCache {
     alive: Cache<[u8; 32], Arc<Alive>>,
     /// The instant `heard_at` counts from.
     base: Instant,
-    /// Milliseconds after `base` when the invalidation channel was last heard from.
+    /// Milliseconds after `base` up to which the invalidation channel is known to have
+    /// delivered everything: the send instant of the latest own heartbeat heard back.
     heard_at: AtomicU64,
     /// Longest a positive verdict is served after the channel was last heard from, in ms.
     max_staleness_ms: u64,
@@ -279,11 +290,21 @@ impl LocalCache {
         u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// The invalidation channel delivered a message (a heartbeat or an invalidation). When it
-    /// had been silent for longer than `max_staleness`, the cache is emptied first: events
-    /// published during the silence may never arrive.
-    pub fn heard(&self) {
+    /// The instant to stamp a heartbeat with as it is sent: what [`LocalCache::heard`] takes
+    /// back when the heartbeat returns on the channel.
+    pub fn stamp(&self) -> u64 {
+        self.millis_now()
+    }
+
+    /// This instance's heartbeat stamped `sent` (by [`LocalCache::stamp`]) came back on the
+    /// invalidation channel: everything published before `sent` has been delivered, so the
+    /// staleness clock restarts from `sent`. When the channel had been stale (nothing proven
+    /// within `max_staleness`), the cache is emptied first: events published during the
+    /// silence may never arrive.
+    pub fn heard(&self, sent: u64) {
         let now = self.millis_now();
+        // A stamp from the future is not one this instance made: never trust past now.
+        let sent = sent.min(now);
         let last = self.heard_at.load(Ordering::Acquire);
         if now.saturating_sub(last) > self.max_staleness_ms {
             // Emptied before the channel counts as fresh again, so no verdict cached before the
@@ -292,7 +313,8 @@ impl LocalCache {
             self.sequence.fetch_add(1, Ordering::SeqCst);
             self.alive.invalidate_all();
         }
-        self.heard_at.store(now, Ordering::Release);
+        // Heartbeats may come back out of order (one per Cluster node): only ever forward.
+        self.heard_at.fetch_max(sent, Ordering::AcqRel);
     }
 
     /// How long ago the invalidation channel was last heard from.
@@ -401,7 +423,11 @@ impl LocalCache {
                 self.raise_mark(subject, mark);
                 let subject = subject.clone();
                 self.alive
-                    .invalidate_entries_if(move |_, v| *v.subject == *subject)
+                    // The user's mark refuses their tokens; the sessions the revocation
+                    // ended are the subject's (the same name for the gateway's own tokens).
+                    .invalidate_entries_if(move |_, v| {
+                        *v.user == *subject || *v.subject == *subject
+                    })
             }
             Invalidation::Jti { key, until } => {
                 self.deny(*key, *until);
@@ -470,6 +496,7 @@ mod tests {
             jti_key: [jti; 32],
             session: Some(sid.into()),
             subject: sub.into(),
+            user: sub.into(),
             expires_at: NOW + 600,
         }
     }
@@ -594,7 +621,7 @@ mod tests {
         );
         let seq = c.sequence();
         c.remember_alive([2; 32], alive(2, "s2", "alice"), seq);
-        c.heard();
+        c.heard(c.stamp());
         assert!(c.fresh());
         assert!(
             c.alive(&[1; 32], NOW).is_none() && c.alive(&[2; 32], NOW).is_none(),
@@ -603,11 +630,43 @@ mod tests {
         let seq = c.sequence();
         c.remember_alive([3; 32], alive(3, "s3", "alice"), seq);
         c.pretend_silent_for(Duration::from_millis(100));
-        c.heard();
+        c.heard(c.stamp());
         assert!(
             c.alive(&[3; 32], NOW).is_some(),
             "a message heard within the bound keeps the cache"
         );
+    }
+
+    #[test]
+    fn staleness_counts_from_when_the_heartbeat_heard_back_was_sent_not_when_it_arrived() {
+        let c = LocalCache::new(
+            1000,
+            Duration::from_secs(60),
+            Duration::from_millis(300),
+            clock(),
+        );
+        c.subscribed();
+        let seq = c.sequence();
+        c.remember_alive([1; 32], alive(1, "s1", "alice"), seq);
+        // A heartbeat sent 250 ms ago arrives only now: the channel is proven up to then.
+        let sent = c.stamp() - 250;
+        c.pretend_silent_for(Duration::from_millis(280));
+        c.heard(sent);
+        assert!(c.fresh(), "proven 250 ms ago, within 300 ms");
+        c.pretend_silent_for(Duration::from_millis(301));
+        c.heard(c.stamp() - 301);
+        assert!(
+            !c.fresh(),
+            "a heartbeat sent before the bound, however late it arrives, does not make it fresh"
+        );
+        // An older heartbeat arriving after a newer one never moves the proof backwards.
+        let newest = c.stamp();
+        c.heard(newest);
+        c.heard(newest - 200);
+        assert!(c.silent_for() < Duration::from_millis(100));
+        // A stamp past now is clamped to now.
+        c.heard(u64::MAX);
+        assert!(c.fresh());
     }
 
     #[test]

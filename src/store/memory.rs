@@ -300,11 +300,19 @@ impl MemoryStore {
         if denied {
             return Verdict::JtiDenied;
         }
+        let revoked = |shard: &Shard| {
+            shard
+                .revoked_before
+                .get(token.user)
+                .is_some_and(|(before, keep)| *keep > now && token.issued_at <= *before)
+        };
+        // Another issuer's user is marked under another name, maybe in another shard: read it
+        // there first, one shard at a time as above.
+        if token.user != token.subject && revoked(&read(self.subject_shard(token.user))) {
+            return Verdict::UserRevoked;
+        }
         let shard = read(self.subject_shard(token.subject));
-        if let Some((before, keep)) = shard.revoked_before.get(token.subject)
-            && *keep > now
-            && token.issued_at <= *before
-        {
+        if token.user == token.subject && revoked(&shard) {
             return Verdict::UserRevoked;
         }
         if token.require_session {
@@ -677,6 +685,7 @@ mod tests {
             jti_key: key,
             expires_at: now + 600,
             subject,
+            user: subject,
             session: Some(sid),
             issued_at: now - 1,
             require_session: true,

@@ -107,8 +107,12 @@ pub struct TokenRef<'a> {
     pub jti_key: &'a [u8; 32],
     /// `exp`: a cached verdict never outlives it.
     pub expires_at: i64,
-    /// `sub`.
+    /// `sub`: whose session `sid` must be.
     pub subject: &'a str,
+    /// The name the store knows the user by, under which a user revocation is marked: the
+    /// subject for the gateway's own tokens, `<iss>#<sub>` for another issuer's
+    /// ([`crate::keys::Issuer::user_key`]).
+    pub user: &'a str,
     /// `sid`, when present.
     pub session: Option<&'a str>,
     /// `iat`, seconds since the epoch.

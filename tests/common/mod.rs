@@ -42,6 +42,12 @@ use tokio::net::{TcpListener, TcpStream};
 
 pub const ISSUER: &str = "https://issuer.test";
 pub const AUDIENCE: &str = "portcullis-tests";
+
+/// The name the store knows `sub` of [`ISSUER`] by: [`ISSUER`] is another issuer than the
+/// gateway's own, so its users are named `<iss>#<sub>` (`alice` at two issuers are two users).
+pub fn user_key(sub: &str) -> String {
+    format!("{ISSUER}#{sub}")
+}
 pub const COOKIE: &str = "__Host-portcullis-at";
 
 /// What the echo upstream saw of one request.

@@ -19,13 +19,17 @@ use common::{TestGateway, TestKey, TestResponse, send};
 
 const ADMIN_SECRET: &str = "identify-test-admin-secret-0c9d8e7f6a5b4c3d2e1f0a9b";
 
-/// An auth-enabled gateway on a manual clock, with an admin listener and a second, external
-/// issuer (no sessions) whose tokens name the gateway's users: the harness's [`TestGateway`]
-/// and what this suite adds to it.
+/// A second external issuer: its `alice` is neither the gateway's nor the first issuer's.
+const OTHER_ISSUER: &str = "https://other-idp.test";
+
+/// An auth-enabled gateway on a manual clock, with an admin listener and two external issuers
+/// (no sessions), [`common::ISSUER`] and [`OTHER_ISSUER`], each of whose users are its own:
+/// the harness's [`TestGateway`] and what this suite adds to it.
 struct Gateway {
     gw: TestGateway,
     admin: SocketAddr,
     external: TestKey,
+    other: TestKey,
     /// The admin secret and the external issuer's key, written before the gateway's own dir
     /// exists.
     _files: tempfile::TempDir,
@@ -37,6 +41,7 @@ impl Gateway {
         let token_file = files.path().join("admin.token");
         std::fs::write(&token_file, ADMIN_SECRET).unwrap();
         let external = TestKey::generate(Algorithm::EdDSA, "idp-1");
+        let other = TestKey::generate(Algorithm::EdDSA, "other-1");
         let extra = format!(
             r#"
 issuers:
@@ -46,11 +51,18 @@ issuers:
     max_lifetime: 2h
     keys:
       - {key}
+  - issuer: {OTHER_ISSUER}
+    audiences: [{aud}]
+    require_session: false
+    max_lifetime: 2h
+    keys:
+      - {other_key}
 admin: {{ bind: 127.0.0.1:0, token_file: "{token}" }}
 "#,
             iss = common::ISSUER,
             aud = common::AUDIENCE,
             key = external.yaml_entry(files.path()),
+            other_key = other.yaml_entry(files.path()),
             token = token_file.display(),
         );
         let gw = AuthSetup {
@@ -64,6 +76,7 @@ admin: {{ bind: 127.0.0.1:0, token_file: "{token}" }}
             admin: gw.running.admin_addr().unwrap(),
             gw,
             external,
+            other,
             _files: files,
         }
     }
@@ -76,7 +89,8 @@ admin: {{ bind: 127.0.0.1:0, token_file: "{token}" }}
         self.gw.url(path)
     }
 
-    /// A sessionless token of the external issuer for `sub`, issued at `iat`.
+    /// A sessionless token of the external issuer ([`common::ISSUER`]) for `sub`, issued at
+    /// `iat`.
     fn external_token(&self, sub: &str, iat: i64) -> String {
         self.external.token(json!({
             "sub": sub,
@@ -84,6 +98,28 @@ admin: {{ bind: 127.0.0.1:0, token_file: "{token}" }}
             "iat": iat,
             "exp": iat + 3600,
         }))
+    }
+
+    /// A token of [`OTHER_ISSUER`] for `sub`, issued at `iat`.
+    fn other_token(&self, sub: &str, iat: i64) -> String {
+        self.other.token(json!({
+            "iss": OTHER_ISSUER,
+            "sub": sub,
+            "sid": null,
+            "iat": iat,
+            "exp": iat + 3600,
+        }))
+    }
+
+    /// `POST /admin/users/revoke` with `body`.
+    async fn revoke_user(&self, body: Value) -> TestResponse {
+        self.admin(
+            Method::POST,
+            "/admin/users/revoke",
+            &format!("Bearer {ADMIN_SECRET}"),
+            Some(body),
+        )
+        .await
     }
 
     async fn app(&self, token: &str) -> StatusCode {
@@ -134,10 +170,10 @@ admin: {{ bind: 127.0.0.1:0, token_file: "{token}" }}
 }
 
 /// What a user revocation made at `now` must do, whichever endpoint made it: every token of
-/// the user issued before this second is refused (the external one, which has no session, by
-/// the user mark), one issued in this second is not, every session ended (`ended`, issued this
-/// very second, too), and a login right after works.
-async fn assert_revoked_at(gw: &Gateway, now: i64, before: &str, same_second: &str, ended: &str) {
+/// the user issued before this second is refused (`before`, sessionless, by the user mark),
+/// one issued in this second is not (`same_second`), and every session of theirs is ended
+/// (`ended`, issued this very second, too).
+async fn assert_revoked_at(gw: &Gateway, before: &str, same_second: &str, ended: &[&str]) {
     assert_eq!(
         gw.app(before).await,
         StatusCode::UNAUTHORIZED,
@@ -148,31 +184,26 @@ async fn assert_revoked_at(gw: &Gateway, now: i64, before: &str, same_second: &s
         StatusCode::OK,
         "issued this very second"
     );
-    assert_eq!(
-        gw.app(ended).await,
-        StatusCode::UNAUTHORIZED,
-        "a session of the user"
-    );
-    let (fresh, _, _) = api_login(&gw.url(""), "alice", ALICE_PASSWORD).await;
-    assert_eq!(
-        gw.app(&fresh).await,
-        StatusCode::OK,
-        "a login right after, at {now}"
-    );
+    for token in ended {
+        assert_eq!(
+            gw.app(token).await,
+            StatusCode::UNAUTHORIZED,
+            "a session of the user"
+        );
+    }
 }
 
 #[tokio::test]
 async fn logout_all_and_the_admin_api_revoke_a_user_by_one_rule_at_one_instant() {
     let gw = Gateway::start().await;
 
-    // Logout-all, at t.
+    // Logout-all, at t: the gateway's alice. Her tokens all name sessions, so the instant is
+    // shown by a login in the same second working; the external issuer's alice is another
+    // user, and her tokens pass.
     let t = gw.clock().now();
     let (access, _, _) = api_login(&gw.url(""), "alice", ALICE_PASSWORD).await;
-    let (before, same) = (
-        gw.external_token("alice", t - 1),
-        gw.external_token("alice", t),
-    );
-    for token in [&access, &before, &same] {
+    let external = gw.external_token("alice", t - 1);
+    for token in [&access, &external] {
         assert_eq!(gw.app(token).await, StatusCode::OK);
     }
     let r = post_json(
@@ -182,39 +213,89 @@ async fn logout_all_and_the_admin_api_revoke_a_user_by_one_rule_at_one_instant()
     )
     .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
-    assert_revoked_at(&gw, t, &before, &same, &access).await;
+    assert_eq!(gw.app(&access).await, StatusCode::UNAUTHORIZED);
+    let (fresh, _, _) = api_login(&gw.url(""), "alice", ALICE_PASSWORD).await;
+    assert_eq!(gw.app(&fresh).await, StatusCode::OK, "a login right after");
+    assert_eq!(
+        gw.app(&external).await,
+        StatusCode::OK,
+        "another issuer's alice"
+    );
 
-    // The admin API, a minute later: the same rule.
+    // The admin API, a minute later, on the external issuer's alice: the same rule, whose
+    // instant her sessionless tokens show exactly.
     gw.clock().advance(Duration::from_secs(60));
     let t = gw.clock().now();
-    let (access, _, _) = api_login(&gw.url(""), "alice", ALICE_PASSWORD).await;
     let (before, same) = (
         gw.external_token("alice", t - 1),
         gw.external_token("alice", t),
     );
-    for token in [&access, &before, &same] {
+    for token in [&before, &same] {
         assert_eq!(gw.app(token).await, StatusCode::OK);
     }
     let r = gw
-        .admin(
-            Method::POST,
-            "/admin/users/revoke",
-            &format!("Bearer {ADMIN_SECRET}"),
-            Some(json!({"user": "alice"})),
-        )
+        .revoke_user(json!({"user": "alice", "issuer": common::ISSUER}))
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    assert_revoked_at(&gw, t, &before, &same, &access).await;
+    assert_revoked_at(&gw, &before, &same, &[]).await;
+    assert_eq!(gw.app(&fresh).await, StatusCode::OK, "the gateway's alice");
 
-    // Each endpoint audited its revocation once, naming the user.
-    for (event, reason) in [
-        ("logout_all", "logout_all.ok"),
-        ("admin.user_revoked", "admin.ok"),
-    ] {
-        let events = gw.audited(event, 1).await;
-        assert_eq!(events.len(), 1, "{event}: {events:#?}");
-        assert_eq!(events[0]["subject"], "alice", "{event}");
-        assert_eq!(events[0]["reason_id"], reason, "{event}");
+    // And on the gateway's alice (no `issuer`): her sessions end, as by logout-all.
+    gw.clock().advance(Duration::from_secs(60));
+    let r = gw.revoke_user(json!({"user": "alice"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(gw.app(&fresh).await, StatusCode::UNAUTHORIZED);
+    let (again, _, _) = api_login(&gw.url(""), "alice", ALICE_PASSWORD).await;
+    assert_eq!(gw.app(&again).await, StatusCode::OK, "a login right after");
+
+    // Each endpoint audited its revocations, naming the user as the store knows her.
+    let events = gw.audited("logout_all", 1).await;
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0]["subject"], "alice");
+    assert_eq!(events[0]["reason_id"], "logout_all.ok");
+    let events = gw.audited("admin.user_revoked", 2).await;
+    assert_eq!(events.len(), 2, "{events:#?}");
+    assert_eq!(events[0]["subject"], format!("{}#alice", common::ISSUER));
+    assert_eq!(events[1]["subject"], "alice");
+    assert!(events.iter().all(|e| e["reason_id"] == "admin.ok"));
+}
+
+#[tokio::test]
+async fn users_are_revoked_per_issuer_alice_at_two_issuers_is_two_users() {
+    let gw = Gateway::start().await;
+    let t = gw.clock().now();
+    let (own, _, _) = api_login(&gw.url(""), "alice", ALICE_PASSWORD).await;
+    let external = gw.external_token("alice", t - 1);
+    let other = gw.other_token("alice", t - 1);
+    for token in [&own, &external, &other] {
+        assert_eq!(gw.app(token).await, StatusCode::OK);
+    }
+
+    // The other issuer's alice: only her tokens are refused.
+    let r = gw
+        .revoke_user(json!({"user": "alice", "issuer": OTHER_ISSUER}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(gw.app(&other).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(gw.app(&own).await, StatusCode::OK, "the gateway's alice");
+    assert_eq!(
+        gw.app(&external).await,
+        StatusCode::OK,
+        "the first issuer's"
+    );
+    let events = gw.audited("admin.user_revoked", 1).await;
+    assert_eq!(events[0]["subject"], format!("{OTHER_ISSUER}#alice"));
+
+    // An issuer no entry names: refused, audited, and nothing revoked.
+    let r = gw
+        .revoke_user(json!({"user": "alice", "issuer": "https://unknown.test"}))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert_eq!(r.json()["error"], "no configured issuer has this `iss`");
+    let events = gw.audited("admin.user_revoked", 2).await;
+    assert_eq!(events[1]["reason_id"], "admin.invalid");
+    for token in [&own, &external] {
+        assert_eq!(gw.app(token).await, StatusCode::OK);
     }
 }
 

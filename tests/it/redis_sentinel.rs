@@ -59,6 +59,7 @@ impl Tok {
             jti_key: &self.jti_key,
             expires_at: now() + 600,
             subject: &self.sub,
+            user: &self.sub,
             session: Some(&self.sid),
             issued_at: now() - 5,
             require_session: true,

@@ -1512,7 +1512,7 @@ async fn sec11_a_token_of_a_revoked_user_is_rejected() {
     let bob = gw.token(json!({ "sub": "bob", "sid": "sid-bob", "iat": n - 10 }));
     assert_accepted(&gw, &alice, "alice before the revocation").await;
 
-    SessionStore::revoke_user(gw.store(), "alice", n, n + 3600)
+    SessionStore::revoke_user(gw.store(), &user_key("alice"), n, n + 3600)
         .await
         .unwrap();
     assert_rejected(&gw, &alice, "alice's token (cached) after the revocation").await;

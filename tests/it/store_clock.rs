@@ -60,6 +60,7 @@ impl Tok {
             jti_key: &self.jti_key,
             expires_at: self.iat + 3600,
             subject: &self.sub,
+            user: &self.sub,
             session: Some(&self.sid),
             issued_at: self.iat,
             require_session: self.require_session,

@@ -20,6 +20,8 @@ struct Tok {
     token_key: [u8; 32],
     jti_key: [u8; 32],
     sub: String,
+    /// The user's name in the store: `sub`, or `<iss>#<sub>` for another issuer's user.
+    user: String,
     sid: Option<String>,
     iat: i64,
     exp: i64,
@@ -37,6 +39,7 @@ impl Tok {
             token_key,
             jti_key: jti_key(ISS, &format!("jti-{n}")),
             sub: sub.into(),
+            user: sub.into(),
             sid: Some(sid.into()),
             iat: now() - 5,
             exp: now() + 600,
@@ -55,6 +58,7 @@ impl Tok {
             jti_key: &self.jti_key,
             expires_at: self.exp,
             subject: &self.sub,
+            user: &self.user,
             session: self.sid.as_deref(),
             issued_at: self.iat,
             require_session: self.require_session,
@@ -198,6 +202,39 @@ contract!(
         assert!(
             !store.revoke_session("alice", "s1").await.unwrap(),
             "already gone"
+        );
+    }
+);
+
+contract!(
+    a_user_revocation_marks_the_users_name_so_the_same_subject_at_another_issuer_is_another_user,
+    |store| {
+        let mut own = Tok::new("alice", "-");
+        own.require_session = false;
+        let mut external = Tok::new("alice", "-");
+        external.require_session = false;
+        external.user = "https://idp.test#alice".into();
+        for t in [&own, &external] {
+            assert_eq!(store.check(&t.r(), now()).await.unwrap(), Verdict::Alive);
+        }
+        let n = now();
+        store
+            .revoke_user("https://idp.test#alice", n, n + 900)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.check(&external.r(), now()).await.unwrap(),
+            Verdict::UserRevoked
+        );
+        assert_eq!(
+            store.check(&own.r(), now()).await.unwrap(),
+            Verdict::Alive,
+            "the gateway's alice"
+        );
+        store.revoke_user("alice", n, n + 900).await.unwrap();
+        assert_eq!(
+            store.check(&own.r(), now()).await.unwrap(),
+            Verdict::UserRevoked
         );
     }
 );

@@ -243,7 +243,11 @@ async fn a_token_without_jti_is_still_refused_once_its_user_is_revoked() {
     );
     assert_eq!(get(&gw, "/api", &t).await.0, StatusCode::OK);
     let n = gw.now();
-    gw.store().revoke_user("alice", n, n + 3600).await.unwrap();
+    // An external issuer's users are known to the store by `iss` and subject.
+    gw.store()
+        .revoke_user(&user_key("alice"), n, n + 3600)
+        .await
+        .unwrap();
     assert_eq!(get(&gw, "/api", &t).await.0, StatusCode::UNAUTHORIZED);
 }
 
@@ -707,6 +711,20 @@ fn refused(profile: &str, routes_extra: &str) -> String {
         Ok(_) => panic!("accepted:\n{profile}\n{routes_extra}"),
         Err(e) => e,
     }
+}
+
+#[test]
+fn an_issuer_whose_iss_holds_a_hash_is_refused_since_it_would_make_user_names_ambiguous() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = TestKey::generate(Algorithm::EdDSA, "k-hash");
+    let text = format!(
+        "listeners:\n  - bind: 127.0.0.1:0\nissuers:\n{}{ROLES}upstreams:\n  app: {{ echo: true }}\nroutes:\n  - {{ path: /, upstream: app, policy: authenticated }}\n",
+        issuer_yaml("https://idp.test/#x", &key, dir.path(), "")
+    );
+    let e = Config::from_yaml(&text, dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("issuers[0].issuer") && e.contains('#'), "{e}");
 }
 
 #[test]

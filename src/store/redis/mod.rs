@@ -34,9 +34,13 @@
 //! Faults, and what bounds them:
 //! - **Partition.** Every instance runs a heartbeat: every `max_staleness / 5` it reads (or, if
 //!   missing, creates) the epoch and publishes it on the invalidation channel, on the data
-//!   connection. A cached "alive" verdict is served only while the channel was heard from within
-//!   `max_staleness` ([`LocalCache::fresh`]); an instance whose subscription goes silent reads
-//!   through (and gets 503 when the store cannot answer) at most `max_staleness` later.
+//!   connection, tagged with this instance's id and the instant it was sent. A cached "alive"
+//!   verdict is served only while the instance's own heartbeat, sent within `max_staleness`,
+//!   has come back on its subscription ([`LocalCache::fresh`]): so a revocation acknowledged
+//!   at instant R is applied on every instance, or refused there by a read-through (503 when
+//!   the store cannot answer) from R + `max_staleness` on, whether the partition cuts the
+//!   subscription, the data connection or both, and however late the last message before it
+//!   arrived.
 //! - **Data loss.** The epoch changes or disappears; see [`super::epoch`]. It is read on every
 //!   heartbeat, in every other instance's heartbeat, and with every read-through.
 //! - **Failover.** With `min_replicas_acks > 0`, every revoking write is followed by `WAIT` on
@@ -80,7 +84,7 @@ use connection::{Conn, open};
 use keys::{Keys, parse_session, plausible_sid};
 use scripts::{Scripts, attempts};
 pub use settings::{DEFAULT_MAX_STALENESS, RedisSettings, Topology};
-use subscriber::{Guard, heartbeat, heartbeat_interval, subscribe, watch_sentinels};
+use subscriber::{Guard, beat_id, heartbeat, heartbeat_interval, subscribe, watch_sentinels};
 
 fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::Unavailable {
@@ -184,6 +188,7 @@ impl RedisStore {
                 .time_to_live(Duration::from_secs(1))
                 .build(),
             delivered_hasher: std::hash::RandomState::new(),
+            beat_id: beat_id(),
         });
         let invalidations = subscribe(source, keys.channel(), Arc::clone(&guard));
         // One task, aborted on drop, runs both loops (each runs forever).
@@ -356,7 +361,7 @@ impl SessionStore for RedisStore {
         if let Some(known) = self.cache.known_revoked(
             token.jti_key,
             token.session,
-            token.subject,
+            token.user,
             token.issued_at,
             now,
         ) {
@@ -377,6 +382,7 @@ impl SessionStore for RedisStore {
                     jti_key: *token.jti_key,
                     session: token.session.map(Into::into),
                     subject: token.subject.into(),
+                    user: token.user.into(),
                     expires_at: read.alive_until,
                 },
                 sequence,
@@ -388,7 +394,7 @@ impl SessionStore for RedisStore {
             }
             Verdict::UserRevoked => {
                 if let Some(mark) = read.mark {
-                    self.cache.remember_mark(token.subject, mark);
+                    self.cache.remember_mark(token.user, mark);
                 }
             }
             // A session that is merely absent might be one whose creation has not reached this

@@ -40,7 +40,7 @@ impl RedisStore {
         now: i64,
     ) -> Result<Read, StoreError> {
         let jti_key = self.keys.jti(token.jti_key);
-        let rb_key = self.keys.revoked_before(token.subject);
+        let rb_key = self.keys.revoked_before(token.user);
         let check_session = token.require_session;
         let session_key = check_session.then(|| {
             let sid = token.session.filter(|s| plausible_sid(s)).unwrap_or("-");
@@ -48,7 +48,10 @@ impl RedisStore {
         });
         let epoch_key = self.keys.epoch();
         let facts = if self.cluster {
-            self.read_facts_apart(jti_key, rb_key, session_key, epoch_key)
+            // The user's mark and the subject's session share a slot (one hash tag) unless the
+            // user is another issuer's, named apart from the subject.
+            let same_slot = token.user == token.subject;
+            self.read_facts_apart(jti_key, rb_key, session_key, same_slot, epoch_key)
                 .await
         } else {
             let mut pipe = redis::pipe();
@@ -122,10 +125,15 @@ impl RedisStore {
         jti_key: String,
         rb_key: String,
         session_key: Option<String>,
+        same_slot: bool,
         epoch_key: String,
     ) -> Result<Facts, StoreError> {
-        let (mut jti_conn, mut user_conn, mut epoch_conn) =
-            (self.conn.clone(), self.conn.clone(), self.conn.clone());
+        let (mut jti_conn, mut user_conn, mut session_conn, mut epoch_conn) = (
+            self.conn.clone(),
+            self.conn.clone(),
+            self.conn.clone(),
+            self.conn.clone(),
+        );
         let denied = async move {
             redis::cmd("GET")
                 .arg(jti_key)
@@ -136,6 +144,14 @@ impl RedisStore {
             let mut pipe = redis::pipe();
             pipe.get(rb_key);
             match session_key {
+                Some(key) if !same_slot => {
+                    let mark = pipe.query_async::<(Option<String>,)>(&mut user_conn);
+                    let mut hmget = redis::cmd("HMGET");
+                    hmget.arg(key).arg("abs").arg("idle");
+                    let session =
+                        hmget.query_async::<(Option<i64>, Option<i64>)>(&mut session_conn);
+                    tokio::try_join!(mark, session).map(|((rb,), session)| (rb, session))
+                }
                 Some(key) => {
                     pipe.cmd("HMGET").arg(key).arg("abs").arg("idle");
                     pipe.query_async::<(Option<String>, (Option<i64>, Option<i64>))>(&mut user_conn)

@@ -70,16 +70,17 @@ redis.call('PUBLISH', ARGV[4], ARGV[5])
 return #members
 ";
 
-// The heartbeat: the epoch, created when missing, published on the invalidation channel so
-// that every instance hears from it (and from the channel) several times per max_staleness.
-// KEYS: the epoch. ARGV: the epoch to create if there is none, the channel.
+// The heartbeat: the epoch, created when missing, published on the invalidation channel with
+// the sender's tag (its id and send instant), so that every instance hears the epoch and the
+// sender, hearing its own tag back, knows the channel delivered everything published before.
+// KEYS: the epoch. ARGV: the epoch to create if there is none, the channel, the tag.
 const HEARTBEAT: &str = r"
 local e = redis.call('GET', KEYS[1])
 if not e then
   redis.call('SET', KEYS[1], ARGV[1])
   e = ARGV[1]
 end
-redis.call('PUBLISH', ARGV[2], 'h ' .. e)
+redis.call('PUBLISH', ARGV[2], 'b ' .. ARGV[3] .. ' ' .. e)
 return e
 ";
 
@@ -369,12 +370,13 @@ impl Scripts {
     }
 
     /// Reads the epoch, creating it as `candidate` when there is none, and publishes it.
-    pub(super) fn heartbeat(&self, candidate: &str) -> ScriptInvocation<'_> {
+    pub(super) fn heartbeat(&self, candidate: &str, tag: &str) -> ScriptInvocation<'_> {
         let mut invocation = self.heartbeat.prepare_invoke();
         invocation
             .key(self.keys.epoch())
             .arg(candidate)
-            .arg(self.keys.channel());
+            .arg(self.keys.channel())
+            .arg(tag);
         invocation
     }
 

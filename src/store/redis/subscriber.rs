@@ -49,6 +49,34 @@ pub(super) struct Guard {
     /// node), by a hash of their wire form.
     pub(super) delivered: moka::sync::Cache<u64, ()>,
     pub(super) delivered_hasher: std::hash::RandomState,
+    /// This instance's id in its heartbeats, random per store: how the subscriber tells its
+    /// own heartbeat (which proves the channel delivered up to its send instant) from another
+    /// instance's (which proves nothing about this instance's clock).
+    pub(super) beat_id: u64,
+}
+
+/// A random heartbeat id for a new store.
+pub(super) fn beat_id() -> u64 {
+    let mut bytes = [0u8; 8];
+    // The OS generator does not fail on the platforms the gateway runs on; a zero id would
+    // still be only as guessable as a fixed one, and an id is no secret (anyone who can
+    // publish on the channel can already publish invalidations).
+    let _ = aws_lc_rs::rand::fill(&mut bytes);
+    u64::from_le_bytes(bytes)
+}
+
+/// A heartbeat's tag: who sent it and when, on the sender's monotonic clock.
+fn beat_tag(id: u64, sent: u64) -> String {
+    format!("{id:016x}.{sent}")
+}
+
+/// The send instant in `tag` when the heartbeat is `id`'s own, else `None`.
+fn own_beat(tag: &str, id: u64) -> Option<u64> {
+    let (who, sent) = tag.split_once('.')?;
+    if who.len() != 16 || u64::from_str_radix(who, 16).ok()? != id {
+        return None;
+    }
+    sent.parse().ok()
 }
 
 impl Guard {
@@ -119,7 +147,8 @@ impl Guard {
             self.on_data_loss == OnDataLoss::Unavailable && !(starting && self.first_start);
         let candidate = Epoch::new(now, cutoff, halted);
         let mut conn = self.conn.clone();
-        let invocation = self.scripts.heartbeat(&candidate.encode());
+        let tag = beat_tag(self.beat_id, self.cache.stamp());
+        let invocation = self.scripts.heartbeat(&candidate.encode(), &tag);
         let value: String = self
             .run(self.timeout, invocation.invoke_async(&mut conn))
             .await?;
@@ -302,8 +331,6 @@ async fn listen(
         tokio::select! {
             message = stream.next() => {
                 let Some(message) = message else { return Ok(()) };
-                // Anything received proves the channel delivers: the staleness clock restarts.
-                cache.heard();
                 let payload: String = match message.get_payload() {
                     Ok(p) => p,
                     Err(e) => {
@@ -311,8 +338,19 @@ async fn listen(
                         continue;
                     }
                 };
-                // A heartbeat carries the epoch its sender read: a reset seen by any instance
-                // is seen by all within one heartbeat.
+                // A heartbeat (`b <tag> <epoch>`) carries the epoch its sender read: a reset
+                // seen by any instance is seen by all within one heartbeat. Only this
+                // instance's own restarts the staleness clock, from the instant it was sent.
+                if let Some((tag, epoch)) =
+                    payload.strip_prefix("b ").and_then(|b| b.split_once(' '))
+                {
+                    if let Some(sent) = own_beat(tag, guard.beat_id) {
+                        cache.heard(sent);
+                    }
+                    guard.take_in(epoch);
+                    continue;
+                }
+                // An epoch announcement (a halted epoch, or a previous release's heartbeat).
                 if let Some(epoch) = payload.strip_prefix("h ") {
                     guard.take_in(epoch);
                     continue;
@@ -344,8 +382,8 @@ async fn listen(
 /// How often an idle subscription is pinged, and how long the answer may take.
 const PING_EVERY: Duration = Duration::from_secs(2);
 
-/// Heartbeats come five times per `max_staleness`, so that four can be late before cached
-/// verdicts stop being served (and never more often than every 10 ms).
+/// Heartbeats go out five times per `max_staleness`, so that four can be lost or late before
+/// cached verdicts stop being served (and never more often than every 10 ms).
 pub(super) fn heartbeat_interval(max_staleness: Duration) -> Duration {
     (max_staleness / 5).max(Duration::from_millis(10))
 }
@@ -426,5 +464,21 @@ async fn watch_switches(s: &SentinelConn, first: &mut bool) -> redis::RedisResul
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_this_instances_own_heartbeat_tag_yields_its_send_instant() {
+        let tag = beat_tag(0xabc, 12_345);
+        assert_eq!(tag, "0000000000000abc.12345");
+        assert_eq!(own_beat(&tag, 0xabc), Some(12_345));
+        assert_eq!(own_beat(&tag, 0xabd), None, "another instance's");
+        assert_eq!(own_beat("abc.12345", 0xabc), None, "not the full width");
+        assert_eq!(own_beat("0000000000000abc", 0xabc), None, "no instant");
+        assert_eq!(own_beat("0000000000000abc.x", 0xabc), None);
     }
 }
