@@ -93,7 +93,6 @@ pub async fn fetch_keys(
             Ok(None) => {}
             Ok(Some(change)) => {
                 cache.forget_keys(remote.issuer, &change.removed);
-                tracing::info!(issuer = %remote.iss, ?trigger, added = ?change.added, removed = ?change.removed, next_refresh = remote.next_refresh(), "remote keys fetched");
                 if !change.added.is_empty() || !change.removed.is_empty() {
                     audit.emit(&AuditEvent {
                         event: "keys.changed",
@@ -109,9 +108,9 @@ pub async fn fetch_keys(
                     source: e,
                 });
             }
-            Err(e) => {
-                // The previous set (if any) stays; without one the issuer's tokens get 503.
-                tracing::warn!(issuer = %remote.iss, ?trigger, error = %e, has_keys = remote.has_keys(), "remote keys fetch failed");
+            Err(_) => {
+                // Logged by the key set. The previous set (if any) stays; without one the
+                // issuer's tokens get 503.
                 audit.emit(&AuditEvent {
                     event: "keys.fetch",
                     reason_id: "keys.fetch_failed",

@@ -293,7 +293,7 @@ impl KeySet {
     /// Fetches `remote`'s key set if `trigger` allows it now (see the module docs), and swaps
     /// it in. `Ok(None)`: no fetch was due (or a concurrent one just brought a new set);
     /// `Ok(Some(change))`: a new set is in place; `Err`: the fetch failed and the previous set
-    /// (if any) stays. Counted into `metrics`.
+    /// (if any) stays. Counted into `metrics`; every fetch is logged here, once.
     pub async fn fetch(
         &self,
         remote: &RemoteKeys,
@@ -338,19 +338,18 @@ impl KeySet {
                 let Change { added, removed } = diff(remote.current.load().as_deref(), &set);
                 remote.current.store(Some(Arc::new(set)));
                 remote.generation.fetch_add(1, Ordering::Release);
-                remote
-                    .next_refresh
-                    .store(now.saturating_add(secs(interval)), Ordering::Relaxed);
+                let next = now.saturating_add(secs(interval));
+                remote.next_refresh.store(next, Ordering::Relaxed);
+                tracing::info!(issuer = %remote.iss, ?trigger, ?added, ?removed, next_refresh = next, "remote keys fetched");
                 Ok(Some(Change { added, removed }))
             }
             Err(e) => {
                 metrics.jwks_fetch_failures.fetch_add(1, Ordering::Relaxed);
                 // Try again one cool-down later, not at the (long) refresh interval: the set
                 // may be missing altogether.
-                remote.next_refresh.store(
-                    now.saturating_add(secs(remote.spec.cooldown)),
-                    Ordering::Relaxed,
-                );
+                let next = now.saturating_add(secs(remote.spec.cooldown));
+                remote.next_refresh.store(next, Ordering::Relaxed);
+                tracing::warn!(issuer = %remote.iss, ?trigger, error = %e, has_keys = remote.has_keys(), next_refresh = next, "remote keys fetch failed; the previous set (if any) stays");
                 Err(e)
             }
         }

@@ -32,8 +32,8 @@
 //! (which it fills) and the store (which it does not change), at the one instant `now` the
 //! caller read from the gateway's clock.
 //!
-//! It emits no audit event and no log line: the caller knows what the refusal means for its
-//! endpoint, and [`IdentifyError::token`] hands it the token that was refused, if one verified.
+//! It emits no audit event and no log line (a refetch it asks for is logged by the key set):
+//! the caller knows what the refusal means for its endpoint, and [`IdentifyError::token`] hands it the token that was refused, if one verified.
 //!
 //! Cost: on a cached token, one hash of the token, one cache lookup, the store's check and (for
 //! own tokens) one map lookup; nothing is allocated.
@@ -345,23 +345,13 @@ async fn refetch(
     let Some(remote) = keys.remote_for(&iss) else {
         return Ok(());
     };
-    match keys
-        .fetch(
-            remote,
-            crate::keys::remote::Trigger::UnknownKid,
-            now,
-            metrics,
-        )
-        .await
-    {
-        Ok(Some(change)) => {
-            tracing::info!(issuer = %remote.iss, added = ?change.added, removed = ?change.removed, "remote keys refetched for an unknown kid");
-            settings
-                .token_cache
-                .forget_keys(remote.issuer, &change.removed);
-        }
-        Ok(None) => {}
-        Err(e) => tracing::warn!(issuer = %remote.iss, error = %e, "remote keys refetch failed"),
+    let trigger = crate::keys::remote::Trigger::UnknownKid;
+    // A failure (or no fetch, in the cool-down) is logged by the key set; what matters here is
+    // whether there are keys now.
+    if let Ok(Some(change)) = keys.fetch(remote, trigger, now, metrics).await {
+        settings
+            .token_cache
+            .forget_keys(remote.issuer, &change.removed);
     }
     if remote.has_keys() {
         Ok(())
