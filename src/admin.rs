@@ -10,7 +10,7 @@
 //! | endpoint | auth | does |
 //! |---|---|---|
 //! | `GET /healthz` | none | 200 while the process serves |
-//! | `GET /readyz` | none | 200 when the config is loaded and the store answers (and, with Redis, invalidations arrive); else 503 |
+//! | `GET /readyz` | none | 200 when the config is loaded and the store answers (and, with Redis, invalidations arrive); else 503. `issuers_without_keys` names the remote issuers no key set could be fetched for yet (reported, not a reason for 503) |
 //! | `GET /metrics` | none | Prometheus text |
 //! | `GET /admin/sessions?user=U` | bearer | the user's live sessions |
 //! | `POST /admin/sessions/revoke` `{"user","session"}` | bearer | ends one session (404 if not the user's) |
@@ -270,11 +270,18 @@ async fn readyz(gateway: &Gateway) -> AdminResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    // An issuer whose provider could not be reached is named, but does not make the instance
+    // unready: every instance would say the same, a load balancer would take them all out, and
+    // the tokens of every other issuer would be refused with them. Its own tokens get 503.
+    let runtime = gateway.runtime();
+    let missing = runtime.identify.verifier.keys.issuers_without_keys();
     json(
         status,
         serde_json::json!({
             "status": if healthy { "ready" } else { "not_ready" },
             "store": if healthy { "ok" } else { "unavailable" },
+            "keys": if missing.is_empty() { "ok" } else { "missing" },
+            "issuers_without_keys": missing,
             "config_generation": gateway.generation(),
         }),
     )

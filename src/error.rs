@@ -238,6 +238,10 @@ pub enum GatewayError {
     /// The session store cannot answer.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The token's issuer is configured by discovery or JWKS URI and no key set could be
+    /// fetched yet: the token can be neither accepted nor called invalid.
+    #[error("issuer keys unavailable")]
+    KeysUnavailable,
     /// The upstream refused the connection or broke the exchange.
     #[error("upstream unavailable")]
     UpstreamUnavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -286,6 +290,7 @@ impl From<IdentifyError> for GatewayError {
             IdentifyError::SessionRefused { refusal, .. } => GatewayError::Session(refusal),
             IdentifyError::UserDisabled { .. } => GatewayError::UserDisabled,
             IdentifyError::StoreUnavailable { source, .. } => GatewayError::Store(source),
+            IdentifyError::KeysUnavailable { .. } => GatewayError::KeysUnavailable,
         }
     }
 }
@@ -310,7 +315,9 @@ impl GatewayError {
             GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
             GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::BodyStalled => StatusCode::REQUEST_TIMEOUT,
-            GatewayError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Store(_) | GatewayError::KeysUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             GatewayError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::UpstreamUpgrade => StatusCode::BAD_GATEWAY,
@@ -340,6 +347,7 @@ impl GatewayError {
             GatewayError::PayloadTooLarge => "request.body_too_large",
             GatewayError::BodyStalled => "request.body_stalled",
             GatewayError::Store(_) => "store.unavailable",
+            GatewayError::KeysUnavailable => "keys.unavailable",
             GatewayError::UpstreamUnavailable(_) => "upstream.unavailable",
             GatewayError::UpstreamTimeout => "upstream.timeout",
             GatewayError::UpstreamUpgrade => "upstream.unexpected_upgrade",
@@ -367,7 +375,7 @@ impl GatewayError {
             GatewayError::Forbidden(_) => "insufficient_scope",
             GatewayError::PayloadTooLarge => "payload_too_large",
             GatewayError::BodyStalled => "request_timeout",
-            GatewayError::Store(_) => "temporarily_unavailable",
+            GatewayError::Store(_) | GatewayError::KeysUnavailable => "temporarily_unavailable",
             GatewayError::UpstreamUnavailable(_) => "bad_gateway",
             GatewayError::UpstreamTimeout => "gateway_timeout",
             GatewayError::UpstreamUpgrade => "bad_gateway",
@@ -397,6 +405,7 @@ impl GatewayError {
             | GatewayError::PayloadTooLarge
             | GatewayError::BodyStalled
             | GatewayError::Store(_)
+            | GatewayError::KeysUnavailable
             | GatewayError::UpstreamUnavailable(_)
             | GatewayError::UpstreamTimeout
             | GatewayError::UpstreamUpgrade
@@ -427,6 +436,7 @@ impl GatewayError {
             | GatewayError::PayloadTooLarge
             | GatewayError::BodyStalled
             | GatewayError::Store(_)
+            | GatewayError::KeysUnavailable
             | GatewayError::UpstreamUnavailable(_)
             | GatewayError::UpstreamTimeout
             | GatewayError::UserDisabled
@@ -668,6 +678,7 @@ mod tests {
                 .into(),
                 503,
             ),
+            (GatewayError::KeysUnavailable, 503),
             (GatewayError::UpstreamUnavailable("refused".into()), 502),
             (GatewayError::UpstreamTimeout, 504),
             (GatewayError::UpstreamUpgrade, 502),

@@ -213,6 +213,10 @@ pub enum StartError {
     /// The audit file could not be opened.
     #[error(transparent)]
     Audit(#[from] audit::AuditError),
+    /// An issuer's discovery document names another issuer (a provider that does not
+    /// answer does not stop the start).
+    #[error("remote keys: {0}")]
+    Keys(#[source] reload::ReloadError),
 }
 
 /// Binds the listeners of `config` and starts serving. Must run inside a Tokio runtime.
@@ -267,6 +271,10 @@ pub async fn start_with(
     );
     gateway.admin_configured = admin.is_some();
     let gateway = Arc::new(gateway);
+    // Before the first request: the remote issuers' key sets, each within its timeouts.
+    reload::fetch_remote_keys(&gateway, keys::remote::Trigger::Start)
+        .await
+        .map_err(StartError::Keys)?;
     let mut running = server::start(&listeners, &limits, Arc::clone(&gateway)).await?;
     if let Some(admin) = admin {
         admin::start(admin, &mut running).await?;

@@ -203,12 +203,18 @@ fn main() -> ExitCode {
                 for w in &loaded.warnings {
                     eprintln!("{}: warning: {w}", config.display());
                 }
+                let keys = &loaded.runtime.identify.verifier.keys;
+                // Remote key sets are not fetched by `check`: it reads files only.
+                let remote = match keys.remote().len() {
+                    0 => String::new(),
+                    n => format!(", {n} remote key sets, not fetched"),
+                };
                 println!(
-                    "{}: ok ({} listeners, {} routes, {} keys)",
+                    "{}: ok ({} listeners, {} routes, {} keys{remote})",
                     config.display(),
                     loaded.listeners.len(),
                     loaded.runtime.router.len(),
-                    loaded.runtime.identify.verifier.keys.len()
+                    keys.len()
                 );
                 ExitCode::SUCCESS
             }

@@ -215,6 +215,16 @@ pub struct Metrics {
     pub reloads_applied: AtomicU64,
     /// Config reloads refused (the old config kept serving).
     pub reloads_refused: AtomicU64,
+    /// Fetches of remote key sets (discovery and JWKS), whatever asked and however they ended.
+    pub jwks_fetches: AtomicU64,
+    /// Fetches of remote key sets that gave no key set (the previous set stayed).
+    pub jwks_fetch_failures: AtomicU64,
+    /// Fetches asked for by a token with an unknown `kid` (at most one per issuer per
+    /// cool-down).
+    pub jwks_refetches: AtomicU64,
+    /// Unknown-`kid` refetches refused because the issuer's cool-down was running: what a
+    /// forged-`kid` flood costs.
+    pub jwks_refetches_refused: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -249,6 +259,10 @@ impl Default for Metrics {
             assertions_cached: AtomicU64::new(0),
             reloads_applied: AtomicU64::new(0),
             reloads_refused: AtomicU64::new(0),
+            jwks_fetches: AtomicU64::new(0),
+            jwks_fetch_failures: AtomicU64::new(0),
+            jwks_refetches: AtomicU64::new(0),
+            jwks_refetches_refused: AtomicU64::new(0),
         }
     }
 }
@@ -392,7 +406,7 @@ impl Metrics {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let none = StoreCounters::default();
         let store = gauges.store.unwrap_or(&none);
-        let counters: [(&str, &str, u64); 15] = [
+        let counters: [(&str, &str, u64); 19] = [
             (
                 "portcullis_token_cache_hits_total",
                 "Verified-token cache hits.",
@@ -462,6 +476,26 @@ impl Metrics {
                 "portcullis_config_reloads_refused_total",
                 "Config reloads refused; the previous config kept serving.",
                 load(&self.reloads_refused),
+            ),
+            (
+                "portcullis_jwks_fetches_total",
+                "Fetches of remote issuers' key sets, whatever asked.",
+                load(&self.jwks_fetches),
+            ),
+            (
+                "portcullis_jwks_fetch_failures_total",
+                "Remote key-set fetches that failed; the previous set stayed.",
+                load(&self.jwks_fetch_failures),
+            ),
+            (
+                "portcullis_jwks_refetches_total",
+                "Remote key-set fetches asked for by a token with an unknown kid.",
+                load(&self.jwks_refetches),
+            ),
+            (
+                "portcullis_jwks_refetches_refused_total",
+                "Unknown-kid refetches refused during the issuer's cool-down.",
+                load(&self.jwks_refetches_refused),
             ),
             (
                 "portcullis_audit_events_dropped_total",

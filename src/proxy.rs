@@ -653,7 +653,7 @@ fn forward_auth_result(err: &GatewayError) -> ForwardAuthResult {
             ForwardAuthResult::Untrusted
         }
         GatewayError::Route(_) | GatewayError::Forbidden(_) => ForwardAuthResult::Forbidden,
-        GatewayError::Store(_) => ForwardAuthResult::Unavailable,
+        GatewayError::Store(_) | GatewayError::KeysUnavailable => ForwardAuthResult::Unavailable,
         other if other.status() == StatusCode::UNAUTHORIZED => ForwardAuthResult::Unauthorized,
         _ => ForwardAuthResult::Invalid,
     }

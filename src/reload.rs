@@ -21,11 +21,18 @@ use std::time::{Duration, SystemTime};
 use crate::Gateway;
 use crate::audit::AuditEvent;
 use crate::config::{Config, ConfigError};
+use crate::keys::KeySet;
+use crate::keys::remote::{RemoteError, Trigger};
+use crate::metrics::Metrics;
+use crate::pipeline::verify::TokenCache;
 
 /// How often the config file and the files it names are checked for changes.
 pub const CONFIG_POLL: Duration = Duration::from_secs(2);
 /// How often the users file is checked for changes.
 pub const USERS_POLL: Duration = Duration::from_secs(1);
+/// How often the refresher asks whether a remote key set is due (a comparison of instants;
+/// the fetch happens only when one is).
+pub const KEYS_POLL: Duration = Duration::from_secs(1);
 
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +59,85 @@ pub enum ReloadError {
     /// Loading was interrupted (the runtime is shutting down).
     #[error("reload interrupted")]
     Interrupted,
+    /// A new issuer's discovery document names another issuer.
+    #[error("issuer {issuer}: {source}")]
+    Keys {
+        /// The configured issuer.
+        issuer: String,
+        /// What its provider answered.
+        #[source]
+        source: RemoteError,
+    },
+}
+
+/// Fetches the remote key sets of `keys` that `trigger` makes due now (for [`Trigger::Start`]:
+/// every one that has no set yet), all at once, each bounded by its fetch timeouts; drops the
+/// cached tokens of keys a fetch removed; logs and audits what changed. `Err` only for a
+/// configuration error at [`Trigger::Start`] (a discovery document naming another issuer):
+/// a provider that does not answer is an outage, logged, and the issuer's tokens get 503.
+pub async fn fetch_keys(
+    keys: &KeySet,
+    cache: &TokenCache,
+    trigger: Trigger,
+    now: i64,
+    metrics: &Metrics,
+    audit: &crate::audit::Audit,
+) -> Result<(), ReloadError> {
+    let fetches = keys
+        .remote()
+        .iter()
+        .filter(|r| trigger != Trigger::Start || !r.has_keys())
+        .map(|remote| async move { (remote, keys.fetch(remote, trigger, now, metrics).await) });
+    for (remote, outcome) in futures_util::future::join_all(fetches).await {
+        match outcome {
+            Ok(None) => {}
+            Ok(Some(change)) => {
+                cache.forget_keys(remote.issuer, &change.removed);
+                if !change.added.is_empty() || !change.removed.is_empty() {
+                    audit.emit(&AuditEvent {
+                        event: "keys.changed",
+                        reason_id: "keys.fetched",
+                        detail: Some(&remote.iss),
+                        ..AuditEvent::default()
+                    });
+                }
+            }
+            Err(e) if trigger == Trigger::Start && e.is_config_error() => {
+                return Err(ReloadError::Keys {
+                    issuer: remote.iss.to_string(),
+                    source: e,
+                });
+            }
+            Err(_) => {
+                // Logged by the key set. The previous set (if any) stays; without one the
+                // issuer's tokens get 503.
+                audit.emit(&AuditEvent {
+                    event: "keys.fetch",
+                    reason_id: "keys.fetch_failed",
+                    detail: Some(&remote.iss),
+                    ..AuditEvent::default()
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// [`fetch_keys`] for the gateway's current runtime at its clock's now: what the refresher
+/// runs every [`KEYS_POLL`] with [`Trigger::Refresh`], and what a test calls after moving a
+/// manual clock, so that a refresh happens at a known point instead of after a sleep.
+pub async fn fetch_remote_keys(gateway: &Gateway, trigger: Trigger) -> Result<(), ReloadError> {
+    let runtime = gateway.runtime();
+    let identify = &runtime.identify;
+    fetch_keys(
+        &identify.verifier.keys,
+        &identify.token_cache,
+        trigger,
+        gateway.clock().now(),
+        gateway.metrics(),
+        gateway.audit(),
+    )
+    .await
 }
 
 /// Reloads the config from the file the gateway was started from. `trigger` is recorded in the
@@ -67,6 +153,25 @@ pub async fn reload_file(
     let loaded = tokio::task::spawn_blocking(move || Config::load(&path))
         .await
         .map_err(|_| ReloadError::Interrupted)?;
+    let loaded = match loaded {
+        Ok(config) => {
+            // The key sets the running runtime has for unchanged sources carry over; new
+            // sources are fetched now, so the new runtime starts with keys where it can.
+            let new_keys = &config.runtime.identify.verifier.keys;
+            new_keys.adopt_remote(&gateway.runtime().identify.verifier.keys);
+            fetch_keys(
+                new_keys,
+                &config.runtime.identify.token_cache,
+                Trigger::Start,
+                gateway.clock().now(),
+                gateway.metrics(),
+                gateway.audit(),
+            )
+            .await
+            .map(|()| config)
+        }
+        Err(e) => Err(ReloadError::Config(e)),
+    };
     match loaded {
         Ok(config) => Ok(apply(gateway, config, trigger)),
         Err(e) => {
@@ -75,14 +180,17 @@ pub async fn reload_file(
                 .reloads_refused
                 .fetch_add(1, Ordering::Relaxed);
             tracing::error!(trigger, error = %e, "config reload refused; the previous config keeps serving");
-            let location = e.location();
+            let location = match &e {
+                ReloadError::Config(e) => e.location(),
+                other => other.to_string(),
+            };
             gateway.audit().emit(&AuditEvent {
                 event: "config.reload",
                 reason_id: "config.refused",
                 detail: Some(&location),
                 ..AuditEvent::default()
             });
-            Err(e.into())
+            Err(e)
         }
     }
 }
@@ -208,6 +316,31 @@ pub fn spawn_watchers(
                         files.extend(report.watched);
                         last = stamps(&files);
                     }
+                }
+            }
+        });
+    }
+    {
+        // The remote key sets' refresher: owned by the gateway's runtime like the pollers,
+        // it stops at shutdown. It always reads the current runtime, so after a reload it
+        // refreshes the new runtime's sets.
+        let gateway = Arc::clone(gateway);
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(KEYS_POLL);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    _ = shutdown.changed() => return,
+                }
+                if gateway.runtime().identify.verifier.keys.remote().is_empty() {
+                    continue;
+                }
+                // A fetch is bounded by its timeouts; shutdown still wins the race.
+                tokio::select! {
+                    _ = fetch_remote_keys(&gateway, Trigger::Refresh) => {}
+                    _ = shutdown.changed() => return,
                 }
             }
         });

@@ -267,7 +267,8 @@ fn access_audiences(raw: &RawConfig) -> Vec<(String, String)> {
     all
 }
 
-/// The files besides the config whose change is a reason to reload: certificates and keys.
+/// The files besides the config whose change is a reason to reload: certificates, keys and
+/// the CA bundles of remote key sets.
 /// (The users file is polled on its own; the store's and admin's files need a restart.)
 fn watched(raw: &RawConfig, base: &Path) -> Vec<PathBuf> {
     let mut watched: Vec<PathBuf> = Vec::new();
@@ -281,6 +282,8 @@ fn watched(raw: &RawConfig, base: &Path) -> Vec<PathBuf> {
         watched.extend(a.signing_keys.iter().map(|k| base.join(&k.pem)));
     }
     for issuer in &raw.issuers {
+        // A new CA bundle for a remote key set applies from the reload it triggers.
+        watched.extend(issuer.ca.iter().map(|ca| base.join(ca)));
         for k in &issuer.keys {
             watched.extend(
                 [&k.pem, &k.secret_file, &k.jwks]

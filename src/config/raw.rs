@@ -327,8 +327,27 @@ pub struct RawIssuer {
     pub issuer: String,
     /// Accepted `aud` values; a token must name at least one.
     pub audiences: Vec<String>,
-    /// Verification keys, each bound to one algorithm.
+    /// Verification keys from files, each bound to one algorithm.
+    #[serde(default)]
     pub keys: Vec<RawKey>,
+    /// The provider's `.well-known/openid-configuration` URL: its `jwks_uri` is fetched, and
+    /// its `issuer` must equal `issuer` byte for byte.
+    #[serde(default)]
+    pub discovery: Option<String>,
+    /// A JWKS URL fetched directly (instead of `discovery`).
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// A PEM bundle of CA certificates trusted for `discovery`/`jwks_uri` instead of the
+    /// system's roots.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// The algorithms a fetched key may verify; a JWK without `alg` takes the one of these its
+    /// key type allows (exactly one per key type).
+    #[serde(default)]
+    pub algorithms: Option<Vec<String>>,
+    /// How the remote key set is fetched and refreshed.
+    #[serde(default)]
+    pub fetch: Option<RawFetch>,
     /// When true (the default), `sid` is required and must name a live session in the store.
     #[serde(default)]
     pub require_session: Option<bool>,
@@ -353,6 +372,31 @@ pub struct RawIssuer {
     /// Claim path → extra identity header name.
     #[serde(default)]
     pub identity_claims: BTreeMap<String, String>,
+}
+
+/// How an issuer's remote key set is fetched (`issuers[].fetch`).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawFetch {
+    /// Longest wait for the TCP (and TLS) connection (default 5s).
+    #[serde(default)]
+    pub connect_timeout: Option<String>,
+    /// Longest wait for the whole response, head and body (default 10s).
+    #[serde(default)]
+    pub read_timeout: Option<String>,
+    /// Largest document accepted (default 1 MiB).
+    #[serde(default)]
+    pub max_bytes: Option<RawSize>,
+    /// Shortest interval between background refreshes, whatever `Cache-Control` says
+    /// (default 5m).
+    #[serde(default)]
+    pub min_refresh: Option<String>,
+    /// Longest interval between background refreshes (default 24h).
+    #[serde(default)]
+    pub max_refresh: Option<String>,
+    /// Least time between two fetches caused by tokens with an unknown `kid` (default 30s).
+    #[serde(default)]
+    pub unknown_kid_cooldown: Option<String>,
 }
 
 /// One entry of an issuer's `permissions:`: a claim path and either `via: roles` or a

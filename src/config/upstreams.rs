@@ -211,7 +211,7 @@ pub(super) fn compile(
 }
 
 /// The CA certificates of a PEM bundle, for an upstream's own `ca`.
-fn roots_from_file(path: &Path) -> Result<rustls::RootCertStore, Cause> {
+pub(super) fn roots_from_file(path: &Path) -> Result<rustls::RootCertStore, Cause> {
     let mut roots = rustls::RootCertStore::empty();
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| ContextError::new(format!("cannot read {}", path.display()), e))?;
@@ -228,7 +228,7 @@ fn roots_from_file(path: &Path) -> Result<rustls::RootCertStore, Cause> {
     Ok(roots)
 }
 
-fn system_roots() -> rustls::RootCertStore {
+pub(super) fn system_roots() -> rustls::RootCertStore {
     let mut roots = rustls::RootCertStore::empty();
     let found = rustls_native_certs::load_native_certs();
     for error in &found.errors {

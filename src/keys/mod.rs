@@ -2,12 +2,15 @@
 //! compiled, and is found by `kid` alone. Nothing about a key is ever read from a token.
 
 pub mod ecdsa;
+pub mod fetch;
 pub mod profile;
+pub mod remote;
 pub mod signing;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, DecodingKey};
@@ -68,12 +71,17 @@ impl fmt::Debug for VerificationKey {
     }
 }
 
-/// All verification keys, indexed by `kid`.
+/// All verification keys, indexed by `kid`: the file keys, compiled with the config, and the
+/// remote key sets of issuers configured by discovery or JWKS URI ([`remote`]), which change
+/// under a running runtime.
 #[derive(Debug, Default)]
 pub struct KeySet {
-    by_kid: HashMap<Box<str>, VerificationKey>,
+    by_kid: HashMap<Box<str>, Arc<VerificationKey>>,
     /// The issuers the keys belong to.
     pub issuers: Vec<Issuer>,
+    /// Remote key sets, one per issuer that has `discovery` or `jwks_uri`. `Arc`: the
+    /// refresher holds one across a fetch while a reload may drop the runtime.
+    remote: Vec<Arc<remote::RemoteKeys>>,
 }
 
 /// Why a key could not be loaded. The caller adds the config key path.
@@ -140,28 +148,34 @@ impl KeySet {
         if self.by_kid.contains_key(kid) {
             return Err(KeyError::Invalid(format!("kid `{kid}` is used twice")));
         }
-        self.by_kid.insert(kid.into(), key);
+        self.by_kid.insert(kid.into(), Arc::new(key));
         Ok(())
     }
 
-    /// Finds a key by `kid`. Unknown ids are simply absent: no file, no fetch, no delay.
-    pub fn get(&self, kid: &str) -> Option<&VerificationKey> {
-        self.by_kid.get(kid)
+    /// Finds a key by `kid`: a file key, else a key of a remote set as it is now. Unknown ids
+    /// are simply absent: no file, no fetch, no delay (an unknown `kid` of a remote issuer is
+    /// refetched by identify, rate-limited, never here).
+    pub fn get(&self, kid: &str) -> Option<Arc<VerificationKey>> {
+        self.static_key(kid).or_else(|| self.remote_key(kid))
     }
 
-    /// The ids of the loaded keys, in no order.
+    fn static_key(&self, kid: &str) -> Option<Arc<VerificationKey>> {
+        self.by_kid.get(kid).cloned()
+    }
+
+    /// The ids of the file keys, in no order (remote sets: [`remote::RemoteKeys::kids`]).
     pub fn kids(&self) -> impl Iterator<Item = &str> {
         self.by_kid.keys().map(|k| &**k)
     }
 
-    /// How many keys there are.
+    /// How many file keys there are.
     pub fn len(&self) -> usize {
         self.by_kid.len()
     }
 
-    /// Whether no key is loaded.
+    /// Whether no key is loaded and none can be fetched.
     pub fn is_empty(&self) -> bool {
-        self.by_kid.is_empty()
+        self.by_kid.is_empty() && self.remote.is_empty()
     }
 }
 

@@ -10,6 +10,11 @@
 //!    to another source.
 //! 2. **verify** ([`verify`]): signature, key, algorithm and claims at `now`, from the token
 //!    cache when the token was seen before. A refusal is [`IdentifyError::TokenRefused`].
+//!    A `kid` no key has, on a token that claims a remote issuer (discovery or JWKS URI), asks
+//!    that issuer's key set for a refetch (at most one fetch per issuer per
+//!    cool-down, shared by concurrent askers) and verifies once more. While that issuer has no
+//!    key set at all, its tokens are [`IdentifyError::KeysUnavailable`] (503): the gateway
+//!    cannot tell a good token from a bad one, and must not call it invalid.
 //! 3. **session** ([`session`]): the store's answer — `jti` denylisted, session ended, user
 //!    revoked since `iat` — is [`IdentifyError::SessionRefused`]; a store that cannot answer is
 //!    [`IdentifyError::StoreUnavailable`]. Both fail closed.
@@ -27,8 +32,8 @@
 //! (which it fills) and the store (which it does not change), at the one instant `now` the
 //! caller read from the gateway's clock.
 //!
-//! It emits no audit event and no log line: the caller knows what the refusal means for its
-//! endpoint, and [`IdentifyError::token`] hands it the token that was refused, if one verified.
+//! It emits no audit event and no log line (a refetch it asks for is logged by the key set):
+//! the caller knows what the refusal means for its endpoint, and [`IdentifyError::token`] hands it the token that was refused, if one verified.
 //!
 //! Cost: on a cached token, one hash of the token, one cache lookup, the store's check and (for
 //! own tokens) one map lookup; nothing is allocated.
@@ -214,6 +219,12 @@ pub enum IdentifyError {
         /// The token refused.
         token: Arc<VerifiedToken>,
     },
+    /// The token claims a remote issuer whose key set could not be fetched yet.
+    #[error("keys of issuer {issuer} unavailable")]
+    KeysUnavailable {
+        /// The issuer (as configured).
+        issuer: Box<str>,
+    },
     /// The session store cannot answer.
     #[error("session store unavailable")]
     StoreUnavailable {
@@ -231,7 +242,8 @@ impl IdentifyError {
         match self {
             IdentifyError::MissingCredential
             | IdentifyError::BadCredential(_)
-            | IdentifyError::TokenRefused(_) => None,
+            | IdentifyError::TokenRefused(_)
+            | IdentifyError::KeysUnavailable { .. } => None,
             IdentifyError::SessionRefused { token, .. }
             | IdentifyError::UserDisabled { token }
             | IdentifyError::StoreUnavailable { token, .. } => Some(token),
@@ -263,7 +275,7 @@ pub async fn identify<S: SessionStore>(
     let token = credential::credential(headers, &settings.cookie_name)?
         .ok_or(IdentifyError::MissingCredential)?;
     let t = Instant::now();
-    let verified = verify::verify(
+    let mut verified = verify::verify(
         token,
         &settings.verifier,
         &settings.token_cache,
@@ -271,6 +283,21 @@ pub async fn identify<S: SessionStore>(
         now,
         metrics,
     );
+    if verified
+        .as_ref()
+        .is_err_and(|e| *e == TokenError::UnknownKey)
+        && !settings.verifier.keys.remote().is_empty()
+    {
+        refetch(token, settings, now, metrics).await?;
+        verified = verify::verify(
+            token,
+            &settings.verifier,
+            &settings.token_cache,
+            &settings.permissions,
+            now,
+            metrics,
+        );
+    }
     timings.verify = Some(t.elapsed());
     let token = verified?;
     let t = Instant::now();
@@ -299,6 +326,40 @@ pub async fn identify<S: SessionStore>(
         grant,
         at: now,
     })
+}
+
+/// A token's `kid` is unknown: if it claims a remote issuer, ask for that issuer's key set
+/// again ([`crate::keys::remote::Trigger::UnknownKid`]: once per cool-down, whoever asks;
+/// concurrent askers wait for one fetch). `Err` when that issuer still has no key set at all.
+/// A token claiming no remote issuer costs nothing: its `kid` is just unknown.
+async fn refetch(
+    token: &str,
+    settings: &Identify,
+    now: i64,
+    metrics: &Metrics,
+) -> Result<(), IdentifyError> {
+    let keys = &settings.verifier.keys;
+    let Some(iss) = verify::unverified_issuer(token, settings.verifier.max_bytes) else {
+        return Ok(());
+    };
+    let Some(remote) = keys.remote_for(&iss) else {
+        return Ok(());
+    };
+    let trigger = crate::keys::remote::Trigger::UnknownKid;
+    // A failure (or no fetch, in the cool-down) is logged by the key set; what matters here is
+    // whether there are keys now.
+    if let Ok(Some(change)) = keys.fetch(remote, trigger, now, metrics).await {
+        settings
+            .token_cache
+            .forget_keys(remote.issuer, &change.removed);
+    }
+    if remote.has_keys() {
+        Ok(())
+    } else {
+        Err(IdentifyError::KeysUnavailable {
+            issuer: remote.iss.clone(),
+        })
+    }
 }
 
 /// The instants of a user revocation made at `now`: `(before, keep_until)` for

@@ -10,6 +10,11 @@
 //! through the issuer's profile ([`crate::pipeline::claims`]), once, and cached with it.
 //! `Err` is always a 401: the stage never falls through to another credential.
 //!
+//! Keys are looked up by `kid` in the key set as it is at that moment: the file keys and the
+//! remote key sets of issuers by discovery or JWKS URI ([`crate::keys::remote`]). An unknown
+//! `kid` is refused here without any fetch; whether it is worth one refetch is identify's
+//! decision, for which [`unverified_issuer`] reads the `iss` a token claims.
+//!
 //! It must not touch the session store (stage 4) nor the request. It does more than
 //! `jsonwebtoken` does on its own: `crit` is refused, `typ` is required, duplicate JSON members
 //! are refused, base64url must be canonical, `aud`/`nbf` are always checked, and the key — never
@@ -142,6 +147,9 @@ pub struct VerifiedToken {
     pub jti: Box<str>,
     /// Index of the issuer in the key set.
     pub issuer: usize,
+    /// The `kid` of the key that verified it: when a remote key set drops that key, the
+    /// token leaves the cache ([`TokenCache::forget_keys`]).
+    pub kid: Box<str>,
     /// `iat`, seconds since the epoch.
     pub issued_at: i64,
     /// `exp`, seconds since the epoch.
@@ -274,6 +282,18 @@ fn remember_failure(e: TokenError) -> bool {
     }
 }
 
+/// The `iss` a token claims, read without verifying anything: only to choose which remote
+/// issuer's key set an unknown `kid` may be refetched from (identify). Never trusted: the
+/// token is then verified as any other, and its `iss` must be its key's issuer.
+pub fn unverified_issuer(token: &str, max_bytes: usize) -> Option<String> {
+    if token.len() > max_bytes {
+        return None;
+    }
+    let payload = token.split('.').nth(1)?;
+    let claims = parse_object(&decode_segment(payload).ok()?).ok()?;
+    claims.get("iss")?.as_str().map(str::to_owned)
+}
+
 fn cache_key(token: &str) -> [u8; 32] {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
     let mut key = [0u8; 32];
@@ -368,6 +388,7 @@ fn verify_inner(
         .ok_or(TokenError::UnknownKey)?;
     // `jwk`, `jku`, `x5u`, `x5c` are ignored: key material only ever comes from the config.
     let key = verifier.keys.get(kid).ok_or(TokenError::UnknownKey)?;
+    let key = &*key;
     if alg != algorithm_name(key.alg) {
         // Exact comparison: `none`, `NONE`, `rs256`, or an HS256 token aimed at an RSA key.
         return Err(TokenError::AlgorithmMismatch);
@@ -479,6 +500,7 @@ fn verify_inner(
         session: session.map(Into::into),
         jti: jti.unwrap_or("").into(),
         issuer: key.issuer,
+        kid: kid.into(),
         issued_at,
         expires_at,
         not_before,
@@ -747,11 +769,32 @@ impl TokenCache {
             inner: moka::sync::Cache::builder()
                 .max_capacity(capacity)
                 .expire_after(UntilExp)
+                // For `forget_keys`: a key removed from a remote set takes its tokens along.
+                .support_invalidation_closures()
                 .build(),
             failed: moka::sync::Cache::builder()
                 .max_capacity(FAILED_CAPACITY)
                 .time_to_live(FAILED_TTL)
                 .build(),
+        }
+    }
+
+    /// Drops every cached token of `issuer` verified by one of `kids`: the keys a remote key
+    /// set no longer has. moka applies the predicate lazily, but no lookup returns an entry
+    /// it matches from now on.
+    pub fn forget_keys(&self, issuer: usize, kids: &[Box<str>]) {
+        if kids.is_empty() {
+            return;
+        }
+        let kids = kids.to_vec();
+        let dropped = self.inner.invalidate_entries_if(move |_, token| {
+            token.issuer == issuer && kids.contains(&token.kid)
+        });
+        if let Err(e) = dropped {
+            // Only when the cache was built without invalidation closures: a bug. Empty the
+            // whole cache rather than keep serving tokens of a removed key.
+            tracing::error!(error = %e, "token cache cannot drop by key; emptying it");
+            self.inner.invalidate_all();
         }
     }
 

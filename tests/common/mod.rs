@@ -1239,3 +1239,237 @@ pub async fn redis_gateway_with(
     gw.wait_subscribed().await;
     gw
 }
+
+/// How the [`JwksServer`] answers a document path.
+#[derive(Clone, Debug)]
+pub enum Serve {
+    /// 200 with this JSON body and `Cache-Control` (when given).
+    Json(Value, Option<String>),
+    /// This status with an empty body (a 3xx gets a `Location` to `/moved`).
+    Status(u16),
+    /// 200 with a body of this many bytes (an endless-looking document).
+    Oversized(usize),
+}
+
+/// An identity provider's document server on 127.0.0.1:0: `/.well-known/openid-configuration`
+/// and `/jwks` answer what the test set (changeable at any time), every path is counted, and
+/// while [`JwksServer::set_down`] is on, connections are closed without an answer.
+#[derive(Clone)]
+pub struct JwksServer {
+    pub addr: SocketAddr,
+    scheme: &'static str,
+    docs: Arc<Mutex<BTreeMap<String, Serve>>>,
+    hits: Arc<Mutex<BTreeMap<String, usize>>>,
+    down: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl JwksServer {
+    /// A server whose discovery document names `issuer` and this server's `/jwks`, which
+    /// serves `keys` (JWKs).
+    pub async fn start(issuer: &str, keys: Vec<Value>) -> Self {
+        Self::start_with(issuer, keys, None).await
+    }
+
+    /// The same over TLS, with a certificate for `127.0.0.1` and `localhost` from a CA of its
+    /// own; returns the CA certificate (PEM) beside the server.
+    pub async fn start_tls(issuer: &str, keys: Vec<Value>) -> (Self, String) {
+        let rcgen::CertifiedKey { cert, key_pair } =
+            rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+                .unwrap();
+        let tls = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key_pair.serialize_der().into()),
+            )
+            .unwrap();
+        let server = Self::start_with(issuer, keys, Some(Arc::new(tls))).await;
+        (server, cert.pem())
+    }
+
+    async fn start_with(
+        issuer: &str,
+        keys: Vec<Value>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = Self {
+            addr,
+            scheme: if tls.is_some() { "https" } else { "http" },
+            docs: Arc::default(),
+            hits: Arc::default(),
+            down: Arc::default(),
+        };
+        server.set_discovery(issuer);
+        server.set_keys(keys);
+        let s = server.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                if s.down.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(stream);
+                    continue;
+                }
+                let s = s.clone();
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let s = s.clone();
+                        async move { Ok::<_, Infallible>(s.answer(req.uri().path())) }
+                    });
+                    let http = hyper::server::conn::http1::Builder::new();
+                    let _ = match tls {
+                        None => http.serve_connection(TokioIo::new(stream), service).await,
+                        Some(tls) => {
+                            let Ok(stream) =
+                                tokio_rustls::TlsAcceptor::from(tls).accept(stream).await
+                            else {
+                                return;
+                            };
+                            http.serve_connection(TokioIo::new(stream), service).await
+                        }
+                    };
+                });
+            }
+        });
+        server
+    }
+
+    fn answer(&self, path: &str) -> Response<Full<Bytes>> {
+        *self
+            .hits
+            .lock()
+            .unwrap()
+            .entry(path.to_owned())
+            .or_default() += 1;
+        let serve = self.docs.lock().unwrap().get(path).cloned();
+        let mut r = Response::builder();
+        match serve {
+            None => r.status(404).body(Full::new(Bytes::new())).unwrap(),
+            Some(Serve::Json(body, cache)) => {
+                if let Some(cache) = cache {
+                    r = r.header("cache-control", cache);
+                }
+                r.header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(body.to_string())))
+                    .unwrap()
+            }
+            Some(Serve::Status(status)) => r
+                .status(status)
+                .header("location", self.url("/moved"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+            Some(Serve::Oversized(n)) => {
+                let mut body = String::from(r#"{"keys":[],"pad":""#);
+                body.push_str(&"x".repeat(n));
+                body.push_str(r#""}"#);
+                r.body(Full::new(Bytes::from(body))).unwrap()
+            }
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}://{}{path}", self.scheme, self.addr)
+    }
+
+    pub fn discovery_url(&self) -> String {
+        self.url("/.well-known/openid-configuration")
+    }
+
+    pub fn jwks_url(&self) -> String {
+        self.url("/jwks")
+    }
+
+    /// The discovery document names `issuer` (and this server's `/jwks`).
+    pub fn set_discovery(&self, issuer: &str) {
+        let doc = json!({ "issuer": issuer, "jwks_uri": self.jwks_url() });
+        self.serve("/.well-known/openid-configuration", Serve::Json(doc, None));
+    }
+
+    /// `/jwks` serves these JWKs, without `Cache-Control`.
+    pub fn set_keys(&self, keys: Vec<Value>) {
+        self.serve("/jwks", Serve::Json(json!({ "keys": keys }), None));
+    }
+
+    pub fn serve(&self, path: &str, serve: Serve) {
+        self.docs.lock().unwrap().insert(path.to_owned(), serve);
+    }
+
+    /// While on, every connection is closed at once (the provider is down).
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Requests received for `path`.
+    pub fn hits(&self, path: &str) -> usize {
+        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+
+    /// Requests received for any path.
+    pub fn total_hits(&self) -> usize {
+        self.hits.lock().unwrap().values().sum()
+    }
+}
+
+impl TestKey {
+    /// The public JWK of this key, with `kid` and `alg` (remove `alg` to test a JWK without).
+    pub fn jwk(&self) -> Value {
+        let der = &self.public_der;
+        let mut jwk = match self.alg {
+            Algorithm::EdDSA => {
+                json!({ "kty": "OKP", "crv": "Ed25519", "x": b64(&der[der.len() - 32..]) })
+            }
+            Algorithm::ES256 => {
+                let point = &der[der.len() - 64..];
+                json!({ "kty": "EC", "crv": "P-256", "x": b64(&point[..32]), "y": b64(&point[32..]) })
+            }
+            Algorithm::RS256 | Algorithm::PS256 => {
+                let (n, e) = rsa_components(der);
+                json!({ "kty": "RSA", "n": b64(n), "e": b64(e) })
+            }
+            other => panic!("no public JWK for {other:?}"),
+        };
+        jwk["kid"] = json!(self.kid);
+        jwk["alg"] = json!(self.alg_name());
+        jwk
+    }
+}
+
+/// `n` and `e` of an RSA SubjectPublicKeyInfo (DER): the two INTEGERs of the RSAPublicKey in
+/// its BIT STRING, leading zero bytes removed.
+fn rsa_components(spki: &[u8]) -> (&[u8], &[u8]) {
+    /// The content of the DER element at `at`, and the index after it.
+    fn element(der: &[u8], at: usize) -> (usize, usize) {
+        let len0 = der[at + 1] as usize;
+        let (len, start) = if len0 < 0x80 {
+            (len0, at + 2)
+        } else {
+            let n = len0 & 0x7f;
+            let len = der[at + 2..at + 2 + n]
+                .iter()
+                .fold(0usize, |acc, b| (acc << 8) | *b as usize);
+            (len, at + 2 + n)
+        };
+        (start, start + len)
+    }
+    let (outer, _) = element(spki, 0); // SEQUENCE
+    let (_, after_alg) = element(spki, outer); // AlgorithmIdentifier
+    let (bits, _) = element(spki, after_alg); // BIT STRING
+    let (rsa, _) = element(spki, bits + 1); // RSAPublicKey SEQUENCE (after the unused-bits byte)
+    let (n_start, n_end) = element(spki, rsa);
+    let (e_start, e_end) = element(spki, n_end);
+    let trim = |mut b: &[u8]| -> usize {
+        let mut skipped = 0;
+        while b.len() > 1 && b[0] == 0 {
+            b = &b[1..];
+            skipped += 1;
+        }
+        skipped
+    };
+    let n = &spki[n_start..n_end];
+    let e = &spki[e_start..e_end];
+    (&n[trim(n)..], &e[trim(e)..])
+}

@@ -26,6 +26,7 @@ mod operations;
 mod redis_cluster;
 mod redis_gateway;
 mod redis_sentinel;
+mod remote_keys;
 mod security_browser;
 mod security_edges;
 mod security_proxy;

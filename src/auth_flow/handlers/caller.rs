@@ -175,7 +175,9 @@ pub(super) async fn signed_in(
             | IdentifyError::BadCredential(_)
             | IdentifyError::TokenRefused(_)
             | IdentifyError::SessionRefused { .. }
-            | IdentifyError::UserDisabled { .. },
+            | IdentifyError::UserDisabled { .. }
+            // Only the gateway's own tokens count here, and its keys are never remote.
+            | IdentifyError::KeysUnavailable { .. },
         ) => return Ok(None),
     };
     if !identity.is_own() {
