@@ -131,6 +131,118 @@ async fn sec40_an_issuer_by_discovery_accepts_tokens_signed_by_its_served_keys_w
     assert_eq!(idp.total_hits(), 2, "a request fetches nothing");
 }
 
+/// A provider-shaped access token: `header` and `payload` as the provider writes them,
+/// signed by `key` (served from the provider's JWKS), issued at the gateway's time.
+fn provider_token(gw: &TestGateway, key: &TestKey, typ: &str, payload: Value) -> String {
+    let n = gw.now();
+    let mut claims = payload;
+    claims["iat"] = json!(n - 10);
+    claims["exp"] = json!(n + 300);
+    key.sign_raw(
+        &json!({ "alg": key.alg_name(), "typ": typ, "kid": key.kid }),
+        &claims,
+    )
+}
+
+#[tokio::test]
+async fn sec40_a_keycloak_shaped_access_token_is_accepted_by_discovery_with_realm_and_client_roles()
+ {
+    // Keycloak: issuer `<base>/realms/<realm>`, RS256 keys served with `alg` and `use: sig`,
+    // header `typ: JWT`, payload `typ: Bearer`, roles under `realm_access` and
+    // `resource_access.<client>`, `azp` the client, `aud` set by an audience mapper.
+    let iss = "https://kc.example.test/realms/demo";
+    let key = TestKey::generate(Algorithm::RS256, "kc-rs256-Yp1rD3xM");
+    let mut jwk = key.jwk();
+    jwk["use"] = json!("sig");
+    let idp = JwksServer::start(iss, vec![jwk]).await;
+    let gw = gateway(&issuer(
+        iss,
+        &format!("discovery: {}", idp.discovery_url()),
+        "    token_types: [JWT]\n    clients: [portcullis-api]\n    permissions:\n      - { claim: realm_access.roles, via: roles }\n      - { claim: resource_access.portcullis-api.roles, via: roles }",
+    ))
+    .await;
+    let t = provider_token(
+        &gw,
+        &key,
+        "JWT",
+        json!({
+            "iss": iss, "aud": [AUDIENCE, "account"], "sub": "f81d4fae-7dec-11d0-a765-00a0c91e6bf6",
+            "typ": "Bearer", "azp": "portcullis-api", "sid": "5e2c1b5c-kc-session",
+            "jti": "onrtac:7b9d1c3e", "scope": "openid profile email",
+            "preferred_username": "alice",
+            "realm_access": { "roles": ["offline_access", "uma_authorization", "reader"] },
+            "resource_access": {
+                "portcullis-api": { "roles": ["editor"] },
+                "account": { "roles": ["manage-account"] }
+            },
+        }),
+    );
+    let r = gw.get_bearer("/docs", &t).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(permissions(&gw), "docs:read,docs:write");
+    // Another client's token of the same realm (an ID token, or the account console's).
+    let other = provider_token(
+        &gw,
+        &key,
+        "JWT",
+        json!({
+            "iss": iss, "aud": AUDIENCE, "sub": "f81d4fae", "azp": "account-console",
+            "jti": "onrtac:1", "realm_access": { "roles": ["reader"] },
+        }),
+    );
+    assert_eq!(status(&gw, &other).await, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn sec40_an_auth0_shaped_access_token_is_accepted_by_discovery_with_its_permissions_claim() {
+    // Auth0: issuer with a trailing slash, `aud` the API identifier and the userinfo URL,
+    // `permissions` array (RBAC with "Add Permissions in the Access Token"), `scope` string,
+    // `azp` the client; the RFC 9068 profile's `typ: at+jwt`.
+    let iss = "https://tenant.eu.auth0.test/";
+    let key = TestKey::generate(Algorithm::RS256, "auth0-kid-NkJCQzc2");
+    let idp = JwksServer::start(iss, vec![key.jwk()]).await;
+    let gw = gateway(&issuer(
+        iss,
+        &format!("discovery: {}", idp.discovery_url()),
+        "    clients: [kbyuFDidLLm280LIwVFiazOqjO3ty8KH]\n    permissions:\n      - { claim: permissions, prefix: \"\" }",
+    ))
+    .await;
+    let t = provider_token(
+        &gw,
+        &key,
+        "at+jwt",
+        json!({
+            "iss": iss, "sub": "auth0|64d2f1c0a1b2c3d4e5f60718",
+            "aud": [AUDIENCE, "https://tenant.eu.auth0.test/userinfo"],
+            "azp": "kbyuFDidLLm280LIwVFiazOqjO3ty8KH", "client_id": "kbyuFDidLLm280LIwVFiazOqjO3ty8KH",
+            "jti": "b7c2a1d0e9f8", "scope": "openid profile docs:read",
+            "permissions": ["docs:read", "docs:write", "delete:everything"],
+        }),
+    );
+    let r = gw
+        .send(
+            http::Request::post(gw.url("/docs"))
+                .header("authorization", format!("Bearer {t}"))
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    // Only names the config knows reach the header.
+    assert_eq!(permissions(&gw), "docs:read,docs:write");
+    // The same token without the trailing slash in `iss` is another issuer: refused.
+    let no_slash = provider_token(
+        &gw,
+        &key,
+        "at+jwt",
+        json!({
+            "iss": "https://tenant.eu.auth0.test", "sub": "auth0|x", "aud": AUDIENCE,
+            "azp": "kbyuFDidLLm280LIwVFiazOqjO3ty8KH", "jti": "j2", "permissions": ["docs:read"],
+        }),
+    );
+    assert_eq!(status(&gw, &no_slash).await, StatusCode::UNAUTHORIZED);
+}
+
 #[tokio::test]
 async fn sec40_an_issuer_by_jwks_uri_accepts_tokens_of_a_jwk_without_alg_through_its_one_algorithm()
 {
