@@ -146,7 +146,7 @@ fn provider_token(gw: &TestGateway, key: &TestKey, typ: &str, payload: Value) ->
 
 #[tokio::test]
 async fn sec40_a_keycloak_shaped_access_token_is_accepted_by_discovery_with_realm_and_client_roles()
- {
+{
     // Keycloak: issuer `<base>/realms/<realm>`, RS256 keys served with `alg` and `use: sig`,
     // header `typ: JWT`, payload `typ: Bearer`, roles under `realm_access` and
     // `resource_access.<client>`, `azp` the client, `aud` set by an audience mapper.
