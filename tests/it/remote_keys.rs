@@ -976,6 +976,46 @@ routes:
     }
 
     #[tokio::test]
+    async fn the_oidc_example_runs_as_it_is_in_front_of_the_real_provider() {
+        require_provider();
+        let provider = Provider::start(0, &["example-key"]);
+        // examples/oidc/gateway.yaml with its two literal ports rewritten to free ones.
+        let example = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/oidc/gateway.yaml"),
+        )
+        .unwrap();
+        assert!(example.contains("127.0.0.1:9400") && example.contains("127.0.0.1:9480"));
+        let yaml = example
+            .replace("127.0.0.1:9400", &format!("127.0.0.1:{}", provider.port))
+            .replace("127.0.0.1:9480", "127.0.0.1:0");
+        let dir = tempfile::tempdir().unwrap();
+        let running = launch(&yaml, dir.path(), Clock::system()).await;
+        let gw = TestGateway::new(running, EchoUpstream::start().await, dir, Vec::new());
+
+        let token = provider.token("documents.read").await;
+        let read = gw.get_bearer("/documents", &token).await;
+        assert_eq!(read.status, StatusCode::OK, "{}", read.text());
+        let write = gw
+            .send(
+                http::Request::post(gw.url("/documents"))
+                    .header("authorization", format!("Bearer {token}"))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(
+            write.status,
+            StatusCode::FORBIDDEN,
+            "no documents.write scope"
+        );
+        assert_eq!(
+            gw.get("/documents").await.status,
+            StatusCode::UNAUTHORIZED,
+            "no token"
+        );
+    }
+
+    #[tokio::test]
     async fn sec40_tokens_of_a_real_openid_provider_are_accepted_by_discovery_with_their_scopes_as_permissions()
      {
         let idp = Provider::start(0, &["k1"]);
