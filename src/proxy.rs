@@ -321,10 +321,10 @@ async fn forward_auth<'rt>(
         asked.return_to = Some(return_target(endpoint.login_url.as_deref(), &original));
     }
     trace.forward_auth = Some(asked);
-    // The login flow's own pages are public: a front proxy that asks about them is told yes.
-    if rt.auth.is_some() && auth_flow::owns(&original.path.path) {
-        return Ok(forward_auth::allowed(None, &rt.mutate.identity));
-    }
+    // No exception for the login flow's paths (`/auth/*`): an allowed answer sends the request
+    // to the front proxy's backend, not to the gateway, so "yes" for them would open that
+    // backend's `/auth/…` to anyone. The front proxy sends those paths to the gateway without
+    // asking (the examples do); asked, the route table decides like for any path.
     let route = rt.router.route(
         Some(original.host.as_str()),
         original.path.segments(),

@@ -37,7 +37,7 @@ use http::Uri;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::Value;
 
-use super::fetch::{FetchError, Fetcher, check_url};
+use super::fetch::{FetchError, Fetcher, UrlError, check_url};
 use super::{KeySet, VerificationKey, parse_algorithm};
 use crate::metrics::Metrics;
 
@@ -243,7 +243,13 @@ impl RemoteKeys {
                     .get("jwks_uri")
                     .and_then(Value::as_str)
                     .ok_or(RemoteError::NoJwksUri)?;
-                check_url(jwks).map_err(FetchError::from)?
+                let jwks_uri = check_url(jwks).map_err(FetchError::from)?;
+                // Plain `http` to loopback is for a provider the operator put on loopback; a
+                // document fetched over TLS does not get to send the gateway to a local port.
+                if jwks_uri.scheme_str() == Some("http") && uri.scheme_str() != Some("http") {
+                    return Err(FetchError::from(UrlError::Insecure(jwks.to_owned())).into());
+                }
+                jwks_uri
             }
         };
         let doc = self.fetcher.get_json(&jwks_uri).await?;

@@ -208,12 +208,24 @@ impl Assertions {
             tracing::error!("the OS CSPRNG failed: no identity assertion sent");
             return None;
         }
-        let exp = now.saturating_add(aud.ttl).min(token.expires_at);
+        // Never past the token's own `exp`; but a token still accepted within the clock-skew
+        // leeway after it must not get an assertion born expired (re-signed on every request).
+        let exp = now
+            .saturating_add(aud.ttl)
+            .min(token.expires_at)
+            .max(now.saturating_add(1));
         let claims = Claims {
             iss: &self.issuer,
             aud: &aud.aud,
-            sub: &token.subject,
-            sid: token.session.as_deref(),
+            // The user as the gateway knows them: `alice` of the users file, or
+            // `<iss>#<sub>` of another issuer, so a backend that trusts `sub` cannot take
+            // a provider's self-registered `alice` for the users file's.
+            sub: &token.user,
+            // A gateway session only: another issuer's `sid` names none of the gateway's.
+            sid: identity
+                .is_own()
+                .then_some(token.session.as_deref())
+                .flatten(),
             permissions: permissions
                 .to_str()
                 .unwrap_or_default()

@@ -362,7 +362,16 @@ fn build(
     if !path.starts_with('/') {
         return Err(ForwardAuthError::BadUrl);
     }
-    let path = normalize::normalize(path).map_err(ForwardAuthError::BadPath)?;
+    let normalized = normalize::normalize(path).map_err(ForwardAuthError::BadPath)?;
+    // Proxied, the path decided on is the path forwarded. Here the front proxy forwards the
+    // client's spelling, not ours: a decision on `/docs/x` for `/admin/../docs/x` would let a
+    // backend that resolves dot segments (or `//`, or `%61`) its own way route it under
+    // `/admin`. So only a path that is already normalized is decided on; any other spelling is
+    // read two ways and refused (percent-escapes' case aside, which no server reads apart).
+    if !normalized.path.eq_ignore_ascii_case(path) {
+        return Err(ForwardAuthError::BadPath(PathError::Ambiguous));
+    }
+    let path = normalized;
     Ok(Original {
         method,
         https,
@@ -400,13 +409,38 @@ mod tests {
 
     #[test]
     fn the_nginx_contract_reads_an_absolute_url_and_normalizes_its_path() {
-        let o = nginx("https://App.Example.com:8443/docs/./a/../b?x=1", "POST").unwrap();
+        let o = nginx("https://App.Example.com:8443/docs/b?x=1", "POST").unwrap();
         assert_eq!(o.method, Method::POST);
         assert!(o.https);
         assert_eq!(o.host, "app.example.com");
         assert_eq!(o.path.path, "/docs/b");
         assert_eq!(o.return_path(), "/docs/b?x=1");
         assert_eq!(o.authority, "app.example.com:8443");
+        // Escapes' case is no second reading: `%c3%a9` is decided as the `%C3%A9` it is.
+        let o = nginx("https://app.example.com/docs/caf%c3%a9", "GET").unwrap();
+        assert_eq!(o.path.path, "/docs/caf%C3%A9");
+    }
+
+    #[test]
+    fn a_path_the_backend_could_read_another_way_than_the_decision_is_refused() {
+        // The front proxy forwards these spellings as they are: a backend resolving them its
+        // own way (Werkzeug routes `/admin/../docs/x` under `/admin`) must never receive a
+        // path allowed as `/docs/x`.
+        for path in [
+            "/admin/../docs/x",
+            "/admin/%2e%2e/docs/x",
+            "/admin//../docs/x",
+            "/docs/./x",
+            "//docs/x",
+            "/docs//x",
+            "/%64ocs/x",
+        ] {
+            assert_eq!(
+                nginx(&format!("https://app.example.com{path}"), "GET").unwrap_err(),
+                ForwardAuthError::BadPath(PathError::Ambiguous),
+                "{path}"
+            );
+        }
     }
 
     #[test]
@@ -496,12 +530,19 @@ mod tests {
         assert!(e.addressed_by("/_portcullis/envoy/"));
         assert!(!e.addressed_by("/_portcullis/envoy"));
         assert!(!e.addressed_by("/_portcullis/envoyx/docs"));
-        let request = Request::post("/_portcullis/envoy/docs/../api?q=1")
-            .header("host", "api.example.com")
-            .header("x-forwarded-proto", "http")
-            .body(())
-            .unwrap();
-        let o = original(&request, &e, LOOPBACK).unwrap();
+        let spelled = |path: &str| {
+            Request::post(format!("/_portcullis/envoy{path}"))
+                .header("host", "api.example.com")
+                .header("x-forwarded-proto", "http")
+                .body(())
+                .unwrap()
+        };
+        assert_eq!(
+            original(&spelled("/docs/../api?q=1"), &e, LOOPBACK).unwrap_err(),
+            ForwardAuthError::BadPath(PathError::Ambiguous),
+            "a spelling the backend may read another way"
+        );
+        let o = original(&spelled("/api?q=1"), &e, LOOPBACK).unwrap();
         assert_eq!(o.method, Method::POST);
         assert!(!o.https);
         assert_eq!(o.host, "api.example.com");

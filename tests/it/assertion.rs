@@ -17,7 +17,7 @@ use portcullis::config::Config;
 use serde_json::{Value, json};
 
 use crate::common::auth::{ALICE_PASSWORD, api_login, demo_users, post_json};
-use crate::common::{EchoUpstream, Seen, TestGateway, TestKey, launch, send};
+use crate::common::{EchoUpstream, Seen, TestGateway, TestKey, launch, send, user_key};
 
 const GATEWAY: &str = "https://gw.test";
 const BACKEND: &str = "https://backend.example";
@@ -224,11 +224,12 @@ async fn the_upstream_receives_an_assertion_that_verifies_against_the_gateways_j
         "iss aud sub sid permissions iat exp jti: {keys:?}"
     );
 
-    // Another issuer's token without a session: no `sid`, its roles' permissions.
+    // Another issuer's token without a session: no `sid`, its roles' permissions, and the
+    // user named with the issuer, never the users file's `alice`.
     let token = gw.token(json!({ "sid": null, "roles": ["reader"] }));
     assert_eq!(get(&gw, "/docs/a", Some(&token), &[]).await, 200);
     let (_, claims) = verify(&gw, &last_assertion(&gw, HEADER), BACKEND).await;
-    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["sub"], user_key("alice"));
     assert!(claims.get("sid").is_none(), "{claims}");
     assert_eq!(claims["permissions"], json!(["docs:read"]));
 }

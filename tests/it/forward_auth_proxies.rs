@@ -605,6 +605,9 @@ async fn path_tricks_never_reach_a_forbidden_route(kind: Kind) {
         "/%61dmin",
         "/admin/",
         "/documents/./../admin/x",
+        // Allowed as `/documents/x` it would reach a backend that may route it under `/admin`:
+        // the front proxy forwards the client's spelling, so it is refused however it ends.
+        "/admin/../documents/./x",
     ] {
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAuthorization: {reader}\r\n\
@@ -622,14 +625,40 @@ async fn path_tricks_never_reach_a_forbidden_route(kind: Kind) {
             s.context()
         );
     }
-    // The control: the normalized path bob may read is allowed, whatever its spelling.
+    // The control: the path bob may read, spelled as it is, is allowed.
     let r = s
-        .get(
-            "/admin/../documents/./x",
-            &[("authorization", &reader), API],
-        )
+        .get("/documents/x", &[("authorization", &reader), API])
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}\n{}", r.text(), s.context());
+}
+
+/// The gateway's login paths are the gateway's: asked about them, it answers as the route
+/// table says, never a blanket yes, since an allowed answer sends the request to the backend.
+/// (Caddy's `handle /auth/*` does not match `/auth` itself, which it asks about; nginx
+/// answers `/auth` with a redirect to `/auth/`.) Here the catch-all route is not public, so
+/// both are refused and the backend sees neither.
+async fn the_login_paths_asked_about_are_never_allowed_through_to_the_backend(kind: Kind) {
+    let s = Stack::start_with(kind, &|yaml| {
+        let closed = yaml.replace(
+            "{ id: home, path: /, policy: public }",
+            "{ id: home, path: /, policy: authenticated }",
+        );
+        assert_ne!(closed, yaml, "the example's catch-all route moved");
+        closed
+    })
+    .await;
+    for path in ["/auth", "/.well-known/jwks.json/x"] {
+        let before = s.gw.upstream.count();
+        let r = s.get(path, &[API]).await;
+        assert!(
+            !r.status.is_success(),
+            "{path}: {} {}\n{}",
+            r.status,
+            r.text(),
+            s.context()
+        );
+        assert_eq!(s.gw.upstream.count(), before, "{path} reached the backend");
+    }
 }
 
 async fn client_identity_headers_never_reach_the_backend(kind: Kind) {
@@ -742,6 +771,7 @@ both!(
     a_revoked_session_is_refused_on_the_next_request,
     a_spoofed_original_request_does_not_change_the_decision,
     path_tricks_never_reach_a_forbidden_route,
+    the_login_paths_asked_about_are_never_allowed_through_to_the_backend,
     client_identity_headers_never_reach_the_backend,
     a_gateway_that_does_not_trust_the_proxy_refuses_it,
 );

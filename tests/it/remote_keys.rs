@@ -665,6 +665,37 @@ async fn sec40_an_https_provider_is_trusted_through_the_issuers_ca_file_and_not_
 }
 
 #[tokio::test]
+async fn sec40_a_discovery_document_fetched_over_tls_cannot_send_the_key_fetch_to_plain_http_on_loopback()
+ {
+    let key = TestKey::generate(Algorithm::EdDSA, "idp-ed-tls");
+    let (idp, ca) = JwksServer::start_tls(ISSUER, vec![key.jwk()]).await;
+    // What a hostile or compromised document could name: a local port, over plain http.
+    let local = JwksServer::start(ISSUER, vec![key.jwk()]).await;
+    idp.serve(
+        "/.well-known/openid-configuration",
+        Serve::Json(
+            json!({ "issuer": ISSUER, "jwks_uri": local.jwks_url() }),
+            None,
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write(dir.path(), "idp-ca.pem", &ca);
+    let gw = gateway(&issuer(
+        ISSUER,
+        &format!("discovery: {}", idp.discovery_url()),
+        &format!("    ca: {}", ca.display()),
+    ))
+    .await;
+    assert_eq!(idp.hits("/.well-known/openid-configuration"), 1);
+    assert_eq!(local.total_hits(), 0, "the loopback port was never asked");
+    assert_eq!(readyz(&gw).await["keys"], "missing");
+    assert_eq!(
+        status(&gw, &token(&gw, &key, ISSUER, &["reader"])).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
+
+#[tokio::test]
 async fn sec40_a_redirect_is_not_followed() {
     let key = TestKey::generate(Algorithm::EdDSA, "idp-ed");
     let idp = JwksServer::start(ISSUER, vec![]).await;
