@@ -18,6 +18,10 @@
 //! - `token_cache`: a cache hit with 10 and with 100,000 entries, always the same token and
 //!   rotating through every cached token.
 //!
+//! - `discovery_issuer`: a token of an issuer by `jwks_uri` (its JWKS served on loopback and
+//!   fetched once, as at start) beside one of an issuer with a key file: a cache hit, and a
+//!   first sight (`verify_uncached`).
+//!
 //! Run: `cargo bench --bench auth_stages -- --warm-up-time 1 --measurement-time 3`
 
 use std::future::Future;
@@ -148,10 +152,15 @@ impl Key {
 
     /// A signed access token with realistic claims; `jti` makes it distinct.
     fn token(&self, jti: u64) -> String {
+        self.token_of(ISSUER, jti)
+    }
+
+    /// The same, of issuer `iss`.
+    fn token_of(&self, iss: &str, jti: u64) -> String {
         let now = Clock::system().now();
         let header = json!({ "alg": self.alg_name(), "typ": "at+jwt", "kid": self.kid });
         let claims: Value = json!({
-            "iss": ISSUER,
+            "iss": iss,
             "aud": AUDIENCE,
             "sub": "user-4f1c2a9e-alice@example.com",
             "sid": "sid-alice",
@@ -771,5 +780,127 @@ fn token_cache(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, hot_path, route_table, token_cache);
+// ---------------------------------------------------------------------------------------------
+// An issuer by JWKS URI next to one with key files
+
+/// The Ed25519 JWK of `key` (its public key is the last 32 bytes of its SPKI).
+fn ed25519_jwk(key: &Key) -> Value {
+    let b64: String = key
+        .public_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .expect("SPKI PEM");
+    json!({ "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": key.kid,
+            "x": URL_SAFE_NO_PAD.encode(&der[der.len() - 32..]) })
+}
+
+/// Serves `body` as JSON to every request on a loopback port, on `rt`, until the process ends.
+fn serve_json(rt: &tokio::runtime::Runtime, body: String) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    rt.spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = socket.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = socket.write_all(head.as_bytes()).await;
+                let _ = socket.write_all(body.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// The verify stage for a token of an issuer by `jwks_uri` (its key set fetched once, as at
+/// start) next to the same for a token of an issuer with a key file: the cached path must not
+/// differ, and a first sight differs by the remote key lookup only.
+fn discovery_issuer(c: &mut Criterion) {
+    const REMOTE: &str = "https://idp.example.com";
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file_key = Key::generate(Algorithm::EdDSA, "k-file");
+    let remote_key = Key::generate(Algorithm::EdDSA, "k-remote");
+    let jwks = json!({ "keys": [ed25519_jwk(&remote_key)] }).to_string();
+    let addr = serve_json(&rt, jwks);
+    let yaml = config_yaml(dir.path(), std::slice::from_ref(&file_key), HOT_ROUTES).replacen(
+        "tokens:",
+        &format!(
+            "  - issuer: {REMOTE}\n    audiences: [{AUDIENCE}]\n    max_lifetime: 12h\n    jwks_uri: http://{addr}/jwks\ntokens:"
+        ),
+        1,
+    );
+    let runtime = compile(&yaml, dir.path());
+    let verifier = &runtime.identify.verifier;
+    let metrics = Metrics::default();
+    let now = Clock::system().now();
+    for remote in verifier.keys.remote() {
+        rt.block_on(verifier.keys.fetch(
+            remote,
+            portcullis::keys::remote::Trigger::Start,
+            now,
+            &metrics,
+        ))
+        .expect("the JWKS is served");
+    }
+    let tokens = [
+        ("file_key", file_key.token(1)),
+        ("jwks_uri", remote_key.token_of(REMOTE, 1)),
+    ];
+    let mut g = c.benchmark_group("discovery_issuer");
+    for (name, token) in &tokens {
+        verify(
+            token,
+            verifier,
+            &runtime.identify.token_cache,
+            &runtime.identify.permissions,
+            now,
+            &metrics,
+        )
+        .expect("verifies");
+        g.bench_function(format!("cache_hit/{name}"), |b| {
+            b.iter(|| {
+                verify(
+                    black_box(token),
+                    verifier,
+                    &runtime.identify.token_cache,
+                    &runtime.identify.permissions,
+                    now,
+                    &metrics,
+                )
+                .unwrap()
+            })
+        });
+        g.bench_function(format!("first_sight/{name}"), |b| {
+            b.iter(|| {
+                verify_uncached(
+                    black_box(token),
+                    verifier,
+                    &runtime.identify.permissions,
+                    now,
+                )
+                .unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    hot_path,
+    route_table,
+    token_cache,
+    discovery_issuer
+);
 criterion_main!(benches);
