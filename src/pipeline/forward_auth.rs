@@ -254,10 +254,19 @@ pub fn original<B>(
             build(method, proto(headers)?, authority, target)
         }
         Contract::Envoy => {
-            // HTTP/2 carries the host as `:authority`, which hyper puts in the URI.
+            // HTTP/2 carries the host as `:authority`, which hyper puts in the URI. When both
+            // it and `Host` are there they must name one host (RFC 9113 §8.3.1); one reading
+            // silently winning over the other would be a host read two ways.
             let authority = match request.uri().authority() {
                 Some(a) if !headers.contains_key(HOST) => a.as_str(),
-                _ => one(headers, &HOST, "Host")?,
+                Some(a) => {
+                    let host = one(headers, &HOST, "Host")?;
+                    if route::canonical_host(host) != route::canonical_host(a.as_str()) {
+                        return Err(ForwardAuthError::BadHost);
+                    }
+                    host
+                }
+                None => one(headers, &HOST, "Host")?,
             };
             let path = request.uri().path();
             let rest = path
@@ -419,6 +428,27 @@ mod tests {
         // Escapes' case is no second reading: `%c3%a9` is decided as the `%C3%A9` it is.
         let o = nginx("https://app.example.com/docs/caf%c3%a9", "GET").unwrap();
         assert_eq!(o.path.path, "/docs/caf%C3%A9");
+    }
+
+    #[test]
+    fn an_envoy_check_whose_authority_and_host_disagree_is_refused() {
+        let e = endpoint(Contract::Envoy);
+        let request = Request::get("http://api.example.com/_portcullis/envoy/docs")
+            .header("host", "admin.example.com")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            original(&request, &e, LOOPBACK).unwrap_err(),
+            ForwardAuthError::BadHost
+        );
+        let request = Request::get("http://API.example.com/_portcullis/envoy/docs")
+            .header("host", "api.example.com")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            original(&request, &e, LOOPBACK).unwrap().host,
+            "api.example.com"
+        );
     }
 
     #[test]
