@@ -97,6 +97,28 @@ pub(super) fn compile(
     Ok(ForwardAuth { endpoints })
 }
 
+/// An endpoint that takes the top-level `trusted_proxies` while the gateway also proxies
+/// requests: that list says whose `X-Forwarded-For` is believed, and a load balancer in it
+/// would let every client behind it ask for decisions (and get identity assertions) by
+/// sending its own `X-Original-*` headers. Loads, but is probably not what was meant.
+pub(super) fn warnings(raw: &super::raw::RawConfig) -> Vec<super::claims::ConfigWarning> {
+    let proxies = raw.routes.iter().any(|route| route.upstream.is_some());
+    raw.forward_auth
+        .iter()
+        .enumerate()
+        .filter(|(_, endpoint)| proxies && endpoint.trusted_proxies.is_none())
+        .map(|(i, _)| super::claims::ConfigWarning {
+            key: format!("forward_auth[{i}].trusted_proxies"),
+            line: None,
+            message: "not set: the endpoint trusts every peer of the top-level trusted_proxies, \
+                      while this gateway also proxies requests; if one of those peers is a load \
+                      balancer in front of it, clients behind it can ask for decisions. List \
+                      the front proxy's addresses here"
+                .into(),
+        })
+        .collect()
+}
+
 /// Whether `inner` is `outer` or below it.
 fn nested(outer: &str, inner: &str) -> bool {
     inner == outer

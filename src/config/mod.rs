@@ -132,7 +132,8 @@ fn compile(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
     let listeners = listeners::compile(&raw.listeners, base)?;
     let store = store::compile(&raw.store, base)?;
     let permissions = roles::compile(&raw.roles, &claims::direct_permissions(&raw))?;
-    let warnings = claims::warnings(&raw);
+    let mut warnings = claims::warnings(&raw);
+    warnings.extend(forward_auth::warnings(&raw));
     let mut tokens = tokens::compile(&raw.tokens)?;
     if raw.tokens.cookie.is_none()
         && let Some(name) = auth::access_cookie_default(raw.auth.as_ref())

@@ -265,6 +265,37 @@ forward_auth:
 }
 
 #[test]
+fn an_endpoint_inheriting_the_forwarding_peers_of_a_gateway_that_also_proxies_is_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let warnings = |extra: &str| {
+        let yaml = Setup {
+            routes: ROUTES.into(),
+            extra: extra.into(),
+            ..Setup::default()
+        }
+        .yaml(dir.path(), "http://127.0.0.1:9");
+        portcullis::config::Config::from_yaml(&yaml, dir.path())
+            .unwrap()
+            .warnings
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    };
+    // ROUTES has a proxied route (`/proxied`): the top-level list may hold a load balancer.
+    let inherited =
+        warnings("trusted_proxies: [127.0.0.1]\nforward_auth:\n  - { contract: nginx }\n");
+    assert_eq!(inherited.len(), 1, "{inherited:?}");
+    assert!(
+        inherited[0].starts_with("forward_auth[0].trusted_proxies: not set"),
+        "{inherited:?}"
+    );
+    let own = warnings(
+        "trusted_proxies: [127.0.0.1]\nforward_auth:\n  - { contract: nginx, trusted_proxies: [127.0.0.1] }\n",
+    );
+    assert!(own.is_empty(), "{own:?}");
+}
+
+#[test]
 fn forward_auth_trusts_no_one_by_default_a_config_without_trusted_peers_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let yaml = Setup {
