@@ -18,7 +18,9 @@
 #      `wrk -t2 -c64 -d<duration>s --latency`:
 #        direct upstream · nginx proxy · gateway public route ·
 #        gateway authenticated route, Bearer · gateway authenticated route, cookie ·
-#        nginx `auth_request` → the gateway's forward-auth endpoint (nginx forwards), Bearer
+#        nginx `auth_request` → the gateway's forward-auth endpoint (nginx forwards), Bearer ·
+#        HAProxy 2.6 bare · HAProxy 2.6 with `jwt_verify` of an RS256 token (when haproxy is
+#        installed; it is optional)
 #      The authenticated rows are full authentication of a cached token: verify (cache hit),
 #      session + revocation check, permission check, identity headers, then forward.
 #   5. Prints a Markdown table: requests/s, ratio to the direct upstream, p50/p99 (wrk's latency
@@ -70,6 +72,9 @@ command -v wrk >/dev/null || missing+=("wrk (required: apt-get install wrk)")
 NGINX=$(command -v nginx || true)
 [[ -z $NGINX && -x /usr/sbin/nginx ]] && NGINX=/usr/sbin/nginx
 [[ -n $NGINX ]] || missing+=("nginx (required for the upstream and the nginx-proxy row: apt-get install nginx-light)")
+# Optional: HAProxy 2.6 (`apt-get install haproxy`) for its two rows; without it they are left out.
+HAPROXY=$(command -v haproxy || true)
+[[ -z $HAPROXY && -x /usr/sbin/haproxy ]] && HAPROXY=/usr/sbin/haproxy
 for t in curl python3 cargo timeout; do
     command -v "$t" >/dev/null || missing+=("$t")
 done
@@ -176,6 +181,10 @@ while [[ $PX_PORT == "$UP_PORT" ]]; do PX_PORT=$(free_port); done
 while [[ $GW_PORT == "$UP_PORT" || $GW_PORT == "$PX_PORT" ]]; do GW_PORT=$(free_port); done
 FA_PORT=$(free_port)
 while [[ $FA_PORT == "$UP_PORT" || $FA_PORT == "$PX_PORT" || $FA_PORT == "$GW_PORT" ]]; do FA_PORT=$(free_port); done
+HB_PORT=$(free_port)
+while [[ " $UP_PORT $PX_PORT $GW_PORT $FA_PORT " == *" $HB_PORT "* ]]; do HB_PORT=$(free_port); done
+HJ_PORT=$(free_port)
+while [[ " $UP_PORT $PX_PORT $GW_PORT $FA_PORT $HB_PORT " == *" $HJ_PORT "* ]]; do HJ_PORT=$(free_port); done
 NPROC=$(nproc)
 PROXY_WORKERS=${NGINX_PROXY_WORKERS:-$NPROC}
 
@@ -338,6 +347,60 @@ FA_PID=$!
 PIDS+=("$FA_PID")
 wait_http "$FA_PORT" /public/
 
+# --- 3c. HAProxy (optional) -------------------------------------------------------------------
+# HAProxy 2.6, `nbthread` = nproc like nginx's workers, one process with two frontends to the
+# same upstream (keep-alive, `http-reuse always`): bare, and with `jwt_verify` of an RS256 token
+# (checks as close to the gateway's as HAProxy's converters allow: alg, iss, aud, exp, the
+# signature; no revocation, no session, no cache: every request verifies the signature).
+HP_PID=""
+if [[ -n $HAPROXY ]]; then
+    H=$TMP/haproxy
+    mkdir -p "$H"
+    "$BIN" keys generate --alg RS256 --out "$H/keys" >"$H/keys.out"
+    RS_KID=$(head -n1 "$H/keys.out")
+    [[ -f $H/keys/$RS_KID.pub.pem ]] || die "keys generate wrote no $H/keys/$RS_KID.pub.pem"
+    RS_TOKEN=$("$BIN" token --key "$H/keys/$RS_KID.key.pem" --alg RS256 --kid "$RS_KID" \
+        --iss https://load.portcullis.invalid --aud portcullis-load --sub bench --ttl 1h)
+    cat >"$H/haproxy.cfg" <<EOF
+global
+    nbthread $NPROC
+    maxconn 8000
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 75s
+    timeout server 75s
+    http-reuse always
+frontend bare
+    bind 127.0.0.1:$HB_PORT
+    default_backend origin
+frontend jwt
+    bind 127.0.0.1:$HJ_PORT
+    http-request deny status 401 unless { req.hdr(authorization) -m beg "Bearer " }
+    http-request set-var(txn.bearer) http_auth_bearer
+    http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('\$.alg')
+    http-request deny status 401 unless { var(txn.alg) -m str RS256 }
+    http-request deny status 401 unless { var(txn.bearer),jwt_payload_query('\$.iss') -m str https://load.portcullis.invalid }
+    http-request deny status 401 unless { var(txn.bearer),jwt_payload_query('\$.aud') -m str portcullis-load }
+    http-request set-var(txn.exp) var(txn.bearer),jwt_payload_query('\$.exp','int')
+    http-request set-var(txn.now) date
+    http-request deny status 401 if { var(txn.exp),sub(txn.now) -m int lt 0 }
+    http-request deny status 401 unless { var(txn.bearer),jwt_verify(txn.alg,"$H/keys/$RS_KID.pub.pem") -m int 1 }
+    default_backend origin
+backend origin
+    server up 127.0.0.1:$UP_PORT
+EOF
+    "$HAPROXY" -c -f "$H/haproxy.cfg" >"$H/check" 2>&1 || die "haproxy refused its config: $(cat "$H/check")"
+    "$HAPROXY" -f "$H/haproxy.cfg" >"$H/stdout" 2>"$H/stderr" &
+    HP_PID=$!
+    PIDS+=("$HP_PID")
+    wait_http "$HB_PORT" /
+    [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://127.0.0.1:$HJ_PORT/x") == 401 ]] ||
+        die "haproxy jwt_verify let a request without a token through"
+else
+    log "haproxy not found: its rows are left out (apt-get install haproxy)"
+fi
+
 # --- 4. measure --------------------------------------------------------------------------------
 # Each target: name | URL | extra wrk header (or empty) | server pids (space-separated) | proxy pids
 TARGETS=(
@@ -348,6 +411,12 @@ TARGETS=(
     "gateway, all_of route, cookie|http://127.0.0.1:$GW_PORT/private/x|Cookie: __Host-portcullis-at=$TOKEN|$GW_PID $UP_PID|$GW_PID"
     "nginx auth_request → gateway forward-auth, all_of route, Bearer|http://127.0.0.1:$FA_PORT/private/x|Authorization: Bearer $TOKEN|$FA_PID $GW_PID $UP_PID|$FA_PID $GW_PID"
 )
+if [[ -n $HP_PID ]]; then
+    TARGETS+=(
+        "HAProxy 2.6 bare, nbthread $NPROC|http://127.0.0.1:$HB_PORT/||$HP_PID $UP_PID|$HP_PID"
+        "HAProxy 2.6 jwt_verify RS256 (no revocation)|http://127.0.0.1:$HJ_PORT/private/x|Authorization: Bearer $RS_TOKEN|$HP_PID $UP_PID|$HP_PID"
+    )
+fi
 
 # Exactly 200 with the upstream's body, or die.
 check_200() { # url header
