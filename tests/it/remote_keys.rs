@@ -1007,12 +1007,12 @@ routes:
     }
 
     #[tokio::test]
-    async fn the_oidc_example_runs_as_it_is_in_front_of_the_real_provider() {
+    async fn the_oidc_bearer_example_runs_as_it_is_in_front_of_the_real_provider() {
         require_provider();
         let provider = Provider::start(0, &["example-key"]);
-        // examples/oidc/gateway.yaml with its two literal ports rewritten to free ones.
+        // examples/oidc/bearer.yaml with its two literal ports rewritten to free ones.
         let example = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/oidc/gateway.yaml"),
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/oidc/bearer.yaml"),
         )
         .unwrap();
         assert!(example.contains("127.0.0.1:9400") && example.contains("127.0.0.1:9480"));
