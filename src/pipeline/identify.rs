@@ -275,28 +275,24 @@ pub async fn identify<S: SessionStore>(
     let token = credential::credential(headers, &settings.cookie_name)?
         .ok_or(IdentifyError::MissingCredential)?;
     let t = Instant::now();
-    let mut verified = verify::verify(
-        token,
-        &settings.verifier,
-        &settings.token_cache,
-        &settings.permissions,
-        now,
-        metrics,
-    );
-    if verified
-        .as_ref()
-        .is_err_and(|e| *e == TokenError::UnknownKey)
-        && !settings.verifier.keys.remote().is_empty()
-    {
-        refetch(token, settings, now, metrics).await?;
-        verified = verify::verify(
+    let verify = || {
+        verify::verify(
             token,
             &settings.verifier,
             &settings.token_cache,
             &settings.permissions,
             now,
             metrics,
-        );
+        )
+    };
+    let mut verified = verify();
+    if verified
+        .as_ref()
+        .is_err_and(|e| *e == TokenError::UnknownKey)
+        && !settings.verifier.keys.remote().is_empty()
+    {
+        refetch(token, settings, now, metrics).await?;
+        verified = verify();
     }
     timings.verify = Some(t.elapsed());
     let token = verified?;

@@ -600,14 +600,13 @@ mod tests {
         );
     }
 
+    fn cache_with_staleness(max_staleness: Duration) -> LocalCache {
+        LocalCache::new(1000, Duration::from_secs(60), max_staleness, clock())
+    }
+
     #[test]
     fn verdicts_are_served_only_while_the_channel_was_heard_from_within_max_staleness() {
-        let c = LocalCache::new(
-            1000,
-            Duration::from_secs(60),
-            Duration::from_millis(300),
-            clock(),
-        );
+        let c = cache_with_staleness(Duration::from_millis(300));
         c.subscribed();
         let seq = c.sequence();
         c.remember_alive([1; 32], alive(1, "s1", "alice"), seq);
@@ -639,12 +638,7 @@ mod tests {
 
     #[test]
     fn staleness_counts_from_when_the_heartbeat_heard_back_was_sent_not_when_it_arrived() {
-        let c = LocalCache::new(
-            1000,
-            Duration::from_secs(60),
-            Duration::from_millis(300),
-            clock(),
-        );
+        let c = cache_with_staleness(Duration::from_millis(300));
         c.subscribed();
         let seq = c.sequence();
         c.remember_alive([1; 32], alive(1, "s1", "alice"), seq);
