@@ -233,6 +233,9 @@ pub struct MemoryStore {
     /// still spread over that shard's tables.
     placement: RandomState,
     throttle: Mutex<Throttle>,
+    /// The OpenID login flows' states: key → (value, expires at). One mutex: a flow writes
+    /// one and takes one, far off the hot path.
+    login_states: Mutex<HashMap<[u8; 32], (String, i64)>>,
     /// The gateway's clock, for sweeps (answers use the caller's `now`).
     clock: Clock,
 }
@@ -261,6 +264,7 @@ impl MemoryStore {
             shards: (0..shards.max(1)).map(|_| RwLock::default()).collect(),
             placement: RandomState::new(),
             throttle: Mutex::default(),
+            login_states: Mutex::default(),
             clock,
         }
     }
@@ -289,6 +293,11 @@ impl MemoryStore {
     fn throttle(&self) -> std::sync::MutexGuard<'_, Throttle> {
         // Every update of a window is a single assignment, so a panic cannot leave one torn.
         self.throttle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn login_states(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (String, i64)>> {
+        // A put or take is one map operation: a panic cannot leave one half done.
+        self.login_states.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn check_now(&self, token: &TokenRef<'_>, now: i64) -> Verdict {
@@ -513,6 +522,36 @@ impl SessionStore for MemoryStore {
         self.throttle().windows.remove(&throttle_digest(key));
         Ok(())
     }
+
+    async fn put_login_state(
+        &self,
+        key: &[u8; 32],
+        value: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut states = self.login_states();
+        // Expired states are swept whenever the map doubles past 1024 entries: amortised O(1)
+        // per put, and the map holds about the flows started within one state lifetime.
+        if states.len() >= 1024 && states.len().is_power_of_two() {
+            states.retain(|_, (_, until)| *until > now);
+        }
+        states.insert(*key, (value.to_owned(), expires_at));
+        Ok(())
+    }
+
+    async fn take_login_state(
+        &self,
+        key: &[u8; 32],
+        now: i64,
+    ) -> Result<Option<String>, StoreError> {
+        // Removed under the lock: two takes of one key cannot both get it.
+        Ok(self
+            .login_states()
+            .remove(key)
+            .filter(|(_, until)| *until > now)
+            .map(|(value, _)| value))
+    }
 }
 
 #[cfg(test)]
@@ -609,6 +648,7 @@ mod tests {
             absolute_expiry: expires,
             idle_expiry: expires,
             remember_me: false,
+            provider: None,
         }
     }
 

@@ -174,6 +174,25 @@ pub struct SessionRecord {
     pub idle_expiry: i64,
     /// Whether the user asked to stay logged in.
     pub remember_me: bool,
+    /// For a session signed in through an OpenID Provider (`auth.providers`): which one, the
+    /// provider's `sub` and `sid`, and the permissions its claims mapped to at login, which the
+    /// gateway's refresh puts into each new access token. `None` for a password login.
+    pub provider: Option<ProviderLink>,
+}
+
+/// What a session signed in through an OpenID Provider remembers of that sign-in.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProviderLink {
+    /// The provider's `id` in `auth.providers`.
+    pub provider: String,
+    /// The provider's `sub` for the user.
+    pub sub: String,
+    /// The provider's session (`sid` of the ID token), when it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+    /// The permission names the provider's claims mapped to at login.
+    #[serde(default)]
+    pub permissions: Vec<String>,
 }
 
 /// A refresh token as the store keeps it: its hash, never the token.
@@ -318,6 +337,26 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Forgets the key (a successful login clears its username's counter). Clearing a key that
     /// counts nothing is not an error.
     fn throttle_clear(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Keeps `value` under `key` (a SHA-256 the caller made: the OpenID login flow's `state`)
+    /// until `expires_at`, for one [`SessionStore::take_login_state`]. Shared by every instance
+    /// with Redis, so a callback may reach another instance than the one that started the flow.
+    fn put_login_state(
+        &self,
+        key: &[u8; 32],
+        value: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Reads and deletes, atomically, what [`SessionStore::put_login_state`] kept under `key`:
+    /// of two concurrent takes of one key at most one gets it (single use). `None` when there
+    /// is nothing, or it expired at `now`.
+    fn take_login_state(
+        &self,
+        key: &[u8; 32],
+        now: i64,
+    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
 }
 
 /// The configured store. An enum rather than a trait object: the hot path dispatches with a
@@ -440,5 +479,21 @@ impl SessionStore for Store {
     }
     async fn throttle_clear(&self, key: &str) -> Result<(), StoreError> {
         dispatch!(self, s => s.throttle_clear(key).await)
+    }
+    async fn put_login_state(
+        &self,
+        key: &[u8; 32],
+        value: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.put_login_state(key, value, expires_at, now).await)
+    }
+    async fn take_login_state(
+        &self,
+        key: &[u8; 32],
+        now: i64,
+    ) -> Result<Option<String>, StoreError> {
+        dispatch!(self, s => s.take_login_state(key, now).await)
     }
 }

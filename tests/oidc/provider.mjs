@@ -1,6 +1,7 @@
-// A real OpenID Provider (oidc-provider) on loopback for tests/it/remote_keys_oidc.rs.
+// A real OpenID Provider (oidc-provider) on loopback for tests/it/remote_keys.rs and
+// tests/it/oidc_login.rs, and for examples/oidc.
 //
-//   node provider.mjs --port 0 --key-dir DIR --kids signing[,other...]
+//   node provider.mjs --port 0 --key-dir DIR --kids signing[,other...] [--redirect-uri URL]...
 //
 // Listens on 127.0.0.1 (port 0: any free one) with issuer http://127.0.0.1:<port>, and prints
 // `listening <issuer>` once it serves. Its signing keys are RSA keys named by --kids, kept as
@@ -11,6 +12,14 @@
 // One client, `portcullis-tests`, may use the client-credentials grant; its access tokens are
 // JWTs (RFC 9068, `typ: at+jwt`) for the resource `urn:portcullis:api`, audience
 // `portcullis-tests`, with the scopes asked for out of `documents.read documents.write`.
+//
+// Two clients sign browsers in with the authorization code flow, PKCE S256 required:
+// `portcullis-gateway` (the gateway; its redirect URIs are the --redirect-uri arguments) and
+// `another-app` (a second relying party, whose ID tokens the gateway must refuse). The
+// built-in development login and consent pages are on: any login name with any password signs
+// in as that user. Every user has `email` <login>@example.com (verified) and `groups`: `staff`
+// and `reader`, plus `editor` for logins starting with `editor`, none at all for logins
+// starting with `outsider`. Scope claims go into the ID token (conformIdTokenClaims: false).
 import { createServer } from 'node:http';
 import { generateKeyPairSync } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
@@ -37,6 +46,23 @@ function privateJwk(kid) {
 
 export const CLIENT_ID = 'portcullis-tests';
 export const CLIENT_SECRET = 'a-test-client-secret-long-enough-for-hs256-0123456789';
+export const GATEWAY_CLIENT_ID = 'portcullis-gateway';
+export const GATEWAY_CLIENT_SECRET = 'a-gateway-client-secret-for-the-code-flow-0123456789';
+export const OTHER_CLIENT_ID = 'another-app';
+export const OTHER_CLIENT_SECRET = 'another-app-client-secret-for-the-code-flow-0123456789';
+
+function redirectUris() {
+  const uris = [];
+  process.argv.forEach((a, i) => {
+    if (a === '--redirect-uri') uris.push(process.argv[i + 1]);
+  });
+  return uris.length ? uris : ['https://gateway.test/auth/oidc/local/callback'];
+}
+
+function groupsOf(login) {
+  if (login.startsWith('outsider')) return [];
+  return login.startsWith('editor') ? ['staff', 'reader', 'editor'] : ['staff', 'reader'];
+}
 
 const server = createServer();
 server.listen(port, '127.0.0.1', () => {
@@ -50,10 +76,42 @@ server.listen(port, '127.0.0.1', () => {
         redirect_uris: [],
         response_types: [],
       },
+      {
+        client_id: GATEWAY_CLIENT_ID,
+        client_secret: GATEWAY_CLIENT_SECRET,
+        grant_types: ['authorization_code'],
+        response_types: ['code'],
+        redirect_uris: redirectUris(),
+        token_endpoint_auth_method: 'client_secret_basic',
+      },
+      {
+        client_id: OTHER_CLIENT_ID,
+        client_secret: OTHER_CLIENT_SECRET,
+        grant_types: ['authorization_code'],
+        response_types: ['code'],
+        redirect_uris: ['https://another-app.test/callback'],
+        token_endpoint_auth_method: 'client_secret_basic',
+      },
     ],
+    pkce: { required: () => true },
+    conformIdTokenClaims: false,
+    scopes: ['openid', 'email', 'groups', 'offline_access'],
+    claims: {
+      openid: ['sub'],
+      email: ['email', 'email_verified'],
+      groups: ['groups'],
+    },
+    async findAccount(ctx, id) {
+      return {
+        accountId: id,
+        async claims() {
+          return { sub: id, email: `${id}@example.com`, email_verified: true, groups: groupsOf(id) };
+        },
+      };
+    },
     jwks: { keys: kids.map(privateJwk) },
     features: {
-      devInteractions: { enabled: false },
+      devInteractions: { enabled: true },
       clientCredentials: { enabled: true },
       resourceIndicators: {
         enabled: true,

@@ -1,0 +1,339 @@
+//! `GET /auth/oidc/<id>` (start a sign-in through an OpenID Provider) and
+//! `GET /auth/oidc/<id>/callback` (its answer): see [`crate::auth_flow::oidc`] for the flow
+//! and where its secrets live.
+//!
+//! Every ending is audited once: `login.oidc_started` when the browser is sent to the provider,
+//! `login.success` (reason `login.oidc`) or `login.failure` with a reason id of
+//! [`Failure::reason_id`], the provider's id as the detail. A failure answers the login page
+//! with a plain message, never a redirect: a provider that keeps failing cannot make a loop.
+
+use http::header::SET_COOKIE;
+use http::{HeaderMap, Response, StatusCode};
+
+use super::Env;
+use super::input::form_field;
+use super::login::{Opened, login_page_error, mint, open_session, set_token_cookies};
+use super::respond::see_other;
+use crate::audit::AuditEvent;
+use crate::auth_flow::cookies;
+use crate::auth_flow::oidc::{self, Failure, FlowState, Provider};
+use crate::auth_flow::tokens::{self, AccessGrant};
+use crate::body::GatewayBody;
+use crate::error::GatewayError;
+use crate::keys::remote::Trigger;
+use crate::pipeline::route::RouteError;
+use crate::pipeline::verify::{self, TokenError};
+use crate::store::{ProviderLink, SessionStore};
+
+/// Answers `GET /auth/oidc/<rest>`: `<id>` starts, `<id>/callback` finishes.
+pub(super) async fn handle(
+    headers: &HeaderMap,
+    rest: &str,
+    query: Option<&str>,
+    env: &Env<'_>,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    let (id, callback) = match rest.strip_suffix("/callback") {
+        Some(id) => (id, true),
+        None => (rest, false),
+    };
+    let Some(provider) = oidc::find(&env.auth.providers, id) else {
+        return Err(RouteError::NotFound.into());
+    };
+    if callback {
+        callback_of(headers, provider, query.unwrap_or(""), env).await
+    } else {
+        start(headers, provider, query, env).await
+    }
+}
+
+fn event<'e>(
+    env: &'e Env<'_>,
+    event: &'static str,
+    reason_id: &'static str,
+    path: &'e str,
+    provider: &'e Provider,
+) -> AuditEvent<'e> {
+    AuditEvent {
+        method: Some("GET"),
+        detail: Some(&provider.id),
+        ..env.event(event, reason_id, path)
+    }
+}
+
+/// A new `state`, `nonce` and PKCE verifier, kept in the store for [`oidc::FLOW_TTL`]; 303 to
+/// the provider's authorization endpoint.
+async fn start(
+    headers: &HeaderMap,
+    provider: &Provider,
+    query: Option<&str>,
+    env: &Env<'_>,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    let path = format!("{}{}", oidc::PREFIX, provider.id);
+    let return_to = query
+        .and_then(|q| form_field(q, "return_to"))
+        .filter(|r| !r.is_empty() && r.len() <= 2048);
+    let endpoints = env
+        .identify
+        .verifier
+        .keys
+        .remote_for(&provider.iss)
+        .and_then(|r| r.endpoints());
+    let Some(endpoints) = endpoints else {
+        return Ok(failed(
+            env,
+            &path,
+            provider,
+            Failure::Discovery,
+            return_to.as_deref(),
+        ));
+    };
+    // One binding value per browser, kept while it has flows open (several tabs share it).
+    let browser = match cookies::read(headers, cookies::OIDC_COOKIE) {
+        Some(v) if v.len() == 43 => v.to_owned(),
+        _ => tokens::random_token(32),
+    };
+    let state = tokens::random_token(32);
+    let flow = FlowState {
+        provider: provider.id.clone(),
+        nonce: tokens::random_token(32),
+        verifier: tokens::random_token(32),
+        return_to,
+        browser: oidc::s256(&browser),
+    };
+    let value = serde_json::to_string(&flow).map_err(|e| GatewayError::Internal(Box::new(e)))?;
+    let now = env.now;
+    env.store
+        .put_login_state(
+            &oidc::state_key(&state),
+            &value,
+            now + oidc::FLOW_TTL.as_secs() as i64,
+            now,
+        )
+        .await?;
+    env.audit.emit(&event(
+        env,
+        "login.oidc_started",
+        "oidc.started",
+        &path,
+        provider,
+    ));
+    let location = oidc::authorization_url(
+        &endpoints.authorization,
+        provider,
+        &state,
+        &flow.nonce,
+        &oidc::s256(&flow.verifier),
+    );
+    let mut response = see_other(&location);
+    response
+        .headers_mut()
+        .append(SET_COOKIE, cookies::oidc(&browser, oidc::FLOW_TTL));
+    Ok(response)
+}
+
+/// Audits a failed sign-in and answers the login page with its message.
+fn failed(
+    env: &Env<'_>,
+    path: &str,
+    provider: &Provider,
+    failure: Failure,
+    return_to: Option<&str>,
+) -> Response<GatewayBody> {
+    env.audit.emit(&event(
+        env,
+        "login.failure",
+        failure.reason_id(),
+        path,
+        provider,
+    ));
+    let status = match failure {
+        Failure::State
+        | Failure::Browser
+        | Failure::WrongProvider
+        | Failure::ProviderError
+        | Failure::NoCode
+        | Failure::Nonce
+        | Failure::IdToken => StatusCode::BAD_REQUEST,
+        Failure::Email | Failure::Groups => StatusCode::FORBIDDEN,
+        Failure::Discovery | Failure::TokenEndpoint | Failure::NoIdToken => StatusCode::BAD_GATEWAY,
+    };
+    login_page_error(env, status, return_to, failure.message())
+}
+
+/// The provider's answer: the state taken (single use) and checked against this browser and
+/// provider, the code exchanged, the ID token verified, the user admitted; then a new session.
+async fn callback_of(
+    headers: &HeaderMap,
+    provider: &Provider,
+    query: &str,
+    env: &Env<'_>,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    let path = format!("{}{}/callback", oidc::PREFIX, provider.id);
+    let fail =
+        |failure, return_to: Option<&str>| Ok(failed(env, &path, provider, failure, return_to));
+    let now = env.now;
+    // The state first, whatever else the answer says: taking it ends it, so an answer is
+    // used at most once, an error answer included.
+    let Some(state) = form_field(query, "state").filter(|s| !s.is_empty() && s.len() <= 256) else {
+        return fail(Failure::State, None);
+    };
+    let Some(taken) = env
+        .store
+        .take_login_state(&oidc::state_key(&state), now)
+        .await?
+    else {
+        return fail(Failure::State, None);
+    };
+    let Ok(flow) = serde_json::from_str::<FlowState>(&taken) else {
+        return fail(Failure::State, None);
+    };
+    let return_to = flow.return_to.as_deref();
+    if flow.provider != provider.id {
+        return fail(Failure::WrongProvider, return_to);
+    }
+    let same_browser = cookies::read(headers, cookies::OIDC_COOKIE).is_some_and(|c| {
+        aws_lc_rs::constant_time::verify_slices_are_equal(
+            oidc::s256(c).as_bytes(),
+            flow.browser.as_bytes(),
+        )
+        .is_ok()
+    });
+    if !same_browser {
+        return fail(Failure::Browser, return_to);
+    }
+    if form_field(query, "error").is_some() {
+        return fail(Failure::ProviderError, return_to);
+    }
+    let Some(code) = form_field(query, "code").filter(|c| !c.is_empty() && c.len() <= 4096) else {
+        return fail(Failure::NoCode, return_to);
+    };
+    let keys = &env.identify.verifier.keys;
+    let Some(remote) = keys.remote_for(&provider.iss) else {
+        return fail(Failure::Discovery, return_to);
+    };
+    let Some(endpoints) = remote.endpoints() else {
+        return fail(Failure::Discovery, return_to);
+    };
+    let answer = remote
+        .fetcher()
+        .post_form(
+            &endpoints.token,
+            oidc::token_form(provider, &code, &flow.verifier),
+            &provider.client_id,
+            provider.client_secret.expose(),
+        )
+        .await;
+    let answer = match answer {
+        Ok(answer) => answer,
+        Err(e) => {
+            tracing::warn!(provider = %provider.id, error = %e, "the token endpoint refused the code");
+            return fail(Failure::TokenEndpoint, return_to);
+        }
+    };
+    let Some(id_token) = answer.json.get("id_token").and_then(|v| v.as_str()) else {
+        return fail(Failure::NoIdToken, return_to);
+    };
+    let verifier = &env.identify.verifier;
+    let mut verified = verify::verify_id_token(
+        id_token,
+        verifier,
+        provider.issuer,
+        &provider.client_id,
+        now,
+        env.metrics,
+    );
+    if matches!(verified, Err(TokenError::UnknownKey)) {
+        // The provider may have rotated its keys since the last fetch: one refetch, within the
+        // same cool-down the proxy's unknown `kid`s share.
+        if let Ok(Some(change)) = keys
+            .fetch(remote, Trigger::UnknownKid, now, env.metrics)
+            .await
+        {
+            env.identify
+                .token_cache
+                .forget_keys(remote.issuer, &change.removed);
+        }
+        verified = verify::verify_id_token(
+            id_token,
+            verifier,
+            provider.issuer,
+            &provider.client_id,
+            now,
+            env.metrics,
+        );
+    }
+    let id = match verified {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::info!(provider = %provider.id, reason = e.reason_id(), "ID token refused");
+            return fail(Failure::IdToken, return_to);
+        }
+    };
+    let nonce_ok = id.nonce.as_deref().is_some_and(|n| {
+        aws_lc_rs::constant_time::verify_slices_are_equal(n.as_bytes(), flow.nonce.as_bytes())
+            .is_ok()
+    });
+    if !nonce_ok {
+        return fail(Failure::Nonce, return_to);
+    }
+    if let Err(failure) = oidc::admit(provider, &id.claims) {
+        return fail(failure, return_to);
+    }
+    let grant = crate::pipeline::claims::grant(
+        &id.claims,
+        &provider.permissions,
+        &env.identify.permissions,
+    );
+    let permissions: Vec<String> = grant
+        .permissions_header
+        .to_str()
+        .unwrap_or("")
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect();
+
+    // The user, per provider: `<iss>#<sub>`, as the provider's own tokens are known.
+    let subject = keys.issuers[provider.issuer]
+        .user_key(&id.subject)
+        .into_string();
+    let link = ProviderLink {
+        provider: provider.id.clone(),
+        sub: id.subject.to_string(),
+        sid: id.session.as_deref().map(str::to_owned),
+        permissions: permissions.clone(),
+    };
+    let binding = tokens::Binding::new();
+    let Opened {
+        sid, refresh_token, ..
+    } = open_session(env, &subject, false, Some(&binding), Some(link), now).await?;
+    let access = mint(
+        env.auth,
+        &subject,
+        &sid,
+        &AccessGrant::Provider {
+            provider: provider.id.clone(),
+            permissions,
+        },
+        now,
+    )?;
+    env.audit.emit(&AuditEvent {
+        subject: Some(&subject),
+        session: Some(&sid),
+        ..event(env, "login.success", "login.oidc", &path, provider)
+    });
+    let target = env.auth.redirect.target(return_to);
+    let mut response = see_other(&target);
+    set_token_cookies(
+        response.headers_mut(),
+        env,
+        &access,
+        Some((refresh_token.as_str(), &binding)),
+        None,
+    );
+    // A new CSRF token too: one planted before the sign-in is useless after it.
+    response
+        .headers_mut()
+        .append(SET_COOKIE, cookies::csrf(&tokens::random_token(32)));
+    Ok(response)
+}
