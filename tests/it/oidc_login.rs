@@ -935,3 +935,16 @@ fn sec41_provider_config_mistakes_are_refused_naming_the_key() {
     let no_users = "listeners:\n  - bind: 127.0.0.1:0\nupstreams:\n  app: { echo: true }\nroutes:\n  - { path: /, upstream: app, policy: public }\nauth:\n  issuer: https://gw.test\n";
     refused(no_users, &["auth.users_file"]);
 }
+
+#[test]
+fn sec41_the_example_gateway_yaml_with_a_provider_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/oidc/gateway.yaml");
+    let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let auth = config.runtime.auth.as_ref().expect("auth");
+    assert_eq!(auth.providers.len(), 1);
+    assert_eq!(
+        auth.providers[0].redirect_uri,
+        "http://localhost:8080/auth/oidc/local/callback"
+    );
+    assert!(auth.password_login);
+}
