@@ -14,6 +14,7 @@
 //! | `GET /auth/static/*` | the pages' stylesheet and script |
 //! | `GET /auth/oidc/<id>` | starts a sign-in through the OpenID Provider `<id>` ([`oidc`]) |
 //! | `GET /auth/oidc/<id>/callback` | the provider's answer: a new session, cookies, 303 to the return path |
+//! | `POST /auth/oidc/<id>/backchannel-logout` | the provider's `logout_token`: ends the matching sessions everywhere |
 //!
 //! **Expired access token in a browser.** A navigation with an expired (or missing) access
 //! cookie is redirected by the proxy to `GET /auth/login?return_to=…`. The refresh cookie is

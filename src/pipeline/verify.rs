@@ -342,7 +342,7 @@ fn verify_inner(
     signature_checks: &AtomicU64,
 ) -> Result<VerifiedToken, TokenError> {
     let (key_issuer, kid, claims) =
-        signed_claims(token, verifier, Expect::AccessToken, signature_checks)?;
+        signed_claims(token, verifier, Expect::Access, signature_checks)?;
     let issuer = &verifier.keys.issuers[key_issuer];
     let kid = &*kid;
     let iss = claim_str(&claims, "iss")?;
@@ -498,7 +498,7 @@ pub fn verify_id_token(
     metrics: &Metrics,
 ) -> Result<IdToken, TokenError> {
     let checks = &metrics.token_signature_checks;
-    let (_, _, claims) = signed_claims(token, verifier, Expect::IdToken(issuer), checks)?;
+    let (_, _, claims) = signed_claims(token, verifier, Expect::Id(issuer), checks)?;
     let iss = claim_str(&claims, "iss")?;
     if iss != &*verifier.keys.issuers[issuer].iss {
         return Err(TokenError::WrongIssuer);
@@ -548,14 +548,149 @@ pub fn verify_id_token(
     })
 }
 
+/// The event a Back-Channel Logout token must carry in `events`.
+pub const BACKCHANNEL_LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+
+/// How long a logout token without `exp` is accepted after its `iat`.
+pub const LOGOUT_TOKEN_MAX_AGE: i64 = 300;
+
+/// The facts of a verified Back-Channel Logout token.
+#[derive(Debug)]
+pub struct LogoutToken {
+    /// `sub`, when present.
+    pub subject: Option<Box<str>>,
+    /// `sid`, when present.
+    pub session: Option<Box<str>>,
+    /// `jti`: the caller records it, to refuse a replay.
+    pub jti: Box<str>,
+    /// Until when the token could be replayed: its `exp`, or `iat` plus
+    /// [`LOGOUT_TOKEN_MAX_AGE`], plus the leeway.
+    pub replayable_until: i64,
+}
+
+/// Why a logout token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LogoutTokenError {
+    /// The JWS or a claim every JWT of the issuer must get right.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// No `events` object with the back-channel logout event.
+    #[error("logout token has no back-channel logout event")]
+    Events,
+    /// A `nonce`: a logout token must not have one (it would pass for an ID token).
+    #[error("logout token has a nonce")]
+    Nonce,
+    /// Neither `sub` nor `sid`.
+    #[error("logout token names no subject nor session")]
+    NoSubject,
+    /// No `jti`.
+    #[error("logout token has no jti")]
+    NoJti,
+}
+
+impl LogoutTokenError {
+    /// A stable identifier for the audit trail.
+    pub fn reason_id(self) -> &'static str {
+        match self {
+            LogoutTokenError::Token(e) => e.reason_id(),
+            LogoutTokenError::Events => "logout_token.events",
+            LogoutTokenError::Nonce => "logout_token.nonce",
+            LogoutTokenError::NoSubject => "logout_token.no_subject",
+            LogoutTokenError::NoJti => "logout_token.no_jti",
+        }
+    }
+}
+
+/// Verifies a Back-Channel Logout token (OpenID Connect Back-Channel Logout 1.0, 2.6) of the
+/// issuer at index `issuer`, for the client `client_id`, at `now`: the JWS checks of
+/// [`signed_claims`] with a key of that issuer, `typ` absent, `JWT` or `logout+jwt`, `iss`
+/// exactly the issuer, `aud` containing `client_id`, `iat` not in the future, `exp` (when
+/// present) not passed and, without `exp`, `iat` at most [`LOGOUT_TOKEN_MAX_AGE`] old; a `jti`;
+/// an `events` object whose back-channel logout member is an object; `sub` and/or `sid`; no
+/// `nonce`. Whether the `jti` was seen before is the caller's to check (in the store).
+pub fn verify_logout_token(
+    token: &str,
+    verifier: &Verifier,
+    issuer: usize,
+    client_id: &str,
+    now: i64,
+    metrics: &Metrics,
+) -> Result<LogoutToken, LogoutTokenError> {
+    let checks = &metrics.token_signature_checks;
+    let (_, _, claims) = signed_claims(token, verifier, Expect::Logout(issuer), checks)?;
+    let iss = claim_str(&claims, "iss")?;
+    if iss != &*verifier.keys.issuers[issuer].iss {
+        return Err(TokenError::WrongIssuer.into());
+    }
+    let audience_ok = match claims.get("aud") {
+        Some(Value::String(aud)) => aud == client_id,
+        Some(Value::Array(auds)) => auds.iter().any(|a| a.as_str() == Some(client_id)),
+        _ => return Err(TokenError::MissingClaim.into()),
+    };
+    if !audience_ok {
+        return Err(TokenError::WrongAudience.into());
+    }
+    let issued_at = numeric_date(claims.get("iat"))?.ok_or(TokenError::MissingClaim)?;
+    if issued_at > now + verifier.leeway {
+        return Err(TokenError::BadIssuedAt.into());
+    }
+    let replayable_until = match numeric_date(claims.get("exp"))? {
+        Some(exp) => {
+            check_time(exp, None, verifier.leeway, now)?;
+            exp
+        }
+        None => {
+            if issued_at + LOGOUT_TOKEN_MAX_AGE + verifier.leeway < now {
+                return Err(TokenError::Expired.into());
+            }
+            issued_at + LOGOUT_TOKEN_MAX_AGE
+        }
+    } + verifier.leeway;
+    if claims.contains_key("nonce") {
+        return Err(LogoutTokenError::Nonce);
+    }
+    let event_ok = claims
+        .get("events")
+        .and_then(Value::as_object)
+        .and_then(|events| events.get(BACKCHANNEL_LOGOUT_EVENT))
+        .is_some_and(Value::is_object);
+    if !event_ok {
+        return Err(LogoutTokenError::Events);
+    }
+    let jti = match claims.get("jti") {
+        None => return Err(LogoutTokenError::NoJti),
+        value => plain(value, 256)?.into(),
+    };
+    let subject = match claims.get("sub") {
+        None => None,
+        value => Some(plain(value, 1024)?.into()),
+    };
+    let session = match claims.get("sid") {
+        None => None,
+        value => Some(plain(value, 256)?.into()),
+    };
+    if subject.is_none() && session.is_none() {
+        return Err(LogoutTokenError::NoSubject);
+    }
+    Ok(LogoutToken {
+        subject,
+        session,
+        jti,
+        replayable_until,
+    })
+}
+
 /// What kind of JWT [`signed_claims`] is checking.
 #[derive(Debug, Clone, Copy)]
 enum Expect {
     /// An access token: its `typ` is one its key's issuer accepts.
-    AccessToken,
+    Access,
     /// An OpenID Connect ID token (`typ` absent or `JWT`) signed by a key of the issuer at this
     /// index of the key set.
-    IdToken(usize),
+    Id(usize),
+    /// A Back-Channel Logout token (`typ` absent, `JWT` or `logout+jwt`) signed by a key of the
+    /// issuer at this index.
+    Logout(usize),
 }
 
 /// A JWT whose signature verified: its key's issuer index, the `kid`, and the payload.
@@ -604,14 +739,24 @@ fn signed_claims(
         Some(_) => return Err(TokenError::WrongType),
     };
     let type_ok = match expect {
-        Expect::AccessToken => verifier
+        Expect::Access => verifier
             .keys
             .issuers
             .iter()
             .any(|i| i.profile.token_types.accepts(typ)),
         // An ID token is never an access token, nor a logout token: `JWT` or nothing.
-        Expect::IdToken(_) => typ.is_none_or(|t| {
+        Expect::Id(_) => typ.is_none_or(|t| {
             t.eq_ignore_ascii_case("JWT") || t.eq_ignore_ascii_case("application/jwt")
+        }),
+        Expect::Logout(_) => typ.is_none_or(|t| {
+            [
+                "JWT",
+                "application/jwt",
+                "logout+jwt",
+                "application/logout+jwt",
+            ]
+            .iter()
+            .any(|ok| t.eq_ignore_ascii_case(ok))
         }),
     };
     if !type_ok {
@@ -633,16 +778,16 @@ fn signed_claims(
         return Err(TokenError::AlgorithmMismatch);
     }
     let type_ok = match expect {
-        Expect::AccessToken => verifier.keys.issuers[key.issuer]
+        Expect::Access => verifier.keys.issuers[key.issuer]
             .profile
             .token_types
             .accepts(typ),
-        Expect::IdToken(issuer) => key.issuer == issuer,
+        Expect::Id(issuer) | Expect::Logout(issuer) => key.issuer == issuer,
     };
     if !type_ok {
         return Err(match expect {
-            Expect::AccessToken => TokenError::WrongType,
-            Expect::IdToken(_) => TokenError::WrongIssuer,
+            Expect::Access => TokenError::WrongType,
+            Expect::Id(_) | Expect::Logout(_) => TokenError::WrongIssuer,
         });
     }
     let message_len = header_b64.len() + 1 + payload_b64.len();

@@ -552,6 +552,25 @@ impl SessionStore for MemoryStore {
             .filter(|(_, until)| *until > now)
             .map(|(value, _)| value))
     }
+
+    async fn first_use(
+        &self,
+        key: &[u8; 32],
+        expires_at: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        // Kept in the login states' map, under a key no state has (the caller's hash differs),
+        // with an empty value: checked and inserted under one lock.
+        let mut states = self.login_states();
+        if states.get(key).is_some_and(|(_, until)| *until > now) {
+            return Ok(false);
+        }
+        if states.len() >= 1024 && states.len().is_power_of_two() {
+            states.retain(|_, (_, until)| *until > now);
+        }
+        states.insert(*key, (String::new(), expires_at));
+        Ok(true)
+    }
 }
 
 #[cfg(test)]

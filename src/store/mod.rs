@@ -357,6 +357,17 @@ pub trait SessionStore: Send + Sync + 'static {
         key: &[u8; 32],
         now: i64,
     ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+
+    /// Records `key` (a SHA-256 the caller made: a back-channel logout token's issuer and
+    /// `jti`) until `expires_at`: `true` the first time, `false` while it is recorded — on
+    /// every instance sharing the store, and atomically (of two concurrent calls one gets
+    /// `true`).
+    fn first_use(
+        &self,
+        key: &[u8; 32],
+        expires_at: i64,
+        now: i64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
 
 /// The configured store. An enum rather than a trait object: the hot path dispatches with a
@@ -495,5 +506,13 @@ impl SessionStore for Store {
         now: i64,
     ) -> Result<Option<String>, StoreError> {
         dispatch!(self, s => s.take_login_state(key, now).await)
+    }
+    async fn first_use(
+        &self,
+        key: &[u8; 32],
+        expires_at: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.first_use(key, expires_at, now).await)
     }
 }

@@ -63,24 +63,29 @@ fn require_provider() {
 struct Idp {
     child: Child,
     issuer: String,
-    _keys: tempfile::TempDir,
+    /// The key that signs, as the provider keeps it (`<kid>.key.pem` in `keys`).
+    kid: String,
+    keys: tempfile::TempDir,
 }
 
 impl Idp {
     fn start(provider_ids: &[&str]) -> Self {
+        Self::start_with(provider_ids, None)
+    }
+
+    /// With `backchannel`: the URL the provider POSTs its logout tokens to.
+    fn start_with(provider_ids: &[&str], backchannel: Option<&str>) -> Self {
         require_provider();
         let keys = tempfile::tempdir().unwrap();
         let out = keys.path().join("out.log");
+        let kid = format!("{}-k1", provider_ids[0]);
         let mut cmd = Command::new("node");
         cmd.arg(project().join("provider.mjs"))
-            .args([
-                "--port",
-                "0",
-                "--kids",
-                &format!("{}-k1", provider_ids[0]),
-                "--key-dir",
-            ])
+            .args(["--port", "0", "--kids", &kid, "--key-dir"])
             .arg(keys.path());
+        if let Some(uri) = backchannel {
+            cmd.arg("--backchannel-uri").arg(uri);
+        }
         for id in provider_ids {
             cmd.arg("--redirect-uri")
                 .arg(format!("{ISSUER}/auth/oidc/{id}/callback"));
@@ -105,7 +110,8 @@ impl Idp {
         Self {
             child,
             issuer,
-            _keys: keys,
+            kid,
+            keys,
         }
     }
 }
@@ -947,4 +953,282 @@ fn sec41_the_example_gateway_yaml_with_a_provider_loads() {
         "http://localhost:8080/auth/oidc/local/callback"
     );
     assert!(auth.password_login);
+}
+
+// ---- back-channel logout ----
+
+const LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+
+/// A logout token with `claims` (over a valid base for `sub`/`sid`), signed with the provider's
+/// own key under `header`'s `typ` (`None`: no `typ`).
+fn logout_token(idp: &Idp, claims: serde_json::Value, typ: Option<&str>) -> String {
+    let pem = std::fs::read(idp.keys.path().join(format!("{}.key.pem", idp.kid))).unwrap();
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some(idp.kid.clone());
+    header.typ = typ.map(str::to_owned);
+    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+}
+
+/// The claims of a valid logout token of `idp` for the gateway, with `extra` merged over them
+/// (a `null` removes a member).
+fn logout_claims(idp: &Idp, extra: serde_json::Value) -> serde_json::Value {
+    let mut claims = serde_json::json!({
+        "iss": idp.issuer,
+        "aud": GATEWAY_CLIENT,
+        "iat": now(),
+        "exp": now() + 120,
+        "jti": portcullis::auth_flow::tokens::random_token(16),
+        "events": { LOGOUT_EVENT: {} },
+        "sub": "alice",
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        if v.is_null() {
+            claims.as_object_mut().unwrap().remove(k);
+        } else {
+            claims[k] = v.clone();
+        }
+    }
+    claims
+}
+
+async fn post_logout(gw: &TestGateway, id: &str, token: &str) -> TestResponse {
+    send(
+        Request::post(gw.url(&format!("/auth/oidc/{id}/backchannel-logout")))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Full::new(Bytes::from(format!(
+                "logout_token={}",
+                enc(token)
+            ))))
+            .unwrap(),
+    )
+    .await
+}
+
+/// The provider's `sid` of the gateway session `browser` holds.
+async fn provider_sid(gw: &TestGateway, idp: &Idp, browser: &Browser) -> String {
+    use portcullis::store::SessionStore;
+    let at = browser.cookie("__Host-portcullis-at").unwrap();
+    let list = gw.api_get("/auth/sessions", &at).await.json();
+    let current = list["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["current"] == true)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let user = format!("{}#alice", idp.issuer);
+    let record = gw
+        .store()
+        .session(&user, &current, gw.now())
+        .await
+        .unwrap()
+        .unwrap();
+    record
+        .provider
+        .unwrap()
+        .sid
+        .expect("the provider sent a sid")
+}
+
+async fn docs_status(gw: &TestGateway, browser: &Browser) -> StatusCode {
+    let at = browser.cookie("__Host-portcullis-at").unwrap();
+    gw.get_bearer("/docs", &at).await.status
+}
+
+#[tokio::test]
+async fn sec41_a_logout_token_ends_the_provider_session_s_gateway_session_and_a_replay_is_refused()
+{
+    let idp = Idp::start(&["local"]);
+    let gw = gateway(&idp).await;
+    let (mut one, mut two) = (gw.browser(), gw.browser());
+    assert_eq!(
+        sign_in(&mut one, &idp, "alice").await.status,
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(
+        sign_in(&mut two, &idp, "alice").await.status,
+        StatusCode::SEE_OTHER
+    );
+    let sid_one = provider_sid(&gw, &idp, &one).await;
+    assert_ne!(sid_one, provider_sid(&gw, &idp, &two).await);
+
+    let token = logout_token(
+        &idp,
+        logout_claims(&idp, serde_json::json!({ "sid": sid_one })),
+        Some("logout+jwt"),
+    );
+    let r = post_logout(&gw, "local", &token).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.headers["cache-control"], "no-store");
+    assert_eq!(docs_status(&gw, &one).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        docs_status(&gw, &two).await,
+        StatusCode::OK,
+        "another provider session"
+    );
+
+    // The same token again: its jti was used.
+    let again = post_logout(&gw, "local", &token).await;
+    assert_eq!(again.status, StatusCode::BAD_REQUEST);
+    assert_eq!(again.text(), r#"{"error":"invalid_request"}"#);
+
+    // `sub` alone: every session of the user.
+    let all = logout_token(&idp, logout_claims(&idp, serde_json::json!({})), None);
+    assert_eq!(post_logout(&gw, "local", &all).await.status, StatusCode::OK);
+    assert_eq!(docs_status(&gw, &two).await, StatusCode::UNAUTHORIZED);
+
+    let events = gw.audit_events().await;
+    assert_eq!(
+        reasons(&events, "logout.backchannel"),
+        [
+            "logout.backchannel",
+            "logout_token.replayed",
+            "logout.backchannel"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn sec41_logout_tokens_the_spec_refuses_are_answered_400_and_end_nothing() {
+    let idp = Idp::start(&["local"]);
+    let gw = gateway(&idp).await;
+    let mut browser = gw.browser();
+    assert_eq!(
+        sign_in(&mut browser, &idp, "alice").await.status,
+        StatusCode::SEE_OTHER
+    );
+    let sid = provider_sid(&gw, &idp, &browser).await;
+    let with = |extra: serde_json::Value| {
+        let mut extra = extra;
+        extra["sid"] = serde_json::json!(sid);
+        logout_claims(&idp, extra)
+    };
+    let other_key = TestKey::generate(jsonwebtoken::Algorithm::RS256, &idp.kid);
+    let valid = with(serde_json::json!({}));
+    let unsigned = format!(
+        "{}.{}.",
+        b64(r#"{"alg":"none","typ":"logout+jwt"}"#),
+        b64(valid.to_string())
+    );
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "with a nonce",
+            logout_token(&idp, with(serde_json::json!({"nonce": "n"})), None),
+        ),
+        (
+            "without events",
+            logout_token(&idp, with(serde_json::json!({"events": null})), None),
+        ),
+        (
+            "with another event",
+            logout_token(
+                &idp,
+                with(serde_json::json!({"events": {"http://schemas.openid.net/event/other": {}}})),
+                None,
+            ),
+        ),
+        (
+            "with a non-object event",
+            logout_token(
+                &idp,
+                with(serde_json::json!({"events": {LOGOUT_EVENT: true}})),
+                None,
+            ),
+        ),
+        (
+            "without jti",
+            logout_token(&idp, with(serde_json::json!({"jti": null})), None),
+        ),
+        (
+            "without sub nor sid",
+            logout_token(
+                &idp,
+                logout_claims(&idp, serde_json::json!({"sub": null})),
+                None,
+            ),
+        ),
+        (
+            "for another client",
+            logout_token(&idp, with(serde_json::json!({"aud": OTHER_CLIENT})), None),
+        ),
+        (
+            "of another issuer",
+            logout_token(
+                &idp,
+                with(serde_json::json!({"iss": "https://evil.test"})),
+                None,
+            ),
+        ),
+        (
+            "expired",
+            logout_token(
+                &idp,
+                with(serde_json::json!({"iat": now() - 600, "exp": now() - 300})),
+                None,
+            ),
+        ),
+        (
+            "issued in the future",
+            logout_token(&idp, with(serde_json::json!({"iat": now() + 600})), None),
+        ),
+        (
+            "typed as an access token",
+            logout_token(&idp, valid.clone(), Some("at+jwt")),
+        ),
+        ("unsigned", unsigned),
+        (
+            "signed by another key under the provider's kid",
+            other_key.sign_raw(
+                &serde_json::json!({"alg": "RS256", "kid": idp.kid, "typ": "logout+jwt"}),
+                &valid,
+            ),
+        ),
+        ("not a JWT", "not-a-token".to_owned()),
+    ];
+    for (what, token) in &cases {
+        let r = post_logout(&gw, "local", token).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "a logout token {what}");
+        assert_eq!(r.text(), r#"{"error":"invalid_request"}"#, "{what}");
+    }
+    // No body at all.
+    let empty = send(
+        Request::post(gw.url("/auth/oidc/local/backchannel-logout"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(empty.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        docs_status(&gw, &browser).await,
+        StatusCode::OK,
+        "nothing ended"
+    );
+
+    let events = gw.audit_events().await;
+    let refused = reasons(&events, "logout.backchannel");
+    assert_eq!(refused.len(), cases.len() + 1);
+    for reason in [
+        "logout_token.nonce",
+        "logout_token.events",
+        "logout_token.no_jti",
+        "logout_token.no_subject",
+        "token.audience",
+        "token.expired",
+        "token.iat",
+        "token.bad_signature",
+        "logout_token.missing",
+    ] {
+        assert!(
+            refused.iter().any(|r| r == reason),
+            "{reason} in {refused:?}"
+        );
+    }
+    // A valid one still works after all that.
+    let ok = logout_token(&idp, valid, None);
+    assert_eq!(post_logout(&gw, "local", &ok).await.status, StatusCode::OK);
+    assert_eq!(docs_status(&gw, &browser).await, StatusCode::UNAUTHORIZED);
 }

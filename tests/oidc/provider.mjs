@@ -2,6 +2,7 @@
 // tests/it/oidc_login.rs, and for examples/oidc.
 //
 //   node provider.mjs --port 0 --key-dir DIR --kids signing[,other...] [--redirect-uri URL]...
+//                     [--backchannel-uri URL]
 //
 // Listens on 127.0.0.1 (port 0: any free one) with issuer http://127.0.0.1:<port>, and prints
 // `listening <issuer>` once it serves. Its signing keys are RSA keys named by --kids, kept as
@@ -20,8 +21,11 @@
 // in as that user. Every user has `email` <login>@example.com (verified) and `groups`: `staff`
 // and `reader`, plus `editor` for logins starting with `editor`, none at all for logins
 // starting with `outsider`. Scope claims go into the ID token (conformIdTokenClaims: false).
+// A sign-out at the provider (its end_session_endpoint) POSTs a Back-Channel Logout token for
+// `portcullis-gateway` to --backchannel-uri (default: the first redirect URI with
+// /backchannel-logout for /callback).
 import { createServer } from 'node:http';
-import { generateKeyPairSync } from 'node:crypto';
+import { createPrivateKey, generateKeyPairSync } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Provider from 'oidc-provider';
@@ -35,12 +39,16 @@ const port = Number(arg('port', '0'));
 const keyDir = arg('key-dir', '.');
 const kids = arg('kids', 'key-1').split(',');
 
+// Each key is also written as PKCS#8 PEM (`<kid>.key.pem`), so that a test can sign what the
+// provider would (a back-channel logout token) with the provider's own key.
 function privateJwk(kid) {
   const file = join(keyDir, `${kid}.jwk.json`);
   if (existsSync(file)) return JSON.parse(readFileSync(file, 'utf8'));
   const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
   const jwk = { ...privateKey.export({ format: 'jwk' }), kid, alg: 'RS256', use: 'sig' };
   writeFileSync(file, JSON.stringify(jwk), { mode: 0o600 });
+  const pem = createPrivateKey({ key: jwk, format: 'jwk' }).export({ type: 'pkcs8', format: 'pem' });
+  writeFileSync(join(keyDir, `${kid}.key.pem`), pem, { mode: 0o600 });
   return jwk;
 }
 
@@ -83,6 +91,12 @@ server.listen(port, '127.0.0.1', () => {
         response_types: ['code'],
         redirect_uris: redirectUris(),
         token_endpoint_auth_method: 'client_secret_basic',
+        // ID tokens carry `sid` because of it (backchannel_logout_session_required).
+        backchannel_logout_uri: arg(
+          'backchannel-uri',
+          redirectUris()[0].replace(/\/callback$/, '/backchannel-logout'),
+        ),
+        backchannel_logout_session_required: true,
       },
       {
         client_id: OTHER_CLIENT_ID,
@@ -112,6 +126,7 @@ server.listen(port, '127.0.0.1', () => {
     jwks: { keys: kids.map(privateJwk) },
     features: {
       devInteractions: { enabled: true },
+      backchannelLogout: { enabled: true },
       clientCredentials: { enabled: true },
       resourceIndicators: {
         enabled: true,

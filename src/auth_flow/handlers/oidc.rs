@@ -1,5 +1,6 @@
-//! `GET /auth/oidc/<id>` (start a sign-in through an OpenID Provider) and
-//! `GET /auth/oidc/<id>/callback` (its answer): see [`crate::auth_flow::oidc`] for the flow
+//! `GET /auth/oidc/<id>` (start a sign-in through an OpenID Provider),
+//! `GET /auth/oidc/<id>/callback` (its answer) and `POST /auth/oidc/<id>/backchannel-logout`
+//! (the provider ending a user's session): see [`crate::auth_flow::oidc`] for the flow
 //! and where its secrets live.
 //!
 //! Every ending is audited once: `login.oidc_started` when the browser is sent to the provider,
@@ -8,12 +9,13 @@
 //! with a plain message, never a redirect: a provider that keeps failing cannot make a loop.
 
 use http::header::SET_COOKIE;
-use http::{HeaderMap, Response, StatusCode};
+use http::{HeaderMap, Request, Response, StatusCode};
+use hyper::body::Incoming;
 
 use super::Env;
-use super::input::form_field;
+use super::input::{BodyKind, form_field, read_body};
 use super::login::{Opened, login_page_error, mint, open_session, set_token_cookies};
-use super::respond::see_other;
+use super::respond::{json, see_other};
 use crate::audit::AuditEvent;
 use crate::auth_flow::cookies;
 use crate::auth_flow::oidc::{self, Failure, FlowState, Provider};
@@ -337,3 +339,116 @@ async fn callback_of(
         .append(SET_COOKIE, cookies::csrf(&tokens::random_token(32)));
     Ok(response)
 }
+
+/// `POST /auth/oidc/<id>/backchannel-logout`: the provider says a user's session there ended
+/// (OpenID Connect Back-Channel Logout 1.0). The `logout_token` is verified by the verify stage
+/// ([`verify::verify_logout_token`]), its `jti` recorded in the store for as long as the token
+/// could be replayed (a replay is refused), and the matching gateway sessions end on every
+/// instance: with `sid`, the sessions of `<iss>#<sub>` signed in through that provider session;
+/// with `sub` alone, every session of the user (the user is revoked, as by logout-all). A token
+/// with `sid` but no `sub` is refused: the gateway keeps no index from the provider's session
+/// to its own. 200 with an empty body, or 400 with `{"error":"invalid_request"}` and nothing
+/// more; audited as `logout.backchannel`.
+pub(super) async fn backchannel_logout(
+    request: Request<Incoming>,
+    rest: &str,
+    env: &Env<'_>,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    let Some(provider) = rest
+        .strip_suffix(BACKCHANNEL_SUFFIX)
+        .and_then(|id| oidc::find(&env.auth.providers, id))
+    else {
+        return Err(RouteError::NotFound.into());
+    };
+    let path = format!("{}{}{BACKCHANNEL_SUFFIX}", oidc::PREFIX, provider.id);
+    let refuse = |reason: &'static str| {
+        env.audit.emit(&AuditEvent {
+            method: Some("POST"),
+            detail: Some(&provider.id),
+            ..env.event("logout.backchannel", reason, &path)
+        });
+        let mut response = json(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({"error": "invalid_request"}),
+        );
+        response.headers_mut().insert(
+            http::header::CACHE_CONTROL,
+            http::HeaderValue::from_static("no-store"),
+        );
+        Ok(response)
+    };
+    let body = match read_body(request, env).await {
+        Ok((BodyKind::Form, body)) => body,
+        Ok((BodyKind::Json, _)) | Err(GatewayError::Auth(_)) => {
+            return refuse("logout_token.missing");
+        }
+        Err(e) => return Err(e),
+    };
+    let Some(token) = std::str::from_utf8(&body)
+        .ok()
+        .and_then(|text| form_field(text, "logout_token"))
+    else {
+        return refuse("logout_token.missing");
+    };
+    let now = env.now;
+    let keys = &env.identify.verifier.keys;
+    let verified = verify::verify_logout_token(
+        &token,
+        &env.identify.verifier,
+        provider.issuer,
+        &provider.client_id,
+        now,
+        env.metrics,
+    );
+    let logout = match verified {
+        Ok(logout) => logout,
+        Err(e) => return refuse(e.reason_id()),
+    };
+    let Some(sub) = logout.subject.as_deref() else {
+        return refuse("logout_token.sid_only");
+    };
+    // Single use within its lifetime, on every instance.
+    let jti_key = crate::store::jti_key(&provider.iss, &format!("logout:{}", logout.jti));
+    if !env
+        .store
+        .first_use(&jti_key, logout.replayable_until, now)
+        .await?
+    {
+        return refuse("logout_token.replayed");
+    }
+    let user = keys.issuers[provider.issuer].user_key(sub);
+    let ended = match logout.session.as_deref() {
+        Some(provider_sid) => {
+            let mut ended = 0;
+            for record in env.store.sessions_of(&user, now).await? {
+                let matches = record.provider.as_ref().is_some_and(|link| {
+                    link.provider == provider.id && link.sid.as_deref() == Some(provider_sid)
+                });
+                if matches && env.store.revoke_session(&user, &record.id).await? {
+                    ended += 1;
+                }
+            }
+            ended
+        }
+        None => {
+            crate::pipeline::identify::revoke_user(env.store, env.identify, &user, now).await?;
+            1
+        }
+    };
+    tracing::info!(provider = %provider.id, ended, "back-channel logout applied");
+    env.audit.emit(&AuditEvent {
+        method: Some("POST"),
+        subject: Some(&user),
+        detail: Some(&provider.id),
+        ..env.event("logout.backchannel", "logout.backchannel", &path)
+    });
+    let mut response = json(StatusCode::OK, &serde_json::json!({}));
+    response.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    Ok(response)
+}
+
+/// The back-channel logout endpoint of a provider: `/auth/oidc/<id>` and this.
+pub(super) const BACKCHANNEL_SUFFIX: &str = "/backchannel-logout";

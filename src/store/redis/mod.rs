@@ -626,4 +626,27 @@ impl SessionStore for RedisStore {
             (until.parse::<i64>().ok()? > now).then(|| value.to_owned())
         }))
     }
+
+    async fn first_use(
+        &self,
+        key: &[u8; 32],
+        expires_at: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        // SET NX: one caller creates the key. Its TTL is the record's lifetime (plus the
+        // margin): a replay within it finds the key.
+        let mut conn = self.conn.clone();
+        let set: Option<String> = self
+            .run(
+                redis::cmd("SET")
+                    .arg(self.keys.once(key))
+                    .arg(expires_at)
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(gc_ttl(expires_at, now))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(set.is_some())
+    }
 }
