@@ -70,18 +70,19 @@ struct Idp {
 
 impl Idp {
     fn start(provider_ids: &[&str]) -> Self {
-        Self::start_with(provider_ids, None)
+        Self::spawn(0, provider_ids, None)
     }
 
-    /// With `backchannel`: the URL the provider POSTs its logout tokens to.
-    fn start_with(provider_ids: &[&str], backchannel: Option<&str>) -> Self {
+    /// On `port` (0: any free one); with `backchannel`, the URL the provider POSTs its logout
+    /// tokens to.
+    fn spawn(port: u16, provider_ids: &[&str], backchannel: Option<&str>) -> Self {
         require_provider();
         let keys = tempfile::tempdir().unwrap();
         let out = keys.path().join("out.log");
         let kid = format!("{}-k1", provider_ids[0]);
         let mut cmd = Command::new("node");
         cmd.arg(project().join("provider.mjs"))
-            .args(["--port", "0", "--kids", &kid, "--key-dir"])
+            .args(["--port", &port.to_string(), "--kids", &kid, "--key-dir"])
             .arg(keys.path());
         if let Some(uri) = backchannel {
             cmd.arg("--backchannel-uri").arg(uri);
@@ -125,25 +126,25 @@ impl Drop for Idp {
 
 /// The `issuers:` entry and the `auth.providers` entry for `idp` as provider `id`, with
 /// `extra` lines for the provider (indented by six spaces).
-fn provider_yaml(idp: &Idp, id: &str, name: &str, extra: &str) -> (String, String) {
+fn provider_yaml(issuer: &str, id: &str, name: &str, extra: &str) -> (String, String) {
     let issuers = format!(
         "  - issuer: {iss}\n    audiences: [portcullis-tests]\n    require_session: false\n    discovery: {iss}/.well-known/openid-configuration\n    algorithms: [RS256]\n",
-        iss = idp.issuer
+        iss = issuer
     );
     let provider = format!(
         "    - id: {id}\n      name: {name}\n      issuer: {iss}\n      client_id: {GATEWAY_CLIENT}\n      client_secret_file: {id}-secret.txt\n      scopes: [openid, email, groups]\n      permissions:\n        - {{ claim: groups, via: roles }}\n{extra}",
-        iss = idp.issuer
+        iss = issuer
     );
     (issuers, provider)
 }
 
 /// A gateway (memory store unless `store` says otherwise) with the users file and the
 /// providers `(idp, id, name, extra)`.
-async fn gateway_with(providers: &[(&Idp, &str, &str, &str)], store: StoreChoice) -> TestGateway {
+async fn gateway_with(providers: &[(&str, &str, &str, &str)], store: StoreChoice) -> TestGateway {
     let mut issuers = String::new();
     let mut list = String::new();
-    for (idp, id, name, extra) in providers {
-        let (i, p) = provider_yaml(idp, id, name, extra);
+    for (issuer, id, name, extra) in providers {
+        let (i, p) = provider_yaml(issuer, id, name, extra);
         issuers.push_str(&i);
         list.push_str(&p);
     }
@@ -171,7 +172,7 @@ async fn gateway_with(providers: &[(&Idp, &str, &str, &str)], store: StoreChoice
 async fn gateway(idp: &Idp) -> TestGateway {
     gateway_with(
         &[(
-            idp,
+            &idp.issuer,
             "local",
             "Local IdP",
             "      required_groups: [staff]\n",
@@ -722,7 +723,10 @@ async fn sec41_the_same_sub_at_two_providers_is_two_users_and_logout_all_at_one_
     let a = Idp::start(&["a"]);
     let b = Idp::start(&["b"]);
     let gw = gateway_with(
-        &[(&a, "a", "Provider A", ""), (&b, "b", "Provider B", "")],
+        &[
+            (&a.issuer, "a", "Provider A", ""),
+            (&b.issuer, "b", "Provider B", ""),
+        ],
         StoreChoice::Memory,
     )
     .await;
@@ -755,7 +759,7 @@ async fn sec41_with_one_provider_and_no_users_file_the_login_page_redirects_at_o
     let upstream = EchoUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("local-secret.txt"), GATEWAY_SECRET).unwrap();
-    let (issuers, provider) = provider_yaml(&idp, "local", "Local IdP", "");
+    let (issuers, provider) = provider_yaml(&idp.issuer, "local", "Local IdP", "");
     let yaml = format!(
         r#"
 listeners:
@@ -800,12 +804,12 @@ async fn sec41_a_provider_login_on_one_instance_is_signed_in_on_another_sharing_
     let idp = Idp::start(&["local"]);
     let redis = RedisServer::start();
     let one = gateway_with(
-        &[(&idp, "local", "Local IdP", "")],
+        &[(&idp.issuer, "local", "Local IdP", "")],
         StoreChoice::Redis(redis.url()),
     )
     .await;
     let two = gateway_with(
-        &[(&idp, "local", "Local IdP", "")],
+        &[(&idp.issuer, "local", "Local IdP", "")],
         StoreChoice::Redis(redis.url()),
     )
     .await;
@@ -1231,4 +1235,66 @@ async fn sec41_logout_tokens_the_spec_refuses_are_answered_400_and_end_nothing()
     let ok = logout_token(&idp, valid, None);
     assert_eq!(post_logout(&gw, "local", &ok).await.status, StatusCode::OK);
     assert_eq!(docs_status(&gw, &browser).await, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn sec41_a_sign_out_at_the_provider_ends_the_gateway_session_through_back_channel_logout() {
+    // The gateway must know the provider's issuer and the provider the gateway's address: the
+    // gateway starts first (the provider is not up yet: its keys are fetched once it is).
+    let port = free_port();
+    let issuer = format!("http://127.0.0.1:{port}");
+    let gw = gateway_with(&[(&issuer, "local", "Local IdP", "")], StoreChoice::Memory).await;
+    let backchannel = gw.url("/auth/oidc/local/backchannel-logout");
+    let idp = Idp::spawn(port, &["local"], Some(&backchannel));
+    portcullis::reload::fetch_remote_keys(
+        gw.running.gateway(),
+        portcullis::keys::remote::Trigger::Start,
+    )
+    .await
+    .unwrap();
+
+    let mut browser = gw.browser();
+    let authorize = start(&mut browser, "local", "/docs").await;
+    let mut at_idp = ProviderClient::default();
+    let callback = at_idp.drive(&idp.issuer, authorize, "alice", false).await;
+    let done = browser.navigate(&callback_path(&callback)).await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.text());
+    assert_eq!(docs_status(&gw, &browser).await, StatusCode::OK);
+
+    // The user signs out at the provider (its end-session page and confirmation).
+    let page = at_idp
+        .request("GET", &format!("{}/session/end", idp.issuer), None)
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text());
+    let text = page.text();
+    let xsrf = text
+        .split(r#"name="xsrf" value=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no xsrf field: {text}"))
+        .to_owned();
+    let confirm = at_idp
+        .request(
+            "POST",
+            &format!("{}/session/end/confirm", idp.issuer),
+            Some(&format!("xsrf={xsrf}&logout=yes")),
+        )
+        .await;
+    assert!(confirm.status.is_redirection(), "{}", confirm.text());
+
+    // The provider POSTed its logout token to the gateway, which ended the session.
+    let ended = eventually(Duration::from_secs(5), || async {
+        docs_status(&gw, &browser).await == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    assert!(
+        ended.is_some(),
+        "the gateway session outlived the provider's; the provider's log: {}",
+        std::fs::read_to_string(idp.keys.path().join("out.log")).unwrap_or_default()
+    );
+    let events = gw.audit_events().await;
+    assert_eq!(
+        reasons(&events, "logout.backchannel"),
+        ["logout.backchannel"]
+    );
 }

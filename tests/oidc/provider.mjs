@@ -108,6 +108,12 @@ server.listen(port, '127.0.0.1', () => {
       },
     ],
     pkce: { required: () => true },
+    // Its outgoing requests (the back-channel logout POST) refuse loopback addresses by default
+    // (SSRF protection); the gateway it tells is on loopback here, so that guard is dropped.
+    fetch: (url, options) => {
+      delete options.dispatcher;
+      return fetch(url, options);
+    },
     conformIdTokenClaims: false,
     scopes: ['openid', 'email', 'groups', 'offline_access'],
     claims: {
@@ -141,6 +147,9 @@ server.listen(port, '127.0.0.1', () => {
       },
     },
   });
+  // What a test needs to know when a back-channel logout did not arrive.
+  provider.on('backchannel.error', (ctx, err) => console.log(`backchannel.error ${err.message} ${err.cause}`));
+  provider.on('backchannel.success', () => console.log('backchannel.success'));
   server.on('request', provider.callback());
   console.log(`listening ${issuer}`);
 });
