@@ -406,6 +406,25 @@ async fn sec41_a_sign_in_through_the_provider_ends_in_a_gateway_session_with_the
     let events = gw.audit_events().await;
     assert_eq!(reasons(&events, "login.oidc_started"), ["oidc.started"]);
     assert_eq!(reasons(&events, "login.success"), ["login.oidc"]);
+    let metrics = oidc_metrics(&gw);
+    for line in [
+        r#"portcullis_oidc_events_total{event="login.oidc_started",reason="oidc.started"} 1"#,
+        r#"portcullis_oidc_events_total{event="login.success",reason="login.oidc"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+}
+
+/// The `portcullis_oidc_events_total` lines of the gateway's metrics.
+fn oidc_metrics(gw: &TestGateway) -> String {
+    gw.running
+        .gateway()
+        .metrics()
+        .render(&portcullis::metrics::Gauges::default())
+        .lines()
+        .filter(|l| l.starts_with("portcullis_oidc_events_total"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[tokio::test]
@@ -537,6 +556,8 @@ async fn sec41_an_id_token_with_another_nonce_is_refused() {
     assert!(browser.cookie("__Host-portcullis-at").is_none());
     let events = gw.audit_events().await;
     assert_eq!(reasons(&events, "login.failure"), ["oidc.nonce"]);
+    let line = r#"portcullis_oidc_events_total{event="login.failure",reason="oidc.nonce"} 1"#;
+    assert!(oidc_metrics(&gw).contains(line));
 }
 
 #[tokio::test]
@@ -1093,6 +1114,13 @@ async fn sec41_a_logout_token_ends_the_provider_session_s_gateway_session_and_a_
             "logout.backchannel"
         ]
     );
+    let metrics = oidc_metrics(&gw);
+    for line in [
+        r#"portcullis_oidc_events_total{event="logout.backchannel",reason="logout.backchannel"} 2"#,
+        r#"portcullis_oidc_events_total{event="logout.backchannel",reason="logout_token.replayed"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
 }
 
 #[tokio::test]

@@ -48,6 +48,8 @@ pub(super) async fn handle(
     }
 }
 
+/// The audit event of a step through `provider`, counted in `portcullis_oidc_events_total` as
+/// it is built (each is emitted once).
 fn event<'e>(
     env: &'e Env<'_>,
     event: &'static str,
@@ -55,6 +57,7 @@ fn event<'e>(
     path: &'e str,
     provider: &'e Provider,
 ) -> AuditEvent<'e> {
+    env.metrics.oidc(event, reason_id);
     AuditEvent {
         method: Some("GET"),
         detail: Some(&provider.id),
@@ -362,6 +365,7 @@ pub(super) async fn backchannel_logout(
     };
     let path = format!("{}{}{BACKCHANNEL_SUFFIX}", oidc::PREFIX, provider.id);
     let refuse = |reason: &'static str| {
+        env.metrics.oidc("logout.backchannel", reason);
         env.audit.emit(&AuditEvent {
             method: Some("POST"),
             detail: Some(&provider.id),
@@ -436,6 +440,7 @@ pub(super) async fn backchannel_logout(
         }
     };
     tracing::info!(provider = %provider.id, ended, "back-channel logout applied");
+    env.metrics.oidc("logout.backchannel", "logout.backchannel");
     env.audit.emit(&AuditEvent {
         method: Some("POST"),
         subject: Some(&user),
