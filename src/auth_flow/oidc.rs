@@ -107,6 +107,8 @@ pub enum Failure {
     Browser,
     /// The state was issued for another provider's callback.
     WrongProvider,
+    /// The answer's `iss` (RFC 9207) names another issuer than the provider's: a mix-up.
+    Issuer,
     /// The provider answered with an error (`error=access_denied`, …).
     ProviderError,
     /// No `code`.
@@ -134,6 +136,7 @@ impl Failure {
             Failure::State => "oidc.state",
             Failure::Browser => "oidc.browser",
             Failure::WrongProvider => "oidc.provider_mismatch",
+            Failure::Issuer => "oidc.issuer",
             Failure::ProviderError => "oidc.provider_error",
             Failure::NoCode => "oidc.no_code",
             Failure::Discovery => "oidc.discovery",
@@ -154,7 +157,8 @@ impl Failure {
             }
             Failure::ProviderError => "The sign-in was cancelled or refused by the provider.",
             Failure::Email | Failure::Groups => "Your account is not allowed to sign in here.",
-            Failure::NoCode
+            Failure::Issuer
+            | Failure::NoCode
             | Failure::Discovery
             | Failure::TokenEndpoint
             | Failure::NoIdToken

@@ -520,6 +520,24 @@ async fn sec41_a_callback_opened_in_another_browser_is_refused() {
 }
 
 #[tokio::test]
+async fn sec41_an_answer_naming_another_issuer_is_refused_as_a_mix_up() {
+    let idp = Idp::start(&["local"]);
+    let gw = gateway(&idp).await;
+    let mut browser = gw.browser();
+    let authorize = start(&mut browser, "local", "/docs").await;
+    let callback = ProviderClient::default()
+        .drive(&idp.issuer, authorize, "alice", false)
+        .await;
+    assert_eq!(query_param(&callback, "iss"), enc(&idp.issuer));
+    let mixed = replace_param(&callback, "iss", &enc("https://evil.test"));
+    let r = browser.navigate(&callback_path(&mixed)).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert!(browser.cookie("__Host-portcullis-at").is_none());
+    let events = gw.audit_events().await;
+    assert_eq!(reasons(&events, "login.failure"), ["oidc.issuer"]);
+}
+
+#[tokio::test]
 async fn sec41_several_tabs_may_sign_in_at_once() {
     let idp = Idp::start(&["local"]);
     let gw = gateway(&idp).await;

@@ -156,6 +156,7 @@ fn failed(
         | Failure::Browser
         | Failure::WrongProvider
         | Failure::ProviderError
+        | Failure::Issuer
         | Failure::NoCode
         | Failure::Nonce
         | Failure::IdToken => StatusCode::BAD_REQUEST,
@@ -205,6 +206,11 @@ async fn callback_of(
     });
     if !same_browser {
         return fail(Failure::Browser, return_to);
+    }
+    // RFC 9207: a provider that names itself in its answer must be the one asked (an answer
+    // from another provider's flow, a mix-up, is refused before its code goes anywhere).
+    if form_field(query, "iss").is_some_and(|iss| iss != provider.iss) {
+        return fail(Failure::Issuer, return_to);
     }
     if form_field(query, "error").is_some() {
         return fail(Failure::ProviderError, return_to);
