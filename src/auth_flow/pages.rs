@@ -246,6 +246,21 @@ pub fn message(title: &str, text: &str) -> String {
     layout(title, &main)
 }
 
+/// After a logout of a session signed in through an OpenID Provider: signed out here, and a
+/// link to sign out at the provider too (RP-initiated logout). A link rather than a redirect
+/// from the logout POST: the pages' CSP `form-action` would block a redirect to the provider.
+pub fn signed_out_with_provider(provider: &str, end_session: &str) -> String {
+    let main = format!(
+        r#"<h1>Signed out</h1>
+<p>You are signed out of this site. You may still be signed in at {provider}.</p>
+<p><a class="button" id="provider-logout" href="{href}">Sign out at {provider} too</a></p>
+<p><a href="/auth/login">Sign in again</a></p>"#,
+        provider = escape(provider),
+        href = escape(end_session),
+    );
+    layout("Signed out", &main)
+}
+
 /// A human name for a user agent: browser and platform, or the first product token.
 pub fn device(user_agent: &str) -> String {
     let ua = user_agent;

@@ -193,6 +193,11 @@ pub struct ProviderLink {
     /// The permission names the provider's claims mapped to at login.
     #[serde(default)]
     pub permissions: Vec<String>,
+    /// The ID token of the sign-in, sent back as `id_token_hint` when the user signs out at
+    /// the provider from the gateway (RP-initiated logout). Not a credential at the gateway:
+    /// no endpoint accepts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_token: Option<String>,
 }
 
 /// A refresh token as the store keeps it: its hash, never the token.

@@ -1344,3 +1344,79 @@ async fn sec41_a_sign_out_at_the_provider_ends_the_gateway_session_through_back_
         ["logout.backchannel"]
     );
 }
+
+#[tokio::test]
+async fn sec41_logout_offers_to_sign_out_at_the_provider_with_the_id_token_as_hint() {
+    let idp = Idp::start(&["local"]);
+    let gw = gateway(&idp).await;
+    let mut browser = gw.browser();
+    let authorize = start(&mut browser, "local", "/docs").await;
+    let mut at_idp = ProviderClient::default();
+    let callback = at_idp.drive(&idp.issuer, authorize, "alice", false).await;
+    assert_eq!(
+        browser.navigate(&callback_path(&callback)).await.status,
+        StatusCode::SEE_OTHER
+    );
+    let at = browser.cookie("__Host-portcullis-at").unwrap();
+
+    let csrf = browser.cookie("__Host-portcullis-csrf").unwrap();
+    let r = browser.post_form("/auth/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(
+        gw.get_bearer("/docs", &at).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let page = r.text();
+    assert!(page.contains("Sign out at Local IdP too"), "{page}");
+    let href = page
+        .split(r#"id="provider-logout" href=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .replace("&amp;", "&");
+    assert!(
+        href.starts_with(&format!("{}/session/end?id_token_hint=", idp.issuer)),
+        "{href}"
+    );
+    assert_eq!(query_param(&href, "client_id"), GATEWAY_CLIENT);
+
+    // At the provider: the hint names the gateway's sign-in; confirming signs out there and
+    // comes back to the gateway's login page.
+    let end = at_idp.request("GET", &href, None).await;
+    assert_eq!(end.status, StatusCode::OK, "{}", end.text());
+    let text = end.text();
+    let xsrf = text
+        .split(r#"name="xsrf" value=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no xsrf field: {text}"))
+        .to_owned();
+    let confirm = at_idp
+        .request(
+            "POST",
+            &format!("{}/session/end/confirm", idp.issuer),
+            Some(&format!("xsrf={xsrf}&logout=yes")),
+        )
+        .await;
+    assert_eq!(confirm.status, StatusCode::SEE_OTHER, "{}", confirm.text());
+    assert_eq!(
+        confirm.headers["location"],
+        format!("{ISSUER}/auth/login").as_str()
+    );
+
+    // A JSON logout (an API client) gets no page.
+    let mut api = gw.browser();
+    assert_eq!(
+        sign_in(&mut api, &idp, "alice").await.status,
+        StatusCode::SEE_OTHER
+    );
+    let at = api.cookie("__Host-portcullis-at").unwrap();
+    let r = gw
+        .post_json(
+            "/auth/logout",
+            &serde_json::json!({}),
+            &[("authorization", &format!("Bearer {at}"))],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+}

@@ -968,6 +968,7 @@ contract!(a_provider_link_is_kept_with_its_session, |store| {
         sub: "248289761001".into(),
         sid: Some("provider-session".into()),
         permissions: vec!["docs:read".into()],
+        id_token: Some("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIyNDgyODk3NjEwMDEifQ.c2ln".into()),
     };
     let user = "https://idp.test#248289761001";
     let mut r = record("s1", user);

@@ -90,6 +90,8 @@ server.listen(port, '127.0.0.1', () => {
         grant_types: ['authorization_code'],
         response_types: ['code'],
         redirect_uris: redirectUris(),
+        // RP-initiated logout comes back to the gateway's login page.
+        post_logout_redirect_uris: [new URL('/auth/login', redirectUris()[0]).href],
         token_endpoint_auth_method: 'client_secret_basic',
         // ID tokens carry `sid` because of it (backchannel_logout_session_required).
         backchannel_logout_uri: arg(

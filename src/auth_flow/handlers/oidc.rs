@@ -313,6 +313,7 @@ async fn callback_of(
         sub: id.subject.to_string(),
         sid: id.session.as_deref().map(str::to_owned),
         permissions: permissions.clone(),
+        id_token: Some(id_token.to_owned()),
     };
     let binding = tokens::Binding::new();
     let Opened {
@@ -463,3 +464,37 @@ pub(super) async fn backchannel_logout(
 
 /// The back-channel logout endpoint of a provider: `/auth/oidc/<id>` and this.
 pub(super) const BACKCHANNEL_SUFFIX: &str = "/backchannel-logout";
+
+/// The provider's end-session URL for `link`'s sign-in (OpenID Connect RP-Initiated Logout 1.0:
+/// `id_token_hint`, `client_id`, and `post_logout_redirect_uri` = the login page, which must be
+/// registered at the provider), with the provider's display name; `None` when the provider is
+/// no longer configured, has no `end_session_endpoint`, or the session kept no ID token.
+pub(super) fn end_session_url(env: &Env<'_>, link: &ProviderLink) -> Option<(String, String)> {
+    use crate::keys::fetch::form_encode as enc;
+    let provider = oidc::find(&env.auth.providers, &link.provider)?;
+    let id_token = link.id_token.as_deref()?;
+    let endpoint = env
+        .identify
+        .verifier
+        .keys
+        .remote_for(&provider.iss)?
+        .endpoints()?
+        .end_session
+        .clone()?
+        .to_string();
+    let sep = if endpoint.contains('?') { '&' } else { '?' };
+    let back = format!(
+        "{}{}",
+        env.auth.issuer.trim_end_matches('/'),
+        crate::auth_flow::LOGIN_PATH
+    );
+    Some((
+        format!(
+            "{endpoint}{sep}id_token_hint={}&client_id={}&post_logout_redirect_uri={}",
+            enc(id_token),
+            enc(&provider.client_id),
+            enc(&back)
+        ),
+        provider.name.clone(),
+    ))
+}
