@@ -1420,3 +1420,42 @@ async fn sec41_logout_offers_to_sign_out_at_the_provider_with_the_id_token_as_hi
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
 }
+
+#[tokio::test]
+async fn sec41_a_logout_token_received_by_one_instance_ends_the_session_on_another_sharing_redis() {
+    let idp = Idp::start(&["local"]);
+    let redis = RedisServer::start();
+    let providers = [(idp.issuer.as_str(), "local", "Local IdP", "")];
+    let one = gateway_with(&providers, StoreChoice::Redis(redis.url())).await;
+    let two = gateway_with(&providers, StoreChoice::Redis(redis.url())).await;
+    wait_subscribed(one.redis()).await;
+    let mut browser = one.browser();
+    assert_eq!(
+        sign_in(&mut browser, &idp, "alice").await.status,
+        StatusCode::SEE_OTHER
+    );
+    // Instance one has seen the token and cached its verdict.
+    assert_eq!(docs_status(&one, &browser).await, StatusCode::OK);
+    let sid = provider_sid(&one, &idp, &browser).await;
+
+    let token = logout_token(
+        &idp,
+        logout_claims(&idp, serde_json::json!({ "sid": sid })),
+        Some("logout+jwt"),
+    );
+    let r = post_logout(&two, "local", &token).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let refused = eventually(Duration::from_secs(2), || async {
+        docs_status(&one, &browser).await == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    assert!(
+        refused.is_some(),
+        "instance one still lets the session through"
+    );
+    // The jti is spent on every instance.
+    assert_eq!(
+        post_logout(&one, "local", &token).await.status,
+        StatusCode::BAD_REQUEST
+    );
+}
