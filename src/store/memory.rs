@@ -250,6 +250,9 @@ fn write(shard: &RwLock<Shard>) -> RwLockWriteGuard<'_, Shard> {
     shard.write().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The most sign-ins through an OpenID Provider in progress at once (each lives 10 minutes).
+const MAX_LOGIN_STATES: usize = 100_000;
+
 impl MemoryStore {
     /// An empty store that sweeps by `clock` (the gateway's).
     pub fn new(clock: Clock) -> Self {
@@ -536,6 +539,16 @@ impl SessionStore for MemoryStore {
         if states.len() >= 1024 && states.len().is_power_of_two() {
             states.retain(|_, (_, until)| *until > now);
         }
+        // Starting a sign-in needs no credential: a flood of starts must not grow the process
+        // without bound. Past the cap (and a sweep), new sign-ins wait (503) until some expire.
+        if states.len() >= MAX_LOGIN_STATES {
+            states.retain(|_, (_, until)| *until > now);
+            if states.len() >= MAX_LOGIN_STATES {
+                return Err(StoreError::Unavailable {
+                    source: "too many sign-ins in progress".into(),
+                });
+            }
+        }
         states.insert(*key, (value.to_owned(), expires_at));
         Ok(())
     }
@@ -576,6 +589,37 @@ impl SessionStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_flood_of_started_sign_ins_is_capped_until_they_expire() {
+        let store = MemoryStore::new(Clock::manual());
+        let n = 1_000_000;
+        for i in 0..MAX_LOGIN_STATES as u64 {
+            let mut key = [0u8; 32];
+            key[..8].copy_from_slice(&i.to_le_bytes());
+            store.put_login_state(&key, "s", n + 600, n).await.unwrap();
+        }
+        let one_more = [0xff; 32];
+        assert!(
+            store
+                .put_login_state(&one_more, "s", n + 600, n)
+                .await
+                .is_err()
+        );
+        // Once they have expired, sign-ins start again.
+        store
+            .put_login_state(&one_more, "s", n + 1200, n + 600)
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .take_login_state(&one_more, n + 601)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("s")
+        );
+    }
 
     #[tokio::test]
     async fn a_window_is_measured_with_the_callers_clock() {
