@@ -25,10 +25,12 @@
 //! and the same `sub` at two providers is two users.
 //!
 //! **Permissions.** The ID token's claims go through the provider's `permissions:` mapping (the
-//! code of an issuer's token profile) once, at the callback. The names it grants are kept with
-//! the session ([`crate::store::ProviderLink`]) and carried in the gateway's access tokens
-//! (`idp`, `permissions`), so the hot path looks nothing up; each refresh mints them again
-//! from the session (and refuses when the provider is no longer configured).
+//! mapping of an issuer's token profile) once, at the callback ([`mapped`]): the role names and
+//! direct permission names it yields are kept with the session ([`crate::store::ProviderLink`])
+//! and carried in the gateway's access tokens (`idp`, `roles`, `permissions`), so the hot path
+//! looks nothing up; the roles are granted through `roles:` when each token is verified (a
+//! change to `roles:` applies from the next request), and each refresh mints them again from
+//! the session (refused when the provider is no longer configured).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,7 +40,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::keys::profile::{ClaimPath, PermissionSource, claim_values};
+use crate::keys::profile::{ClaimPath, Mapping, PermissionSource, claim_values};
+use crate::pipeline::authorize::PermissionTable;
+
+/// At most this many roles and as many permissions are kept from one sign-in's claims.
+const MAX_MAPPED: usize = 256;
 
 /// How long a started sign-in may take before its state is gone.
 pub const FLOW_TTL: Duration = Duration::from_secs(600);
@@ -267,6 +273,51 @@ pub fn admit(provider: &Provider, claims: &Map<String, Value>) -> Result<(), Fai
     Ok(())
 }
 
+/// What the provider's `permissions:` mapping takes from the ID token's claims: the role names
+/// (`via: roles`; plain identifiers, each kept whether or not `roles:` defines it now, so a
+/// role added later applies) and the permission names (`prefix:`; those `table` knows, since no
+/// route could ask for another). Sorted, without duplicates, at most [`MAX_MAPPED`] of each.
+pub fn mapped(
+    provider: &Provider,
+    claims: &Map<String, Value>,
+    table: &PermissionTable,
+) -> (Vec<String>, Vec<String>) {
+    let (mut roles, mut permissions) = (
+        std::collections::BTreeSet::new(),
+        std::collections::BTreeSet::new(),
+    );
+    let mut ignored = 0;
+    for source in provider.permissions.iter() {
+        let Some(value) = source.claim.find(claims) else {
+            continue;
+        };
+        for v in claim_values(value, source.space_separated, &mut ignored) {
+            match &source.mapping {
+                Mapping::Roles => {
+                    if roles.len() < MAX_MAPPED
+                        && crate::pipeline::verify::is_plain_identifier(v)
+                        && v.len() <= 256
+                    {
+                        roles.insert(v.to_owned());
+                    }
+                }
+                Mapping::Prefix(prefix) => {
+                    let name = format!("{prefix}{v}");
+                    if permissions.len() < MAX_MAPPED
+                        && table.set_of(std::slice::from_ref(&name)).is_ok()
+                    {
+                        permissions.insert(name);
+                    }
+                }
+            }
+        }
+    }
+    (
+        roles.into_iter().collect(),
+        permissions.into_iter().collect(),
+    )
+}
+
 /// The provider with `id`, among `providers`.
 pub fn find<'p>(providers: &'p [Arc<Provider>], id: &str) -> Option<&'p Arc<Provider>> {
     providers.iter().find(|p| p.id == id)
@@ -292,6 +343,27 @@ mod tests {
             required_groups: groups.iter().map(|g| g.to_string()).collect(),
             groups_claim: ClaimPath::top("groups"),
         }
+    }
+
+    #[test]
+    fn the_mapping_keeps_role_names_and_the_direct_permissions_the_config_knows() {
+        let mut p = provider(&[], &[]);
+        p.permissions = Box::new([
+            PermissionSource::new(ClaimPath::top("groups"), Mapping::Roles),
+            PermissionSource::new(ClaimPath::top("scope"), Mapping::Prefix("scope:".into())),
+        ]);
+        let reader = vec!["docs:read".to_owned()];
+        let table = PermissionTable::with_direct(
+            [("reader", reader.as_slice())],
+            &["scope:documents.write".to_owned()],
+        );
+        let claims = json!({
+            "groups": ["reader", "not-yet-a-role", "bad\u{200B}role", " padded", "reader"],
+            "scope": "openid documents.write unknown",
+        });
+        let (roles, permissions) = mapped(&p, claims.as_object().unwrap(), &table);
+        assert_eq!(roles, ["not-yet-a-role", "reader"]);
+        assert_eq!(permissions, ["scope:documents.write"]);
     }
 
     #[test]

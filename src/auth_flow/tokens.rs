@@ -179,8 +179,8 @@ pub struct AccessClaims<'a> {
     /// stage then takes the permissions from [`AccessClaims::permissions`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idp: Option<&'a str>,
-    /// For a session signed in through an OpenID Provider: the permissions its claims mapped
-    /// to, kept with the session.
+    /// For a session signed in through an OpenID Provider: the permissions its claims named
+    /// directly (`prefix:` mappings), kept with the session; its roles are in `roles`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub permissions: Option<&'a [String]>,
 }
@@ -190,11 +190,13 @@ pub struct AccessClaims<'a> {
 pub enum AccessGrant {
     /// A users-file user: the roles (permissions are read from the users file per request).
     Roles(Vec<String>),
-    /// A session signed in through the OpenID Provider `provider`, with the permissions its
-    /// claims mapped to at login.
+    /// A session signed in through the OpenID Provider `provider`, with the roles and
+    /// permissions its claims named at login.
     Provider {
         /// The provider's id.
         provider: String,
+        /// The role names (granted through the config's `roles:` at each verification).
+        roles: Vec<String>,
         /// The permission names.
         permissions: Vec<String>,
     },

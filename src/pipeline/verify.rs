@@ -398,14 +398,25 @@ fn verify_inner(
         Some(_) => Some(identifier(&claims, "sid", 256)?),
     };
     // The gateway's own access token for a session signed in through an OpenID Provider names
-    // the provider (`idp`) and carries the permissions the provider's claims mapped to at
-    // login (`permissions`): that user is in no users file. Only the gateway's own issuer
+    // the provider (`idp`) and carries the roles and permissions the provider's claims named
+    // at login (`roles`, granted through the current `roles:`, and `permissions`): that user
+    // is in no users file. Only the gateway's own issuer
     // (whose users are not qualified) is read this way; another issuer's `idp` means nothing.
     let provider_login = !issuer.qualify_users && claims.contains_key("idp");
     let grant = match &profile.permissions {
         Some(sources) => crate::pipeline::claims::grant(&claims, sources, permissions),
         None if provider_login => {
             let mut set = permissions.empty_set();
+            match claims.get("roles") {
+                None => {}
+                Some(Value::Array(items)) => {
+                    for r in items {
+                        let r = r.as_str().ok_or(TokenError::MissingClaim)?;
+                        permissions.add_role(&mut set, r);
+                    }
+                }
+                Some(_) => return Err(TokenError::MissingClaim),
+            }
             match claims.get("permissions") {
                 None => {}
                 Some(Value::Array(items)) => {

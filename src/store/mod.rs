@@ -190,7 +190,13 @@ pub struct ProviderLink {
     /// The provider's session (`sid` of the ID token), when it sent one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sid: Option<String>,
-    /// The permission names the provider's claims mapped to at login.
+    /// The role names the provider's claims named at login (`via: roles` mappings): what they
+    /// grant is read from the config's `roles:` when each access token is verified, so a
+    /// change to `roles:` applies from the next request on.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// The permission names the provider's claims named directly at login (`prefix:`
+    /// mappings), those the config knew then.
     #[serde(default)]
     pub permissions: Vec<String>,
     /// The ID token of the sign-in, sent back as `id_token_hint` when the user signs out at

@@ -1459,3 +1459,53 @@ async fn sec41_a_logout_token_received_by_one_instance_ends_the_session_on_anoth
         StatusCode::BAD_REQUEST
     );
 }
+
+#[tokio::test]
+async fn sec41_a_change_to_roles_applies_to_provider_sessions_from_the_next_request() {
+    let idp = Idp::start(&["local"]);
+    let (issuers, provider) = provider_yaml(&idp.issuer, "local", "Local IdP", "");
+    let setup = AuthSetup {
+        auth_extra: format!("  providers:\n{provider}"),
+        extra: format!("issuers:\n{issuers}"),
+        ..AuthSetup::default()
+    };
+    let upstream = EchoUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("users.yaml"), &setup.users).unwrap();
+    std::fs::write(dir.path().join("local-secret.txt"), GATEWAY_SECRET).unwrap();
+    let yaml = setup.yaml(&upstream.url());
+    let running = launch(&yaml, dir.path(), setup.clock.clone()).await;
+    let gw = TestGateway::new(running, upstream, dir, Vec::new());
+    let mut browser = gw.browser();
+    assert_eq!(
+        sign_in(&mut browser, &idp, "alice").await.status,
+        StatusCode::SEE_OTHER
+    );
+    let at = browser.cookie("__Host-portcullis-at").unwrap();
+    let write = |gw: &TestGateway| {
+        let at = at.clone();
+        let url = gw.url("/docs");
+        async move {
+            send(
+                Request::post(url)
+                    .header("authorization", format!("Bearer {at}"))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+            .status
+        }
+    };
+    assert_eq!(write(&gw).await, StatusCode::FORBIDDEN, "a reader");
+
+    // The operator lets readers write: the same access token may, at once.
+    let widened = yaml.replace("reader: [docs:read]", "reader: [docs:read, docs:write]");
+    let config = Config::from_yaml(&widened, gw.dir.path()).unwrap();
+    let report = portcullis::reload::apply(gw.running.gateway(), config, "test");
+    assert!(report.restart_needed.is_empty(), "{report:?}");
+    assert_eq!(write(&gw).await, StatusCode::OK);
+    assert_eq!(
+        gw.upstream.last().headers["x-auth-permissions"],
+        "docs:read,docs:write"
+    );
+}

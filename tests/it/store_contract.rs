@@ -967,6 +967,7 @@ contract!(a_provider_link_is_kept_with_its_session, |store| {
         provider: "corp".into(),
         sub: "248289761001".into(),
         sid: Some("provider-session".into()),
+        roles: vec!["reader".into()],
         permissions: vec!["docs:read".into()],
         id_token: Some("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIyNDgyODk3NjEwMDEifQ.c2ln".into()),
     };

@@ -115,6 +115,7 @@ pub(super) async fn rotate(
             }
             tokens::AccessGrant::Provider {
                 provider: link.provider.clone(),
+                roles: link.roles.clone(),
                 permissions: link.permissions.clone(),
             }
         }

@@ -472,8 +472,9 @@ pub(super) fn mint(
         AccessGrant::Roles(roles) => (roles, None, None),
         AccessGrant::Provider {
             provider,
+            roles,
             permissions,
-        } => (&[], Some(provider.as_str()), Some(permissions.as_slice())),
+        } => (roles, Some(provider.as_str()), Some(permissions.as_slice())),
     };
     let claims = AccessClaims {
         iss: &auth.issuer,

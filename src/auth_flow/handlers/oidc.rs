@@ -290,19 +290,7 @@ async fn callback_of(
     if let Err(failure) = oidc::admit(provider, &id.claims) {
         return fail(failure, return_to);
     }
-    let grant = crate::pipeline::claims::grant(
-        &id.claims,
-        &provider.permissions,
-        &env.identify.permissions,
-    );
-    let permissions: Vec<String> = grant
-        .permissions_header
-        .to_str()
-        .unwrap_or("")
-        .split(',')
-        .filter(|p| !p.is_empty())
-        .map(str::to_owned)
-        .collect();
+    let (roles, permissions) = oidc::mapped(provider, &id.claims, &env.identify.permissions);
 
     // The user, per provider: `<iss>#<sub>`, as the provider's own tokens are known.
     let subject = keys.issuers[provider.issuer]
@@ -312,6 +300,7 @@ async fn callback_of(
         provider: provider.id.clone(),
         sub: id.subject.to_string(),
         sid: id.session.as_deref().map(str::to_owned),
+        roles: roles.clone(),
         permissions: permissions.clone(),
         id_token: Some(id_token.to_owned()),
     };
@@ -325,6 +314,7 @@ async fn callback_of(
         &sid,
         &AccessGrant::Provider {
             provider: provider.id.clone(),
+            roles,
             permissions,
         },
         now,
