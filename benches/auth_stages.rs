@@ -386,6 +386,7 @@ impl HotPath {
                     absolute_expiry: now + 86_400,
                     idle_expiry: now + 86_400,
                     remember_me: false,
+                    provider: None,
                 },
                 None,
             ))

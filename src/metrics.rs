@@ -183,6 +183,10 @@ pub struct Metrics {
     forward_auth: Mutex<BTreeMap<Box<str>, Arc<ForwardAuthCounters>>>,
     /// Refusals by reason id.
     refusals: Mutex<BTreeMap<&'static str, u64>>,
+    /// Steps of sign-ins through OpenID Providers and of back-channel logouts, by event and
+    /// reason id (`login.oidc_started`/`oidc.started`, `login.success`/`login.oidc`,
+    /// `login.failure`/`oidc.nonce`, `logout.backchannel`/`logout_token.replayed`, …).
+    oidc: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// Requests that passed authentication and authorization.
     pub allowed: AtomicU64,
     /// Whole requests, from the head being read to the response head being ready.
@@ -245,6 +249,7 @@ impl Default for Metrics {
             forward_auth_responses,
             forward_auth: Mutex::default(),
             refusals: Mutex::default(),
+            oidc: Mutex::default(),
             allowed: AtomicU64::new(0),
             request_latency: Histogram::default(),
             verify_latency: Histogram::default(),
@@ -311,6 +316,13 @@ impl Metrics {
         *refusals.entry(reason_id).or_insert(0) += 1;
     }
 
+    /// Counts a step of an OpenID Provider sign-in or back-channel logout: the audit event's
+    /// name and reason id.
+    pub fn oidc(&self, event: &'static str, reason_id: &'static str) {
+        let mut steps = self.oidc.lock().unwrap_or_else(|p| p.into_inner());
+        *steps.entry((event, reason_id)).or_insert(0) += 1;
+    }
+
     /// Renders everything in the Prometheus text exposition format (version 0.0.4).
     pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::with_capacity(8192);
@@ -360,6 +372,18 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "portcullis_auth_decisions_total{{reason=\"{}\"}} {n}",
+                escape_label(reason)
+            );
+        }
+        out.push_str(
+            "# HELP portcullis_oidc_events_total Steps of sign-ins through OpenID Providers and back-channel logouts, by event and reason id.\n\
+             # TYPE portcullis_oidc_events_total counter\n",
+        );
+        for ((event, reason), n) in self.oidc.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = writeln!(
+                out,
+                "portcullis_oidc_events_total{{event=\"{}\",reason=\"{}\"}} {n}",
+                escape_label(event),
                 escape_label(reason)
             );
         }

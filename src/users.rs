@@ -688,6 +688,20 @@ impl UsersHandle {
         Self::load_with(path.into(), OWASP_MINIMUMS)
     }
 
+    /// No users file (`auth.users_file` left out: sign-in only through `auth.providers`): no
+    /// user, and nothing to reload.
+    pub fn empty() -> Self {
+        let users = Users::parse_with("users: []\n", "no users file", OWASP_MINIMUMS)
+            .expect("an empty users list parses");
+        Self {
+            path: PathBuf::new(),
+            current: ArcSwap::from_pointee(users),
+            reloading: Mutex::new(()),
+            minimums: OWASP_MINIMUMS,
+            slots: LoginSlots::per_core(),
+        }
+    }
+
     fn load_with(path: PathBuf, minimums: &'static [(u32, u32)]) -> Result<Self, UsersError> {
         let users = Users::load_with(&path, minimums)?;
         Ok(Self {
@@ -718,6 +732,9 @@ impl UsersHandle {
     /// it is byte-for-byte the same, nothing was done; `Err`: the file is unreadable or
     /// invalid and the old users stay (log the error). Blocking.
     pub fn reload(&self) -> Result<bool, UsersError> {
+        if self.path.as_os_str().is_empty() {
+            return Ok(false);
+        }
         let _guard = self
             .reloading
             .lock()

@@ -51,9 +51,14 @@ pub const CSRF_COOKIE: &str = "__Host-portcullis-csrf";
 /// The binding of the refresh cookie to this browser: a random value whose SHA-256 the
 /// refresh token carries. `__Host-`, so no sibling subdomain can plant one.
 pub const BINDING_COOKIE: &str = "__Host-portcullis-rb";
+/// Ties an OpenID Provider sign-in's `state` to the browser that started it: a random value
+/// whose SHA-256 the stored state holds, so a callback URL replayed in another browser (login
+/// CSRF with the attacker's code) is refused. One value serves every flow this browser has
+/// open at once (several tabs); it lives as long as a flow may.
+pub const OIDC_COOKIE: &str = "__Host-portcullis-oidc";
 /// Every cookie of the login flow (the access cookie's name is configurable and not here):
 /// the proxy strips them from requests to upstreams and from upstream responses.
-pub const FLOW_COOKIES: [&str; 3] = [REFRESH_COOKIE, BINDING_COOKIE, CSRF_COOKIE];
+pub const FLOW_COOKIES: [&str; 4] = [REFRESH_COOKIE, BINDING_COOKIE, CSRF_COOKIE, OIDC_COOKIE];
 /// At most this many refresh cookies of one request are looked at.
 const MAX_REFRESH_COOKIES: usize = 8;
 /// At most this many parent domains get a planted cookie expired.
@@ -153,6 +158,11 @@ pub fn refresh(token: &str, max_age: Option<Duration>) -> HeaderValue {
 /// cookie.
 pub fn binding(value: &str, max_age: Option<Duration>) -> HeaderValue {
     build(BINDING_COOKIE, value, "/", max_age)
+}
+
+/// `Set-Cookie` for the OpenID sign-in binding ([`OIDC_COOKIE`]), living `max_age`.
+pub fn oidc(value: &str, max_age: Duration) -> HeaderValue {
+    build(OIDC_COOKIE, value, "/", Some(max_age))
 }
 
 /// `Set-Cookie` for the CSRF token (a session cookie).

@@ -12,6 +12,9 @@
 //! | `POST /auth/sessions/revoke` | ends one of the user's own sessions |
 //! | `GET /.well-known/jwks.json` | the public signing keys |
 //! | `GET /auth/static/*` | the pages' stylesheet and script |
+//! | `GET /auth/oidc/<id>` | starts a sign-in through the OpenID Provider `<id>` ([`oidc`]) |
+//! | `GET /auth/oidc/<id>/callback` | the provider's answer: a new session, cookies, 303 to the return path |
+//! | `POST /auth/oidc/<id>/backchannel-logout` | the provider's `logout_token`: ends the matching sessions everywhere |
 //!
 //! **Expired access token in a browser.** A navigation with an expired (or missing) access
 //! cookie is redirected by the proxy to `GET /auth/login?return_to=…`. The refresh cookie is
@@ -42,6 +45,7 @@
 
 pub mod cookies;
 pub mod csrf;
+pub mod oidc;
 pub mod pages;
 pub mod redirect;
 pub mod tokens;
@@ -136,6 +140,10 @@ pub struct AuthSettings {
     /// The pages' `Content-Security-Policy`: [`pages::CSP`] with the redirect hosts added to
     /// `form-action` (a form POST may be answered with a redirect to one of them).
     pub page_csp: HeaderValue,
+    /// Whether a users file is configured: the login page shows the password form.
+    pub password_login: bool,
+    /// `auth.providers`: the OpenID Providers browsers may sign in through, in config order.
+    pub providers: Vec<Arc<oidc::Provider>>,
 }
 
 impl AuthSettings {

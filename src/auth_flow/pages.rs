@@ -75,6 +75,19 @@ pub struct LoginForm<'a> {
     pub username: Option<&'a str>,
     /// A message for the user (never says whether the user exists).
     pub error: Option<&'a str>,
+    /// "Sign in with …" links, one per OpenID Provider.
+    pub providers: &'a [ProviderButton],
+    /// No users file: no username and password form.
+    pub no_password: bool,
+}
+
+/// A "Sign in with <name>" link of the login page.
+#[derive(Debug)]
+pub struct ProviderButton {
+    /// `/auth/oidc/<id>?return_to=…`.
+    pub href: String,
+    /// The provider's display name.
+    pub name: String,
 }
 
 /// `GET /auth/login`.
@@ -93,9 +106,23 @@ pub fn login(form: &LoginForm<'_>) -> String {
     } else {
         ""
     };
-    let main = format!(
-        r#"<h1>Sign in</h1>
-{error}<form method="post" action="/auth/login" class="stack">
+    let providers: String = form
+        .providers
+        .iter()
+        .map(|p| {
+            format!(
+                r#"<a class="button provider" href="{}">Sign in with {}</a>
+"#,
+                escape(&p.href),
+                escape(&p.name)
+            )
+        })
+        .collect();
+    let password = if form.no_password {
+        String::new()
+    } else {
+        format!(
+            r#"<form method="post" action="/auth/login" class="stack">
 <input type="hidden" name="csrf" value="{csrf}">
 <input type="hidden" name="return_to" value="{return_to}">
 <label for="username">Username</label>
@@ -105,10 +132,12 @@ pub fn login(form: &LoginForm<'_>) -> String {
 <label class="check"><input type="checkbox" name="remember_me" value="1"> Keep me signed in on this device</label>
 <button type="submit">Sign in</button>
 </form>"#,
-        csrf = escape(form.csrf),
-        return_to = escape(form.return_to.unwrap_or("")),
-        username = escape(form.username.unwrap_or("")),
-    );
+            csrf = escape(form.csrf),
+            return_to = escape(form.return_to.unwrap_or("")),
+            username = escape(form.username.unwrap_or("")),
+        )
+    };
+    let main = format!("<h1>Sign in</h1>\n{error}{providers}{password}");
     layout("Sign in", &main)
 }
 
@@ -137,6 +166,8 @@ pub struct SessionRow<'a> {
     pub record: &'a SessionRecord,
     /// It is the session of this request.
     pub current: bool,
+    /// The display name of the OpenID Provider it was signed in through, if any.
+    pub provider: Option<&'a str>,
 }
 
 /// `GET /auth/sessions`.
@@ -165,7 +196,7 @@ pub fn sessions(display_name: &str, rows: &[SessionRow<'_>], csrf: &str) -> Stri
         list.push_str(&format!(
             r#"<li class="session{cls}" data-session="{id}">
 <div><strong>{device}</strong>{marker}
-<dl><dt>IP address</dt><dd>{ip}</dd><dt>Signed in</dt><dd><time>{created}</time></dd><dt>Last active</dt><dd><time>{seen}</time></dd></dl></div>
+<dl><dt>IP address</dt><dd>{ip}</dd>{via}<dt>Signed in</dt><dd><time>{created}</time></dd><dt>Last active</dt><dd><time>{seen}</time></dd></dl></div>
 {action}
 </li>
 "#,
@@ -173,6 +204,10 @@ pub fn sessions(display_name: &str, rows: &[SessionRow<'_>], csrf: &str) -> Stri
             id = escape(&r.id),
             device = escape(&device(&r.user_agent)),
             ip = escape(&r.ip),
+            via = row
+                .provider
+                .map(|p| format!("<dt>Signed in with</dt><dd>{}</dd>", escape(p)))
+                .unwrap_or_default(),
             created = when(r.created_at),
             seen = when(r.last_seen),
         ));
@@ -209,6 +244,21 @@ pub fn message(title: &str, text: &str) -> String {
         escape(text)
     );
     layout(title, &main)
+}
+
+/// After a logout of a session signed in through an OpenID Provider: signed out here, and a
+/// link to sign out at the provider too (RP-initiated logout). A link rather than a redirect
+/// from the logout POST: the pages' CSP `form-action` would block a redirect to the provider.
+pub fn signed_out_with_provider(provider: &str, end_session: &str) -> String {
+    let main = format!(
+        r#"<h1>Signed out</h1>
+<p>You are signed out of this site. You may still be signed in at {provider}.</p>
+<p><a class="button" id="provider-logout" href="{href}">Sign out at {provider} too</a></p>
+<p><a href="/auth/login">Sign in again</a></p>"#,
+        provider = escape(provider),
+        href = escape(end_session),
+    );
+    layout("Signed out", &main)
 }
 
 /// A human name for a user agent: browser and platform, or the first product token.
@@ -268,9 +318,15 @@ mod tests {
             return_to: Some("/\"><script>x</script>"),
             username: Some("<b>"),
             error: None,
+            providers: &[ProviderButton {
+                href: "/auth/oidc/x?return_to=%22".into(),
+                name: "<i>Corp</i>".into(),
+            }],
+            no_password: false,
         });
         assert!(!html.contains("<script>x"));
         assert!(html.contains("&lt;b&gt;"));
+        assert!(html.contains("Sign in with &lt;i&gt;Corp&lt;/i&gt;"));
     }
 
     #[test]

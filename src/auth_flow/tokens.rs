@@ -175,6 +175,31 @@ pub struct AccessClaims<'a> {
     /// The user's roles at issue time (informational: permissions come from the users file
     /// on every request).
     pub roles: &'a [String],
+    /// For a session signed in through an OpenID Provider: the provider's id. The verify
+    /// stage then takes the permissions from [`AccessClaims::permissions`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idp: Option<&'a str>,
+    /// For a session signed in through an OpenID Provider: the permissions its claims named
+    /// directly (`prefix:` mappings), kept with the session; its roles are in `roles`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<&'a [String]>,
+}
+
+/// What an access token grants, as the gateway mints it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessGrant {
+    /// A users-file user: the roles (permissions are read from the users file per request).
+    Roles(Vec<String>),
+    /// A session signed in through the OpenID Provider `provider`, with the roles and
+    /// permissions its claims named at login.
+    Provider {
+        /// The provider's id.
+        provider: String,
+        /// The role names (granted through the config's `roles:` at each verification).
+        roles: Vec<String>,
+        /// The permission names.
+        permissions: Vec<String>,
+    },
 }
 
 #[cfg(test)]

@@ -225,8 +225,18 @@ pub(super) fn compile(
         Duration::from_secs(300),
     )?;
 
-    let users =
-        UsersHandle::load(base.join(&a.users_file)).map_err(|e| invalid("auth.users_file", e))?;
+    let users = match &a.users_file {
+        Some(file) => {
+            UsersHandle::load(base.join(file)).map_err(|e| invalid("auth.users_file", e))?
+        }
+        None if a.providers.is_empty() => {
+            return Err(invalid(
+                "auth.users_file",
+                "is needed unless `auth.providers` lists an OpenID Provider to sign in through",
+            ));
+        }
+        None => UsersHandle::empty(),
+    };
 
     let signing = if a.signing_keys.is_empty() {
         ephemeral_signing_keys()
@@ -267,6 +277,7 @@ pub(super) fn compile(
             .map_err(|_| invalid("auth.jwks_max_age", "out of range"))?;
     let users = Arc::new(users);
     let own = OwnIssuer::new(issuer_index, Arc::clone(&users));
+    let providers = super::providers::compile(&a.providers, keyset, &a.issuer, base)?;
     let auth = AuthSettings {
         issuer: a.issuer.clone(),
         audience,
@@ -282,6 +293,8 @@ pub(super) fn compile(
         access_cookie: cookie_name.to_owned(),
         cookie_domain,
         page_csp,
+        password_login: a.users_file.is_some(),
+        providers,
     };
     Ok((auth, own))
 }

@@ -10,7 +10,7 @@ use std::fmt;
 use http::HeaderName;
 
 use super::error::{ConfigError, invalid};
-use super::raw::{RawConfig, RawIssuer, RawPolicy};
+use super::raw::{RawConfig, RawIssuer, RawPermissionSource, RawPolicy};
 use crate::keys::profile::{ClaimPath, Mapping, PermissionSource, TokenProfile, TokenTypes};
 use crate::pipeline::mutate::IdentityHeaders;
 
@@ -78,40 +78,7 @@ pub(super) fn profile(key: &str, raw: &RawIssuer) -> Result<TokenProfile, Config
             ClaimPath::parse(subject).map_err(|m| invalid(format!("{key}.subject_claim"), m))?;
     }
     if let Some(sources) = &raw.permissions {
-        let mut compiled = Vec::with_capacity(sources.len());
-        for (j, s) in sources.iter().enumerate() {
-            let skey = format!("{key}.permissions[{j}]");
-            let claim =
-                ClaimPath::parse(&s.claim).map_err(|m| invalid(format!("{skey}.claim"), m))?;
-            let mapping = match (s.via.as_deref(), s.prefix.as_deref()) {
-                (Some("roles"), None) => Mapping::Roles,
-                (Some(other), None) => {
-                    return Err(invalid(
-                        format!("{skey}.via"),
-                        format!("`{other}` is not a mapping (the one is `roles`)"),
-                    ));
-                }
-                (None, Some(prefix)) => {
-                    if !prefix.bytes().all(permission_byte) {
-                        return Err(invalid(
-                            format!("{skey}.prefix"),
-                            format!(
-                                "`{prefix}` cannot start a permission name (letters, digits and : . _ - / *)"
-                            ),
-                        ));
-                    }
-                    Mapping::Prefix(prefix.into())
-                }
-                _ => {
-                    return Err(invalid(
-                        skey,
-                        "set exactly one of `via: roles` or `prefix:`",
-                    ));
-                }
-            };
-            compiled.push(PermissionSource::new(claim, mapping));
-        }
-        profile.permissions = Some(compiled.into());
+        profile.permissions = Some(permission_sources(key, sources)?);
     }
     let mut claims = Vec::with_capacity(raw.identity_claims.len());
     for (claim, header) in &raw.identity_claims {
@@ -189,12 +156,60 @@ pub(super) fn claim_headers(
     Ok(all.into_values().collect())
 }
 
+/// The `permissions:` entries under `key` (an issuer's or a provider's) → how claims become
+/// permissions: `via: roles` or `prefix:`, exactly one.
+pub(super) fn permission_sources(
+    key: &str,
+    sources: &[RawPermissionSource],
+) -> Result<Box<[PermissionSource]>, ConfigError> {
+    let mut compiled = Vec::with_capacity(sources.len());
+    for (j, s) in sources.iter().enumerate() {
+        let skey = format!("{key}.permissions[{j}]");
+        let claim = ClaimPath::parse(&s.claim).map_err(|m| invalid(format!("{skey}.claim"), m))?;
+        let mapping = match (s.via.as_deref(), s.prefix.as_deref()) {
+            (Some("roles"), None) => Mapping::Roles,
+            (Some(other), None) => {
+                return Err(invalid(
+                    format!("{skey}.via"),
+                    format!("`{other}` is not a mapping (the one is `roles`)"),
+                ));
+            }
+            (None, Some(prefix)) => {
+                if !prefix.bytes().all(permission_byte) {
+                    return Err(invalid(
+                        format!("{skey}.prefix"),
+                        format!(
+                            "`{prefix}` cannot start a permission name (letters, digits and : . _ - / *)"
+                        ),
+                    ));
+                }
+                Mapping::Prefix(prefix.into())
+            }
+            _ => {
+                return Err(invalid(
+                    skey,
+                    "set exactly one of `via: roles` or `prefix:`",
+                ));
+            }
+        };
+        compiled.push(PermissionSource::new(claim, mapping));
+    }
+    Ok(compiled.into())
+}
+
 /// The permission names route policies require that no role grants but some issuer's
 /// `prefix:` mapping can produce: these are interned next to the roles' permissions, so a
 /// policy may name them and a token may carry them.
 pub(super) fn direct_permissions(raw: &RawConfig) -> Vec<String> {
     let granted: BTreeSet<&str> = raw.roles.values().flatten().map(String::as_str).collect();
-    let prefixes = prefixes(&raw.issuers);
+    let mut prefixes = prefixes(&raw.issuers);
+    prefixes.extend(
+        raw.auth
+            .iter()
+            .flat_map(|a| &a.providers)
+            .flat_map(|p| &p.permissions)
+            .filter_map(|s| s.prefix.as_deref()),
+    );
     let mut direct: BTreeSet<String> = BTreeSet::new();
     for name in policy_permissions(raw) {
         if !granted.contains(name)

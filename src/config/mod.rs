@@ -19,6 +19,7 @@ mod issuers;
 mod limits;
 mod listeners;
 mod mutate;
+mod providers;
 pub mod raw;
 mod roles;
 mod routes;

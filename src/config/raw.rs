@@ -129,8 +129,10 @@ pub struct RawAuth {
     /// `aud` of the tokens the gateway mints.
     #[serde(default)]
     pub audience: Option<String>,
-    /// The users file (YAML), reloaded when it changes.
-    pub users_file: String,
+    /// The users file (YAML), reloaded when it changes. None: no password sign-in (only
+    /// through `providers`).
+    #[serde(default)]
+    pub users_file: Option<String>,
     /// Private signing keys (PEM); the last listed signs, all verify. None: an ephemeral
     /// EdDSA key is generated at start (tokens die with the process; one instance only).
     #[serde(default)]
@@ -171,6 +173,41 @@ pub struct RawAuth {
     /// `max-age` of the JWKS document.
     #[serde(default)]
     pub jwks_max_age: Option<String>,
+    /// OpenID Providers browsers may sign in through (authorization code flow with PKCE).
+    #[serde(default)]
+    pub providers: Vec<RawProvider>,
+}
+
+/// An OpenID Provider browsers sign in through (`auth.providers[]`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    /// A short name for URLs and the audit trail (`corp`): letters, digits, `-`, `_`.
+    pub id: String,
+    /// What the login page's button says after "Sign in with".
+    pub name: String,
+    /// The provider's `iss`: an `issuers:` entry with `discovery:` (whose document gives the
+    /// endpoints, and whose keys verify the ID tokens).
+    pub issuer: String,
+    /// The client id registered at the provider.
+    pub client_id: String,
+    /// A file holding the client secret (surrounding whitespace ignored).
+    pub client_secret_file: String,
+    /// Scopes asked for; must include `openid` (default `[openid]`).
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+    /// How the ID token's claims become permissions, as an issuer's `permissions:`.
+    #[serde(default)]
+    pub permissions: Vec<RawPermissionSource>,
+    /// Only users whose `email` is at one of these domains (and `email_verified` is true).
+    #[serde(default)]
+    pub email_domains: Vec<String>,
+    /// Only users in every one of these groups (of `groups_claim`).
+    #[serde(default)]
+    pub required_groups: Vec<String>,
+    /// The claim listing the user's groups (default `groups`).
+    #[serde(default)]
+    pub groups_claim: Option<String>,
 }
 
 /// A private signing key.

@@ -1,6 +1,7 @@
-//! Fetching an issuer's documents (the discovery document and the JWKS) over HTTPS.
+//! Fetching an issuer's documents (the discovery document and the JWKS) over HTTPS, and the
+//! one POST the OpenID login flow makes (the authorization code to the token endpoint).
 //!
-//! One GET per document through the same hyper client stack as the upstreams (hyper-util's
+//! One request per document through the same hyper client stack as the upstreams (hyper-util's
 //! legacy client over hyper-rustls, aws-lc-rs), with the issuer's roots: the system's, or its
 //! `ca` file. What an attacker on the path or a compromised provider could use to make the
 //! gateway wait, allocate or go elsewhere is bounded here:
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -142,7 +143,7 @@ impl Default for FetchLimits {
 
 /// An HTTP client for one issuer's documents.
 pub struct Fetcher {
-    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     limits: FetchLimits,
 }
 
@@ -198,8 +199,44 @@ impl Fetcher {
         let request = Request::get(uri.clone())
             .header(http::header::ACCEPT, "application/json")
             .header(http::header::USER_AGENT, "portcullis")
-            .body(Empty::new())
+            .body(Full::default())
             .map_err(|_| UrlError::Malformed(url.to_owned()))?;
+        self.send(request, url).await
+    }
+
+    /// POSTs the `application/x-www-form-urlencoded` `form` to `uri` with HTTP Basic
+    /// `client_id`:`secret` (RFC 6749 2.3.1: both form-urlencoded first), within the same
+    /// limits as a GET, and parses the JSON answer. Only a 200 is a document. `uri` must have
+    /// passed [`check_url`].
+    pub async fn post_form(
+        &self,
+        uri: &Uri,
+        form: String,
+        client_id: &str,
+        secret: &str,
+    ) -> Result<Document, FetchError> {
+        let url = uri.to_string();
+        let basic = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("{}:{}", form_encode(client_id), form_encode(secret)),
+        );
+        let request = Request::post(uri.clone())
+            .header(http::header::ACCEPT, "application/json")
+            .header(http::header::USER_AGENT, "portcullis")
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .header(http::header::AUTHORIZATION, format!("Basic {basic}"))
+            .body(Full::new(Bytes::from(form)))
+            .map_err(|_| UrlError::Malformed(url.clone()))?;
+        let timeout = self.limits.read_timeout;
+        tokio::time::timeout(timeout, self.send(request, &url))
+            .await
+            .map_err(|_| FetchError::Timeout { uri: url, timeout })?
+    }
+
+    async fn send(&self, request: Request<Full<Bytes>>, url: &str) -> Result<Document, FetchError> {
         let response =
             self.client
                 .request(request)
@@ -239,6 +276,20 @@ impl Fetcher {
             })?;
         Ok(Document { json, max_age })
     }
+}
+
+/// `value` in `application/x-www-form-urlencoded` form: unreserved bytes as they are, every
+/// other byte `%XX`.
+pub fn form_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// `max-age` of `Cache-Control`; `None` when absent, unparsable, or the response says not to

@@ -26,6 +26,10 @@
 //! twice in one document, or already used by a file key or another issuer, fails the fetch:
 //! never a silent override. Nothing here reads a token: key material never comes from
 //! `jku`/`x5u`/`jwk`/`x5c`.
+//!
+//! A discovery document also names the endpoints a browser login through the provider uses
+//! (`auth.providers`): each fetch of it keeps them ([`RemoteKeys::endpoints`]), each checked
+//! like any URL the gateway fetches ([`check_url`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -146,6 +150,34 @@ pub struct FetchedSet {
     document: Value,
 }
 
+/// The endpoints a discovery document names for a browser login (OpenID Connect Discovery 3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    /// `authorization_endpoint`: where the browser is sent to sign in.
+    pub authorization: Uri,
+    /// `token_endpoint`: where the gateway exchanges the code.
+    pub token: Uri,
+    /// `end_session_endpoint`, when the provider has one.
+    pub end_session: Option<Uri>,
+}
+
+impl Endpoints {
+    /// The endpoints of a discovery document; `None` without a usable authorization and token
+    /// endpoint (an issuer whose tokens are accepted but nobody signs in through).
+    fn read(doc: &Value) -> Option<Self> {
+        let url = |name: &str| {
+            doc.get(name)
+                .and_then(Value::as_str)
+                .and_then(|u| check_url(u).ok())
+        };
+        Some(Self {
+            authorization: url("authorization_endpoint")?,
+            token: url("token_endpoint")?,
+            end_session: url("end_session_endpoint"),
+        })
+    }
+}
+
 /// One issuer's remote key set and its fetch state.
 #[derive(Debug)]
 pub struct RemoteKeys {
@@ -167,6 +199,8 @@ pub struct RemoteKeys {
     /// of the last attempt, which the unknown-`kid` cool-down counts from. An async mutex
     /// because it is held across the network round trip.
     last_attempt: tokio::sync::Mutex<Option<i64>>,
+    /// The login endpoints of the last discovery document fetched (none for `jwks_uri`).
+    endpoints: ArcSwapOption<Endpoints>,
 }
 
 impl RemoteKeys {
@@ -181,7 +215,25 @@ impl RemoteKeys {
             generation: AtomicU64::new(0),
             next_refresh: AtomicI64::new(0),
             last_attempt: tokio::sync::Mutex::new(None),
+            endpoints: ArcSwapOption::empty(),
         }
+    }
+
+    /// Where this issuer's keys come from.
+    pub fn source(&self) -> &Source {
+        &self.spec.source
+    }
+
+    /// The login endpoints of the last discovery document fetched; `None` before one was, or
+    /// for an issuer by `jwks_uri`.
+    pub fn endpoints(&self) -> Option<Arc<Endpoints>> {
+        self.endpoints.load_full()
+    }
+
+    /// The client this issuer's documents are fetched with (its roots, its limits): the login
+    /// flow posts the authorization code to the token endpoint with it.
+    pub fn fetcher(&self) -> &Fetcher {
+        &self.fetcher
     }
 
     /// Whether a key set has been had.
@@ -224,7 +276,8 @@ impl RemoteKeys {
             .clamp(self.spec.min_refresh, self.spec.max_refresh)
     }
 
-    /// Fetches the documents and reads the JWKS; touches no state.
+    /// Fetches the documents and reads the JWKS; touches no state but the login endpoints of
+    /// a discovery document whose `issuer` matched.
     async fn download(&self) -> Result<(Value, Option<Duration>), RemoteError> {
         let jwks_uri = match &self.spec.source {
             Source::Jwks(uri) => uri.clone(),
@@ -237,6 +290,9 @@ impl RemoteKeys {
                         expected: self.iss.to_string(),
                         found: found.unwrap_or("").to_owned(),
                     });
+                }
+                if let Some(endpoints) = Endpoints::read(&doc.json) {
+                    self.endpoints.store(Some(Arc::new(endpoints)));
                 }
                 let jwks = doc
                     .json
@@ -380,6 +436,7 @@ impl KeySet {
                 new.current.store(Some(Arc::new(set)));
                 new.generation.fetch_add(1, Ordering::Release);
             }
+            new.endpoints.store(prev.endpoints.load_full());
             new.next_refresh
                 .store(prev.next_refresh(), Ordering::Relaxed);
             if let (Ok(mut to), Ok(from)) =

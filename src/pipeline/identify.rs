@@ -20,7 +20,9 @@
 //!    [`IdentifyError::StoreUnavailable`]. Both fail closed.
 //! 4. **grant**: for a token this gateway issued, the user must still be in the users file and
 //!    enabled ([`IdentifyError::UserDisabled`] otherwise, docs/security.md 11), and the
-//!    permissions are those of the user's roles *now*, not when the token was minted. For a
+//!    permissions are those of the user's roles *now*, not when the token was minted — except
+//!    for a session signed in through an OpenID Provider, whose token carries the permissions
+//!    mapped from the provider's claims at login (re-minted from the session at each refresh). For a
 //!    token of another issuer they are those of the roles it claims, resolved when it was
 //!    verified. Either way role names become permissions in one place,
 //!    [`PermissionTable::grant`], and which set applies is decided here, in
@@ -138,8 +140,12 @@ impl OwnIssuer {
 #[derive(Debug)]
 pub struct Identity {
     token: Arc<VerifiedToken>,
-    /// The user's grant now, for a token the gateway issued; `None` for another issuer's.
+    /// The user's grant now, for a token the gateway issued to a users-file user; `None` for
+    /// another issuer's, and for the gateway's own token of a provider login (whose
+    /// permissions the token carries).
     grant: Option<Arc<Grant>>,
+    /// Whether the gateway issued the token.
+    own: bool,
     /// The instant identify accepted the request at.
     at: i64,
 }
@@ -166,9 +172,10 @@ impl Identity {
         self.at
     }
 
-    /// Whether the gateway issued the token (and so the user is in its users file).
+    /// Whether the gateway issued the token (to a users-file user, or to a session signed in
+    /// through one of `auth.providers`).
     pub fn is_own(&self) -> bool {
-        self.grant.is_some()
+        self.own
     }
 
     /// The permissions authorize checks: the user's current ones for the gateway's own tokens,
@@ -308,7 +315,15 @@ pub async fn identify<S: SessionStore>(
             return Err(IdentifyError::StoreUnavailable { source, token });
         }
     }
+    let own = settings
+        .own
+        .as_ref()
+        .is_some_and(|own| token.issuer == own.index);
     let grant = match &settings.own {
+        // A provider login's user is in no users file: the permissions its token carries were
+        // mapped from the provider's claims at login, and are mapped again at each refresh
+        // from what the session keeps (docs/security.md 41).
+        Some(own) if token.issuer == own.index && token.provider_login => None,
         Some(own) if token.issuer == own.index => {
             match own.grant(&token.subject, &settings.permissions) {
                 Some(grant) => Some(grant),
@@ -320,6 +335,7 @@ pub async fn identify<S: SessionStore>(
     Ok(Identity {
         token,
         grant,
+        own,
         at: now,
     })
 }

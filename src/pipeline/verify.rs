@@ -168,6 +168,9 @@ pub struct VerifiedToken {
     pub permissions_header: HeaderValue,
     /// The extra identity headers of the issuer's `identity_claims`, with this token's values.
     pub identity_claims: Box<[(HeaderName, HeaderValue)]>,
+    /// A gateway token of a session signed in through an OpenID Provider: its permissions are
+    /// the token's, mapped from the provider's claims at login, not a users-file user's.
+    pub provider_login: bool,
 }
 
 /// Verification settings compiled from `issuers:` and `tokens:`.
@@ -338,77 +341,10 @@ fn verify_inner(
     token_key: Option<[u8; 32]>,
     signature_checks: &AtomicU64,
 ) -> Result<VerifiedToken, TokenError> {
-    if token.len() > verifier.max_bytes {
-        return Err(TokenError::TooLarge);
-    }
-    let mut parts = token.split('.');
-    let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        // Also refuses JWE (five segments) and anything with a stray dot.
-        return Err(TokenError::Malformed);
-    };
-    if signature_b64.is_empty() || payload_b64.is_empty() || header_b64.is_empty() {
-        return Err(TokenError::Malformed);
-    }
-    let header_json = decode_segment(header_b64)?;
-    let header = parse_object(&header_json)?;
-    // Header checks that do not depend on the key.
-    if header.contains_key("crit") {
-        return Err(TokenError::CriticalHeader);
-    }
-    if let Some(cty) = header.get("cty") {
-        let cty = cty.as_str().ok_or(TokenError::Malformed)?;
-        if cty.eq_ignore_ascii_case("JWT") || cty.eq_ignore_ascii_case("application/jwt") {
-            return Err(TokenError::Nested);
-        }
-    }
-    // `typ` is checked against the key's issuer below; a value no issuer accepts is refused
-    // here already, before the key is looked up.
-    let typ = match header.get("typ") {
-        None => None,
-        Some(Value::String(typ)) => Some(typ.as_str()),
-        Some(_) => return Err(TokenError::WrongType),
-    };
-    if !verifier
-        .keys
-        .issuers
-        .iter()
-        .any(|i| i.profile.token_types.accepts(typ))
-    {
-        return Err(TokenError::WrongType);
-    }
-    let alg = header
-        .get("alg")
-        .and_then(Value::as_str)
-        .ok_or(TokenError::Malformed)?;
-    let kid = header
-        .get("kid")
-        .and_then(Value::as_str)
-        .ok_or(TokenError::UnknownKey)?;
-    // `jwk`, `jku`, `x5u`, `x5c` are ignored: key material only ever comes from the config.
-    let key = verifier.keys.get(kid).ok_or(TokenError::UnknownKey)?;
-    let key = &*key;
-    if alg != algorithm_name(key.alg) {
-        // Exact comparison: `none`, `NONE`, `rs256`, or an HS256 token aimed at an RSA key.
-        return Err(TokenError::AlgorithmMismatch);
-    }
-    if !verifier.keys.issuers[key.issuer]
-        .profile
-        .token_types
-        .accepts(typ)
-    {
-        return Err(TokenError::WrongType);
-    }
-    let message_len = header_b64.len() + 1 + payload_b64.len();
-    signature_checks.fetch_add(1, Ordering::Relaxed);
-    check_signature(signature_b64, &token.as_bytes()[..message_len], key)?;
-
-    // Only now, with the signature verified, is the payload read.
-    let payload_json = decode_segment(payload_b64)?;
-    let claims = parse_object(&payload_json)?;
-    let issuer = &verifier.keys.issuers[key.issuer];
-
+    let (key_issuer, kid, claims) =
+        signed_claims(token, verifier, Expect::Access, signature_checks)?;
+    let issuer = &verifier.keys.issuers[key_issuer];
+    let kid = &*kid;
     let iss = claim_str(&claims, "iss")?;
     if iss != &*issuer.iss {
         return Err(TokenError::WrongIssuer);
@@ -461,8 +397,38 @@ fn verify_inner(
         None => None,
         Some(_) => Some(identifier(&claims, "sid", 256)?),
     };
+    // The gateway's own access token for a session signed in through an OpenID Provider names
+    // the provider (`idp`) and carries the roles and permissions the provider's claims named
+    // at login (`roles`, granted through the current `roles:`, and `permissions`): that user
+    // is in no users file. Only the gateway's own issuer
+    // (whose users are not qualified) is read this way; another issuer's `idp` means nothing.
+    let provider_login = !issuer.qualify_users && claims.contains_key("idp");
     let grant = match &profile.permissions {
         Some(sources) => crate::pipeline::claims::grant(&claims, sources, permissions),
+        None if provider_login => {
+            let mut set = permissions.empty_set();
+            match claims.get("roles") {
+                None => {}
+                Some(Value::Array(items)) => {
+                    for r in items {
+                        let r = r.as_str().ok_or(TokenError::MissingClaim)?;
+                        permissions.add_role(&mut set, r);
+                    }
+                }
+                Some(_) => return Err(TokenError::MissingClaim),
+            }
+            match claims.get("permissions") {
+                None => {}
+                Some(Value::Array(items)) => {
+                    for p in items {
+                        let p = p.as_str().ok_or(TokenError::MissingClaim)?;
+                        permissions.add_permission(&mut set, p);
+                    }
+                }
+                Some(_) => return Err(TokenError::MissingClaim),
+            }
+            permissions.grant_of(set)
+        }
         None => {
             // Role names only select permissions from the config (the permissions header is
             // built from the config's names, never from the token's text), but a role that
@@ -499,7 +465,7 @@ fn verify_inner(
         user: issuer.user_key(subject),
         session: session.map(Into::into),
         jti: jti.unwrap_or("").into(),
-        issuer: key.issuer,
+        issuer: key_issuer,
         kid: kid.into(),
         issued_at,
         expires_at,
@@ -508,7 +474,341 @@ fn verify_inner(
         permissions: granted,
         permissions_header,
         identity_claims,
+        provider_login,
     })
+}
+
+/// The facts of a verified ID token the login flow needs.
+#[derive(Debug)]
+pub struct IdToken {
+    /// `sub`.
+    pub subject: Box<str>,
+    /// `sid`, when present (the provider's session, for back-channel logout).
+    pub session: Option<Box<str>>,
+    /// `nonce`, when present: the caller compares it with the one it sent.
+    pub nonce: Option<Box<str>>,
+    /// Every claim, for the provider's permission mapping and allow-lists.
+    pub claims: Map<String, Value>,
+}
+
+/// Verifies an OpenID Connect ID token (Core 3.1.3.7) of the issuer at index `issuer` of the
+/// key set, for the client `client_id`, at `now`: the same checks of the JWS as an access
+/// token's ([`signed_claims`]: size, segments, `crit`, nesting, a configured key found by
+/// `kid` and belonging to that issuer, the key's pinned algorithm, the signature), then `typ`
+/// absent or `JWT` (an access token is not an ID token), `iss` exactly the issuer, `aud`
+/// containing `client_id`, `azp` equal to `client_id` when present and required when `aud`
+/// names more than one audience, `exp` not passed and `iat` not in the future (with the
+/// verifier's leeway), a plain `sub`. The `nonce` is the caller's to compare. Never cached:
+/// an ID token is used once, at the callback. `metrics` counts the signature check.
+pub fn verify_id_token(
+    token: &str,
+    verifier: &Verifier,
+    issuer: usize,
+    client_id: &str,
+    now: i64,
+    metrics: &Metrics,
+) -> Result<IdToken, TokenError> {
+    let checks = &metrics.token_signature_checks;
+    let (_, _, claims) = signed_claims(token, verifier, Expect::Id(issuer), checks)?;
+    let iss = claim_str(&claims, "iss")?;
+    if iss != &*verifier.keys.issuers[issuer].iss {
+        return Err(TokenError::WrongIssuer);
+    }
+    let audiences: Vec<&str> = match claims.get("aud") {
+        Some(Value::String(aud)) => vec![aud.as_str()],
+        Some(Value::Array(auds)) => auds
+            .iter()
+            .map(|a| a.as_str().ok_or(TokenError::MissingClaim))
+            .collect::<Result<_, _>>()?,
+        _ => return Err(TokenError::MissingClaim),
+    };
+    if !audiences.contains(&client_id) {
+        return Err(TokenError::WrongAudience);
+    }
+    match claims.get("azp") {
+        None if audiences.len() > 1 => return Err(TokenError::WrongClient),
+        None => {}
+        Some(azp) if azp.as_str() == Some(client_id) => {}
+        Some(_) => return Err(TokenError::WrongClient),
+    }
+    let expires_at = numeric_date(claims.get("exp"))?.ok_or(TokenError::MissingClaim)?;
+    let issued_at = numeric_date(claims.get("iat"))?.ok_or(TokenError::MissingClaim)?;
+    check_time(
+        expires_at,
+        numeric_date(claims.get("nbf"))?,
+        verifier.leeway,
+        now,
+    )?;
+    if issued_at > now + verifier.leeway || expires_at <= issued_at {
+        return Err(TokenError::BadIssuedAt);
+    }
+    let subject = plain(claims.get("sub"), 1024)?.into();
+    let session = match claims.get("sid") {
+        None => None,
+        Some(_) => Some(plain(claims.get("sid"), 256)?.into()),
+    };
+    let nonce = match claims.get("nonce") {
+        None => None,
+        Some(_) => Some(plain(claims.get("nonce"), 256)?.into()),
+    };
+    Ok(IdToken {
+        subject,
+        session,
+        nonce,
+        claims,
+    })
+}
+
+/// The event a Back-Channel Logout token must carry in `events`.
+pub const BACKCHANNEL_LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+
+/// How long a logout token without `exp` is accepted after its `iat`.
+pub const LOGOUT_TOKEN_MAX_AGE: i64 = 300;
+
+/// The facts of a verified Back-Channel Logout token.
+#[derive(Debug)]
+pub struct LogoutToken {
+    /// `sub`, when present.
+    pub subject: Option<Box<str>>,
+    /// `sid`, when present.
+    pub session: Option<Box<str>>,
+    /// `jti`: the caller records it, to refuse a replay.
+    pub jti: Box<str>,
+    /// Until when the token could be replayed: its `exp`, or `iat` plus
+    /// [`LOGOUT_TOKEN_MAX_AGE`], plus the leeway.
+    pub replayable_until: i64,
+}
+
+/// Why a logout token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LogoutTokenError {
+    /// The JWS or a claim every JWT of the issuer must get right.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// No `events` object with the back-channel logout event.
+    #[error("logout token has no back-channel logout event")]
+    Events,
+    /// A `nonce`: a logout token must not have one (it would pass for an ID token).
+    #[error("logout token has a nonce")]
+    Nonce,
+    /// Neither `sub` nor `sid`.
+    #[error("logout token names no subject nor session")]
+    NoSubject,
+    /// No `jti`.
+    #[error("logout token has no jti")]
+    NoJti,
+}
+
+impl LogoutTokenError {
+    /// A stable identifier for the audit trail.
+    pub fn reason_id(self) -> &'static str {
+        match self {
+            LogoutTokenError::Token(e) => e.reason_id(),
+            LogoutTokenError::Events => "logout_token.events",
+            LogoutTokenError::Nonce => "logout_token.nonce",
+            LogoutTokenError::NoSubject => "logout_token.no_subject",
+            LogoutTokenError::NoJti => "logout_token.no_jti",
+        }
+    }
+}
+
+/// Verifies a Back-Channel Logout token (OpenID Connect Back-Channel Logout 1.0, 2.6) of the
+/// issuer at index `issuer`, for the client `client_id`, at `now`: the JWS checks of
+/// [`signed_claims`] with a key of that issuer, `typ` absent, `JWT` or `logout+jwt`, `iss`
+/// exactly the issuer, `aud` containing `client_id`, `iat` not in the future, `exp` (when
+/// present) not passed and, without `exp`, `iat` at most [`LOGOUT_TOKEN_MAX_AGE`] old; a `jti`;
+/// an `events` object whose back-channel logout member is an object; `sub` and/or `sid`; no
+/// `nonce`. Whether the `jti` was seen before is the caller's to check (in the store).
+pub fn verify_logout_token(
+    token: &str,
+    verifier: &Verifier,
+    issuer: usize,
+    client_id: &str,
+    now: i64,
+    metrics: &Metrics,
+) -> Result<LogoutToken, LogoutTokenError> {
+    let checks = &metrics.token_signature_checks;
+    let (_, _, claims) = signed_claims(token, verifier, Expect::Logout(issuer), checks)?;
+    let iss = claim_str(&claims, "iss")?;
+    if iss != &*verifier.keys.issuers[issuer].iss {
+        return Err(TokenError::WrongIssuer.into());
+    }
+    let audience_ok = match claims.get("aud") {
+        Some(Value::String(aud)) => aud == client_id,
+        Some(Value::Array(auds)) => auds.iter().any(|a| a.as_str() == Some(client_id)),
+        _ => return Err(TokenError::MissingClaim.into()),
+    };
+    if !audience_ok {
+        return Err(TokenError::WrongAudience.into());
+    }
+    let issued_at = numeric_date(claims.get("iat"))?.ok_or(TokenError::MissingClaim)?;
+    if issued_at > now + verifier.leeway {
+        return Err(TokenError::BadIssuedAt.into());
+    }
+    let replayable_until = match numeric_date(claims.get("exp"))? {
+        Some(exp) => {
+            check_time(exp, None, verifier.leeway, now)?;
+            exp
+        }
+        None => {
+            if issued_at + LOGOUT_TOKEN_MAX_AGE + verifier.leeway < now {
+                return Err(TokenError::Expired.into());
+            }
+            issued_at + LOGOUT_TOKEN_MAX_AGE
+        }
+    } + verifier.leeway;
+    if claims.contains_key("nonce") {
+        return Err(LogoutTokenError::Nonce);
+    }
+    let event_ok = claims
+        .get("events")
+        .and_then(Value::as_object)
+        .and_then(|events| events.get(BACKCHANNEL_LOGOUT_EVENT))
+        .is_some_and(Value::is_object);
+    if !event_ok {
+        return Err(LogoutTokenError::Events);
+    }
+    let jti = match claims.get("jti") {
+        None => return Err(LogoutTokenError::NoJti),
+        value => plain(value, 256)?.into(),
+    };
+    let subject = match claims.get("sub") {
+        None => None,
+        value => Some(plain(value, 1024)?.into()),
+    };
+    let session = match claims.get("sid") {
+        None => None,
+        value => Some(plain(value, 256)?.into()),
+    };
+    if subject.is_none() && session.is_none() {
+        return Err(LogoutTokenError::NoSubject);
+    }
+    Ok(LogoutToken {
+        subject,
+        session,
+        jti,
+        replayable_until,
+    })
+}
+
+/// What kind of JWT [`signed_claims`] is checking.
+#[derive(Debug, Clone, Copy)]
+enum Expect {
+    /// An access token: its `typ` is one its key's issuer accepts.
+    Access,
+    /// An OpenID Connect ID token (`typ` absent or `JWT`) signed by a key of the issuer at this
+    /// index of the key set.
+    Id(usize),
+    /// A Back-Channel Logout token (`typ` absent, `JWT` or `logout+jwt`) signed by a key of the
+    /// issuer at this index.
+    Logout(usize),
+}
+
+/// A JWT whose signature verified: its key's issuer index, the `kid`, and the payload.
+type Signed = (usize, Box<str>, Map<String, Value>);
+
+/// The checks every JWT passes before its claims are read: size, three canonical segments,
+/// no `crit`, not nested, the `typ` [`Expect`]ed, a `kid` a configured key has, `alg` exactly
+/// the key's pinned algorithm, and the signature. `Ok` is the key's issuer index, the `kid`,
+/// and the payload (duplicate members refused).
+fn signed_claims(
+    token: &str,
+    verifier: &Verifier,
+    expect: Expect,
+    signature_checks: &AtomicU64,
+) -> Result<Signed, TokenError> {
+    if token.len() > verifier.max_bytes {
+        return Err(TokenError::TooLarge);
+    }
+    let mut parts = token.split('.');
+    let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        // Also refuses JWE (five segments) and anything with a stray dot.
+        return Err(TokenError::Malformed);
+    };
+    if signature_b64.is_empty() || payload_b64.is_empty() || header_b64.is_empty() {
+        return Err(TokenError::Malformed);
+    }
+    let header_json = decode_segment(header_b64)?;
+    let header = parse_object(&header_json)?;
+    // Header checks that do not depend on the key.
+    if header.contains_key("crit") {
+        return Err(TokenError::CriticalHeader);
+    }
+    if let Some(cty) = header.get("cty") {
+        let cty = cty.as_str().ok_or(TokenError::Malformed)?;
+        if cty.eq_ignore_ascii_case("JWT") || cty.eq_ignore_ascii_case("application/jwt") {
+            return Err(TokenError::Nested);
+        }
+    }
+    // `typ` is checked against the key's issuer below; a value no issuer accepts is refused
+    // here already, before the key is looked up.
+    let typ = match header.get("typ") {
+        None => None,
+        Some(Value::String(typ)) => Some(typ.as_str()),
+        Some(_) => return Err(TokenError::WrongType),
+    };
+    let type_ok = match expect {
+        Expect::Access => verifier
+            .keys
+            .issuers
+            .iter()
+            .any(|i| i.profile.token_types.accepts(typ)),
+        // An ID token is never an access token, nor a logout token: `JWT` or nothing.
+        Expect::Id(_) => typ.is_none_or(|t| {
+            t.eq_ignore_ascii_case("JWT") || t.eq_ignore_ascii_case("application/jwt")
+        }),
+        Expect::Logout(_) => typ.is_none_or(|t| {
+            [
+                "JWT",
+                "application/jwt",
+                "logout+jwt",
+                "application/logout+jwt",
+            ]
+            .iter()
+            .any(|ok| t.eq_ignore_ascii_case(ok))
+        }),
+    };
+    if !type_ok {
+        return Err(TokenError::WrongType);
+    }
+    let alg = header
+        .get("alg")
+        .and_then(Value::as_str)
+        .ok_or(TokenError::Malformed)?;
+    let kid = header
+        .get("kid")
+        .and_then(Value::as_str)
+        .ok_or(TokenError::UnknownKey)?;
+    // `jwk`, `jku`, `x5u`, `x5c` are ignored: key material only ever comes from the config.
+    let key = verifier.keys.get(kid).ok_or(TokenError::UnknownKey)?;
+    let key = &*key;
+    if alg != algorithm_name(key.alg) {
+        // Exact comparison: `none`, `NONE`, `rs256`, or an HS256 token aimed at an RSA key.
+        return Err(TokenError::AlgorithmMismatch);
+    }
+    let type_ok = match expect {
+        Expect::Access => verifier.keys.issuers[key.issuer]
+            .profile
+            .token_types
+            .accepts(typ),
+        Expect::Id(issuer) | Expect::Logout(issuer) => key.issuer == issuer,
+    };
+    if !type_ok {
+        return Err(match expect {
+            Expect::Access => TokenError::WrongType,
+            Expect::Id(_) | Expect::Logout(_) => TokenError::WrongIssuer,
+        });
+    }
+    let message_len = header_b64.len() + 1 + payload_b64.len();
+    signature_checks.fetch_add(1, Ordering::Relaxed);
+    check_signature(signature_b64, &token.as_bytes()[..message_len], key)?;
+
+    // Only now, with the signature verified, is the payload read.
+    let payload_json = decode_segment(payload_b64)?;
+    let claims = parse_object(&payload_json)?;
+    Ok((key.issuer, kid.into(), claims))
 }
 
 /// The signature check of this stage, alone: `signature_b64` (the third segment of a compact

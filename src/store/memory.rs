@@ -233,6 +233,9 @@ pub struct MemoryStore {
     /// still spread over that shard's tables.
     placement: RandomState,
     throttle: Mutex<Throttle>,
+    /// The OpenID login flows' states: key → (value, expires at). One mutex: a flow writes
+    /// one and takes one, far off the hot path.
+    login_states: Mutex<HashMap<[u8; 32], (String, i64)>>,
     /// The gateway's clock, for sweeps (answers use the caller's `now`).
     clock: Clock,
 }
@@ -246,6 +249,9 @@ fn read(shard: &RwLock<Shard>) -> RwLockReadGuard<'_, Shard> {
 fn write(shard: &RwLock<Shard>) -> RwLockWriteGuard<'_, Shard> {
     shard.write().unwrap_or_else(|e| e.into_inner())
 }
+
+/// The most sign-ins through an OpenID Provider in progress at once (each lives 10 minutes).
+const MAX_LOGIN_STATES: usize = 100_000;
 
 impl MemoryStore {
     /// An empty store that sweeps by `clock` (the gateway's).
@@ -261,6 +267,7 @@ impl MemoryStore {
             shards: (0..shards.max(1)).map(|_| RwLock::default()).collect(),
             placement: RandomState::new(),
             throttle: Mutex::default(),
+            login_states: Mutex::default(),
             clock,
         }
     }
@@ -289,6 +296,11 @@ impl MemoryStore {
     fn throttle(&self) -> std::sync::MutexGuard<'_, Throttle> {
         // Every update of a window is a single assignment, so a panic cannot leave one torn.
         self.throttle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn login_states(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (String, i64)>> {
+        // A put or take is one map operation: a panic cannot leave one half done.
+        self.login_states.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn check_now(&self, token: &TokenRef<'_>, now: i64) -> Verdict {
@@ -513,11 +525,101 @@ impl SessionStore for MemoryStore {
         self.throttle().windows.remove(&throttle_digest(key));
         Ok(())
     }
+
+    async fn put_login_state(
+        &self,
+        key: &[u8; 32],
+        value: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut states = self.login_states();
+        // Expired states are swept whenever the map doubles past 1024 entries: amortised O(1)
+        // per put, and the map holds about the flows started within one state lifetime.
+        if states.len() >= 1024 && states.len().is_power_of_two() {
+            states.retain(|_, (_, until)| *until > now);
+        }
+        // Starting a sign-in needs no credential: a flood of starts must not grow the process
+        // without bound. Past the cap (and a sweep), new sign-ins wait (503) until some expire.
+        if states.len() >= MAX_LOGIN_STATES {
+            states.retain(|_, (_, until)| *until > now);
+            if states.len() >= MAX_LOGIN_STATES {
+                return Err(StoreError::Unavailable {
+                    source: "too many sign-ins in progress".into(),
+                });
+            }
+        }
+        states.insert(*key, (value.to_owned(), expires_at));
+        Ok(())
+    }
+
+    async fn take_login_state(
+        &self,
+        key: &[u8; 32],
+        now: i64,
+    ) -> Result<Option<String>, StoreError> {
+        // Removed under the lock: two takes of one key cannot both get it.
+        Ok(self
+            .login_states()
+            .remove(key)
+            .filter(|(_, until)| *until > now)
+            .map(|(value, _)| value))
+    }
+
+    async fn first_use(
+        &self,
+        key: &[u8; 32],
+        expires_at: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        // Kept in the login states' map, under a key no state has (the caller's hash differs),
+        // with an empty value: checked and inserted under one lock.
+        let mut states = self.login_states();
+        if states.get(key).is_some_and(|(_, until)| *until > now) {
+            return Ok(false);
+        }
+        if states.len() >= 1024 && states.len().is_power_of_two() {
+            states.retain(|_, (_, until)| *until > now);
+        }
+        states.insert(*key, (String::new(), expires_at));
+        Ok(true)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_flood_of_started_sign_ins_is_capped_until_they_expire() {
+        let store = MemoryStore::new(Clock::manual());
+        let n = 1_000_000;
+        for i in 0..MAX_LOGIN_STATES as u64 {
+            let mut key = [0u8; 32];
+            key[..8].copy_from_slice(&i.to_le_bytes());
+            store.put_login_state(&key, "s", n + 600, n).await.unwrap();
+        }
+        let one_more = [0xff; 32];
+        assert!(
+            store
+                .put_login_state(&one_more, "s", n + 600, n)
+                .await
+                .is_err()
+        );
+        // Once they have expired, sign-ins start again.
+        store
+            .put_login_state(&one_more, "s", n + 1200, n + 600)
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .take_login_state(&one_more, n + 601)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("s")
+        );
+    }
 
     #[tokio::test]
     async fn a_window_is_measured_with_the_callers_clock() {
@@ -609,6 +711,7 @@ mod tests {
             absolute_expiry: expires,
             idle_expiry: expires,
             remember_me: false,
+            provider: None,
         }
     }
 

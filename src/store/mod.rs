@@ -174,6 +174,36 @@ pub struct SessionRecord {
     pub idle_expiry: i64,
     /// Whether the user asked to stay logged in.
     pub remember_me: bool,
+    /// For a session signed in through an OpenID Provider (`auth.providers`): which one, the
+    /// provider's `sub` and `sid`, and the permissions its claims mapped to at login, which the
+    /// gateway's refresh puts into each new access token. `None` for a password login.
+    pub provider: Option<ProviderLink>,
+}
+
+/// What a session signed in through an OpenID Provider remembers of that sign-in.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProviderLink {
+    /// The provider's `id` in `auth.providers`.
+    pub provider: String,
+    /// The provider's `sub` for the user.
+    pub sub: String,
+    /// The provider's session (`sid` of the ID token), when it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+    /// The role names the provider's claims named at login (`via: roles` mappings): what they
+    /// grant is read from the config's `roles:` when each access token is verified, so a
+    /// change to `roles:` applies from the next request on.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// The permission names the provider's claims named directly at login (`prefix:`
+    /// mappings), those the config knew then.
+    #[serde(default)]
+    pub permissions: Vec<String>,
+    /// The ID token of the sign-in, sent back as `id_token_hint` when the user signs out at
+    /// the provider from the gateway (RP-initiated logout). Not a credential at the gateway:
+    /// no endpoint accepts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_token: Option<String>,
 }
 
 /// A refresh token as the store keeps it: its hash, never the token.
@@ -318,6 +348,37 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Forgets the key (a successful login clears its username's counter). Clearing a key that
     /// counts nothing is not an error.
     fn throttle_clear(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Keeps `value` under `key` (a SHA-256 the caller made: the OpenID login flow's `state`)
+    /// until `expires_at`, for one [`SessionStore::take_login_state`]. Shared by every instance
+    /// with Redis, so a callback may reach another instance than the one that started the flow.
+    fn put_login_state(
+        &self,
+        key: &[u8; 32],
+        value: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Reads and deletes, atomically, what [`SessionStore::put_login_state`] kept under `key`:
+    /// of two concurrent takes of one key at most one gets it (single use). `None` when there
+    /// is nothing, or it expired at `now`.
+    fn take_login_state(
+        &self,
+        key: &[u8; 32],
+        now: i64,
+    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+
+    /// Records `key` (a SHA-256 the caller made: a back-channel logout token's issuer and
+    /// `jti`) until `expires_at`: `true` the first time, `false` while it is recorded — on
+    /// every instance sharing the store, and atomically (of two concurrent calls one gets
+    /// `true`).
+    fn first_use(
+        &self,
+        key: &[u8; 32],
+        expires_at: i64,
+        now: i64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
 
 /// The configured store. An enum rather than a trait object: the hot path dispatches with a
@@ -440,5 +501,29 @@ impl SessionStore for Store {
     }
     async fn throttle_clear(&self, key: &str) -> Result<(), StoreError> {
         dispatch!(self, s => s.throttle_clear(key).await)
+    }
+    async fn put_login_state(
+        &self,
+        key: &[u8; 32],
+        value: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.put_login_state(key, value, expires_at, now).await)
+    }
+    async fn take_login_state(
+        &self,
+        key: &[u8; 32],
+        now: i64,
+    ) -> Result<Option<String>, StoreError> {
+        dispatch!(self, s => s.take_login_state(key, now).await)
+    }
+    async fn first_use(
+        &self,
+        key: &[u8; 32],
+        expires_at: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.first_use(key, expires_at, now).await)
     }
 }

@@ -528,6 +528,7 @@ impl TestGateway {
                     absolute_expiry: n + 3600,
                     idle_expiry: n + 3600,
                     remember_me: false,
+                    provider: None,
                 },
                 None,
             )

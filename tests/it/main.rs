@@ -22,6 +22,7 @@ mod identify;
 mod keys_cli;
 mod login_flow;
 mod module_graph;
+mod oidc_login;
 mod operations;
 mod redis_cluster;
 mod redis_gateway;

@@ -80,6 +80,7 @@ fn record(sid: &str, sub: &str) -> SessionRecord {
         absolute_expiry: n + 3600,
         idle_expiry: n + 1800,
         remember_me: false,
+        provider: None,
     }
 }
 

@@ -382,6 +382,7 @@ async fn after_redis_returns_empty_the_gateway_recovers_without_a_restart() {
                     absolute_expiry: now() + 3600,
                     idle_expiry: now() + 3600,
                     remember_me: false,
+                    provider: None,
                 },
                 None,
             )
@@ -496,6 +497,7 @@ async fn a_gateway_whose_redis_is_down_at_start_starts_answers_503_and_recovers_
                     absolute_expiry: now() + 3600,
                     idle_expiry: now() + 3600,
                     remember_me: false,
+                    provider: None,
                 },
                 None,
             )

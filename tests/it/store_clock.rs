@@ -80,6 +80,7 @@ fn record(sid: &str, sub: &str, at: i64, idle: i64, absolute: i64) -> SessionRec
         absolute_expiry: at + absolute,
         idle_expiry: at + idle,
         remember_me: false,
+        provider: None,
     }
 }
 

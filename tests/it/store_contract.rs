@@ -78,6 +78,7 @@ fn record(sid: &str, sub: &str) -> SessionRecord {
         absolute_expiry: n + 3600,
         idle_expiry: n + 1800,
         remember_me: false,
+        provider: None,
     }
 }
 
@@ -918,3 +919,88 @@ async fn a_killed_subscription_stops_positive_caching_until_resubscribed() {
         .is_some()
     );
 }
+
+contract!(
+    a_login_state_is_taken_once_and_not_after_it_expired,
+    |store| {
+        let n = now();
+        store
+            .put_login_state(&hash(1), "flow-1", n + 600, n)
+            .await
+            .unwrap();
+        store
+            .put_login_state(&hash(2), "flow-2", n + 600, n)
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .take_login_state(&hash(1), n)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("flow-1")
+        );
+        // Taken: gone, and the other flow is untouched.
+        assert_eq!(store.take_login_state(&hash(1), n).await.unwrap(), None);
+        assert_eq!(
+            store
+                .take_login_state(&hash(2), n + 1)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("flow-2")
+        );
+        // Past its instant on the caller's clock, whatever the store's own TTL.
+        store
+            .put_login_state(&hash(3), "flow-3", n + 10, n)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.take_login_state(&hash(3), n + 10).await.unwrap(),
+            None
+        );
+    }
+);
+
+contract!(a_provider_link_is_kept_with_its_session, |store| {
+    let link = portcullis::store::ProviderLink {
+        provider: "corp".into(),
+        sub: "248289761001".into(),
+        sid: Some("provider-session".into()),
+        roles: vec!["reader".into()],
+        permissions: vec!["docs:read".into()],
+        id_token: Some("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIyNDgyODk3NjEwMDEifQ.c2ln".into()),
+    };
+    let user = "https://idp.test#248289761001";
+    let mut r = record("s1", user);
+    r.provider = Some(link.clone());
+    store.create_session(r, None).await.unwrap();
+    let read = store.session(user, "s1", now()).await.unwrap().unwrap();
+    assert_eq!(read.provider, Some(link));
+    let listed = store.sessions_of(user, now()).await.unwrap();
+    assert_eq!(listed[0].provider.as_ref().unwrap().provider, "corp");
+    // A password login's session has none.
+    store
+        .create_session(record("s2", "alice"), None)
+        .await
+        .unwrap();
+    let plain = store.session("alice", "s2", now()).await.unwrap().unwrap();
+    assert_eq!(plain.provider, None);
+});
+
+contract!(a_first_use_is_recorded_until_its_instant, |store| {
+    let n = now();
+    assert!(store.first_use(&hash(7), n + 60, n).await.unwrap());
+    assert!(!store.first_use(&hash(7), n + 60, n + 1).await.unwrap());
+    assert!(
+        store.first_use(&hash(8), n + 60, n).await.unwrap(),
+        "another key"
+    );
+    // Concurrent first uses of one key: exactly one is first.
+    let key = hash(9);
+    let (a, b) = tokio::join!(
+        store.first_use(&key, n + 60, n),
+        store.first_use(&key, n + 60, n)
+    );
+    assert!(a.unwrap() ^ b.unwrap());
+});

@@ -1,6 +1,8 @@
-// A real OpenID Provider (oidc-provider) on loopback for tests/it/remote_keys_oidc.rs.
+// A real OpenID Provider (oidc-provider) on loopback for tests/it/remote_keys.rs and
+// tests/it/oidc_login.rs, and for examples/oidc.
 //
-//   node provider.mjs --port 0 --key-dir DIR --kids signing[,other...]
+//   node provider.mjs --port 0 --key-dir DIR --kids signing[,other...] [--redirect-uri URL]...
+//                     [--backchannel-uri URL]
 //
 // Listens on 127.0.0.1 (port 0: any free one) with issuer http://127.0.0.1:<port>, and prints
 // `listening <issuer>` once it serves. Its signing keys are RSA keys named by --kids, kept as
@@ -11,8 +13,19 @@
 // One client, `portcullis-tests`, may use the client-credentials grant; its access tokens are
 // JWTs (RFC 9068, `typ: at+jwt`) for the resource `urn:portcullis:api`, audience
 // `portcullis-tests`, with the scopes asked for out of `documents.read documents.write`.
+//
+// Two clients sign browsers in with the authorization code flow, PKCE S256 required:
+// `portcullis-gateway` (the gateway; its redirect URIs are the --redirect-uri arguments) and
+// `another-app` (a second relying party, whose ID tokens the gateway must refuse). The
+// built-in development login and consent pages are on: any login name with any password signs
+// in as that user. Every user has `email` <login>@example.com (verified) and `groups`: `staff`
+// and `reader`, plus `editor` for logins starting with `editor`, none at all for logins
+// starting with `outsider`. Scope claims go into the ID token (conformIdTokenClaims: false).
+// A sign-out at the provider (its end_session_endpoint) POSTs a Back-Channel Logout token for
+// `portcullis-gateway` to --backchannel-uri (default: the first redirect URI with
+// /backchannel-logout for /callback).
 import { createServer } from 'node:http';
-import { generateKeyPairSync } from 'node:crypto';
+import { createPrivateKey, generateKeyPairSync } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Provider from 'oidc-provider';
@@ -26,17 +39,38 @@ const port = Number(arg('port', '0'));
 const keyDir = arg('key-dir', '.');
 const kids = arg('kids', 'key-1').split(',');
 
+// Each key is also written as PKCS#8 PEM (`<kid>.key.pem`), so that a test can sign what the
+// provider would (a back-channel logout token) with the provider's own key.
 function privateJwk(kid) {
   const file = join(keyDir, `${kid}.jwk.json`);
   if (existsSync(file)) return JSON.parse(readFileSync(file, 'utf8'));
   const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
   const jwk = { ...privateKey.export({ format: 'jwk' }), kid, alg: 'RS256', use: 'sig' };
   writeFileSync(file, JSON.stringify(jwk), { mode: 0o600 });
+  const pem = createPrivateKey({ key: jwk, format: 'jwk' }).export({ type: 'pkcs8', format: 'pem' });
+  writeFileSync(join(keyDir, `${kid}.key.pem`), pem, { mode: 0o600 });
   return jwk;
 }
 
 export const CLIENT_ID = 'portcullis-tests';
 export const CLIENT_SECRET = 'a-test-client-secret-long-enough-for-hs256-0123456789';
+export const GATEWAY_CLIENT_ID = 'portcullis-gateway';
+export const GATEWAY_CLIENT_SECRET = 'a-gateway-client-secret-for-the-code-flow-0123456789';
+export const OTHER_CLIENT_ID = 'another-app';
+export const OTHER_CLIENT_SECRET = 'another-app-client-secret-for-the-code-flow-0123456789';
+
+function redirectUris() {
+  const uris = [];
+  process.argv.forEach((a, i) => {
+    if (a === '--redirect-uri') uris.push(process.argv[i + 1]);
+  });
+  return uris.length ? uris : ['https://gateway.test/auth/oidc/local/callback'];
+}
+
+function groupsOf(login) {
+  if (login.startsWith('outsider')) return [];
+  return login.startsWith('editor') ? ['staff', 'reader', 'editor'] : ['staff', 'reader'];
+}
 
 const server = createServer();
 server.listen(port, '127.0.0.1', () => {
@@ -50,10 +84,57 @@ server.listen(port, '127.0.0.1', () => {
         redirect_uris: [],
         response_types: [],
       },
+      {
+        client_id: GATEWAY_CLIENT_ID,
+        client_secret: GATEWAY_CLIENT_SECRET,
+        grant_types: ['authorization_code'],
+        response_types: ['code'],
+        redirect_uris: redirectUris(),
+        // RP-initiated logout comes back to the gateway's login page.
+        post_logout_redirect_uris: [new URL('/auth/login', redirectUris()[0]).href],
+        token_endpoint_auth_method: 'client_secret_basic',
+        // ID tokens carry `sid` because of it (backchannel_logout_session_required).
+        backchannel_logout_uri: arg(
+          'backchannel-uri',
+          redirectUris()[0].replace(/\/callback$/, '/backchannel-logout'),
+        ),
+        backchannel_logout_session_required: true,
+      },
+      {
+        client_id: OTHER_CLIENT_ID,
+        client_secret: OTHER_CLIENT_SECRET,
+        grant_types: ['authorization_code'],
+        response_types: ['code'],
+        redirect_uris: ['https://another-app.test/callback'],
+        token_endpoint_auth_method: 'client_secret_basic',
+      },
     ],
+    pkce: { required: () => true },
+    // Its outgoing requests (the back-channel logout POST) refuse loopback addresses by default
+    // (SSRF protection); the gateway it tells is on loopback here, so that guard is dropped.
+    fetch: (url, options) => {
+      delete options.dispatcher;
+      return fetch(url, options);
+    },
+    conformIdTokenClaims: false,
+    scopes: ['openid', 'email', 'groups', 'offline_access'],
+    claims: {
+      openid: ['sub'],
+      email: ['email', 'email_verified'],
+      groups: ['groups'],
+    },
+    async findAccount(ctx, id) {
+      return {
+        accountId: id,
+        async claims() {
+          return { sub: id, email: `${id}@example.com`, email_verified: true, groups: groupsOf(id) };
+        },
+      };
+    },
     jwks: { keys: kids.map(privateJwk) },
     features: {
-      devInteractions: { enabled: false },
+      devInteractions: { enabled: true },
+      backchannelLogout: { enabled: true },
       clientCredentials: { enabled: true },
       resourceIndicators: {
         enabled: true,
@@ -68,6 +149,9 @@ server.listen(port, '127.0.0.1', () => {
       },
     },
   });
+  // What a test needs to know when a back-channel logout did not arrive.
+  provider.on('backchannel.error', (ctx, err) => console.log(`backchannel.error ${err.message} ${err.cause}`));
+  provider.on('backchannel.success', () => console.log('backchannel.success'));
   server.on('request', provider.callback());
   console.log(`listening ${issuer}`);
 });

@@ -33,7 +33,9 @@ pub(super) struct Rotated {
     /// The successor's new binding, when the rotated token was bound (a cookie's).
     binding: Option<tokens::Binding>,
     pub(super) remember_me: bool,
-    pub(super) roles: Vec<String>,
+    /// What the next access token grants: the users-file user's roles, or the provider
+    /// login's permissions kept with the session.
+    pub(super) grant: tokens::AccessGrant,
 }
 
 impl Rotated {
@@ -101,12 +103,29 @@ pub(super) async fn rotate(
     now: i64,
 ) -> Result<Result<Rotated, RotateRefusal>, GatewayError> {
     let (subject, sid) = (token.subject.as_str(), token.session);
-    let users = env.auth.users.current();
-    let Some(user) = users.get(subject).filter(|u| !u.disabled) else {
-        return Ok(Err(RotateRefusal::UserDisabled));
-    };
     let Some(record) = env.store.session(subject, sid, now).await? else {
         return Ok(Err(RotateRefusal::Invalid));
+    };
+    let grant = match &record.provider {
+        // A provider login: its permissions are the session's, while the provider is still
+        // configured (removing it ends its sessions at their next refresh).
+        Some(link) => {
+            if crate::auth_flow::oidc::find(&env.auth.providers, &link.provider).is_none() {
+                return Ok(Err(RotateRefusal::UserDisabled));
+            }
+            tokens::AccessGrant::Provider {
+                provider: link.provider.clone(),
+                roles: link.roles.clone(),
+                permissions: link.permissions.clone(),
+            }
+        }
+        None => {
+            let users = env.auth.users.current();
+            let Some(user) = users.get(subject).filter(|u| !u.disabled) else {
+                return Ok(Err(RotateRefusal::UserDisabled));
+            };
+            tokens::AccessGrant::Roles(user.roles.clone())
+        }
     };
     let (idle, _) = env.auth.lifetimes.of(record.remember_me);
     let binding = token.is_bound().then(tokens::Binding::new);
@@ -144,7 +163,7 @@ pub(super) async fn rotate(
         successor,
         binding,
         remember_me: record.remember_me,
-        roles: user.roles.clone(),
+        grant,
     }))
 }
 

@@ -13,7 +13,7 @@ use super::input::{BodyKind, form_field, page_csrf_token, read_body};
 use super::respond::{html, json, refused, see_other};
 use crate::audit::AuditEvent;
 use crate::auth_flow::csrf;
-use crate::auth_flow::tokens::{self, AccessClaims};
+use crate::auth_flow::tokens::{self, AccessClaims, AccessGrant};
 use crate::auth_flow::{AuthSettings, LOGIN_PATH, cookies, pages};
 use crate::body::GatewayBody;
 use crate::error::{AuthError, GatewayError};
@@ -60,9 +60,16 @@ pub(super) fn login_page(
         let target = env.auth.redirect.target(return_to.as_deref());
         pages::refresh(&csrf_token, &target)
     } else {
+        if let Some(only) = single_provider(env.auth) {
+            // One provider and no password form: nothing to choose, straight to the provider.
+            return see_other(&provider_start(&only.id, return_to.as_deref()));
+        }
+        let buttons = provider_buttons(env.auth, return_to.as_deref());
         pages::login(&pages::LoginForm {
             csrf: &csrf_token,
             return_to: return_to.as_deref(),
+            providers: &buttons,
+            no_password: !env.auth.password_login,
             ..pages::LoginForm::default()
         })
     };
@@ -196,34 +203,30 @@ pub(super) async fn login(
 
     // A new session with new identifiers, whatever the browser sent (docs/security.md 15).
     let subject = user.username.clone();
-    let sid = tokens::new_session_id();
     // A refresh token for a cookie is bound to this browser's new binding cookie
     // (docs/security.md 36); one handed to an API client in the body is not.
     let binding = (!input.return_tokens).then(tokens::Binding::new);
-    let refresh_token = tokens::new_refresh_token(&subject, &sid, binding.as_ref());
-    let (idle, absolute) = auth.lifetimes.of(input.remember_me);
-    let record = SessionRecord {
-        id: sid.clone(),
-        subject: subject.clone(),
-        created_at: now,
-        last_seen: now,
-        ip: env.client.ip.to_string(),
-        user_agent: crate::audit::truncate(&env.client.user_agent, MAX_USER_AGENT).to_owned(),
-        absolute_expiry: now + absolute.as_secs() as i64,
-        idle_expiry: now + idle.min(absolute).as_secs() as i64,
-        remember_me: input.remember_me,
-    };
-    let refresh_expires = record.idle_expiry;
-    env.store
-        .create_session(
-            record,
-            Some(RefreshGrant {
-                hash: tokens::refresh_hash(&refresh_token),
-                expires_at: refresh_expires,
-            }),
-        )
-        .await?;
-    let access = mint(auth, &subject, &sid, &user.roles, now)?;
+    let Opened {
+        sid,
+        refresh_token,
+        refresh_expires,
+        absolute,
+    } = open_session(
+        env,
+        &subject,
+        input.remember_me,
+        binding.as_ref(),
+        None,
+        now,
+    )
+    .await?;
+    let access = mint(
+        auth,
+        &subject,
+        &sid,
+        &AccessGrant::Roles(user.roles.clone()),
+        now,
+    )?;
     env.audit.emit(&AuditEvent {
         subject: Some(&subject),
         session: Some(&sid),
@@ -269,6 +272,60 @@ pub(super) async fn login(
         .headers_mut()
         .append(SET_COOKIE, cookies::csrf(&tokens::random_token(32)));
     Ok(response)
+}
+
+/// A session [`open_session`] created.
+pub(super) struct Opened {
+    pub(super) sid: String,
+    pub(super) refresh_token: String,
+    /// When the first refresh token stops working (the session's idle expiry).
+    pub(super) refresh_expires: i64,
+    /// The session's absolute lifetime (the cookies' `Max-Age` with "remember me").
+    pub(super) absolute: std::time::Duration,
+}
+
+/// Creates a new session of `subject` at `now`, with new identifiers whatever the browser sent
+/// (docs/security.md 15), and its first refresh token (bound to `binding` when it goes into a
+/// cookie): what a password login and a provider login (`provider`) both end in.
+pub(super) async fn open_session(
+    env: &Env<'_>,
+    subject: &str,
+    remember_me: bool,
+    binding: Option<&tokens::Binding>,
+    provider: Option<crate::store::ProviderLink>,
+    now: i64,
+) -> Result<Opened, GatewayError> {
+    let sid = tokens::new_session_id();
+    let refresh_token = tokens::new_refresh_token(subject, &sid, binding);
+    let (idle, absolute) = env.auth.lifetimes.of(remember_me);
+    let record = SessionRecord {
+        id: sid.clone(),
+        subject: subject.to_owned(),
+        created_at: now,
+        last_seen: now,
+        ip: env.client.ip.to_string(),
+        user_agent: crate::audit::truncate(&env.client.user_agent, MAX_USER_AGENT).to_owned(),
+        absolute_expiry: now + absolute.as_secs() as i64,
+        idle_expiry: now + idle.min(absolute).as_secs() as i64,
+        remember_me,
+        provider,
+    };
+    let refresh_expires = record.idle_expiry;
+    env.store
+        .create_session(
+            record,
+            Some(RefreshGrant {
+                hash: tokens::refresh_hash(&refresh_token),
+                expires_at: refresh_expires,
+            }),
+        )
+        .await?;
+    Ok(Opened {
+        sid,
+        refresh_token,
+        refresh_expires,
+        absolute,
+    })
 }
 
 /// How a typed username goes into the audit trail: as the subject when such a user exists,
@@ -322,6 +379,62 @@ fn username_digest(username: &str) -> String {
     format!("sha256:{hex}")
 }
 
+/// The only way to sign in, when it is one provider (no users file, one `auth.providers`).
+fn single_provider(auth: &AuthSettings) -> Option<&crate::auth_flow::oidc::Provider> {
+    match auth.providers.as_slice() {
+        [only] if !auth.password_login => Some(only),
+        _ => None,
+    }
+}
+
+/// `/auth/oidc/<id>`, with the return path when there is one.
+fn provider_start(id: &str, return_to: Option<&str>) -> String {
+    let start = format!("{}{id}", crate::auth_flow::oidc::PREFIX);
+    match return_to.filter(|r| !r.is_empty()) {
+        Some(r) => format!("{start}?return_to={}", crate::keys::fetch::form_encode(r)),
+        None => start,
+    }
+}
+
+/// The login page's "Sign in with …" links.
+fn provider_buttons(auth: &AuthSettings, return_to: Option<&str>) -> Vec<pages::ProviderButton> {
+    auth.providers
+        .iter()
+        .map(|p| pages::ProviderButton {
+            href: provider_start(&p.id, return_to),
+            name: p.name.clone(),
+        })
+        .collect()
+}
+
+/// The login page with `message` (a provider sign-in that failed), answered with `status`:
+/// never a redirect, so a failing provider cannot make a loop.
+pub(super) fn login_page_error(
+    env: &Env<'_>,
+    status: StatusCode,
+    return_to: Option<&str>,
+    message: &str,
+) -> Response<GatewayBody> {
+    let csrf_token = tokens::random_token(32);
+    let buttons = provider_buttons(env.auth, return_to);
+    let mut response = html(
+        status,
+        pages::login(&pages::LoginForm {
+            csrf: &csrf_token,
+            return_to,
+            error: Some(message),
+            providers: &buttons,
+            no_password: !env.auth.password_login,
+            ..pages::LoginForm::default()
+        }),
+        &env.auth.page_csp,
+    );
+    response
+        .headers_mut()
+        .append(SET_COOKIE, cookies::csrf(&csrf_token));
+    response
+}
+
 fn login_form_again(
     env: &Env<'_>,
     status: StatusCode,
@@ -329,6 +442,7 @@ fn login_form_again(
     message: &str,
 ) -> Response<GatewayBody> {
     let csrf_token = tokens::random_token(32);
+    let buttons = provider_buttons(env.auth, input.return_to.as_deref());
     let mut response = html(
         status,
         pages::login(&pages::LoginForm {
@@ -336,6 +450,8 @@ fn login_form_again(
             return_to: input.return_to.as_deref(),
             username: Some(&input.username),
             error: Some(message),
+            providers: &buttons,
+            no_password: !env.auth.password_login,
         }),
         &env.auth.page_csp,
     );
@@ -349,9 +465,17 @@ pub(super) fn mint(
     auth: &AuthSettings,
     subject: &str,
     sid: &str,
-    roles: &[String],
+    grant: &AccessGrant,
     now: i64,
 ) -> Result<String, GatewayError> {
+    let (roles, idp, permissions): (&[String], _, _) = match grant {
+        AccessGrant::Roles(roles) => (roles, None, None),
+        AccessGrant::Provider {
+            provider,
+            roles,
+            permissions,
+        } => (roles, Some(provider.as_str()), Some(permissions.as_slice())),
+    };
     let claims = AccessClaims {
         iss: &auth.issuer,
         aud: &auth.audience,
@@ -361,6 +485,8 @@ pub(super) fn mint(
         iat: now,
         exp: now + auth.access_ttl.as_secs() as i64,
         roles,
+        idp,
+        permissions,
     };
     auth.signing
         .sign(&claims)

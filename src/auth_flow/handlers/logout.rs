@@ -8,10 +8,10 @@ use hyper::body::Incoming;
 use super::Env;
 use super::caller::caller;
 use super::input::{BodyKind, body_csrf, check_csrf_token, needs_csrf, read_body_or_empty};
-use super::respond::{empty, not_signed_in, refused, see_other, store_refused};
+use super::respond::{empty, html, not_signed_in, refused, see_other, store_refused};
 use crate::audit::AuditEvent;
 use crate::auth_flow::csrf;
-use crate::auth_flow::{LOGIN_PATH, cookies};
+use crate::auth_flow::{LOGIN_PATH, cookies, pages};
 use crate::body::GatewayBody;
 use crate::error::GatewayError;
 use crate::pipeline::identify;
@@ -34,6 +34,19 @@ pub(super) async fn logout(
         check_csrf_token(env, &headers, field.as_deref(), "logout", audit_path)?;
     }
     let signed = caller(&headers, env).await?;
+    // A session signed in through an OpenID Provider: after this logout, the page offers to
+    // sign out at the provider too (read before the session is gone).
+    let mut at_provider = None;
+    if let Some(s) = signed.as_ref().filter(|_| form) {
+        if let Some(link) = env
+            .store
+            .session(&s.subject, &s.session, env.now)
+            .await?
+            .and_then(|r| r.provider)
+        {
+            at_provider = super::oidc::end_session_url(env, &link);
+        }
+    }
     let (subject, sid, reason) = match &signed {
         Some(s) => {
             let unrevoked = |e| store_refused(env, "logout", audit_path, &s.subject, &s.session, e);
@@ -60,10 +73,14 @@ pub(super) async fn logout(
         session: sid.as_deref(),
         ..env.event("logout", reason, audit_path)
     });
-    let mut response = if form {
-        see_other(LOGIN_PATH)
-    } else {
-        empty(StatusCode::NO_CONTENT)
+    let mut response = match at_provider {
+        Some((url, name)) => html(
+            StatusCode::OK,
+            pages::signed_out_with_provider(&name, &url),
+            &env.auth.page_csp,
+        ),
+        None if form => see_other(LOGIN_PATH),
+        None => empty(StatusCode::NO_CONTENT),
     };
     expire_everything(response.headers_mut(), env);
     Ok(response)

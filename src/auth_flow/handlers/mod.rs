@@ -10,6 +10,7 @@
 //! | `refresh.rs` | `POST /auth/refresh` |
 //! | `logout.rs` | `POST /auth/logout`, `POST /auth/logout-all` |
 //! | `sessions.rs` | `GET /auth/sessions`, `POST /auth/sessions/revoke` |
+//! | `oidc.rs` | `GET /auth/oidc/<id>`, `GET /auth/oidc/<id>/callback`: sign-in through an OpenID Provider; `POST /auth/oidc/<id>/backchannel-logout` |
 //! | `assets.rs` | `GET /.well-known/jwks.json`, `GET /auth/static/*` |
 //! | `caller.rs` | who the caller is: access token, or refresh cookie proven by rotating it |
 //! | `input.rs` | what a request brings: its body, form fields, headers, CSRF token |
@@ -32,6 +33,7 @@ mod caller;
 mod input;
 mod login;
 mod logout;
+mod oidc;
 mod refresh;
 mod respond;
 mod sessions;
@@ -121,6 +123,17 @@ pub async fn handle(
         | JWKS_PATH
         | "/auth/static/portcullis.css"
         | "/auth/static/refresh.js" => Err(RouteError::MethodNotAllowed.into()),
+        p if p.starts_with(super::oidc::PREFIX) => match p.strip_prefix(super::oidc::PREFIX) {
+            Some(rest) if method == Method::POST && rest.ends_with(oidc::BACKCHANNEL_SUFFIX) => {
+                let rest = rest.to_owned();
+                oidc::backchannel_logout(request, &rest, env).await
+            }
+            Some(rest) if read => {
+                oidc::handle(request.headers(), rest, request.uri().query(), env).await
+            }
+            Some(_) => Err(RouteError::MethodNotAllowed.into()),
+            None => Err(RouteError::NotFound.into()),
+        },
         _ => Err(RouteError::NotFound.into()),
     }
 }

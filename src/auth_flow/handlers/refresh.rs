@@ -192,7 +192,7 @@ pub(super) async fn refresh(
             return Ok(response);
         }
     };
-    let access = mint(auth, &subject, sid, &rotated.roles, now)?;
+    let access = mint(auth, &subject, sid, &rotated.grant, now)?;
     let reason = if rotated.successor.is_some() {
         "refresh.rotated"
     } else {

@@ -46,6 +46,7 @@ pub(super) async fn sessions_page(
                     "created_at": crate::audit::rfc3339(s.created_at, 0),
                     "last_seen": crate::audit::rfc3339(s.last_seen, 0),
                     "remember_me": s.remember_me,
+                    "provider": s.provider.as_ref().map(|p| p.provider.as_str()),
                     "current": s.id == signed.session,
                 })
             })
@@ -70,6 +71,10 @@ pub(super) async fn sessions_page(
             .map(|record| pages::SessionRow {
                 record,
                 current: record.id == signed.session,
+                provider: record.provider.as_ref().map(|link| {
+                    crate::auth_flow::oidc::find(&env.auth.providers, &link.provider)
+                        .map_or(link.provider.as_str(), |p| p.name.as_str())
+                }),
             })
             .collect();
         html(
@@ -172,7 +177,7 @@ pub(super) async fn revoke(
             env.auth,
             &signed.subject,
             &signed.session,
-            &rotated.roles,
+            &rotated.grant,
             now,
         )?;
         let (_, absolute) = env.auth.lifetimes.of(rotated.remember_me);

@@ -36,6 +36,12 @@ impl Keys {
     pub(super) fn jti(&self, key: &[u8; 32]) -> String {
         format!("{}:{{j:{}}}", self.prefix, hex(key))
     }
+    pub(super) fn login_state(&self, key: &[u8; 32]) -> String {
+        format!("{}:{{ls:{}}}", self.prefix, hex(key))
+    }
+    pub(super) fn once(&self, key: &[u8; 32]) -> String {
+        format!("{}:{{once:{}}}", self.prefix, hex(key))
+    }
     pub(super) fn throttle(&self, key: &str) -> String {
         format!("{}:{{t:{}}}", self.prefix, hex(&throttle_digest(key)))
     }
@@ -91,7 +97,7 @@ pub(super) fn parse_mark(value: &str) -> Option<Mark> {
         .then_some(Mark { before, keep_until })
 }
 
-/// A session hash read with `HMGET sub created last_seen ip ua abs idle remember`; `None` when
+/// A session hash read with `HMGET sub created last_seen ip ua abs idle remember idp`; `None` when
 /// the session does not exist or a field it cannot do without is missing or unreadable.
 pub(super) fn parse_session(id: &str, f: &[Option<String>]) -> Option<SessionRecord> {
     let get = |i: usize| f.get(i).cloned().flatten();
@@ -106,6 +112,9 @@ pub(super) fn parse_session(id: &str, f: &[Option<String>]) -> Option<SessionRec
         absolute_expiry: num(5)?,
         idle_expiry: num(6)?,
         remember_me: get(7).as_deref() == Some("1"),
+        // An unreadable link is no link: the session then refreshes as a password login's
+        // would, and finds no such user (refused), rather than with made-up permissions.
+        provider: get(8).and_then(|v| serde_json::from_str(&v).ok()),
     })
 }
 

@@ -81,7 +81,7 @@ mod settings;
 mod subscriber;
 
 use connection::{Conn, open};
-use keys::{Keys, parse_session, plausible_sid};
+use keys::{Keys, gc_ttl, parse_session, plausible_sid};
 use scripts::{Scripts, attempts};
 pub use settings::{DEFAULT_MAX_STALENESS, RedisSettings, Topology};
 use subscriber::{Guard, beat_id, heartbeat, heartbeat_interval, subscribe, watch_sentinels};
@@ -449,6 +449,7 @@ impl SessionStore for RedisStore {
                         "abs",
                         "idle",
                         "remember",
+                        "idp",
                     ])
                     .query_async(&mut conn),
             )
@@ -583,5 +584,69 @@ impl SessionStore for RedisStore {
         )
         .await
         .map(|_| ())
+    }
+
+    async fn put_login_state(
+        &self,
+        key: &[u8; 32],
+        value: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        // The expiry travels with the value (`<expires_at> <value>`): the answer depends on
+        // the gateway's clock, the key's TTL only frees it.
+        let mut conn = self.conn.clone();
+        self.run(
+            redis::cmd("SET")
+                .arg(self.keys.login_state(key))
+                .arg(format!("{expires_at} {value}"))
+                .arg("EX")
+                .arg(gc_ttl(expires_at, now))
+                .query_async::<()>(&mut conn),
+        )
+        .await
+    }
+
+    async fn take_login_state(
+        &self,
+        key: &[u8; 32],
+        now: i64,
+    ) -> Result<Option<String>, StoreError> {
+        // GETDEL is atomic: of two takes of one state, one gets it (single use).
+        let mut conn = self.conn.clone();
+        let found: Option<String> = self
+            .run(
+                redis::cmd("GETDEL")
+                    .arg(self.keys.login_state(key))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(found.and_then(|v| {
+            let (until, value) = v.split_once(' ')?;
+            (until.parse::<i64>().ok()? > now).then(|| value.to_owned())
+        }))
+    }
+
+    async fn first_use(
+        &self,
+        key: &[u8; 32],
+        expires_at: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        // SET NX: one caller creates the key. Its TTL is the record's lifetime (plus the
+        // margin): a replay within it finds the key.
+        let mut conn = self.conn.clone();
+        let set: Option<String> = self
+            .run(
+                redis::cmd("SET")
+                    .arg(self.keys.once(key))
+                    .arg(expires_at)
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(gc_ttl(expires_at, now))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(set.is_some())
     }
 }

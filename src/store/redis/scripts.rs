@@ -14,11 +14,15 @@ use crate::store::{Attempts, RefreshGrant, Rotation, SessionRecord};
 
 // KEYS: the session, the user's session set, the refresh token (a placeholder when none).
 // ARGV: sid, sub, created, last_seen, ip, ua, abs, idle, remember, the refresh token's expiry
-// ('' when none), the session's TTL, the refresh token's TTL.
+// ('' when none), the session's TTL, the refresh token's TTL, the provider link as JSON ('' when
+// none).
 // A key's TTL only ever grows (`TTL` is -1 without one, -2 when missing).
 const CREATE_SESSION: &str = r"
 redis.call('HSET', KEYS[1], 'sub', ARGV[2], 'created', ARGV[3], 'last_seen', ARGV[4],
   'ip', ARGV[5], 'ua', ARGV[6], 'abs', ARGV[7], 'idle', ARGV[8], 'remember', ARGV[9])
+if ARGV[13] ~= '' then
+  redis.call('HSET', KEYS[1], 'idp', ARGV[13])
+end
 redis.call('EXPIRE', KEYS[1], ARGV[11])
 redis.call('SADD', KEYS[2], ARGV[1])
 if redis.call('TTL', KEYS[2]) < tonumber(ARGV[11]) then
@@ -262,7 +266,14 @@ impl Scripts {
             .arg(if record.remember_me { "1" } else { "0" })
             .arg(refresh_expiry.map(|e| e.to_string()).unwrap_or_default())
             .arg(gc_ttl(record.absolute_expiry, now))
-            .arg(refresh_expiry.map_or(0, |e| gc_ttl(e, now)));
+            .arg(refresh_expiry.map_or(0, |e| gc_ttl(e, now)))
+            .arg(
+                record
+                    .provider
+                    .as_ref()
+                    .and_then(|p| serde_json::to_string(p).ok())
+                    .unwrap_or_default(),
+            );
         invocation
     }
 
