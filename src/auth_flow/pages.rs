@@ -137,6 +137,16 @@ pub fn login(form: &LoginForm<'_>) -> String {
             username = escape(form.username.unwrap_or("")),
         )
     };
+    // The providers' buttons first, then, when there is one, the password form below an "or".
+    let providers = if providers.is_empty() {
+        providers
+    } else if form.no_password {
+        format!("<div class=\"stack providers\">\n{providers}</div>\n")
+    } else {
+        format!(
+            "<div class=\"stack providers\">\n{providers}</div>\n<p class=\"or\"><span>or</span></p>\n"
+        )
+    };
     let main = format!("<h1>Sign in</h1>\n{error}{providers}{password}");
     layout("Sign in", &main)
 }
@@ -327,6 +337,31 @@ mod tests {
         assert!(!html.contains("<script>x"));
         assert!(html.contains("&lt;b&gt;"));
         assert!(html.contains("Sign in with &lt;i&gt;Corp&lt;/i&gt;"));
+    }
+
+    #[test]
+    fn provider_buttons_come_first_and_an_or_stands_before_the_password_form_only() {
+        let button = [ProviderButton {
+            href: "/auth/oidc/acme".into(),
+            name: "Acme".into(),
+        }];
+        let both = login(&LoginForm {
+            providers: &button,
+            ..LoginForm::default()
+        });
+        let (providers, or, form) = (
+            both.find("Sign in with Acme").unwrap(),
+            both.find(r#"class="or""#).unwrap(),
+            both.find(r#"action="/auth/login""#).unwrap(),
+        );
+        assert!(providers < or && or < form, "{both}");
+        let alone = login(&LoginForm {
+            providers: &button,
+            no_password: true,
+            ..LoginForm::default()
+        });
+        assert!(alone.contains("Sign in with Acme") && !alone.contains(r#"class="or""#));
+        assert!(!login(&LoginForm::default()).contains(r#"class="or""#));
     }
 
     #[test]

@@ -61,10 +61,22 @@ pub(super) async fn sessions_page(
         )
     } else {
         let users = env.auth.users.current();
+        let provider_name = |id: &str| {
+            crate::auth_flow::oidc::find(&env.auth.providers, id)
+                .map_or(id.to_owned(), |p| p.name.clone())
+        };
         let name = users
             .get(&signed.subject)
             .map(|u| u.display_name.clone())
             .filter(|n| !n.is_empty())
+            .or_else(|| {
+                // A provider sign-in's user is `<iss>#<sub>` to the gateway; the person knows
+                // themselves by the provider's `sub` at that provider.
+                list.iter()
+                    .find(|r| r.id == signed.session)
+                    .and_then(|r| r.provider.as_ref())
+                    .map(|link| format!("{} at {}", link.sub, provider_name(&link.provider)))
+            })
             .unwrap_or_else(|| signed.subject.clone());
         let rows: Vec<pages::SessionRow<'_>> = list
             .iter()
