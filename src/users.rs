@@ -198,6 +198,16 @@ pub enum UsersError {
         #[source]
         source: serde_yaml::Error,
     },
+    /// A username holds `#`, which names users of other issuers (`<iss>#<sub>`).
+    #[error(
+        "{origin}: users[{index}]: a username may not contain `#` (it names users of other issuers)"
+    )]
+    HashInUsername {
+        /// Where the file came from.
+        origin: String,
+        /// The entry's position.
+        index: usize,
+    },
     /// A username is empty or only whitespace.
     #[error("{origin}: users[{index}]: the username is empty")]
     EmptyUsername {
@@ -370,6 +380,14 @@ impl Users {
             let username = canonical_username(&entry.username);
             if username.is_empty() {
                 return Err(UsersError::EmptyUsername {
+                    origin: origin.to_owned(),
+                    index,
+                });
+            }
+            if username.contains('#') {
+                // Another issuer's users are named `<iss>#<sub>`: a users-file name with a `#`
+                // could be one of them in the store.
+                return Err(UsersError::HashInUsername {
                     origin: origin.to_owned(),
                     index,
                 });
@@ -837,6 +855,19 @@ mod tests {
             "{err:?}"
         );
         assert!(err.to_string().contains("users[1]"), "{err}");
+    }
+
+    #[test]
+    fn a_username_with_a_hash_is_rejected_since_it_could_name_another_issuers_user() {
+        let yaml = format!(
+            "users:\n  - username: \"https://idp.example#alice\"\n    password_hash: \"{}\"\n",
+            cheap_hash("x")
+        );
+        let err = Users::parse_with(&yaml, "u.yaml", TEST_MINIMUMS).unwrap_err();
+        assert!(
+            matches!(err, UsersError::HashInUsername { index: 0, .. }),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -75,6 +75,24 @@ pub(super) fn compile(
         if p.client_id.is_empty() {
             return Err(invalid(format!("{key}.client_id"), "must not be empty"));
         }
+        // The provider's ID tokens are addressed to the client (`aud` = `client_id`): if its
+        // issuer's access tokens were accepted for that audience too, an ID token (or a logout
+        // token) would pass as a bearer access token, past this provider's mapping and
+        // allow-lists, and outlive the session it was issued for.
+        if keys.issuers[issuer]
+            .audiences
+            .iter()
+            .any(|a| **a == *p.client_id)
+        {
+            return Err(invalid(
+                format!("{key}.client_id"),
+                format!(
+                    "`{}` is one of the `audiences` of the issuer `{}`: its ID tokens would pass \
+                     as access tokens; accept the API's own audience there",
+                    p.client_id, p.issuer
+                ),
+            ));
+        }
         let secret_path = base.join(&p.client_secret_file);
         let secret = std::fs::read_to_string(&secret_path)
             .map_err(|e| {

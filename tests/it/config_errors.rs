@@ -180,3 +180,23 @@ fn a_yaml_error_keeps_the_parser_error_as_its_cause() {
         "{err:?}"
     );
 }
+
+#[test]
+fn a_provider_whose_client_id_is_an_access_token_audience_of_its_issuer_is_refused() {
+    // Its ID tokens (aud = client_id) would pass as bearer access tokens.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret.txt"), "s3cret\n").unwrap();
+    let yaml = |audiences: &str| {
+        format!(
+            "listeners:\n  - bind: 127.0.0.1:0\nissuers:\n  - issuer: http://127.0.0.1:9\n    audiences: [{audiences}]\n    discovery: http://127.0.0.1:9/.well-known/openid-configuration\nupstreams:\n  app: {{ echo: true }}\nroutes:\n  - {{ path: /, upstream: app, policy: public }}\nauth:\n  issuer: https://gw.test\n  providers:\n    - id: corp\n      name: Corp\n      issuer: http://127.0.0.1:9\n      client_id: gw\n      client_secret_file: secret.txt\n"
+        )
+    };
+    let err = Config::from_yaml(&yaml("api, gw"), dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("auth.providers[0].client_id") && err.contains("would pass as access tokens"),
+        "{err}"
+    );
+    Config::from_yaml(&yaml("api"), dir.path()).expect("the API's own audience loads");
+}
