@@ -566,6 +566,22 @@ impl SessionStore for MemoryStore {
             .map(|(value, _)| value))
     }
 
+    async fn set_provider_link(
+        &self,
+        subject: &str,
+        id: &str,
+        link: &crate::store::ProviderLink,
+    ) -> Result<bool, StoreError> {
+        let mut shard = write(self.subject_shard(subject));
+        match shard.sessions.get_mut(id).filter(|s| s.subject == subject) {
+            Some(record) => {
+                record.provider = Some(link.clone());
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
     async fn first_use(
         &self,
         key: &[u8; 32],

@@ -303,11 +303,30 @@ async fn callback_of(
         roles: roles.clone(),
         permissions: permissions.clone(),
         id_token: Some(id_token.to_owned()),
+        // In the clear only until `open_session` seals it with the session id (or drops it
+        // when the provider has no key to seal it with).
+        refresh_token: provider
+            .refresh_key
+            .as_ref()
+            .and(answer.json.get("refresh_token").and_then(|v| v.as_str()))
+            .filter(|t| !t.is_empty() && t.len() <= 4096)
+            .map(str::to_owned),
     };
+    let keeps_refresh = link.refresh_token.is_some();
     let binding = tokens::Binding::new();
     let Opened {
         sid, refresh_token, ..
     } = open_session(env, &subject, false, Some(&binding), Some(link), now).await?;
+    if keeps_refresh {
+        // The first refresh against the provider comes one interval after the sign-in.
+        env.store
+            .first_use(
+                &oidc::provider_refresh_key(&sid),
+                now + provider.refresh_interval.as_secs() as i64,
+                now,
+            )
+            .await?;
+    }
     let access = mint(
         env.auth,
         &subject,

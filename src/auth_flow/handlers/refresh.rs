@@ -192,6 +192,18 @@ pub(super) async fn refresh(
             return Ok(response);
         }
     };
+    if super::provider_refresh::refresh(env, &subject, sid, rotated.link.as_ref(), now).await?
+        == super::provider_refresh::Outcome::Refused
+    {
+        env.store.revoke_session(&subject, sid).await?;
+        return refresh_failed(
+            env,
+            form,
+            input.return_to.as_deref(),
+            RefreshFailure::ProviderRefused,
+            Some(&subject),
+        );
+    }
     let access = mint(auth, &subject, sid, &rotated.grant, now)?;
     let reason = if rotated.successor.is_some() {
         "refresh.rotated"

@@ -633,20 +633,58 @@ impl SessionStore for RedisStore {
         expires_at: i64,
         now: i64,
     ) -> Result<bool, StoreError> {
-        // SET NX: one caller creates the key. Its TTL is the record's lifetime (plus the
-        // margin): a replay within it finds the key.
+        // One script: the key is free when missing or when the instant it holds has passed
+        // on the gateway's clock (its TTL, with the margin, only frees memory), so that the
+        // answer depends on the caller's `now` as in the memory store.
+        const FIRST_USE: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v and tonumber(v) and tonumber(v) > tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+return 1
+";
         let mut conn = self.conn.clone();
-        let set: Option<String> = self
+        let set: i64 = self
             .run(
-                redis::cmd("SET")
-                    .arg(self.keys.once(key))
+                redis::Script::new(FIRST_USE)
+                    .key(self.keys.once(key))
                     .arg(expires_at)
-                    .arg("NX")
-                    .arg("EX")
+                    .arg(now)
                     .arg(gc_ttl(expires_at, now))
-                    .query_async(&mut conn),
+                    .invoke_async(&mut conn),
             )
             .await?;
-        Ok(set.is_some())
+        Ok(set == 1)
+    }
+
+    async fn set_provider_link(
+        &self,
+        subject: &str,
+        id: &str,
+        link: &crate::store::ProviderLink,
+    ) -> Result<bool, StoreError> {
+        // Only an existing session's field: a session revoked meanwhile is not brought back.
+        const SET_LINK: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'idp', ARGV[1])
+  return 1
+end
+return 0
+";
+        if !plausible_sid(id) {
+            return Ok(false);
+        }
+        let json = serde_json::to_string(link).map_err(unavailable)?;
+        let mut conn = self.conn.clone();
+        let set: i64 = self
+            .run(
+                redis::Script::new(SET_LINK)
+                    .key(self.keys.session(subject, id))
+                    .arg(json)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        Ok(set == 1)
     }
 }
