@@ -915,6 +915,13 @@ fn load(yaml: &str) -> Result<Config, ConfigError> {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("secret.txt"), "s3cret\n").unwrap();
     std::fs::write(dir.path().join("users.yaml"), demo_users()).unwrap();
+    std::fs::write(dir.path().join("raw.key"), RT_KEY).unwrap();
+    std::fs::write(
+        dir.path().join("b64.key"),
+        format!("{}\n", b64_std_bytes(&RT_KEY)),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("short.key"), "c2hvcnQ=\n").unwrap();
     Config::from_yaml(yaml, dir.path())
 }
 
@@ -935,6 +942,40 @@ fn refused(yaml: &str, expected: &[&str]) {
 fn sec41_a_valid_provider_config_loads() {
     load(&base_yaml(DISCOVERY_ISSUER, &provider_entry(""), true)).unwrap();
     load(&base_yaml(DISCOVERY_ISSUER, &provider_entry(""), false)).unwrap();
+    // The refresh-token key, raw or in base64.
+    for file in ["raw.key", "b64.key"] {
+        let extra = format!(
+            "      scopes: [openid, offline_access]\n      refresh_token_key_file: {file}\n      provider_refresh_interval: 10m\n"
+        );
+        load(&base_yaml(DISCOVERY_ISSUER, &provider_entry(&extra), true)).unwrap();
+    }
+}
+
+#[test]
+fn sec41_a_refresh_token_key_that_is_not_32_bytes_or_a_bad_interval_is_refused() {
+    for (extra, want) in [
+        (
+            "      refresh_token_key_file: short.key\n",
+            "auth.providers[0].refresh_token_key_file",
+        ),
+        (
+            "      refresh_token_key_file: missing.key\n",
+            "auth.providers[0].refresh_token_key_file",
+        ),
+        (
+            "      provider_refresh_interval: 1s\n",
+            "auth.providers[0].provider_refresh_interval",
+        ),
+        (
+            "      provider_refresh_interval: soon\n",
+            "auth.providers[0].provider_refresh_interval",
+        ),
+    ] {
+        refused(
+            &base_yaml(DISCOVERY_ISSUER, &provider_entry(extra), true),
+            &[want],
+        );
+    }
 }
 
 #[test]
