@@ -185,6 +185,13 @@ pub fn provider_refresh_key(sid: &str) -> [u8; 32] {
     super::tokens::refresh_hash(&format!("provider-refresh\0{sid}"))
 }
 
+/// The store key of a provider session: SHA-256 of the provider's issuer and its `sid`, under
+/// which the gateway user signed in through it is indexed (a back-channel logout may name only
+/// the `sid`).
+pub fn provider_sid_key(iss: &str, sid: &str) -> [u8; 32] {
+    crate::store::jti_key(iss, &format!("provider-sid\0{sid}"))
+}
+
 /// The refresh request's form (RFC 6749 6).
 pub fn refresh_form(token: &str) -> String {
     format!(

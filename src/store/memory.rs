@@ -236,6 +236,9 @@ pub struct MemoryStore {
     /// The OpenID login flows' states: key → (value, expires at). One mutex: a flow writes
     /// one and takes one, far off the hot path.
     login_states: Mutex<HashMap<[u8; 32], (String, i64)>>,
+    /// Provider sessions (`sid`) → the user signed in through them, until the gateway
+    /// session's absolute expiry: one entry per provider sign-in, swept as the map grows.
+    provider_sids: Mutex<HashMap<[u8; 32], (String, i64)>>,
     /// The gateway's clock, for sweeps (answers use the caller's `now`).
     clock: Clock,
 }
@@ -268,6 +271,7 @@ impl MemoryStore {
             placement: RandomState::new(),
             throttle: Mutex::default(),
             login_states: Mutex::default(),
+            provider_sids: Mutex::default(),
             clock,
         }
     }
@@ -564,6 +568,40 @@ impl SessionStore for MemoryStore {
             .remove(key)
             .filter(|(_, until)| *until > now)
             .map(|(value, _)| value))
+    }
+
+    async fn put_provider_sid(
+        &self,
+        key: &[u8; 32],
+        subject: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut sids = self.provider_sids.lock().unwrap_or_else(|e| e.into_inner());
+        // Expired entries are swept whenever the map doubles past 1024 entries.
+        if sids.len() >= 1024 && sids.len().is_power_of_two() {
+            sids.retain(|_, (_, until)| *until > now);
+        }
+        let until = match sids.get(key) {
+            Some((_, old)) if *old > expires_at => *old,
+            _ => expires_at,
+        };
+        sids.insert(*key, (subject.to_owned(), until));
+        Ok(())
+    }
+
+    async fn provider_sid_user(
+        &self,
+        key: &[u8; 32],
+        now: i64,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .provider_sids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .filter(|(_, until)| *until > now)
+            .map(|(subject, _)| subject.clone()))
     }
 
     async fn set_provider_link(

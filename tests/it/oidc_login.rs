@@ -1822,3 +1822,91 @@ async fn sec41_concurrent_gateway_refreshes_of_one_session_ask_the_provider_at_m
     }
     assert_eq!(provider_refreshes(&idp), ["ok"]);
 }
+
+// ---- back-channel logout naming only `sid` ----
+
+#[tokio::test]
+async fn sec41_a_logout_token_naming_only_sid_ends_that_provider_session_s_gateway_session() {
+    let idp = Idp::start(&["local"]);
+    let gw = gateway(&idp).await;
+    let (mut one, mut two) = (gw.browser(), gw.browser());
+    assert_eq!(
+        sign_in(&mut one, &idp, "alice").await.status,
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(
+        sign_in(&mut two, &idp, "alice").await.status,
+        StatusCode::SEE_OTHER
+    );
+    let sid_one = provider_sid(&gw, &idp, &one).await;
+
+    // A provider session the gateway never saw: nothing to end, and nothing ends.
+    let unknown = logout_token(
+        &idp,
+        logout_claims(
+            &idp,
+            serde_json::json!({ "sub": null, "sid": "a-session-the-gateway-never-saw" }),
+        ),
+        Some("logout+jwt"),
+    );
+    let r = post_logout(&gw, "local", &unknown).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(docs_status(&gw, &one).await, StatusCode::OK);
+    assert_eq!(docs_status(&gw, &two).await, StatusCode::OK);
+
+    let token = logout_token(
+        &idp,
+        logout_claims(&idp, serde_json::json!({ "sub": null, "sid": sid_one })),
+        Some("logout+jwt"),
+    );
+    let r = post_logout(&gw, "local", &token).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(docs_status(&gw, &one).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(docs_status(&gw, &two).await, StatusCode::OK);
+    assert_eq!(
+        post_logout(&gw, "local", &token).await.status,
+        StatusCode::BAD_REQUEST,
+        "a replay"
+    );
+    let events = gw.audit_events().await;
+    let applied: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "logout.backchannel" && e["reason_id"] == "logout.backchannel")
+        .collect();
+    assert_eq!(applied.len(), 2);
+    assert_eq!(applied[1]["subject"], format!("{}#alice", idp.issuer));
+    assert!(!reasons(&events, "logout.backchannel").contains(&"logout_token.sid_only".to_owned()));
+}
+
+#[tokio::test]
+async fn sec41_a_sid_only_logout_token_received_by_one_instance_ends_the_session_on_another() {
+    let idp = Idp::start(&["local"]);
+    let redis = RedisServer::start();
+    let providers = [(idp.issuer.as_str(), "local", "Local IdP", "")];
+    let one = gateway_with(&providers, StoreChoice::Redis(redis.url())).await;
+    let two = gateway_with(&providers, StoreChoice::Redis(redis.url())).await;
+    wait_subscribed(one.redis()).await;
+    let mut browser = one.browser();
+    assert_eq!(
+        sign_in(&mut browser, &idp, "alice").await.status,
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(docs_status(&one, &browser).await, StatusCode::OK);
+    let sid = provider_sid(&one, &idp, &browser).await;
+    let token = logout_token(
+        &idp,
+        logout_claims(&idp, serde_json::json!({ "sub": null, "sid": sid })),
+        Some("logout+jwt"),
+    );
+    // The index from the provider's sid to the user is in Redis: instance two finds it.
+    let r = post_logout(&two, "local", &token).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let refused = eventually(Duration::from_secs(2), || async {
+        docs_status(&one, &browser).await == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    assert!(
+        refused.is_some(),
+        "instance one still lets the session through"
+    );
+}

@@ -1025,3 +1025,41 @@ contract!(a_first_use_is_recorded_until_its_instant, |store| {
     );
     assert!(a.unwrap() ^ b.unwrap());
 });
+
+contract!(
+    a_provider_session_is_indexed_to_its_user_until_its_instant,
+    |store| {
+        let n = now();
+        assert_eq!(store.provider_sid_user(&hash(20), n).await.unwrap(), None);
+        store
+            .put_provider_sid(&hash(20), "https://idp.test#alice", n + 60, n)
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .provider_sid_user(&hash(20), n + 59)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("https://idp.test#alice")
+        );
+        // A second sign-in through the same provider session keeps the later instant.
+        store
+            .put_provider_sid(&hash(20), "https://idp.test#alice", n + 30, n + 1)
+            .await
+            .unwrap();
+        assert!(
+            store
+                .provider_sid_user(&hash(20), n + 59)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        // Past it on the caller's clock, whatever the store's own TTL.
+        assert_eq!(
+            store.provider_sid_user(&hash(20), n + 60).await.unwrap(),
+            None
+        );
+        assert_eq!(store.provider_sid_user(&hash(21), n).await.unwrap(), None);
+    }
+);

@@ -658,6 +658,58 @@ return 1
         Ok(set == 1)
     }
 
+    async fn put_provider_sid(
+        &self,
+        key: &[u8; 32],
+        subject: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        // `<expires_at> <subject>`: the answer depends on the gateway's clock, the key's TTL
+        // only frees it. The later of two instants is kept (one script).
+        const PUT: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v then
+  local old = tonumber(string.match(v, '^(%-?%d+) '))
+  if old and old > tonumber(ARGV[1]) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2], 'EX', ARGV[3])
+return 1
+";
+        let mut conn = self.conn.clone();
+        self.run(
+            redis::Script::new(PUT)
+                .key(self.keys.provider_sid(key))
+                .arg(expires_at)
+                .arg(subject)
+                .arg(gc_ttl(expires_at, now))
+                .invoke_async::<i64>(&mut conn),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn provider_sid_user(
+        &self,
+        key: &[u8; 32],
+        now: i64,
+    ) -> Result<Option<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        let found: Option<String> = self
+            .run(
+                redis::cmd("GET")
+                    .arg(self.keys.provider_sid(key))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(found.and_then(|v| {
+            let (until, subject) = v.split_once(' ')?;
+            (until.parse::<i64>().ok()? > now).then(|| subject.to_owned())
+        }))
+    }
+
     async fn set_provider_link(
         &self,
         subject: &str,
