@@ -1805,6 +1805,27 @@ async fn sec41_concurrent_gateway_refreshes_of_one_session_ask_the_provider_at_m
     let one = refreshing_gateway(&idp, StoreChoice::Redis(redis.url())).await;
     let two = refreshing_gateway(&idp, StoreChoice::Redis(redis.url())).await;
     let browser = sign_in_offline(&one, &idp).await;
+    // At rest in Redis: the session hash's provider link holds the sealed token, never the
+    // token itself.
+    let record = current_record(&one, &idp, &browser).await;
+    let token = opened(&record);
+    let keys = redis.cli(&["KEYS", &format!("*:s:{}", record.id)]);
+    let key = keys
+        .lines()
+        .next()
+        .expect("the session's hash")
+        .trim()
+        .to_owned();
+    let raw = redis.cli(&["HGET", &key, "idp"]);
+    let sealed = record
+        .provider
+        .as_ref()
+        .unwrap()
+        .refresh_token
+        .clone()
+        .unwrap();
+    assert!(raw.contains(&sealed), "{raw}");
+    assert!(!raw.contains(&token), "{raw}");
     one.advance(Duration::from_secs(61));
     two.advance(Duration::from_secs(61));
     let mut tabs = Vec::new();
