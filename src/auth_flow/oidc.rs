@@ -25,7 +25,8 @@
 //! and the same `sub` at two providers is two users.
 //!
 //! **Permissions.** The ID token's claims go through the provider's `permissions:` mapping (the
-//! mapping of an issuer's token profile) once, at the callback ([`mapped`]): the role names and
+//! mapping of an issuer's token profile) at the callback ([`mapped`]), and again when a refresh
+//! against the provider brings a new ID token (`handlers/provider_refresh.rs`): the role names and
 //! direct permission names it yields are kept with the session ([`crate::store::ProviderLink`])
 //! and carried in the gateway's access tokens (`idp`, `roles`, `permissions`), so the hot path
 //! looks nothing up; the roles are granted through `roles:` when each token is verified (a

@@ -1796,6 +1796,85 @@ async fn sec41_the_provider_down_does_not_end_the_session() {
     );
 }
 
+/// Changes `login`'s groups at the provider (the ID tokens it issues from now on).
+async fn set_groups(idp: &Idp, login: &str, groups: &str) {
+    let r = send(
+        Request::post(format!(
+            "{}/test/groups?login={login}&groups={groups}",
+            idp.issuer
+        ))
+        .body(Full::new(Bytes::new()))
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+}
+
+async fn write_docs(browser: &mut Browser) -> StatusCode {
+    let csrf = browser.cookie("__Host-portcullis-csrf").unwrap();
+    browser.post_form("/docs", &[("csrf", &csrf)]).await.status
+}
+
+#[tokio::test]
+async fn sec41_a_provider_refresh_maps_the_permissions_again_from_the_new_id_token() {
+    let idp = Idp::start(&["local"]);
+    let gw = refreshing_gateway(&idp, StoreChoice::Memory).await;
+    let mut browser = sign_in_offline(&gw, &idp).await;
+    assert_eq!(write_docs(&mut browser).await, StatusCode::FORBIDDEN);
+
+    // Made an editor at the provider: the gateway learns it at its next refresh against the
+    // provider, not before.
+    set_groups(&idp, "alice", "staff,reader,editor").await;
+    assert_eq!(gateway_refresh(&mut browser).await, "/docs");
+    assert_eq!(write_docs(&mut browser).await, StatusCode::FORBIDDEN);
+    gw.advance(Duration::from_secs(61));
+    assert_eq!(gateway_refresh(&mut browser).await, "/docs");
+    assert_eq!(provider_refreshes(&idp), ["ok"]);
+    assert_eq!(write_docs(&mut browser).await, StatusCode::OK);
+    assert_eq!(
+        gw.upstream.last().headers["x-auth-permissions"],
+        "docs:read,docs:write"
+    );
+    // Kept with the session: the next gateway refresh (without the provider) keeps them.
+    let record = current_record(&gw, &idp, &browser).await;
+    assert_eq!(
+        record.provider.unwrap().roles,
+        ["editor", "reader", "staff"]
+    );
+    assert_eq!(gateway_refresh(&mut browser).await, "/docs");
+    assert_eq!(write_docs(&mut browser).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn sec41_a_user_no_longer_in_the_required_groups_at_the_provider_is_signed_out_at_refresh() {
+    let idp = Idp::start(&["local"]);
+    let extra = format!(
+        "{OFFLINE}      refresh_token_key_file: {RT_KEY_FILE}\n      provider_refresh_interval: 60s\n      required_groups: [staff]\n"
+    );
+    let gw = gateway_on_clock(
+        &[(&idp.issuer, "local", "Local IdP", &extra)],
+        StoreChoice::Memory,
+        portcullis::clock::Clock::manual(),
+    )
+    .await;
+    let mut browser = sign_in_offline(&gw, &idp).await;
+    let record = current_record(&gw, &idp, &browser).await;
+    set_groups(&idp, "alice", "reader").await;
+    gw.advance(Duration::from_secs(61));
+    let to = gateway_refresh(&mut browser).await;
+    assert!(to.starts_with("/auth/login"), "{to}");
+    use portcullis::store::SessionStore;
+    assert!(
+        gw.store()
+            .session(&record.subject, &record.id, gw.now())
+            .await
+            .unwrap()
+            .is_none(),
+        "the session ended"
+    );
+    assert!(oidc_metrics(&gw).contains("refresh.provider_not_admitted"));
+}
+
 /// Ten tabs refresh one session at once, on two instances sharing Redis: the provider is
 /// asked once.
 #[tokio::test]

@@ -25,7 +25,8 @@
 // `portcullis-gateway` to --backchannel-uri (default: the first redirect URI with
 // /backchannel-logout for /callback). With `offline_access` (and prompt=consent) the gateway's
 // client gets a refresh token, rotated at each use; revocation (RFC 7009) is on, and each
-// refresh_token grant prints `refresh ok` or `refresh <error>`.
+// refresh_token grant prints `refresh ok` or `refresh <error>`. `POST /test/groups?login=L&groups=a,b`
+// changes a user's groups (the ID tokens issued after it carry them).
 import { createServer } from 'node:http';
 import { createPrivateKey, generateKeyPairSync } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
@@ -69,7 +70,12 @@ function redirectUris() {
   return uris.length ? uris : ['https://gateway.test/auth/oidc/local/callback'];
 }
 
+// Groups set by a test (`POST /test/groups?login=<login>&groups=a,b`), in place of the
+// defaults below: a user's groups changing at the provider.
+const setGroups = new Map();
+
 function groupsOf(login) {
+  if (setGroups.has(login)) return setGroups.get(login);
   if (login.startsWith('outsider')) return [];
   return login.startsWith('editor') ? ['staff', 'reader', 'editor'] : ['staff', 'reader'];
 }
@@ -167,7 +173,17 @@ server.listen(port, '127.0.0.1', () => {
   provider.on('grant.error', (ctx, err) => {
     if (ctx.oidc.params?.grant_type === 'refresh_token') console.log(`refresh ${err.error}`);
   });
-  server.on('request', provider.callback());
+  const callback = provider.callback();
+  server.on('request', (req, res) => {
+    const url = new URL(req.url, issuer);
+    if (req.method === 'POST' && url.pathname === '/test/groups') {
+      const groups = url.searchParams.get('groups');
+      setGroups.set(url.searchParams.get('login'), groups ? groups.split(',') : []);
+      res.writeHead(204).end();
+      return;
+    }
+    callback(req, res);
+  });
   console.log(`listening ${issuer}`);
 });
 

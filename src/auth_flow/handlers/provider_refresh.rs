@@ -11,7 +11,10 @@
 //!   `refresh.provider` / `refresh.provider_unavailable`); the provider is asked again after
 //!   the next interval.
 //! - Success: a rotated refresh token, when the provider sends one, is sealed and stored in its
-//!   place (audited `refresh.provider` / `refresh.provider_ok`).
+//!   place (audited `refresh.provider` / `refresh.provider_ok`). A new ID token is verified as
+//!   at the callback (same `sub`); its claims must still pass the allow-lists (else the caller
+//!   ends the session, as for `invalid_grant`) and are mapped again: the session's roles and
+//!   permissions, and those of the access token this refresh mints, are the new ones.
 //!
 //! **One at a time.** Whether to ask is decided by [`SessionStore::first_use`] of the
 //! session's [`oidc::provider_refresh_key`] until `now + interval`: atomic in either store
@@ -23,17 +26,20 @@
 use super::Env;
 use crate::audit::AuditEvent;
 use crate::auth_flow::oidc;
+use crate::auth_flow::tokens::AccessGrant;
 use crate::error::GatewayError;
 use crate::keys::fetch::FetchError;
+use crate::pipeline::verify;
 use crate::store::{ProviderLink, SessionStore};
 
 /// What came of the step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub(super) enum Outcome {
     /// Nothing to ask (no sealed token, no key, within the interval, another request asking).
     Skipped,
-    /// The provider answered with new tokens.
-    Refreshed,
+    /// The provider answered with new tokens; with a new ID token, the session's permissions
+    /// re-mapped from it (what the next access token grants).
+    Refreshed(Option<AccessGrant>),
     /// The provider could not be asked or did not answer usefully: the session goes on.
     Unavailable,
     /// The provider said `invalid_grant`: the caller ends the session.
@@ -100,18 +106,59 @@ pub(super) async fn refresh(
         .await;
     match answer {
         Ok(answer) => {
+            let mut updated = link.clone();
             if let Some(rotated) = answer
                 .json
                 .get("refresh_token")
                 .and_then(|v| v.as_str())
                 .filter(|t| !t.is_empty() && t.len() <= 4096 && *t != token)
             {
-                let mut updated = link.clone();
                 updated.refresh_token = Some(key.seal(sid, rotated));
+            }
+            // A new ID token (OpenID Connect Core 12.2): verified as at the callback, for the
+            // same user; it must still pass the allow-lists (a user removed from a required
+            // group is no longer admitted: the session ends), and its claims are mapped again.
+            let mut grant = None;
+            if let Some(id_token) = answer.json.get("id_token").and_then(|v| v.as_str()) {
+                let verified = verify::verify_id_token(
+                    id_token,
+                    &env.identify.verifier,
+                    provider.issuer,
+                    &provider.client_id,
+                    now,
+                    env.metrics,
+                );
+                match verified {
+                    Ok(id) if *id.subject == *link.sub => {
+                        if oidc::admit(provider, &id.claims).is_err() {
+                            env.metrics
+                                .oidc("refresh.provider", "refresh.provider_not_admitted");
+                            return Ok(Outcome::Refused);
+                        }
+                        let (roles, permissions) =
+                            oidc::mapped(provider, &id.claims, &env.identify.permissions);
+                        updated.roles = roles.clone();
+                        updated.permissions = permissions.clone();
+                        updated.id_token = Some(id_token.to_owned());
+                        grant = Some(AccessGrant::Provider {
+                            provider: provider.id.clone(),
+                            roles,
+                            permissions,
+                        });
+                    }
+                    // Another user's, or not verifiable: the permissions of the sign-in stay.
+                    Ok(_) => emit("refresh.provider_id_token"),
+                    Err(e) => {
+                        tracing::info!(provider = %provider.id, reason = e.reason_id(), "refreshed ID token refused");
+                        emit("refresh.provider_id_token");
+                    }
+                }
+            }
+            if updated != *link {
                 env.store.set_provider_link(subject, sid, &updated).await?;
             }
             emit("refresh.provider_ok");
-            Ok(Outcome::Refreshed)
+            Ok(Outcome::Refreshed(grant))
         }
         Err(FetchError::OAuth { error, .. }) if error == "invalid_grant" => {
             env.metrics

@@ -192,9 +192,10 @@ pub(super) async fn refresh(
             return Ok(response);
         }
     };
-    if super::provider_refresh::refresh(env, &subject, sid, rotated.link.as_ref(), now).await?
-        == super::provider_refresh::Outcome::Refused
-    {
+    let mut rotated = rotated;
+    let outcome =
+        super::provider_refresh::refresh(env, &subject, sid, rotated.link.as_ref(), now).await?;
+    if matches!(outcome, super::provider_refresh::Outcome::Refused) {
         env.store.revoke_session(&subject, sid).await?;
         return refresh_failed(
             env,
@@ -203,6 +204,9 @@ pub(super) async fn refresh(
             RefreshFailure::ProviderRefused,
             Some(&subject),
         );
+    }
+    if let super::provider_refresh::Outcome::Refreshed(Some(grant)) = outcome {
+        rotated.grant = grant;
     }
     let access = mint(auth, &subject, sid, &rotated.grant, now)?;
     let reason = if rotated.successor.is_some() {
