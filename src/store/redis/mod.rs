@@ -6,11 +6,14 @@
 //! | key | type | holds | expires |
 //! |---|---|---|---|
 //! | `P:{u:<sub>}:sessions` | set | the user's session ids | after the latest absolute expiry |
-//! | `P:{u:<sub>}:s:<sid>` | hash | `sub created last_seen ip ua abs idle remember` | after `abs` |
+//! | `P:{u:<sub>}:s:<sid>` | hash | `sub created last_seen ip ua abs idle remember`, and `idp` (the provider link as JSON, its refresh token sealed) for a provider login | after `abs` |
 //! | `P:{u:<sub>}:rt:<sha256>` | hash | a refresh token's session, `state` (`current`/`used`), `used_at`, `exp` | after `exp` |
 //! | `P:{u:<sub>}:rb` | string | `<before> <keep_until>`: tokens issued at or before `before` are revoked until `keep_until` | after `keep_until` |
 //! | `P:{j:<sha256(iss, jti)>}` | string | a denylisted access token, until the instant it holds (its `exp`) | after that instant |
 //! | `P:{t:<sha256(key)>}` | string | `<count> <resets_at>`: failed logins counted under a throttle key | at `resets_at` |
+//! | `P:{ls:<sha256(state)>}` | string | `<expires_at> <flow>`: an OpenID sign-in in progress, taken once | after `expires_at` |
+//! | `P:{once:<sha256>}` | string | `<expires_at>`: a first use (a logout token's `jti`; a session's refresh against its provider), recorded until that instant | after `expires_at` |
+//! | `P:{ps:<sha256(iss, sid)>}` | string | `<expires_at> <user>`: the user signed in through a provider session | after `expires_at` |
 //! | `P:{epoch}` | string | the store's [`Epoch`] (data-loss detection) | never |
 //!
 //! Time: every answer compares the caller's `now` with the instants in these values (the scripts
