@@ -239,6 +239,8 @@ pub struct MemoryStore {
     /// Provider sessions (`sid`) → the user signed in through them, until the gateway
     /// session's absolute expiry: one entry per provider sign-in, swept as the map grows.
     provider_sids: Mutex<HashMap<[u8; 32], (String, i64)>>,
+    /// First uses ([`SessionStore::first_use`]): key → until.
+    once: Mutex<HashMap<[u8; 32], i64>>,
     /// The gateway's clock, for sweeps (answers use the caller's `now`).
     clock: Clock,
 }
@@ -272,6 +274,7 @@ impl MemoryStore {
             throttle: Mutex::default(),
             login_states: Mutex::default(),
             provider_sids: Mutex::default(),
+            once: Mutex::default(),
             clock,
         }
     }
@@ -626,16 +629,17 @@ impl SessionStore for MemoryStore {
         expires_at: i64,
         now: i64,
     ) -> Result<bool, StoreError> {
-        // Kept in the login states' map, under a key no state has (the caller's hash differs),
-        // with an empty value: checked and inserted under one lock.
-        let mut states = self.login_states();
-        if states.get(key).is_some_and(|(_, until)| *until > now) {
+        // A map of its own (not the login states', whose cap is for sign-ins in progress: a
+        // session's provider-refresh claims must not count against it), checked and written
+        // under one lock.
+        let mut once = self.once.lock().unwrap_or_else(|e| e.into_inner());
+        if once.get(key).is_some_and(|until| *until > now) {
             return Ok(false);
         }
-        if states.len() >= 1024 && states.len().is_power_of_two() {
-            states.retain(|_, (_, until)| *until > now);
+        if once.len() >= 1024 && once.len().is_power_of_two() {
+            once.retain(|_, until| *until > now);
         }
-        states.insert(*key, (String::new(), expires_at));
+        once.insert(*key, expires_at);
         Ok(true)
     }
 }
