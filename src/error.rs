@@ -88,6 +88,10 @@ pub enum RefreshFailure {
     /// Refresh cookies none of which is bound to this browser (docs/security.md 36).
     #[error("refresh cookie not bound to this browser")]
     Unbound,
+    /// The OpenID Provider refused the session's refresh token (`invalid_grant`: the user's
+    /// grant there was revoked or expired); the session was ended (docs/security.md 41).
+    #[error("the provider refused the session's refresh token")]
+    ProviderRefused,
 }
 
 impl RefreshFailure {
@@ -101,6 +105,7 @@ impl RefreshFailure {
             RefreshFailure::SubjectMismatch => "refresh.subject_mismatch",
             RefreshFailure::UserDisabled => "refresh.user_disabled",
             RefreshFailure::Unbound => "refresh.unbound",
+            RefreshFailure::ProviderRefused => "refresh.provider_refused",
         }
     }
 }

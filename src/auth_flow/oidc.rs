@@ -25,7 +25,8 @@
 //! and the same `sub` at two providers is two users.
 //!
 //! **Permissions.** The ID token's claims go through the provider's `permissions:` mapping (the
-//! mapping of an issuer's token profile) once, at the callback ([`mapped`]): the role names and
+//! mapping of an issuer's token profile) at the callback ([`mapped`]), and again when a refresh
+//! against the provider brings a new ID token (`handlers/provider_refresh.rs`): the role names and
 //! direct permission names it yields are kept with the session ([`crate::store::ProviderLink`])
 //! and carried in the gateway's access tokens (`idp`, `roles`, `permissions`), so the hot path
 //! looks nothing up; the roles are granted through `roles:` when each token is verified (a
@@ -101,6 +102,103 @@ pub struct Provider {
     pub required_groups: Box<[String]>,
     /// The claim listing the groups.
     pub groups_claim: ClaimPath,
+    /// The key sealing the provider's refresh tokens at rest; without it none is kept.
+    pub refresh_key: Option<RefreshKey>,
+    /// The gateway refreshes against the provider at most this often per session.
+    pub refresh_interval: Duration,
+}
+
+/// The AES-256-GCM key the provider's refresh tokens are sealed with in the store
+/// (`refresh_token_key_file`): never printed.
+pub struct RefreshKey(aws_lc_rs::aead::LessSafeKey);
+
+impl std::fmt::Debug for RefreshKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RefreshKey(..)")
+    }
+}
+
+impl RefreshKey {
+    /// A key of exactly 32 bytes.
+    pub fn new(bytes: &[u8]) -> Option<Self> {
+        let key = aws_lc_rs::aead::UnboundKey::new(&aws_lc_rs::aead::AES_256_GCM, bytes).ok()?;
+        (bytes.len() == 32).then(|| Self(aws_lc_rs::aead::LessSafeKey::new(key)))
+    }
+
+    /// A key file's content: 32 raw bytes, or their base64 (standard or URL-safe, padded or
+    /// not; surrounding whitespace ignored).
+    pub fn from_file_content(content: &[u8]) -> Option<Self> {
+        if content.len() == 32 {
+            return Self::new(content);
+        }
+        let text = std::str::from_utf8(content).ok()?.trim();
+        let text = text.trim_end_matches('=');
+        let decoded = base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(text)
+            .or_else(|_| URL_SAFE_NO_PAD.decode(text))
+            .ok()?;
+        Self::new(&decoded)
+    }
+
+    /// `token` sealed for session `sid`: base64url(nonce ‖ ciphertext ‖ tag), a fresh random
+    /// 96-bit nonce each time, the session id as associated data (a sealed token moved to
+    /// another session does not open).
+    pub fn seal(&self, sid: &str, token: &str) -> String {
+        use aws_lc_rs::aead::{Aad, NONCE_LEN, Nonce};
+        let mut nonce = [0u8; NONCE_LEN];
+        aws_lc_rs::rand::fill(&mut nonce).expect("the OS CSPRNG is available");
+        let mut data = token.as_bytes().to_vec();
+        self.0
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(sid.as_bytes()),
+                &mut data,
+            )
+            .expect("AES-GCM seals any token size the provider sends");
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&data);
+        URL_SAFE_NO_PAD.encode(out)
+    }
+
+    /// What [`RefreshKey::seal`] sealed for `sid`; `None` when it was sealed with another key,
+    /// for another session, or altered.
+    pub fn open(&self, sid: &str, sealed: &str) -> Option<String> {
+        use aws_lc_rs::aead::{Aad, NONCE_LEN, Nonce};
+        let raw = URL_SAFE_NO_PAD.decode(sealed).ok()?;
+        if raw.len() < NONCE_LEN {
+            return None;
+        }
+        let (nonce, data) = raw.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut data = data.to_vec();
+        let plain = self
+            .0
+            .open_in_place(nonce, Aad::from(sid.as_bytes()), &mut data)
+            .ok()?;
+        String::from_utf8(plain.to_vec()).ok()
+    }
+}
+
+/// The store key of the mark that a session refreshed against its provider within the
+/// interval (and that a refresh is under way): at most one per session per interval, on
+/// every instance sharing the store.
+pub fn provider_refresh_key(sid: &str) -> [u8; 32] {
+    super::tokens::refresh_hash(&format!("provider-refresh\0{sid}"))
+}
+
+/// The store key of a provider session: SHA-256 of the provider's issuer and its `sid`, under
+/// which the gateway user signed in through it is indexed (a back-channel logout may name only
+/// the `sid`).
+pub fn provider_sid_key(iss: &str, sid: &str) -> [u8; 32] {
+    crate::store::jti_key(iss, &format!("provider-sid\0{sid}"))
+}
+
+/// The refresh request's form (RFC 6749 6).
+pub fn refresh_form(token: &str) -> String {
+    format!(
+        "grant_type=refresh_token&refresh_token={}",
+        crate::keys::fetch::form_encode(token)
+    )
 }
 
 /// Why the provider's answer did not sign anyone in: the audit trail's reason id, and what
@@ -214,8 +312,15 @@ pub fn authorization_url(
     use crate::keys::fetch::form_encode as enc;
     let endpoint = endpoint.to_string();
     let sep = if endpoint.contains('?') { '&' } else { '?' };
+    // A refresh token for `offline_access` is issued only with consent asked for (OpenID
+    // Connect Core 11).
+    let prompt = if provider.scope.split(' ').any(|s| s == "offline_access") {
+        "&prompt=consent"
+    } else {
+        ""
+    };
     format!(
-        "{endpoint}{sep}response_type=code&client_id={}&redirect_uri={}&scope={}&state={}&nonce={}&code_challenge={}&code_challenge_method=S256",
+        "{endpoint}{sep}response_type=code&client_id={}&redirect_uri={}&scope={}&state={}&nonce={}&code_challenge={}&code_challenge_method=S256{prompt}",
         enc(&provider.client_id),
         enc(&provider.redirect_uri),
         enc(&provider.scope),
@@ -342,7 +447,40 @@ mod tests {
             email_domains: domains.iter().map(|d| d.to_string()).collect(),
             required_groups: groups.iter().map(|g| g.to_string()).collect(),
             groups_claim: ClaimPath::top("groups"),
+            refresh_key: None,
+            refresh_interval: Duration::from_secs(300),
         }
+    }
+
+    #[test]
+    fn a_sealed_refresh_token_opens_only_for_its_session_with_its_key() {
+        let key = RefreshKey::new(&[7u8; 32]).unwrap();
+        let sealed = key.seal("sid-1", "the-provider-refresh-token");
+        assert!(!sealed.contains("the-provider-refresh-token"));
+        assert_ne!(
+            sealed,
+            key.seal("sid-1", "the-provider-refresh-token"),
+            "a fresh nonce"
+        );
+        assert_eq!(
+            key.open("sid-1", &sealed).as_deref(),
+            Some("the-provider-refresh-token")
+        );
+        assert_eq!(key.open("sid-2", &sealed), None, "moved to another session");
+        let other = RefreshKey::new(&[8u8; 32]).unwrap();
+        assert_eq!(other.open("sid-1", &sealed), None, "another key");
+        let mut raw = URL_SAFE_NO_PAD.decode(&sealed).unwrap();
+        raw[20] ^= 1;
+        assert_eq!(
+            key.open("sid-1", &URL_SAFE_NO_PAD.encode(raw)),
+            None,
+            "altered"
+        );
+        assert!(RefreshKey::new(&[0u8; 31]).is_none());
+        assert!(RefreshKey::from_file_content(&[1u8; 32]).is_some());
+        let b64 = base64::engine::general_purpose::STANDARD.encode([2u8; 32]);
+        assert!(RefreshKey::from_file_content(format!("{b64}\n").as_bytes()).is_some());
+        assert!(RefreshKey::from_file_content(b"too short").is_none());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::claims::permission_sources;
 use super::error::{ConfigError, invalid};
 use super::raw::RawProvider;
-use crate::auth_flow::oidc::{ClientSecret, PREFIX, Provider};
+use crate::auth_flow::oidc::{ClientSecret, PREFIX, Provider, RefreshKey};
 use crate::keys::KeySet;
 use crate::keys::profile::ClaimPath;
 use crate::keys::remote::Source;
@@ -150,6 +150,38 @@ pub(super) fn compile(
         }
         let groups_claim = ClaimPath::parse(p.groups_claim.as_deref().unwrap_or("groups"))
             .map_err(|m| invalid(format!("{key}.groups_claim"), m))?;
+        let refresh_key = match &p.refresh_token_key_file {
+            None => None,
+            Some(file) => {
+                let path = base.join(file);
+                let content = std::fs::read(&path).map_err(|e| {
+                    invalid(
+                        format!("{key}.refresh_token_key_file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                Some(RefreshKey::from_file_content(&content).ok_or_else(|| {
+                    invalid(
+                        format!("{key}.refresh_token_key_file"),
+                        format!(
+                            "{} must hold 32 bytes, raw or in base64 (`openssl rand -base64 32`)",
+                            path.display()
+                        ),
+                    )
+                })?)
+            }
+        };
+        let interval_key = format!("{key}.provider_refresh_interval");
+        let refresh_interval = super::units::duration(
+            &interval_key,
+            p.provider_refresh_interval.as_ref(),
+            std::time::Duration::from_secs(300),
+        )?;
+        if refresh_interval < std::time::Duration::from_secs(10)
+            || refresh_interval > std::time::Duration::from_secs(86_400)
+        {
+            return Err(invalid(interval_key, "must be between 10s and 24h"));
+        }
         out.push(Arc::new(Provider {
             id: p.id.clone(),
             name: name.to_owned(),
@@ -163,6 +195,8 @@ pub(super) fn compile(
             email_domains: email_domains.into(),
             required_groups: p.required_groups.clone().into(),
             groups_claim,
+            refresh_key,
+            refresh_interval,
         }));
     }
     Ok(out)

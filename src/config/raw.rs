@@ -208,6 +208,13 @@ pub struct RawProvider {
     /// The claim listing the user's groups (default `groups`).
     #[serde(default)]
     pub groups_claim: Option<String>,
+    /// A file holding the 32-byte key (raw, or base64) that seals the provider's refresh
+    /// tokens at rest; without it no refresh token is kept.
+    #[serde(default)]
+    pub refresh_token_key_file: Option<String>,
+    /// How often at most the gateway refreshes a session against the provider (default 5m).
+    #[serde(default)]
+    pub provider_refresh_interval: Option<String>,
 }
 
 /// A private signing key.

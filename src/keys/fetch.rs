@@ -61,6 +61,16 @@ pub enum FetchError {
         /// The status.
         status: u16,
     },
+    /// A token endpoint's error answer (RFC 6749 5.2): 400 or 401 with a JSON `error`.
+    #[error("{uri} answered {status} with error `{error}`")]
+    OAuth {
+        /// The URL.
+        uri: String,
+        /// The status.
+        status: u16,
+        /// The `error` code (`invalid_grant`, …).
+        error: String,
+    },
     /// The body is larger than the limit (or broke off).
     #[error("{uri}: the document is larger than {max} bytes or broke off")]
     Body {
@@ -201,7 +211,7 @@ impl Fetcher {
             .header(http::header::USER_AGENT, "portcullis")
             .body(Full::default())
             .map_err(|_| UrlError::Malformed(url.to_owned()))?;
-        self.send(request, url).await
+        self.send(request, url, false).await
     }
 
     /// POSTs the `application/x-www-form-urlencoded` `form` to `uri` with HTTP Basic
@@ -231,12 +241,18 @@ impl Fetcher {
             .body(Full::new(Bytes::from(form)))
             .map_err(|_| UrlError::Malformed(url.clone()))?;
         let timeout = self.limits.read_timeout;
-        tokio::time::timeout(timeout, self.send(request, &url))
+        tokio::time::timeout(timeout, self.send(request, &url, true))
             .await
             .map_err(|_| FetchError::Timeout { uri: url, timeout })?
     }
 
-    async fn send(&self, request: Request<Full<Bytes>>, url: &str) -> Result<Document, FetchError> {
+    /// With `oauth_errors`, a 400 or 401 whose body names an `error` is [`FetchError::OAuth`].
+    async fn send(
+        &self,
+        request: Request<Full<Bytes>>,
+        url: &str,
+        oauth_errors: bool,
+    ) -> Result<Document, FetchError> {
         let response =
             self.client
                 .request(request)
@@ -250,6 +266,26 @@ impl Fetcher {
             return Err(FetchError::Redirect {
                 uri: url.to_owned(),
                 status: status.as_u16(),
+            });
+        }
+        if oauth_errors && (status == StatusCode::BAD_REQUEST || status == StatusCode::UNAUTHORIZED)
+        {
+            let error = Limited::new(response.into_body(), self.limits.max_bytes)
+                .collect()
+                .await
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b.to_bytes()).ok())
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned));
+            return Err(match error {
+                Some(error) => FetchError::OAuth {
+                    uri: url.to_owned(),
+                    status: status.as_u16(),
+                    error,
+                },
+                None => FetchError::Status {
+                    uri: url.to_owned(),
+                    status: status.as_u16(),
+                },
             });
         }
         if status != StatusCode::OK {

@@ -236,6 +236,11 @@ pub struct MemoryStore {
     /// The OpenID login flows' states: key → (value, expires at). One mutex: a flow writes
     /// one and takes one, far off the hot path.
     login_states: Mutex<HashMap<[u8; 32], (String, i64)>>,
+    /// Provider sessions (`sid`) → the user signed in through them, until the gateway
+    /// session's absolute expiry: one entry per provider sign-in, swept as the map grows.
+    provider_sids: Mutex<HashMap<[u8; 32], (String, i64)>>,
+    /// First uses ([`SessionStore::first_use`]): key → until.
+    once: Mutex<HashMap<[u8; 32], i64>>,
     /// The gateway's clock, for sweeps (answers use the caller's `now`).
     clock: Clock,
 }
@@ -268,6 +273,8 @@ impl MemoryStore {
             placement: RandomState::new(),
             throttle: Mutex::default(),
             login_states: Mutex::default(),
+            provider_sids: Mutex::default(),
+            once: Mutex::default(),
             clock,
         }
     }
@@ -566,22 +573,73 @@ impl SessionStore for MemoryStore {
             .map(|(value, _)| value))
     }
 
+    async fn put_provider_sid(
+        &self,
+        key: &[u8; 32],
+        subject: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut sids = self.provider_sids.lock().unwrap_or_else(|e| e.into_inner());
+        // Expired entries are swept whenever the map doubles past 1024 entries.
+        if sids.len() >= 1024 && sids.len().is_power_of_two() {
+            sids.retain(|_, (_, until)| *until > now);
+        }
+        let until = match sids.get(key) {
+            Some((_, old)) if *old > expires_at => *old,
+            _ => expires_at,
+        };
+        sids.insert(*key, (subject.to_owned(), until));
+        Ok(())
+    }
+
+    async fn provider_sid_user(
+        &self,
+        key: &[u8; 32],
+        now: i64,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .provider_sids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .filter(|(_, until)| *until > now)
+            .map(|(subject, _)| subject.clone()))
+    }
+
+    async fn set_provider_link(
+        &self,
+        subject: &str,
+        id: &str,
+        link: &crate::store::ProviderLink,
+    ) -> Result<bool, StoreError> {
+        let mut shard = write(self.subject_shard(subject));
+        match shard.sessions.get_mut(id).filter(|s| s.subject == subject) {
+            Some(record) => {
+                record.provider = Some(link.clone());
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
     async fn first_use(
         &self,
         key: &[u8; 32],
         expires_at: i64,
         now: i64,
     ) -> Result<bool, StoreError> {
-        // Kept in the login states' map, under a key no state has (the caller's hash differs),
-        // with an empty value: checked and inserted under one lock.
-        let mut states = self.login_states();
-        if states.get(key).is_some_and(|(_, until)| *until > now) {
+        // A map of its own (not the login states', whose cap is for sign-ins in progress: a
+        // session's provider-refresh claims must not count against it), checked and written
+        // under one lock.
+        let mut once = self.once.lock().unwrap_or_else(|e| e.into_inner());
+        if once.get(key).is_some_and(|until| *until > now) {
             return Ok(false);
         }
-        if states.len() >= 1024 && states.len().is_power_of_two() {
-            states.retain(|_, (_, until)| *until > now);
+        if once.len() >= 1024 && once.len().is_power_of_two() {
+            once.retain(|_, until| *until > now);
         }
-        states.insert(*key, (String::new(), expires_at));
+        once.insert(*key, expires_at);
         Ok(true)
     }
 }

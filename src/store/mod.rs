@@ -204,6 +204,11 @@ pub struct ProviderLink {
     /// no endpoint accepts it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id_token: Option<String>,
+    /// The provider's refresh token, sealed with the provider's `refresh_token_key_file`
+    /// (AES-256-GCM, the session id as associated data): never the token itself. `None` when
+    /// the provider sent none or no key is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
 }
 
 /// A refresh token as the store keeps it: its hash, never the token.
@@ -369,6 +374,35 @@ pub trait SessionStore: Send + Sync + 'static {
         now: i64,
     ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
 
+    /// Indexes a provider's session (`key`: a SHA-256 the caller made of the provider's issuer
+    /// and its `sid`) to the gateway user signed in through it, until `expires_at` (the
+    /// gateway session's absolute expiry; a later call for the same key keeps the later one),
+    /// so that a back-channel logout naming only `sid` finds the user.
+    fn put_provider_sid(
+        &self,
+        key: &[u8; 32],
+        subject: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The user [`SessionStore::put_provider_sid`] indexed under `key`, if not expired at
+    /// `now`.
+    fn provider_sid_user(
+        &self,
+        key: &[u8; 32],
+        now: i64,
+    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+
+    /// Replaces the provider link of a live session of `subject` (a rotated provider refresh
+    /// token). Returns whether the session existed.
+    fn set_provider_link(
+        &self,
+        subject: &str,
+        id: &str,
+        link: &ProviderLink,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// Records `key` (a SHA-256 the caller made: a back-channel logout token's issuer and
     /// `jti`) until `expires_at`: `true` the first time, `false` while it is recorded — on
     /// every instance sharing the store, and atomically (of two concurrent calls one gets
@@ -517,6 +551,30 @@ impl SessionStore for Store {
         now: i64,
     ) -> Result<Option<String>, StoreError> {
         dispatch!(self, s => s.take_login_state(key, now).await)
+    }
+    async fn put_provider_sid(
+        &self,
+        key: &[u8; 32],
+        subject: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.put_provider_sid(key, subject, expires_at, now).await)
+    }
+    async fn provider_sid_user(
+        &self,
+        key: &[u8; 32],
+        now: i64,
+    ) -> Result<Option<String>, StoreError> {
+        dispatch!(self, s => s.provider_sid_user(key, now).await)
+    }
+    async fn set_provider_link(
+        &self,
+        subject: &str,
+        id: &str,
+        link: &ProviderLink,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.set_provider_link(subject, id, link).await)
     }
     async fn first_use(
         &self,

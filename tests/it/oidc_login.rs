@@ -125,14 +125,20 @@ impl Drop for Idp {
 }
 
 /// The `issuers:` entry and the `auth.providers` entry for `idp` as provider `id`, with
-/// `extra` lines for the provider (indented by six spaces).
+/// `extra` lines for the provider (indented by six spaces; a `scopes:` line among them
+/// replaces the default one).
 fn provider_yaml(issuer: &str, id: &str, name: &str, extra: &str) -> (String, String) {
     let issuers = format!(
         "  - issuer: {iss}\n    audiences: [portcullis-tests]\n    require_session: false\n    discovery: {iss}/.well-known/openid-configuration\n    algorithms: [RS256]\n",
         iss = issuer
     );
+    let scopes = if extra.contains("scopes:") {
+        ""
+    } else {
+        "      scopes: [openid, email, groups]\n"
+    };
     let provider = format!(
-        "    - id: {id}\n      name: {name}\n      issuer: {iss}\n      client_id: {GATEWAY_CLIENT}\n      client_secret_file: {id}-secret.txt\n      scopes: [openid, email, groups]\n      permissions:\n        - {{ claim: groups, via: roles }}\n{extra}",
+        "    - id: {id}\n      name: {name}\n      issuer: {iss}\n      client_id: {GATEWAY_CLIENT}\n      client_secret_file: {id}-secret.txt\n{scopes}      permissions:\n        - {{ claim: groups, via: roles }}\n{extra}",
         iss = issuer
     );
     (issuers, provider)
@@ -141,6 +147,15 @@ fn provider_yaml(issuer: &str, id: &str, name: &str, extra: &str) -> (String, St
 /// A gateway (memory store unless `store` says otherwise) with the users file and the
 /// providers `(idp, id, name, extra)`.
 async fn gateway_with(providers: &[(&str, &str, &str, &str)], store: StoreChoice) -> TestGateway {
+    gateway_on_clock(providers, store, portcullis::clock::Clock::system()).await
+}
+
+/// [`gateway_with`] on `clock`.
+async fn gateway_on_clock(
+    providers: &[(&str, &str, &str, &str)],
+    store: StoreChoice,
+    clock: portcullis::clock::Clock,
+) -> TestGateway {
     let mut issuers = String::new();
     let mut list = String::new();
     for (issuer, id, name, extra) in providers {
@@ -150,6 +165,7 @@ async fn gateway_with(providers: &[(&str, &str, &str, &str)], store: StoreChoice
     }
     let setup = AuthSetup {
         store,
+        clock,
         auth_extra: format!("  providers:\n{list}"),
         extra: format!("issuers:\n{issuers}"),
         ..AuthSetup::default()
@@ -160,6 +176,8 @@ async fn gateway_with(providers: &[(&str, &str, &str, &str)], store: StoreChoice
     for (_, id, _, _) in providers {
         std::fs::write(dir.path().join(format!("{id}-secret.txt")), GATEWAY_SECRET).unwrap();
     }
+    // The key sealing the provider's refresh tokens, for the providers that name it.
+    std::fs::write(dir.path().join(RT_KEY_FILE), b64_std_bytes(&RT_KEY)).unwrap();
     let running = launch(
         &setup.yaml(&upstream.url()),
         dir.path(),
@@ -897,6 +915,13 @@ fn load(yaml: &str) -> Result<Config, ConfigError> {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("secret.txt"), "s3cret\n").unwrap();
     std::fs::write(dir.path().join("users.yaml"), demo_users()).unwrap();
+    std::fs::write(dir.path().join("raw.key"), RT_KEY).unwrap();
+    std::fs::write(
+        dir.path().join("b64.key"),
+        format!("{}\n", b64_std_bytes(&RT_KEY)),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("short.key"), "c2hvcnQ=\n").unwrap();
     Config::from_yaml(yaml, dir.path())
 }
 
@@ -917,6 +942,40 @@ fn refused(yaml: &str, expected: &[&str]) {
 fn sec41_a_valid_provider_config_loads() {
     load(&base_yaml(DISCOVERY_ISSUER, &provider_entry(""), true)).unwrap();
     load(&base_yaml(DISCOVERY_ISSUER, &provider_entry(""), false)).unwrap();
+    // The refresh-token key, raw or in base64.
+    for file in ["raw.key", "b64.key"] {
+        let extra = format!(
+            "      scopes: [openid, offline_access]\n      refresh_token_key_file: {file}\n      provider_refresh_interval: 10m\n"
+        );
+        load(&base_yaml(DISCOVERY_ISSUER, &provider_entry(&extra), true)).unwrap();
+    }
+}
+
+#[test]
+fn sec41_a_refresh_token_key_that_is_not_32_bytes_or_a_bad_interval_is_refused() {
+    for (extra, want) in [
+        (
+            "      refresh_token_key_file: short.key\n",
+            "auth.providers[0].refresh_token_key_file",
+        ),
+        (
+            "      refresh_token_key_file: missing.key\n",
+            "auth.providers[0].refresh_token_key_file",
+        ),
+        (
+            "      provider_refresh_interval: 1s\n",
+            "auth.providers[0].provider_refresh_interval",
+        ),
+        (
+            "      provider_refresh_interval: soon\n",
+            "auth.providers[0].provider_refresh_interval",
+        ),
+    ] {
+        refused(
+            &base_yaml(DISCOVERY_ISSUER, &provider_entry(extra), true),
+            &[want],
+        );
+    }
 }
 
 #[test]
@@ -1507,5 +1566,447 @@ async fn sec41_a_change_to_roles_applies_to_provider_sessions_from_the_next_requ
     assert_eq!(
         gw.upstream.last().headers["x-auth-permissions"],
         "docs:read,docs:write"
+    );
+}
+
+// ---- staying in step with the provider: its refresh token ----
+
+const OFFLINE: &str = "      scopes: [openid, email, groups, offline_access]\n";
+const RT_KEY_FILE: &str = "provider-refresh.key";
+const RT_KEY: [u8; 32] = *b"0123456789abcdef0123456789abcdef";
+
+fn b64_std_bytes(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A gateway on a manual clock whose provider asks for `offline_access` and keeps the
+/// provider's refresh token (sealed with [`RT_KEY`]), refreshing against the provider at
+/// most every 60 s.
+async fn refreshing_gateway(idp: &Idp, store: StoreChoice) -> TestGateway {
+    let extra = format!(
+        "{OFFLINE}      refresh_token_key_file: {RT_KEY_FILE}\n      provider_refresh_interval: 60s\n"
+    );
+    gateway_on_clock(
+        &[(&idp.issuer, "local", "Local IdP", &extra)],
+        store,
+        portcullis::clock::Clock::manual(),
+    )
+    .await
+}
+
+/// The session record of `browser`'s current session (user `alice` at `idp`).
+async fn current_record(
+    gw: &TestGateway,
+    idp: &Idp,
+    browser: &Browser,
+) -> portcullis::store::SessionRecord {
+    use portcullis::store::SessionStore;
+    let at = browser.cookie("__Host-portcullis-at").unwrap();
+    let list = gw.api_get("/auth/sessions", &at).await.json();
+    let current = list["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["current"] == true)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    gw.store()
+        .session(&format!("{}#alice", idp.issuer), &current, gw.now())
+        .await
+        .unwrap()
+        .expect("the session is alive")
+}
+
+/// The provider's refresh token of `record`, opened with [`RT_KEY`].
+fn opened(record: &portcullis::store::SessionRecord) -> String {
+    let key = portcullis::auth_flow::oidc::RefreshKey::new(&RT_KEY).unwrap();
+    let sealed = record
+        .provider
+        .as_ref()
+        .unwrap()
+        .refresh_token
+        .as_deref()
+        .unwrap();
+    key.open(&record.id, sealed)
+        .expect("sealed for this session")
+}
+
+/// The refresh_token grants the provider answered so far: `ok` or an error code each.
+fn provider_refreshes(idp: &Idp) -> Vec<String> {
+    std::fs::read_to_string(idp.keys.path().join("out.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("refresh "))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A gateway refresh by `browser` (the refresh page's form POST): where it sent the browser.
+async fn gateway_refresh(browser: &mut Browser) -> String {
+    let r = browser.refresh("/docs").await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    r.headers["location"].to_str().unwrap().to_owned()
+}
+
+/// A sign-in through the provider asking for `offline_access` (hence the consent page).
+async fn sign_in_offline(gw: &TestGateway, idp: &Idp) -> Browser {
+    let mut browser = gw.browser();
+    let authorize = start(&mut browser, "local", "/docs").await;
+    assert!(authorize.contains("prompt=consent"), "{authorize}");
+    assert!(authorize.contains("offline_access"), "{authorize}");
+    let callback = ProviderClient::default()
+        .drive(&idp.issuer, authorize, "alice", false)
+        .await;
+    let r = browser.navigate(&callback_path(&callback)).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    browser
+}
+
+#[tokio::test]
+async fn sec41_the_provider_refresh_token_is_sealed_and_used_after_the_interval_only() {
+    let idp = Idp::start(&["local"]);
+    let gw = refreshing_gateway(&idp, StoreChoice::Memory).await;
+    let mut browser = sign_in_offline(&gw, &idp).await;
+
+    // Kept sealed: what the store holds is not the provider's token, and opens only as this
+    // session's (the session id is the associated data).
+    let record = current_record(&gw, &idp, &browser).await;
+    let sealed = record
+        .provider
+        .as_ref()
+        .unwrap()
+        .refresh_token
+        .clone()
+        .unwrap();
+    let token = opened(&record);
+    assert!(!sealed.contains(&token) && !token.is_empty());
+    let key = portcullis::auth_flow::oidc::RefreshKey::new(&RT_KEY).unwrap();
+    assert_eq!(key.open("another-session-id", &sealed), None);
+
+    // Within the interval: the gateway refreshes without asking the provider.
+    gw.advance(Duration::from_secs(30));
+    assert_eq!(gateway_refresh(&mut browser).await, "/docs");
+    assert!(provider_refreshes(&idp).is_empty());
+
+    // Past it: the provider is asked once, and its rotated token is kept (sealed).
+    gw.advance(Duration::from_secs(31));
+    assert_eq!(gateway_refresh(&mut browser).await, "/docs");
+    assert_eq!(provider_refreshes(&idp), ["ok"]);
+    let rotated = current_record(&gw, &idp, &browser).await;
+    assert_ne!(opened(&rotated), token, "the provider rotated it");
+    assert_eq!(get(&mut browser, "/docs").await.status, StatusCode::OK);
+
+    // Right after: not again. One interval later: again, with the rotated token (the old one
+    // would be refused by the provider as reused).
+    assert_eq!(gateway_refresh(&mut browser).await, "/docs");
+    assert_eq!(provider_refreshes(&idp), ["ok"]);
+    gw.advance(Duration::from_secs(61));
+    assert_eq!(gateway_refresh(&mut browser).await, "/docs");
+    assert_eq!(provider_refreshes(&idp), ["ok", "ok"]);
+    let events = gw.audit_events().await;
+    assert_eq!(
+        reasons(&events, "refresh.provider"),
+        ["refresh.provider_ok", "refresh.provider_ok"]
+    );
+    assert!(oidc_metrics(&gw).contains("refresh.provider_ok"));
+}
+
+#[tokio::test]
+async fn sec41_without_a_key_file_no_provider_refresh_token_is_kept() {
+    let idp = Idp::start(&["local"]);
+    let gw = gateway_on_clock(
+        &[(&idp.issuer, "local", "Local IdP", OFFLINE)],
+        StoreChoice::Memory,
+        portcullis::clock::Clock::manual(),
+    )
+    .await;
+    let mut browser = sign_in_offline(&gw, &idp).await;
+    let record = current_record(&gw, &idp, &browser).await;
+    assert_eq!(record.provider.unwrap().refresh_token, None);
+    gw.advance(Duration::from_secs(600));
+    assert_eq!(gateway_refresh(&mut browser).await, "/docs");
+    assert!(provider_refreshes(&idp).is_empty());
+}
+
+#[tokio::test]
+async fn sec41_a_grant_revoked_at_the_provider_ends_the_session_on_the_next_gateway_refresh() {
+    let idp = Idp::start(&["local"]);
+    let gw = refreshing_gateway(&idp, StoreChoice::Memory).await;
+    let mut browser = sign_in_offline(&gw, &idp).await;
+    let record = current_record(&gw, &idp, &browser).await;
+
+    // The grant is revoked at the provider (RFC 7009, its revocation endpoint).
+    let basic = b64_std(&format!("{GATEWAY_CLIENT}:{GATEWAY_SECRET}"));
+    let r = send(
+        Request::post(format!("{}/token/revocation", idp.issuer))
+            .header("authorization", format!("Basic {basic}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Full::new(Bytes::from(format!(
+                "token={}&token_type_hint=refresh_token",
+                enc(&opened(&record))
+            ))))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+
+    // Within the interval the gateway does not know yet; past it, the provider says
+    // invalid_grant and the session ends.
+    assert_eq!(gateway_refresh(&mut browser).await, "/docs");
+    gw.advance(Duration::from_secs(61));
+    let to = gateway_refresh(&mut browser).await;
+    assert!(to.starts_with("/auth/login"), "{to}");
+    assert_eq!(provider_refreshes(&idp), ["invalid_grant"]);
+    use portcullis::store::SessionStore;
+    assert!(
+        gw.store()
+            .session(&record.subject, &record.id, gw.now())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let events = gw.audit_events().await;
+    assert!(reasons(&events, "refresh.failure").contains(&"refresh.provider_refused".to_owned()));
+}
+
+#[tokio::test]
+async fn sec41_the_provider_down_does_not_end_the_session() {
+    let mut idp = Idp::start(&["local"]);
+    let gw = refreshing_gateway(&idp, StoreChoice::Memory).await;
+    let mut browser = sign_in_offline(&gw, &idp).await;
+    let before = current_record(&gw, &idp, &browser).await;
+    let _ = idp.child.kill();
+    let _ = idp.child.wait();
+    gw.advance(Duration::from_secs(61));
+    assert_eq!(gateway_refresh(&mut browser).await, "/docs");
+    assert_eq!(get(&mut browser, "/docs").await.status, StatusCode::OK);
+    let after = current_record(&gw, &idp, &browser).await;
+    assert_eq!(
+        after.provider.unwrap().refresh_token,
+        before.provider.unwrap().refresh_token,
+        "the provider's token is kept for the next try"
+    );
+    let events = gw.audit_events().await;
+    assert_eq!(
+        reasons(&events, "refresh.provider"),
+        ["refresh.provider_unavailable"]
+    );
+}
+
+/// Changes `login`'s groups at the provider (the ID tokens it issues from now on).
+async fn set_groups(idp: &Idp, login: &str, groups: &str) {
+    let r = send(
+        Request::post(format!(
+            "{}/test/groups?login={login}&groups={groups}",
+            idp.issuer
+        ))
+        .body(Full::new(Bytes::new()))
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+}
+
+async fn write_docs(browser: &mut Browser) -> StatusCode {
+    let csrf = browser.cookie("__Host-portcullis-csrf").unwrap();
+    browser.post_form("/docs", &[("csrf", &csrf)]).await.status
+}
+
+#[tokio::test]
+async fn sec41_a_provider_refresh_maps_the_permissions_again_from_the_new_id_token() {
+    let idp = Idp::start(&["local"]);
+    let gw = refreshing_gateway(&idp, StoreChoice::Memory).await;
+    let mut browser = sign_in_offline(&gw, &idp).await;
+    assert_eq!(write_docs(&mut browser).await, StatusCode::FORBIDDEN);
+
+    // Made an editor at the provider: the gateway learns it at its next refresh against the
+    // provider, not before.
+    set_groups(&idp, "alice", "staff,reader,editor").await;
+    assert_eq!(gateway_refresh(&mut browser).await, "/docs");
+    assert_eq!(write_docs(&mut browser).await, StatusCode::FORBIDDEN);
+    gw.advance(Duration::from_secs(61));
+    assert_eq!(gateway_refresh(&mut browser).await, "/docs");
+    assert_eq!(provider_refreshes(&idp), ["ok"]);
+    assert_eq!(write_docs(&mut browser).await, StatusCode::OK);
+    assert_eq!(
+        gw.upstream.last().headers["x-auth-permissions"],
+        "docs:read,docs:write"
+    );
+    // Kept with the session: the next gateway refresh (without the provider) keeps them.
+    let record = current_record(&gw, &idp, &browser).await;
+    assert_eq!(
+        record.provider.unwrap().roles,
+        ["editor", "reader", "staff"]
+    );
+    assert_eq!(gateway_refresh(&mut browser).await, "/docs");
+    assert_eq!(write_docs(&mut browser).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn sec41_a_user_no_longer_in_the_required_groups_at_the_provider_is_signed_out_at_refresh() {
+    let idp = Idp::start(&["local"]);
+    let extra = format!(
+        "{OFFLINE}      refresh_token_key_file: {RT_KEY_FILE}\n      provider_refresh_interval: 60s\n      required_groups: [staff]\n"
+    );
+    let gw = gateway_on_clock(
+        &[(&idp.issuer, "local", "Local IdP", &extra)],
+        StoreChoice::Memory,
+        portcullis::clock::Clock::manual(),
+    )
+    .await;
+    let mut browser = sign_in_offline(&gw, &idp).await;
+    let record = current_record(&gw, &idp, &browser).await;
+    set_groups(&idp, "alice", "reader").await;
+    gw.advance(Duration::from_secs(61));
+    let to = gateway_refresh(&mut browser).await;
+    assert!(to.starts_with("/auth/login"), "{to}");
+    use portcullis::store::SessionStore;
+    assert!(
+        gw.store()
+            .session(&record.subject, &record.id, gw.now())
+            .await
+            .unwrap()
+            .is_none(),
+        "the session ended"
+    );
+    assert!(oidc_metrics(&gw).contains("refresh.provider_not_admitted"));
+}
+
+/// Ten tabs refresh one session at once, on two instances sharing Redis: the provider is
+/// asked once.
+#[tokio::test]
+async fn sec41_concurrent_gateway_refreshes_of_one_session_ask_the_provider_at_most_once() {
+    let idp = Idp::start(&["local"]);
+    let redis = RedisServer::start();
+    let one = refreshing_gateway(&idp, StoreChoice::Redis(redis.url())).await;
+    let two = refreshing_gateway(&idp, StoreChoice::Redis(redis.url())).await;
+    let browser = sign_in_offline(&one, &idp).await;
+    // At rest in Redis: the session hash's provider link holds the sealed token, never the
+    // token itself.
+    let record = current_record(&one, &idp, &browser).await;
+    let token = opened(&record);
+    let keys = redis.cli(&["KEYS", &format!("*:s:{}", record.id)]);
+    let key = keys
+        .lines()
+        .next()
+        .expect("the session's hash")
+        .trim()
+        .to_owned();
+    let raw = redis.cli(&["HGET", &key, "idp"]);
+    let sealed = record
+        .provider
+        .as_ref()
+        .unwrap()
+        .refresh_token
+        .clone()
+        .unwrap();
+    assert!(raw.contains(&sealed), "{raw}");
+    assert!(!raw.contains(&token), "{raw}");
+    one.advance(Duration::from_secs(61));
+    two.advance(Duration::from_secs(61));
+    let mut tabs = Vec::new();
+    for i in 0..10 {
+        let mut tab = if i % 2 == 0 {
+            one.browser()
+        } else {
+            two.browser()
+        };
+        tab.jar = browser.jar.clone();
+        tabs.push(tokio::spawn(async move { gateway_refresh(&mut tab).await }));
+    }
+    for tab in tabs {
+        assert_eq!(tab.await.unwrap(), "/docs");
+    }
+    assert_eq!(provider_refreshes(&idp), ["ok"]);
+}
+
+// ---- back-channel logout naming only `sid` ----
+
+#[tokio::test]
+async fn sec41_a_logout_token_naming_only_sid_ends_that_provider_session_s_gateway_session() {
+    let idp = Idp::start(&["local"]);
+    let gw = gateway(&idp).await;
+    let (mut one, mut two) = (gw.browser(), gw.browser());
+    assert_eq!(
+        sign_in(&mut one, &idp, "alice").await.status,
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(
+        sign_in(&mut two, &idp, "alice").await.status,
+        StatusCode::SEE_OTHER
+    );
+    let sid_one = provider_sid(&gw, &idp, &one).await;
+
+    // A provider session the gateway never saw: nothing to end, and nothing ends.
+    let unknown = logout_token(
+        &idp,
+        logout_claims(
+            &idp,
+            serde_json::json!({ "sub": null, "sid": "a-session-the-gateway-never-saw" }),
+        ),
+        Some("logout+jwt"),
+    );
+    let r = post_logout(&gw, "local", &unknown).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(docs_status(&gw, &one).await, StatusCode::OK);
+    assert_eq!(docs_status(&gw, &two).await, StatusCode::OK);
+
+    let token = logout_token(
+        &idp,
+        logout_claims(&idp, serde_json::json!({ "sub": null, "sid": sid_one })),
+        Some("logout+jwt"),
+    );
+    let r = post_logout(&gw, "local", &token).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(docs_status(&gw, &one).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(docs_status(&gw, &two).await, StatusCode::OK);
+    assert_eq!(
+        post_logout(&gw, "local", &token).await.status,
+        StatusCode::BAD_REQUEST,
+        "a replay"
+    );
+    let events = gw.audit_events().await;
+    let applied: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "logout.backchannel" && e["reason_id"] == "logout.backchannel")
+        .collect();
+    assert_eq!(applied.len(), 2);
+    assert_eq!(applied[1]["subject"], format!("{}#alice", idp.issuer));
+    assert!(!reasons(&events, "logout.backchannel").contains(&"logout_token.sid_only".to_owned()));
+}
+
+#[tokio::test]
+async fn sec41_a_sid_only_logout_token_received_by_one_instance_ends_the_session_on_another() {
+    let idp = Idp::start(&["local"]);
+    let redis = RedisServer::start();
+    let providers = [(idp.issuer.as_str(), "local", "Local IdP", "")];
+    let one = gateway_with(&providers, StoreChoice::Redis(redis.url())).await;
+    let two = gateway_with(&providers, StoreChoice::Redis(redis.url())).await;
+    wait_subscribed(one.redis()).await;
+    let mut browser = one.browser();
+    assert_eq!(
+        sign_in(&mut browser, &idp, "alice").await.status,
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(docs_status(&one, &browser).await, StatusCode::OK);
+    let sid = provider_sid(&one, &idp, &browser).await;
+    let token = logout_token(
+        &idp,
+        logout_claims(&idp, serde_json::json!({ "sub": null, "sid": sid })),
+        Some("logout+jwt"),
+    );
+    // The index from the provider's sid to the user is in Redis: instance two finds it.
+    let r = post_logout(&two, "local", &token).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let refused = eventually(Duration::from_secs(2), || async {
+        docs_status(&one, &browser).await == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    assert!(
+        refused.is_some(),
+        "instance one still lets the session through"
     );
 }

@@ -970,13 +970,14 @@ contract!(a_provider_link_is_kept_with_its_session, |store| {
         roles: vec!["reader".into()],
         permissions: vec!["docs:read".into()],
         id_token: Some("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIyNDgyODk3NjEwMDEifQ.c2ln".into()),
+        refresh_token: Some("sealed-provider-refresh-token".into()),
     };
     let user = "https://idp.test#248289761001";
     let mut r = record("s1", user);
     r.provider = Some(link.clone());
     store.create_session(r, None).await.unwrap();
     let read = store.session(user, "s1", now()).await.unwrap().unwrap();
-    assert_eq!(read.provider, Some(link));
+    assert_eq!(read.provider, Some(link.clone()));
     let listed = store.sessions_of(user, now()).await.unwrap();
     assert_eq!(listed[0].provider.as_ref().unwrap().provider, "corp");
     // A password login's session has none.
@@ -986,12 +987,32 @@ contract!(a_provider_link_is_kept_with_its_session, |store| {
         .unwrap();
     let plain = store.session("alice", "s2", now()).await.unwrap().unwrap();
     assert_eq!(plain.provider, None);
+    // Replaced in place (a rotated provider refresh token); never for another user's
+    // session, nor for one that is gone.
+    let mut rotated = link.clone();
+    rotated.refresh_token = Some("sealed-successor".into());
+    assert!(store.set_provider_link(user, "s1", &rotated).await.unwrap());
+    let read = store.session(user, "s1", now()).await.unwrap().unwrap();
+    assert_eq!(read.provider, Some(rotated.clone()));
+    assert!(
+        !store
+            .set_provider_link("bob", "s1", &rotated)
+            .await
+            .unwrap()
+    );
+    store.revoke_session(user, "s1").await.unwrap();
+    assert!(!store.set_provider_link(user, "s1", &rotated).await.unwrap());
+    assert!(store.session(user, "s1", now()).await.unwrap().is_none());
 });
 
 contract!(a_first_use_is_recorded_until_its_instant, |store| {
     let n = now();
     assert!(store.first_use(&hash(7), n + 60, n).await.unwrap());
     assert!(!store.first_use(&hash(7), n + 60, n + 1).await.unwrap());
+    // Past its instant on the caller's clock (whatever the store's own TTL), it is free
+    // again: the provider-refresh interval is measured so.
+    assert!(store.first_use(&hash(7), n + 120, n + 60).await.unwrap());
+    assert!(!store.first_use(&hash(7), n + 120, n + 119).await.unwrap());
     assert!(
         store.first_use(&hash(8), n + 60, n).await.unwrap(),
         "another key"
@@ -1004,3 +1025,41 @@ contract!(a_first_use_is_recorded_until_its_instant, |store| {
     );
     assert!(a.unwrap() ^ b.unwrap());
 });
+
+contract!(
+    a_provider_session_is_indexed_to_its_user_until_its_instant,
+    |store| {
+        let n = now();
+        assert_eq!(store.provider_sid_user(&hash(20), n).await.unwrap(), None);
+        store
+            .put_provider_sid(&hash(20), "https://idp.test#alice", n + 60, n)
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .provider_sid_user(&hash(20), n + 59)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("https://idp.test#alice")
+        );
+        // A second sign-in through the same provider session keeps the later instant.
+        store
+            .put_provider_sid(&hash(20), "https://idp.test#alice", n + 30, n + 1)
+            .await
+            .unwrap();
+        assert!(
+            store
+                .provider_sid_user(&hash(20), n + 59)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        // Past it on the caller's clock, whatever the store's own TTL.
+        assert_eq!(
+            store.provider_sid_user(&hash(20), n + 60).await.unwrap(),
+            None
+        );
+        assert_eq!(store.provider_sid_user(&hash(21), n).await.unwrap(), None);
+    }
+);

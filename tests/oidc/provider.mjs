@@ -23,7 +23,10 @@
 // starting with `outsider`. Scope claims go into the ID token (conformIdTokenClaims: false).
 // A sign-out at the provider (its end_session_endpoint) POSTs a Back-Channel Logout token for
 // `portcullis-gateway` to --backchannel-uri (default: the first redirect URI with
-// /backchannel-logout for /callback).
+// /backchannel-logout for /callback). With `offline_access` (and prompt=consent) the gateway's
+// client gets a refresh token, rotated at each use; revocation (RFC 7009) is on, and each
+// refresh_token grant prints `refresh ok` or `refresh <error>`. `POST /test/groups?login=L&groups=a,b`
+// changes a user's groups (the ID tokens issued after it carry them).
 import { createServer } from 'node:http';
 import { createPrivateKey, generateKeyPairSync } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
@@ -67,7 +70,12 @@ function redirectUris() {
   return uris.length ? uris : ['https://gateway.test/auth/oidc/local/callback'];
 }
 
+// Groups set by a test (`POST /test/groups?login=<login>&groups=a,b`), in place of the
+// defaults below: a user's groups changing at the provider.
+const setGroups = new Map();
+
 function groupsOf(login) {
+  if (setGroups.has(login)) return setGroups.get(login);
   if (login.startsWith('outsider')) return [];
   return login.startsWith('editor') ? ['staff', 'reader', 'editor'] : ['staff', 'reader'];
 }
@@ -87,7 +95,8 @@ server.listen(port, '127.0.0.1', () => {
       {
         client_id: GATEWAY_CLIENT_ID,
         client_secret: GATEWAY_CLIENT_SECRET,
-        grant_types: ['authorization_code'],
+        // refresh_token: with `offline_access` (and consent asked for), a refresh token.
+        grant_types: ['authorization_code', 'refresh_token'],
         response_types: ['code'],
         redirect_uris: redirectUris(),
         // RP-initiated logout comes back to the gateway's login page.
@@ -110,6 +119,8 @@ server.listen(port, '127.0.0.1', () => {
       },
     ],
     pkce: { required: () => true },
+    // Every refresh rotates the refresh token (a reused one is refused: invalid_grant).
+    rotateRefreshToken: () => true,
     // Its outgoing requests (the back-channel logout POST) refuse loopback addresses by default
     // (SSRF protection); the gateway it tells is on loopback here, so that guard is dropped.
     fetch: (url, options) => {
@@ -136,6 +147,8 @@ server.listen(port, '127.0.0.1', () => {
       devInteractions: { enabled: true },
       backchannelLogout: { enabled: true },
       clientCredentials: { enabled: true },
+      // RFC 7009: a test revokes a refresh token (its whole grant) here.
+      revocation: { enabled: true },
       resourceIndicators: {
         enabled: true,
         defaultResource: () => 'urn:portcullis:api',
@@ -152,7 +165,25 @@ server.listen(port, '127.0.0.1', () => {
   // What a test needs to know when a back-channel logout did not arrive.
   provider.on('backchannel.error', (ctx, err) => console.log(`backchannel.error ${err.message} ${err.cause}`));
   provider.on('backchannel.success', () => console.log('backchannel.success'));
-  server.on('request', provider.callback());
+  // Every refresh at the token endpoint, counted by the tests: `refresh ok` or
+  // `refresh <error>`.
+  provider.on('grant.success', (ctx) => {
+    if (ctx.oidc.params.grant_type === 'refresh_token') console.log('refresh ok');
+  });
+  provider.on('grant.error', (ctx, err) => {
+    if (ctx.oidc.params?.grant_type === 'refresh_token') console.log(`refresh ${err.error}`);
+  });
+  const callback = provider.callback();
+  server.on('request', (req, res) => {
+    const url = new URL(req.url, issuer);
+    if (req.method === 'POST' && url.pathname === '/test/groups') {
+      const groups = url.searchParams.get('groups');
+      setGroups.set(url.searchParams.get('login'), groups ? groups.split(',') : []);
+      res.writeHead(204).end();
+      return;
+    }
+    callback(req, res);
+  });
   console.log(`listening ${issuer}`);
 });
 

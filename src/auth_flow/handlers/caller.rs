@@ -36,6 +36,8 @@ pub(super) struct Rotated {
     /// What the next access token grants: the users-file user's roles, or the provider
     /// login's permissions kept with the session.
     pub(super) grant: tokens::AccessGrant,
+    /// The session's provider link, for a provider login.
+    pub(super) link: Option<crate::store::ProviderLink>,
 }
 
 impl Rotated {
@@ -164,6 +166,7 @@ pub(super) async fn rotate(
         binding,
         remember_me: record.remember_me,
         grant,
+        link: record.provider,
     }))
 }
 

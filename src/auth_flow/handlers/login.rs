@@ -292,10 +292,20 @@ pub(super) async fn open_session(
     subject: &str,
     remember_me: bool,
     binding: Option<&tokens::Binding>,
-    provider: Option<crate::store::ProviderLink>,
+    mut provider: Option<crate::store::ProviderLink>,
     now: i64,
 ) -> Result<Opened, GatewayError> {
     let sid = tokens::new_session_id();
+    // A provider link arrives with the provider's refresh token in the clear: it is sealed
+    // here, once the session id (its associated data) is known, or dropped when the provider
+    // has no `refresh_token_key_file`. Never stored in the clear.
+    if let Some(link) = provider.as_mut()
+        && let Some(token) = link.refresh_token.take()
+        && let Some(key) = crate::auth_flow::oidc::find(&env.auth.providers, &link.provider)
+            .and_then(|p| p.refresh_key.as_ref())
+    {
+        link.refresh_token = Some(key.seal(&sid, &token));
+    }
     let refresh_token = tokens::new_refresh_token(subject, &sid, binding);
     let (idle, absolute) = env.auth.lifetimes.of(remember_me);
     let record = SessionRecord {

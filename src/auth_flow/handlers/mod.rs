@@ -34,6 +34,7 @@ mod input;
 mod login;
 mod logout;
 mod oidc;
+mod provider_refresh;
 mod refresh;
 mod respond;
 mod sessions;

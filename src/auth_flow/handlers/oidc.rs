@@ -303,11 +303,45 @@ async fn callback_of(
         roles: roles.clone(),
         permissions: permissions.clone(),
         id_token: Some(id_token.to_owned()),
+        // In the clear only until `open_session` seals it with the session id (or drops it
+        // when the provider has no key to seal it with).
+        refresh_token: provider
+            .refresh_key
+            .as_ref()
+            .and(answer.json.get("refresh_token").and_then(|v| v.as_str()))
+            .filter(|t| !t.is_empty() && t.len() <= 4096)
+            .map(str::to_owned),
     };
+    let keeps_refresh = link.refresh_token.is_some();
     let binding = tokens::Binding::new();
+    let provider_sid = link.sid.clone();
     let Opened {
-        sid, refresh_token, ..
+        sid,
+        refresh_token,
+        absolute,
+        ..
     } = open_session(env, &subject, false, Some(&binding), Some(link), now).await?;
+    if let Some(provider_sid) = provider_sid {
+        // A back-channel logout naming only this `sid` finds the user through it.
+        env.store
+            .put_provider_sid(
+                &oidc::provider_sid_key(&provider.iss, &provider_sid),
+                &subject,
+                now + absolute.as_secs() as i64,
+                now,
+            )
+            .await?;
+    }
+    if keeps_refresh {
+        // The first refresh against the provider comes one interval after the sign-in.
+        env.store
+            .first_use(
+                &oidc::provider_refresh_key(&sid),
+                now + provider.refresh_interval.as_secs() as i64,
+                now,
+            )
+            .await?;
+    }
     let access = mint(
         env.auth,
         &subject,
@@ -345,9 +379,9 @@ async fn callback_of(
 /// ([`verify::verify_logout_token`]), its `jti` recorded in the store for as long as the token
 /// could be replayed (a replay is refused), and the matching gateway sessions end on every
 /// instance: with `sid`, the sessions of `<iss>#<sub>` signed in through that provider session;
-/// with `sub` alone, every session of the user (the user is revoked, as by logout-all). A token
-/// with `sid` but no `sub` is refused: the gateway keeps no index from the provider's session
-/// to its own. 200 with an empty body, or 400 with `{"error":"invalid_request"}` and nothing
+/// with `sub` alone, every session of the user (the user is revoked, as by logout-all); with
+/// `sid` alone, the sessions of that provider session, whose user the store indexed at the
+/// callback ([`SessionStore::put_provider_sid`]). 200 with an empty body, or 400 with `{"error":"invalid_request"}` and nothing
 /// more; audited as `logout.backchannel`.
 pub(super) async fn backchannel_logout(
     request: Request<Incoming>,
@@ -405,9 +439,6 @@ pub(super) async fn backchannel_logout(
         Ok(logout) => logout,
         Err(e) => return refuse(e.reason_id()),
     };
-    let Some(sub) = logout.subject.as_deref() else {
-        return refuse("logout_token.sid_only");
-    };
     // Single use within its lifetime, on every instance.
     let jti_key = crate::store::jti_key(&provider.iss, &format!("logout:{}", logout.jti));
     if !env
@@ -417,22 +448,34 @@ pub(super) async fn backchannel_logout(
     {
         return refuse("logout_token.replayed");
     }
-    let user = keys.issuers[provider.issuer].user_key(sub);
-    let ended = match logout.session.as_deref() {
-        Some(provider_sid) => {
+    // The user: `<iss>#<sub>`, or, for a token naming only `sid`, the user the provider
+    // session signed in (indexed at the callback; none when no gateway session came of it).
+    let user = match (logout.subject.as_deref(), logout.session.as_deref()) {
+        (Some(sub), _) => Some(keys.issuers[provider.issuer].user_key(sub).into_string()),
+        (None, Some(provider_sid)) => {
+            env.store
+                .provider_sid_user(&oidc::provider_sid_key(&provider.iss, provider_sid), now)
+                .await?
+        }
+        // The verify stage refuses a token with neither.
+        (None, None) => return refuse("logout_token.no_subject"),
+    };
+    let ended = match (user.as_deref(), logout.session.as_deref()) {
+        (None, _) => 0,
+        (Some(user), Some(provider_sid)) => {
             let mut ended = 0;
-            for record in env.store.sessions_of(&user, now).await? {
+            for record in env.store.sessions_of(user, now).await? {
                 let matches = record.provider.as_ref().is_some_and(|link| {
                     link.provider == provider.id && link.sid.as_deref() == Some(provider_sid)
                 });
-                if matches && env.store.revoke_session(&user, &record.id).await? {
+                if matches && env.store.revoke_session(user, &record.id).await? {
                     ended += 1;
                 }
             }
             ended
         }
-        None => {
-            crate::pipeline::identify::revoke_user(env.store, env.identify, &user, now).await?;
+        (Some(user), None) => {
+            crate::pipeline::identify::revoke_user(env.store, env.identify, user, now).await?;
             1
         }
     };
@@ -440,7 +483,7 @@ pub(super) async fn backchannel_logout(
     env.metrics.oidc("logout.backchannel", "logout.backchannel");
     env.audit.emit(&AuditEvent {
         method: Some("POST"),
-        subject: Some(&user),
+        subject: user.as_deref(),
         detail: Some(&provider.id),
         ..env.event("logout.backchannel", "logout.backchannel", &path)
     });

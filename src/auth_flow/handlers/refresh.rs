@@ -192,6 +192,22 @@ pub(super) async fn refresh(
             return Ok(response);
         }
     };
+    let mut rotated = rotated;
+    let outcome =
+        super::provider_refresh::refresh(env, &subject, sid, rotated.link.as_ref(), now).await?;
+    if matches!(outcome, super::provider_refresh::Outcome::Refused) {
+        env.store.revoke_session(&subject, sid).await?;
+        return refresh_failed(
+            env,
+            form,
+            input.return_to.as_deref(),
+            RefreshFailure::ProviderRefused,
+            Some(&subject),
+        );
+    }
+    if let super::provider_refresh::Outcome::Refreshed(Some(grant)) = outcome {
+        rotated.grant = grant;
+    }
     let access = mint(auth, &subject, sid, &rotated.grant, now)?;
     let reason = if rotated.successor.is_some() {
         "refresh.rotated"

@@ -39,6 +39,9 @@ impl Keys {
     pub(super) fn login_state(&self, key: &[u8; 32]) -> String {
         format!("{}:{{ls:{}}}", self.prefix, hex(key))
     }
+    pub(super) fn provider_sid(&self, key: &[u8; 32]) -> String {
+        format!("{}:{{ps:{}}}", self.prefix, hex(key))
+    }
     pub(super) fn once(&self, key: &[u8; 32]) -> String {
         format!("{}:{{once:{}}}", self.prefix, hex(key))
     }

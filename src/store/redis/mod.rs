@@ -6,11 +6,14 @@
 //! | key | type | holds | expires |
 //! |---|---|---|---|
 //! | `P:{u:<sub>}:sessions` | set | the user's session ids | after the latest absolute expiry |
-//! | `P:{u:<sub>}:s:<sid>` | hash | `sub created last_seen ip ua abs idle remember` | after `abs` |
+//! | `P:{u:<sub>}:s:<sid>` | hash | `sub created last_seen ip ua abs idle remember`, and `idp` (the provider link as JSON, its refresh token sealed) for a provider login | after `abs` |
 //! | `P:{u:<sub>}:rt:<sha256>` | hash | a refresh token's session, `state` (`current`/`used`), `used_at`, `exp` | after `exp` |
 //! | `P:{u:<sub>}:rb` | string | `<before> <keep_until>`: tokens issued at or before `before` are revoked until `keep_until` | after `keep_until` |
 //! | `P:{j:<sha256(iss, jti)>}` | string | a denylisted access token, until the instant it holds (its `exp`) | after that instant |
 //! | `P:{t:<sha256(key)>}` | string | `<count> <resets_at>`: failed logins counted under a throttle key | at `resets_at` |
+//! | `P:{ls:<sha256(state)>}` | string | `<expires_at> <flow>`: an OpenID sign-in in progress, taken once | after `expires_at` |
+//! | `P:{once:<sha256>}` | string | `<expires_at>`: a first use (a logout token's `jti`; a session's refresh against its provider), recorded until that instant | after `expires_at` |
+//! | `P:{ps:<sha256(iss, sid)>}` | string | `<expires_at> <user>`: the user signed in through a provider session | after `expires_at` |
 //! | `P:{epoch}` | string | the store's [`Epoch`] (data-loss detection) | never |
 //!
 //! Time: every answer compares the caller's `now` with the instants in these values (the scripts
@@ -633,20 +636,110 @@ impl SessionStore for RedisStore {
         expires_at: i64,
         now: i64,
     ) -> Result<bool, StoreError> {
-        // SET NX: one caller creates the key. Its TTL is the record's lifetime (plus the
-        // margin): a replay within it finds the key.
+        // One script: the key is free when missing or when the instant it holds has passed
+        // on the gateway's clock (its TTL, with the margin, only frees memory), so that the
+        // answer depends on the caller's `now` as in the memory store.
+        const FIRST_USE: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v and tonumber(v) and tonumber(v) > tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+return 1
+";
         let mut conn = self.conn.clone();
-        let set: Option<String> = self
+        let set: i64 = self
             .run(
-                redis::cmd("SET")
-                    .arg(self.keys.once(key))
+                redis::Script::new(FIRST_USE)
+                    .key(self.keys.once(key))
                     .arg(expires_at)
-                    .arg("NX")
-                    .arg("EX")
+                    .arg(now)
                     .arg(gc_ttl(expires_at, now))
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        Ok(set == 1)
+    }
+
+    async fn put_provider_sid(
+        &self,
+        key: &[u8; 32],
+        subject: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        // `<expires_at> <subject>`: the answer depends on the gateway's clock, the key's TTL
+        // only frees it. The later of two instants is kept (one script).
+        const PUT: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v then
+  local old = tonumber(string.match(v, '^(%-?%d+) '))
+  if old and old > tonumber(ARGV[1]) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2], 'EX', ARGV[3])
+return 1
+";
+        let mut conn = self.conn.clone();
+        self.run(
+            redis::Script::new(PUT)
+                .key(self.keys.provider_sid(key))
+                .arg(expires_at)
+                .arg(subject)
+                .arg(gc_ttl(expires_at, now))
+                .invoke_async::<i64>(&mut conn),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn provider_sid_user(
+        &self,
+        key: &[u8; 32],
+        now: i64,
+    ) -> Result<Option<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        let found: Option<String> = self
+            .run(
+                redis::cmd("GET")
+                    .arg(self.keys.provider_sid(key))
                     .query_async(&mut conn),
             )
             .await?;
-        Ok(set.is_some())
+        Ok(found.and_then(|v| {
+            let (until, subject) = v.split_once(' ')?;
+            (until.parse::<i64>().ok()? > now).then(|| subject.to_owned())
+        }))
+    }
+
+    async fn set_provider_link(
+        &self,
+        subject: &str,
+        id: &str,
+        link: &crate::store::ProviderLink,
+    ) -> Result<bool, StoreError> {
+        // Only an existing session's field: a session revoked meanwhile is not brought back.
+        const SET_LINK: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'idp', ARGV[1])
+  return 1
+end
+return 0
+";
+        if !plausible_sid(id) {
+            return Ok(false);
+        }
+        let json = serde_json::to_string(link).map_err(unavailable)?;
+        let mut conn = self.conn.clone();
+        let set: i64 = self
+            .run(
+                redis::Script::new(SET_LINK)
+                    .key(self.keys.session(subject, id))
+                    .arg(json)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        Ok(set == 1)
     }
 }
