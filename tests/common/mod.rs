@@ -1099,6 +1099,7 @@ pub fn signal(pid: u32, signal: &str) {
     assert!(status.success(), "kill -{signal} {pid} failed");
 }
 pub mod auth;
+pub mod oidc;
 
 /// Reads until the end of a response head. `None` if `within` passes first, or the
 /// connection closes or resets before a whole head arrived.

@@ -11,11 +11,12 @@
 use crate::common::auth::{
     ALICE_PASSWORD, AuthSetup, Browser, ISSUER, StoreChoice, demo_users, enc,
 };
+use crate::common::oidc::spawn_provider;
 use crate::common::*;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Child;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,35 +29,6 @@ const GATEWAY_SECRET: &str = "a-gateway-client-secret-for-the-code-flow-01234567
 const OTHER_CLIENT: &str = "another-app";
 const OTHER_SECRET: &str = "another-app-client-secret-for-the-code-flow-0123456789";
 const OTHER_REDIRECT: &str = "https://another-app.test/callback";
-
-fn project() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc")
-}
-
-/// `npm ci` once per test binary when `oidc-provider` is not installed.
-fn require_provider() {
-    static INSTALL: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
-    let mut done = INSTALL.lock().unwrap();
-    if *done || project().join("node_modules/oidc-provider").is_dir() {
-        *done = true;
-        return;
-    }
-    let status = Command::new("npm")
-        .args([
-            "ci",
-            "--no-audit",
-            "--no-fund",
-            "--loglevel=error",
-            "--prefix",
-        ])
-        .arg(project())
-        .status();
-    assert!(
-        status.as_ref().is_ok_and(|s| s.success()),
-        "the OpenID Provider tests need Node.js 20+ and npm: npm ci --prefix tests/oidc ({status:?})"
-    );
-    *done = true;
-}
 
 /// A running provider whose `portcullis-gateway` client may redirect to the callbacks of
 /// `provider_ids` at `https://gw.test`; stopped (by its own pid) when dropped.
@@ -76,38 +48,27 @@ impl Idp {
     /// On `port` (0: any free one); with `backchannel`, the URL the provider POSTs its logout
     /// tokens to.
     fn spawn(port: u16, provider_ids: &[&str], backchannel: Option<&str>) -> Self {
-        require_provider();
         let keys = tempfile::tempdir().unwrap();
         let out = keys.path().join("out.log");
         let kid = format!("{}-k1", provider_ids[0]);
-        let mut cmd = Command::new("node");
-        cmd.arg(project().join("provider.mjs"))
-            .args(["--port", &port.to_string(), "--kids", &kid, "--key-dir"])
-            .arg(keys.path());
+        let mut args = vec![
+            "--port".to_owned(),
+            port.to_string(),
+            "--kids".to_owned(),
+            kid.clone(),
+            "--key-dir".to_owned(),
+            keys.path().display().to_string(),
+        ];
         if let Some(uri) = backchannel {
-            cmd.arg("--backchannel-uri").arg(uri);
+            args.extend(["--backchannel-uri".to_owned(), uri.to_owned()]);
         }
         for id in provider_ids {
-            cmd.arg("--redirect-uri")
-                .arg(format!("{ISSUER}/auth/oidc/{id}/callback"));
+            args.extend([
+                "--redirect-uri".to_owned(),
+                format!("{ISSUER}/auth/oidc/{id}/callback"),
+            ]);
         }
-        let child = cmd
-            .stdout(Stdio::from(std::fs::File::create(&out).unwrap()))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("node");
-        let mut issuer = String::new();
-        let up = wait_for(Duration::from_secs(20), || {
-            let text = std::fs::read_to_string(&out).unwrap_or_default();
-            match text.lines().find_map(|l| l.strip_prefix("listening ")) {
-                Some(found) => {
-                    issuer = found.to_owned();
-                    true
-                }
-                None => false,
-            }
-        });
-        assert!(up, "the OpenID Provider did not start");
+        let (child, issuer) = spawn_provider(&args, &out);
         Self {
             child,
             issuer,

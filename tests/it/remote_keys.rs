@@ -844,8 +844,9 @@ async fn sec40_a_reload_adding_an_issuer_whose_discovery_names_another_is_refuse
 mod oidc {
     use super::*;
 
-    use std::path::PathBuf;
-    use std::process::{Child, Command, Stdio};
+    use std::process::Child;
+
+    use crate::common::oidc::{require_provider, spawn_provider};
 
     use bytes::Bytes;
     use http_body_util::Full;
@@ -855,35 +856,6 @@ mod oidc {
     /// The provider's tokens live 10 minutes from the real time they are minted at, while the
     /// gateway's clock moves ahead: so these gateways refresh every minute, not every five.
     const PAST_MINUTE_REFRESH: Duration = Duration::from_secs(61);
-
-    fn project() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc")
-    }
-
-    /// `npm ci` once per test binary when `oidc-provider` is not installed.
-    fn require_provider() {
-        static INSTALL: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
-        let mut done = INSTALL.lock().unwrap();
-        if *done || project().join("node_modules/oidc-provider").is_dir() {
-            *done = true;
-            return;
-        }
-        let status = Command::new("npm")
-            .args([
-                "ci",
-                "--no-audit",
-                "--no-fund",
-                "--loglevel=error",
-                "--prefix",
-            ])
-            .arg(project())
-            .status();
-        assert!(
-            status.as_ref().is_ok_and(|s| s.success()),
-            "the OpenID Provider tests need Node.js 20+ and npm: npm ci --prefix tests/oidc ({status:?})"
-        );
-        *done = true;
-    }
 
     /// A running provider; stopped (by its own pid) when dropped.
     struct Provider {
@@ -899,29 +871,16 @@ mod oidc {
         }
 
         fn start_in(port: u16, kids: &[&str], keys: tempfile::TempDir) -> Self {
-            require_provider();
             let out = keys.path().join(format!("out-{}.log", kids.join("-")));
-            let child = Command::new("node")
-                .arg(project().join("provider.mjs"))
-                .args(["--port", &port.to_string(), "--kids", &kids.join(",")])
-                .arg("--key-dir")
-                .arg(keys.path())
-                .stdout(Stdio::from(std::fs::File::create(&out).unwrap()))
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("node");
-            let mut issuer = String::new();
-            let up = wait_for(Duration::from_secs(20), || {
-                let text = std::fs::read_to_string(&out).unwrap_or_default();
-                match text.lines().find_map(|l| l.strip_prefix("listening ")) {
-                    Some(found) => {
-                        issuer = found.to_owned();
-                        true
-                    }
-                    None => false,
-                }
-            });
-            assert!(up, "the OpenID Provider did not start");
+            let args = [
+                "--port".to_owned(),
+                port.to_string(),
+                "--kids".to_owned(),
+                kids.join(","),
+                "--key-dir".to_owned(),
+                keys.path().display().to_string(),
+            ];
+            let (child, issuer) = spawn_provider(&args, &out);
             let port = issuer.rsplit(':').next().unwrap().parse().unwrap();
             Self { child, port, keys }
         }
