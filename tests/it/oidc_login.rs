@@ -117,6 +117,16 @@ async fn gateway_on_clock(
     store: StoreChoice,
     clock: portcullis::clock::Clock,
 ) -> TestGateway {
+    gateway_edited(providers, store, clock, |_| {}).await
+}
+
+/// [`gateway_on_clock`], with `edit` applied to the harness's setup first.
+async fn gateway_edited(
+    providers: &[(&str, &str, &str, &str)],
+    store: StoreChoice,
+    clock: portcullis::clock::Clock,
+    edit: impl FnOnce(&mut AuthSetup),
+) -> TestGateway {
     let mut issuers = String::new();
     let mut list = String::new();
     for (issuer, id, name, extra) in providers {
@@ -124,13 +134,14 @@ async fn gateway_on_clock(
         issuers.push_str(&i);
         list.push_str(&p);
     }
-    let setup = AuthSetup {
+    let mut setup = AuthSetup {
         store,
         clock,
         auth_extra: format!("  providers:\n{list}"),
         extra: format!("issuers:\n{issuers}"),
         ..AuthSetup::default()
     };
+    edit(&mut setup);
     let upstream = EchoUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("users.yaml"), &setup.users).unwrap();
@@ -645,6 +656,32 @@ async fn sec41_pkce_is_required_by_the_provider_so_a_flow_without_it_never_signs
     let r = browser.navigate(&callback_path(&answer)).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert!(browser.cookie("__Host-portcullis-at").is_none());
+}
+
+#[tokio::test]
+async fn sec41_a_client_starting_sign_ins_in_a_loop_is_throttled_before_it_fills_the_store() {
+    let idp = Idp::start(&["local"]);
+    // One failed login per window allowed: ten starts.
+    let gw = gateway_edited(
+        &[(&idp.issuer, "local", "Local IdP", "")],
+        StoreChoice::Memory,
+        portcullis::clock::Clock::system(),
+        |setup| setup.per_ip = 1,
+    )
+    .await;
+    let mut browser = gw.browser();
+    for _ in 0..10 {
+        start(&mut browser, "local", "/docs").await;
+    }
+    let r = browser.navigate("/auth/oidc/local?return_to=%2Fdocs").await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text());
+    assert!(r.headers.get("retry-after").is_some());
+    assert!(r.headers.get("location").is_none(), "no state, no redirect");
+    let events = gw.audit_events().await;
+    assert_eq!(
+        reasons(&events, "login.oidc_started").last().unwrap(),
+        "oidc.throttled"
+    );
 }
 
 #[tokio::test]

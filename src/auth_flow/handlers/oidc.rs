@@ -21,7 +21,7 @@ use crate::auth_flow::cookies;
 use crate::auth_flow::oidc::{self, Failure, FlowState, Provider};
 use crate::auth_flow::tokens::{self, AccessGrant};
 use crate::body::GatewayBody;
-use crate::error::GatewayError;
+use crate::error::{AuthError, GatewayError};
 use crate::keys::remote::Trigger;
 use crate::pipeline::route::RouteError;
 use crate::pipeline::verify::{self, TokenError};
@@ -65,6 +65,10 @@ fn event<'e>(
     }
 }
 
+/// Sign-in starts allowed per client address and throttle window, per failed login the
+/// throttle allows (`auth.throttle.per_ip`).
+const STARTS_PER_FAILED_LOGIN: u32 = 10;
+
 /// A new `state`, `nonce` and PKCE verifier, kept in the store for [`oidc::FLOW_TTL`]; 303 to
 /// the provider's authorization endpoint.
 async fn start(
@@ -107,6 +111,32 @@ async fn start(
     };
     let value = serde_json::to_string(&flow).map_err(|e| GatewayError::Internal(Box::new(e)))?;
     let now = env.now;
+    // Every start writes a state the store keeps for `FLOW_TTL`, before anyone has signed in: a
+    // client starting sign-ins in a loop would fill the store. So each client address may start
+    // at most ten times its failed-login allowance per throttle window (500 per 15 minutes by
+    // default: generous for an office behind one address, a wall for a flood from one).
+    let throttle = env.auth.throttle;
+    let started = env
+        .store
+        .throttle_hit(
+            &format!("oidc-start:{}", env.client.ip),
+            throttle.window.as_secs() as i64,
+            now,
+        )
+        .await?;
+    if started.count > throttle.per_ip.saturating_mul(STARTS_PER_FAILED_LOGIN) {
+        env.audit.emit(&event(
+            env,
+            "login.oidc_started",
+            "oidc.throttled",
+            &path,
+            provider,
+        ));
+        return Err(AuthError::Throttled {
+            retry_after: (started.resets_at - now).max(1) as u64,
+        }
+        .into());
+    }
     env.store
         .put_login_state(
             &oidc::state_key(&state),
