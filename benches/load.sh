@@ -321,7 +321,7 @@ routes:
     policy: { all_of: [bench:read] }
 trusted_proxies: [127.0.0.1]
 forward_auth:
-  - { contract: nginx }
+  - { contract: nginx, trusted_proxies: [127.0.0.1] }
 auth:
   issuer: http://127.0.0.1:$GW_PORT
   audience: portcullis-load
