@@ -275,14 +275,17 @@ async fn callback_of(
         return fail(Failure::NoIdToken, return_to);
     };
     let verifier = &env.identify.verifier;
-    let mut verified = verify::verify_id_token(
-        id_token,
-        verifier,
-        provider.issuer,
-        &provider.client_id,
-        now,
-        env.metrics,
-    );
+    let verify_id_token = || {
+        verify::verify_id_token(
+            id_token,
+            verifier,
+            provider.issuer,
+            &provider.client_id,
+            now,
+            env.metrics,
+        )
+    };
+    let mut verified = verify_id_token();
     if matches!(verified, Err(TokenError::UnknownKey)) {
         // The provider may have rotated its keys since the last fetch: one refetch, within the
         // same cool-down the proxy's unknown `kid`s share.
@@ -294,14 +297,7 @@ async fn callback_of(
                 .token_cache
                 .forget_keys(remote.issuer, &change.removed);
         }
-        verified = verify::verify_id_token(
-            id_token,
-            verifier,
-            provider.issuer,
-            &provider.client_id,
-            now,
-            env.metrics,
-        );
+        verified = verify_id_token();
     }
     let id = match verified {
         Ok(id) => id,

@@ -354,6 +354,13 @@ impl RedisStore {
     }
 }
 
+/// The value of a `"<until> <value>"` record (a login state, a provider-session index) while
+/// `now` is before `until`, on the gateway's clock: the key's TTL only frees memory.
+fn unexpired(record: &str, now: i64) -> Option<String> {
+    let (until, value) = record.split_once(' ')?;
+    (until.parse::<i64>().ok()? > now).then(|| value.to_owned())
+}
+
 impl SessionStore for RedisStore {
     async fn check(&self, token: &TokenRef<'_>, now: i64) -> Result<Verdict, StoreError> {
         let counters = &self.guard.counters;
@@ -624,10 +631,7 @@ impl SessionStore for RedisStore {
                     .query_async(&mut conn),
             )
             .await?;
-        Ok(found.and_then(|v| {
-            let (until, value) = v.split_once(' ')?;
-            (until.parse::<i64>().ok()? > now).then(|| value.to_owned())
-        }))
+        Ok(found.and_then(|v| unexpired(&v, now)))
     }
 
     async fn first_use(
@@ -707,10 +711,7 @@ return 1
                     .query_async(&mut conn),
             )
             .await?;
-        Ok(found.and_then(|v| {
-            let (until, subject) = v.split_once(' ')?;
-            (until.parse::<i64>().ok()? > now).then(|| subject.to_owned())
-        }))
+        Ok(found.and_then(|v| unexpired(&v, now)))
     }
 
     async fn set_provider_link(
